@@ -1,0 +1,335 @@
+"""Typed experiment config: YAML file + `--set key=value` overrides, validated into dataclasses.
+
+Dataclasses rather than pydantic: the schema is small, stdlib-only objects start fast in extraction
+worker processes, and the validator below gives the one-line `config error: <key>: <problem>` messages
+the command-line tools promise without translating another library's multi-line errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line naming the key."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    return field(metadata={"range": (lo, hi)}, **kw)
+
+
+def _existing(**kw: Any) -> Any:
+    return field(metadata={"exists": True}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Where tracks come from and how they are split (always by track, before segmenting)."""
+
+    source: Literal["demo", "folder", "csv", "table"] = "folder"
+    root: Path | None = None  # folder per genre; for `demo`, where the synthetic audio is written
+    csv: Path | None = _existing(default=None)  # `csv`: path,label rows; `table`: a GTZAN feature table
+    test_dir: Path | None = _existing(default=None)  # unlabeled audio for a submission
+    test_table: Path | None = _existing(default=None)  # unlabeled feature table for a submission
+    split_file: Path | None = _existing(default=None)  # track_id,split (e.g. the fault-filtered split)
+    valid_fraction: float = _range(0.0, 0.9, default=0.15)
+    test_fraction: float = _range(0.0, 0.9, default=0.15)
+    folds: int = _range(0, 100, default=0)  # >1: grouped k-fold, `fold` is the held-out one
+    fold: int = _range(0, 99, default=0)
+    demo_tracks_per_genre: int = _range(2, 1000, default=12)
+    demo_seconds: float = _range(1.0, 120.0, default=6.0)
+
+
+@dataclass
+class CacheConfig:
+    dir: Path = Path("data/cache")
+    jobs: int = _range(0, 256, default=0)  # 0: all cores
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = _range(1000, 192000, default=22050)
+    duration: float | None = _range(0.1, 3600.0, default=None)  # pad/trim every track to this; None keeps it
+    max_duration: float = _range(1.0, 36000.0, default=600.0)  # longer files are read up to this
+    segment_seconds: float = _range(0.1, 600.0, default=3.0)
+    segment_hop: float | None = _range(0.05, 600.0, default=None)  # None: segment_seconds (no overlap)
+    silence_rms: float = _range(0.0, 1.0, default=1e-4)  # quieter tracks are skipped as silent
+
+
+@dataclass
+class FeatureConfig:
+    """The GTZAN feature-table recipe (librosa defaults of the published table)."""
+
+    n_fft: int = _range(64, 65536, default=2048)
+    hop_length: int = _range(16, 65536, default=512)
+    n_mfcc: int = _range(1, 128, default=20)
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+
+
+@dataclass
+class MelConfig:
+    """Log-mel images; dB values map linearly from [db_floor, db_ceiling] onto 16-bit PNG."""
+
+    n_mels: int = _range(8, 512, default=128)
+    n_fft: int = _range(64, 65536, default=2048)
+    hop_length: int = _range(16, 65536, default=512)
+    fmin: float = _range(0.0, 96000.0, default=0.0)
+    fmax: float | None = _range(1.0, 96000.0, default=None)
+    db_floor: float = -80.0
+    db_ceiling: float = 40.0
+
+
+@dataclass
+class MlpConfig:
+    hidden_layers: int = _range(0, 16, default=2)
+    units: int = _range(1, 8192, default=256)
+    dropout: float = _range(0.0, 0.95, default=0.3)
+    batch_norm: bool = True
+
+
+@dataclass
+class CnnConfig:
+    conv_blocks: int = _range(1, 8, default=4)
+    filters: int = _range(1, 1024, default=32)  # doubled in every block
+    kernel_size: int = _range(1, 15, default=3)
+    pooling: Literal["max", "avg"] = "max"
+    dropout: float = _range(0.0, 0.95, default=0.3)
+
+
+@dataclass
+class ResnetConfig:
+    backbone: str = "ResNet50"  # any keras.applications model name
+    weights: str | None = "imagenet"  # "imagenet", null, or a local .h5 / .weights.h5 path
+    trainable_blocks: int = _range(0, 16, default=0)  # counted from the top; 0 = frozen backbone
+    trainable_layers: int | None = _range(0, 10000, default=None)  # alternative to trainable_blocks
+    head_units: int = _range(0, 8192, default=256)
+    dropout: float = _range(0.0, 0.95, default=0.3)
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["mlp", "cnn", "resnet50"] = "mlp"
+    level: Literal["segment", "track"] = "segment"  # mlp rows: per segment or per whole track
+    image_size: list[int] = field(default_factory=lambda: [128, 128])  # height, width of image inputs
+    channels: Literal[1, 3] = 1
+    channel_mode: Literal["repeat", "deltas"] = "repeat"  # how 3 channels are made from one mel image
+    mlp: MlpConfig = field(default_factory=MlpConfig)
+    cnn: CnnConfig = field(default_factory=CnnConfig)
+    resnet: ResnetConfig = field(default_factory=ResnetConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _range(1, 10000, default=30)
+    batch_size: int = _range(1, 4096, default=32)
+    learning_rate: float = _range(0.0, 10.0, default=1e-3)
+    fine_tune_epochs: int = _range(0, 10000, default=0)  # second phase with the chosen blocks unfrozen
+    fine_tune_learning_rate: float = _range(0.0, 10.0, default=1e-5)
+    patience: int = _range(0, 10000, default=8)  # early stopping on the valid split
+    label_smoothing: float = _range(0.0, 0.5, default=0.0)
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 42
+    output_dir: Path = Path("saved_models")
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    mel: MelConfig = field(default_factory=MelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the type hint `hint`, converting YAML scalars where it is unambiguous."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(key, "must not be null")
+        for arg in (a for a in args if a is not type(None)):
+            return _convert(key, value, arg)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        return [_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(key, f"must be a path, got {value!r}")
+        return Path(value)
+    raise TypeError(f"unsupported config type {hint} at {key}")
+
+
+def _build(cls: type, values: Any, prefix: str = "") -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(prefix or "<root>", f"must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(where, f"unknown key (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in values:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _convert(key, values[name], hints[name])
+        _check_metadata(key, value, f.metadata)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_metadata(key: str, value: Any, metadata: Any) -> None:
+    lo, hi = metadata.get("range", (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(key, f"must be {lo}..{hi}, got {value}")
+    if metadata.get("exists") and value is not None and not Path(value).exists():
+        raise ConfigError(key, f"path does not exist: {value}")
+
+
+def _check_consistency(cfg: Config) -> None:
+    data = cfg.data
+    if data.source in ("folder", "demo") and data.root is None:
+        raise ConfigError("data.root", f"is required when data.source is {data.source}")
+    if data.source == "folder" and not data.root.is_dir():
+        raise ConfigError("data.root", f"folder does not exist: {data.root}")
+    if data.source in ("csv", "table") and data.csv is None:
+        raise ConfigError("data.csv", f"is required when data.source is {data.source}")
+    if data.valid_fraction + data.test_fraction >= 1.0:
+        raise ConfigError("data.test_fraction", "valid_fraction + test_fraction must be below 1")
+    if data.folds == 1 or (data.folds > 1 and data.fold >= data.folds):
+        raise ConfigError("data.fold", f"must be below data.folds ({data.folds}) and folds must not be 1")
+    if len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 8:
+        raise ConfigError("model.image_size", f"must be [height, width] of at least 8, got {cfg.model.image_size}")
+    if cfg.mel.db_floor >= cfg.mel.db_ceiling:
+        raise ConfigError("mel.db_floor", "must be below mel.db_ceiling")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (["train", "epochs"], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(text, "override must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Set each `a.b.c=value` into the nested dict `values` (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path), f"{part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return values
+
+
+def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply overrides, validate; raises ConfigError."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", f"file does not exist: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("--config", f"not valid YAML: {str(err).splitlines()[0]}") from None
+    cfg = _build(Config, apply_overrides(values, list(overrides)))
+    _check_consistency(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain, YAML-safe dict of a config (paths as strings)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load the config named on the command line; on error print one line and exit 2."""
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as err:
+        exit_config_error(err)
+
+
+def exit_config_error(err: ConfigError) -> typing.NoReturn:
+    print(f"config error: {err}", file=sys.stderr)
+    raise SystemExit(2)

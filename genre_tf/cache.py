@@ -1,0 +1,215 @@
+"""Content-addressed cache of per-track features and mel images: keyed, atomic, parallel.
+
+An entry lives at `<cache.dir>/tracks/<recipe key>/<file digest>/`. The recipe key hashes every
+parameter that shapes the content (audio, feature and mel settings and the recipe version), the
+digest hashes the audio file's bytes, so a moved or renamed file is still a hit and an edited one is
+not. Entries are built in a temporary folder and renamed into place, so a killed run leaves either a
+whole entry or none, and every file in an entry is written deterministically: a resumed run ends
+byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genre_tf import features
+from genre_tf.audio import AudioError, load_track, segment_bounds
+from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
+
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that shapes a cache entry's content; picklable for worker processes."""
+
+    audio: AudioConfig
+    features: FeatureConfig
+    mel: MelConfig
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Recipe:
+        return cls(cfg.audio, cfg.features, cfg.mel)
+
+    @property
+    def key(self) -> str:
+        spec = {"audio": asdict(self.audio), "features": asdict(self.features), "mel": asdict(self.mel)}
+        spec["recipe_version"] = features.RECIPE_VERSION
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """What extraction did with one file: an entry (hit or new), or a skip with its reason."""
+
+    path: str
+    digest: str | None
+    n_segments: int
+    hit: bool
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of the file's bytes; raises AudioError when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError("is a directory")
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise AudioError(f"cannot read ({err.strerror or err})") from None
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class TrackStore:
+    """The cache folder of one recipe."""
+
+    def __init__(self, cache_dir: Path, recipe: Recipe):
+        self.recipe = recipe
+        self.root = Path(cache_dir) / "tracks" / recipe.key
+
+    def entry(self, digest: str) -> Path:
+        return self.root / digest
+
+    def skip_file(self, digest: str) -> Path:
+        return self.root / f"{digest}.skip"
+
+    def lookup(self, path: str, digest: str) -> TrackResult | None:
+        """The cached result for a file, or None when it was never extracted with this recipe."""
+        entry = self.entry(digest)
+        if entry.is_dir():
+            meta = json.loads((entry / "meta.json").read_text())
+            return TrackResult(path, digest, meta["n_segments"], hit=True)
+        skip = self.skip_file(digest)
+        if skip.is_file():
+            return TrackResult(path, digest, 0, hit=True, reason=skip.read_text().strip())
+        return None
+
+    def write_entry(self, digest: str, analysis: features.TrackAnalysis, meta: dict) -> None:
+        """Build the entry in a temporary folder, then rename it into place in one step."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{TMP_PREFIX}{digest}.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        (tmp / "track.npy").write_bytes(_npy_bytes(analysis.track_row))
+        (tmp / "segments.npy").write_bytes(_npy_bytes(analysis.segment_rows))
+        for i, image in enumerate(analysis.mel_segments):
+            (tmp / f"mel_{i:04d}.png").write_bytes(features.encode_mel_png(image, self.recipe.mel))
+        (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
+        try:
+            os.rename(tmp, self.entry(digest))
+        except OSError:  # another process finished the same file first; its entry is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_skip(self, digest: str, reason: str) -> None:
+        write_atomic(self.skip_file(digest), (reason + "\n").encode())
+
+    def clean_partial(self) -> None:
+        """Remove what a killed run left half-written."""
+        if self.root.is_dir():
+            for leftover in self.root.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+    def track_row(self, digest: str) -> np.ndarray:
+        return np.load(self.entry(digest) / "track.npy")
+
+    def segment_rows(self, digest: str) -> np.ndarray:
+        return np.load(self.entry(digest) / "segments.npy")
+
+    def mel_paths(self, digest: str, n_segments: int) -> list[str]:
+        return [str(self.entry(digest) / f"mel_{i:04d}.png") for i in range(n_segments)]
+
+
+def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:
+    """Decode, segment and analyse one file into the store; bad audio becomes a cached skip."""
+    recipe = store.recipe
+    try:
+        y = load_track(Path(path), recipe.audio)
+        bounds = segment_bounds(len(y), recipe.audio)
+        if not bounds:
+            seconds = len(y) / recipe.audio.sample_rate
+            raise AudioError(f"shorter than one segment ({seconds:.2f} s < {recipe.audio.segment_seconds} s)")
+        analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds)
+    except AudioError as err:
+        store.write_skip(digest, str(err))
+        return TrackResult(path, digest, 0, hit=False, reason=str(err))
+    meta = {"n_samples": len(y), "n_segments": len(bounds), "segments": bounds, "sample_rate": recipe.audio.sample_rate}
+    store.write_entry(digest, analysis, meta)
+    return TrackResult(path, digest, len(bounds), hit=False)
+
+
+def _extract_job(job: tuple[str, str, str, Recipe]) -> TrackResult:
+    path, digest, cache_dir, recipe = job
+    return extract_track(path, digest, TrackStore(Path(cache_dir), recipe))
+
+
+def _parallel(jobs: list[tuple], workers: int) -> Iterator[TrackResult]:
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_extract_job, jobs)
+        return
+    # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_extract_job, jobs, chunksize=1)
+
+
+def extract_all(
+    paths: Iterable[str], cache_dir: Path, recipe: Recipe, jobs: int = 0, progress: bool = True
+) -> list[TrackResult]:
+    """Extract every file (cache hits cost one hash), in parallel over `jobs` processes, in input order."""
+    from tqdm import tqdm
+
+    store = TrackStore(cache_dir, recipe)
+    store.clean_partial()
+    results: dict[int, TrackResult] = {}
+    todo = []
+    for i, path in enumerate(paths):
+        try:
+            digest = file_digest(Path(path))
+        except AudioError as err:
+            results[i] = TrackResult(path, None, 0, hit=False, reason=str(err))
+            continue
+        cached = store.lookup(path, digest)
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append((i, (path, digest, str(cache_dir), recipe)))
+    workers = jobs or os.cpu_count() or 1
+    done = _parallel([job for _, job in todo], min(workers, len(todo)))
+    bar = tqdm(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)
+    for (i, _), result in zip(todo, bar, strict=True):
+        results[i] = result
+    return [results[i] for i in sorted(results)]

@@ -1,0 +1,196 @@
+"""Dataset index (track_id, path, label, split) and splits by track, made before any segmenting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tf.config import ConfigError, DataConfig
+
+INDEX_COLUMNS = ["track_id", "path", "label", "split"]
+SPLITS = ("train", "valid", "test")
+UNASSIGNED = "unassigned"  # tracks a split file does not list: kept in the index, reported, never trained on
+
+
+@dataclass
+class Index:
+    """The tracks of one dataset, with problems found while indexing (reported, never silently dropped)."""
+
+    tracks: pd.DataFrame
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.tracks.loc[self.tracks.label != "", "label"].unique())
+
+
+def _is_candidate(entry: Path) -> bool:
+    # Hidden files (.DS_Store, ._x.wav) are file-system noise, not tracks.
+    return not entry.name.startswith(".")
+
+
+def _dedupe(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Keep the first file of each track id; later files with the same stem are reported."""
+    seen: dict[str, str] = {}
+    kept, problems = [], []
+    for row in rows:
+        if row["track_id"] in seen:
+            problems.append((row["path"], f"duplicate track id {row['track_id']} (also {seen[row['track_id']]})"))
+            continue
+        seen[row["track_id"]] = row["path"]
+        kept.append(row)
+    return kept, problems
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"label": str, "split": str})
+
+
+def index_folder(root: Path, labeled: bool = True) -> Index:
+    """Index a folder per genre (GTZAN layout), or with `labeled=False` every file below `root` (unlabeled)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError("data.root", f"folder does not exist: {root}")
+    rows = []
+    if labeled:
+        for genre_dir in sorted(p for p in root.iterdir() if p.is_dir() and _is_candidate(p)):
+            for entry in sorted(p for p in genre_dir.iterdir() if _is_candidate(p)):
+                rows.append({"track_id": entry.stem, "path": str(entry), "label": genre_dir.name, "split": ""})
+    else:
+        for entry in sorted(p for p in root.rglob("*") if _is_candidate(p) and (p.is_file() or p.suffix)):
+            rows.append({"track_id": entry.stem, "path": str(entry), "label": "", "split": ""})
+    rows, problems = _dedupe(rows)
+    return Index(_frame(rows), problems)
+
+
+def index_csv(csv_path: Path) -> Index:
+    """Index a CSV of path,label rows; relative paths are relative to the CSV's folder."""
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ConfigError("data.csv", f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+    base = Path(csv_path).parent
+    rows = []
+    for path, label in zip(table["path"], table["label"], strict=True):
+        full = Path(path) if Path(path).is_absolute() else base / path
+        rows.append({"track_id": full.stem, "path": str(full), "label": label, "split": ""})
+    rows, problems = _dedupe(rows)
+    return Index(_frame(rows), problems)
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """track_id -> split from a `track_id,split` CSV (other columns, e.g. genre, are ignored)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"track_id", "split"} <= set(table.columns):
+        raise ConfigError("data.split_file", f"{path} must have columns track_id,split")
+    bad = set(table["split"]) - set(SPLITS)
+    if bad:
+        raise ConfigError("data.split_file", f"unknown split name(s) {', '.join(sorted(bad))} in {path}")
+    return dict(zip(table["track_id"], table["split"], strict=True))
+
+
+def split_from_file(tracks: pd.DataFrame, split_file: Path) -> tuple[pd.Series, list[tuple[str, str]]]:
+    """Splits from a split file; tracks it does not list become `unassigned` and are reported."""
+    mapping = read_split_file(split_file)
+    splits = tracks["track_id"].map(mapping).fillna(UNASSIGNED)
+    problems = [
+        (path, f"not in split file {split_file}")
+        for path, split in zip(tracks["path"], splits, strict=True)
+        if split == UNASSIGNED
+    ]
+    return splits, problems
+
+
+def fold_numbers(tracks: pd.DataFrame, folds: int) -> np.ndarray:
+    """Grouped folds: each label's tracks sorted by id and cut into `folds` runs of neighbouring ids.
+
+    Neighbouring GTZAN ids are often the same artist, so contiguous runs keep an artist in one fold,
+    where a random assignment would leak it across folds.
+    """
+    fold = np.zeros(len(tracks), dtype=int)
+    for _, group in tracks.groupby("label", sort=True):
+        order = group.sort_values("track_id").index
+        positions = np.arange(len(order))
+        fold[tracks.index.get_indexer(order)] = positions * folds // len(order)
+    return fold
+
+
+def split_k_fold(tracks: pd.DataFrame, folds: int, fold: int) -> pd.Series:
+    """Fold `fold` is test, the next one valid, the rest train."""
+    numbers = fold_numbers(tracks, folds)
+    split = np.where(numbers == fold, "test", np.where(numbers == (fold + 1) % folds, "valid", "train"))
+    return pd.Series(split, index=tracks.index)
+
+
+def split_stratified(tracks: pd.DataFrame, valid: float, test: float, seed: int) -> pd.Series:
+    """Per label, shuffle tracks with `seed` and cut test / valid / train by the fractions."""
+    rng = np.random.default_rng(seed)
+    split = pd.Series("train", index=tracks.index, dtype=object)
+    for _, group in tracks.groupby("label", sort=True):
+        order = group.sort_values("track_id").index.to_numpy().copy()
+        rng.shuffle(order)
+        n_test = int(round(len(order) * test))
+        n_valid = int(round(len(order) * valid))
+        split[order[:n_test]] = "test"
+        split[order[n_test : n_test + n_valid]] = "valid"
+    return split
+
+
+def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
+    """Give every track a split, by track (never by segment), as the config says."""
+    tracks = index.tracks.copy()
+    problems = list(index.problems)
+    if data.split_file is not None:
+        tracks["split"], missing = split_from_file(tracks, data.split_file)
+        problems += missing
+    elif data.folds > 1:
+        tracks["split"] = split_k_fold(tracks, data.folds, data.fold)
+    else:
+        tracks["split"] = split_stratified(tracks, data.valid_fraction, data.test_fraction, seed)
+    return Index(tracks, problems)
+
+
+def build_index(data: DataConfig, seed: int) -> Index:
+    """The labeled, split index for an audio dataset config (source folder, demo or csv)."""
+    if data.source == "csv":
+        index = index_csv(data.csv)
+    else:
+        index = index_folder(data.root)
+    if index.tracks.empty:
+        raise ConfigError("data.root" if data.source != "csv" else "data.csv", "no tracks found")
+    return assign_splits(index, data, seed)
+
+
+def track_id_of(filename: str) -> str:
+    """`blues.00000.wav` -> `blues.00000`; ids without an audio extension are kept as they are."""
+    stem, dot, ext = filename.rpartition(".")
+    return stem if dot and ext.lower() in ("wav", "au", "flac", "ogg", "mp3") else filename
+
+
+def index_table(csv_path: Path, data: DataConfig, seed: int) -> tuple[Index, pd.DataFrame]:
+    """Index a GTZAN-style feature table (filename, length, features..., [label], [split]).
+
+    Returns the index and the table keyed by track_id. A `split` column is used as it is (rows
+    marked e.g. `excluded` are reported and left out); without one the config's split applies.
+    """
+    table = pd.read_csv(csv_path, keep_default_na=False)
+    if "filename" not in table.columns:
+        raise ConfigError("data.csv", f"{csv_path} has no filename column")
+    table.insert(0, "track_id", table.pop("filename").map(track_id_of))
+    labels = table["label"].astype(str) if "label" in table.columns else pd.Series("", index=table.index)
+    paths = pd.Series(str(csv_path), index=table.index)
+    tracks = pd.DataFrame({"track_id": table["track_id"], "path": paths, "label": labels, "split": ""})
+    index = Index(tracks)
+    if "split" in table.columns and data.split_file is None:
+        index.tracks["split"] = table["split"].astype(str)
+        for track_id, split in zip(table["track_id"], table["split"], strict=True):
+            if split not in SPLITS:
+                index.problems.append((track_id, f"split {split!r} in {csv_path}"))
+        index.tracks.loc[~index.tracks.split.isin(SPLITS), "split"] = UNASSIGNED
+    elif (index.tracks.label != "").any():
+        index = assign_splits(index, data, seed)
+    features = table.drop(columns=[c for c in ("label", "split") if c in table.columns]).set_index("track_id")
+    return index, features

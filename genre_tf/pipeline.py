@@ -1,0 +1,118 @@
+"""tf.data pipelines: feature-table rows and mel images to (input, label) batches.
+
+Every dataset comes with the track id of each element, in element order (evaluation sets are never
+shuffled), so predictions can be aggregated per track afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from genre_tf.config import MelConfig, ModelConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+PNG_MAX = 65535.0
+
+
+@dataclass
+class FeatureScaler:
+    """Standardisation fitted on the train split only, saved with the run so prediction matches."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    columns: list[str]
+
+    @classmethod
+    def fit(cls, table: pd.DataFrame, columns: list[str]) -> FeatureScaler:
+        values = table[columns].to_numpy(np.float64)
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 0, std, 1.0), list(columns))
+
+    def transform(self, table: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in table.columns]
+        if missing:
+            raise ValueError(f"feature table lacks column(s) {', '.join(missing[:5])}")
+        return ((table[self.columns].to_numpy(np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        payload = {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureScaler:
+        payload = json.loads(Path(path).read_text())
+        return cls(np.array(payload["mean"]), np.array(payload["std"]), payload["columns"])
+
+
+def label_ids(labels: pd.Series, classes: list[str]) -> np.ndarray:
+    """Class indices; unlabeled rows (and labels unseen in training) become -1."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    return np.array([lookup.get(label, -1) for label in labels], dtype=np.int32)
+
+
+def _batched(ds: tf.data.Dataset, n: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(options)
+
+
+def table_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> tf.data.Dataset:
+    """(features, label) batches from already-scaled rows."""
+    ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.int32)))
+    return _batched(ds, len(x), batch_size, shuffle, seed)
+
+
+def png_to_unit(data: tf.Tensor) -> tf.Tensor:
+    """A 16-bit mel PNG to float32 (n_mels, frames, 1) in [0, 1] (0 = mel.db_floor, 1 = mel.db_ceiling)."""
+    return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.float32) / PNG_MAX
+
+
+def _time_delta(image: tf.Tensor) -> tf.Tensor:
+    """Central difference along time (width), edges repeated, as librosa's delta with width 3."""
+    padded = tf.concat([image[:, :1], image, image[:, -1:]], axis=1)
+    return (padded[:, 2:] - padded[:, :-2]) / 2.0
+
+
+def to_model_input(image: tf.Tensor, model: ModelConfig) -> tf.Tensor:
+    """Resize a (H, W, 1) unit image to the model's input size and make its channels."""
+    image = tf.image.resize(image, model.image_size, method="bilinear")
+    if model.channels == 1:
+        return image
+    if model.channel_mode == "repeat":
+        return tf.repeat(image, 3, axis=-1)
+    delta = _time_delta(image)
+    return tf.concat([image, delta, _time_delta(delta)], axis=-1)
+
+
+def image_dataset(
+    paths: list[str], y: np.ndarray, model: ModelConfig, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> tf.data.Dataset:
+    """(image, label) batches from mel PNG paths: decode, resize, channels, batch, prefetch."""
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), y.astype(np.int32)))
+    if shuffle:  # shuffle paths, not decoded images: a small buffer holds the whole split
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda path, label: (to_model_input(png_to_unit(tf.io.read_file(path)), model), label),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return _batched(ds, len(paths), batch_size, shuffle=False, seed=seed)
+
+
+def image_input_shape(model: ModelConfig) -> tuple[int, int, int]:
+    return (*model.image_size, model.channels)
+
+
+def mel_unit_to_db(unit: np.ndarray, mel: MelConfig) -> np.ndarray:
+    """Back from the [0, 1] pipeline scale to dB."""
+    return mel.db_floor + unit * (mel.db_ceiling - mel.db_floor)

@@ -1,0 +1,60 @@
+"""Config loading: YAML + overrides, validation with one-line errors, round trip."""
+
+import subprocess
+import sys
+
+import pytest
+
+from genre_tf.config import ConfigError, load_config, save_config
+
+DEMO = ["data.source=demo", "data.root=data/demo"]
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, [*DEMO, "train.epochs=3", "model.kind=cnn", "model.image_size=[64, 32]"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.kind == "cnn"
+    assert cfg.model.image_size == [64, 32]
+
+
+def test_int_accepted_where_float_expected():
+    assert load_config(None, [*DEMO, "train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=abc", "train.epochs: must be an integer, got 'abc'"),
+        ("model.kind=svm", "model.kind: must be one of mlp, cnn, resnet50, got 'svm'"),
+        ("model.resnet.trainable_blocks=40", "model.resnet.trainable_blocks: must be 0..16, got 40"),
+        ("train.epox=3", "train.epox: unknown key"),
+        ("data.split_file=missing.csv", "data.split_file: path does not exist: missing.csv"),
+        ("model.mlp.batch_norm=maybe", "model.mlp.batch_norm: must be true or false"),
+        ("data.valid_fraction=0.9", "data.test_fraction: valid_fraction + test_fraction must be below 1"),
+        ("train=3", "train: must be a mapping"),
+    ],
+)
+def test_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*DEMO, override])
+    assert str(err.value).startswith(message)
+
+
+def test_yaml_file_and_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata: {source: demo, root: d}\nmodel: {kind: resnet50, resnet: {weights: null}}\n")
+    cfg = load_config(path, ["model.resnet.trainable_blocks=3"])
+    assert cfg.model.resnet.weights is None and cfg.model.resnet.trainable_blocks == 3
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_command_line_error_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: demo, root: d}\ntrain: {epochs: -1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "genre_tf.prepare", "--config", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "config error: train.epochs: must be 1..10000, got -1"
+    assert "Traceback" not in proc.stderr

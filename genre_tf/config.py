@@ -118,6 +118,7 @@ class ResnetConfig:
     trainable_layers: int | None = _range(0, 10000, default=None)  # alternative to trainable_blocks
     head_units: int = _range(0, 8192, default=256)
     dropout: float = _range(0.0, 0.95, default=0.3)
+    alpha: float = _range(0.1, 4.0, default=1.0)  # width multiplier of MobileNet-family backbones
 
 
 @dataclass
@@ -139,7 +140,8 @@ class TrainConfig:
     learning_rate: float = _range(0.0, 10.0, default=1e-3)
     fine_tune_epochs: int = _range(0, 10000, default=0)  # second phase with the chosen blocks unfrozen
     fine_tune_learning_rate: float = _range(0.0, 10.0, default=1e-5)
-    patience: int = _range(0, 10000, default=8)  # early stopping on the valid split
+    patience: int = _range(0, 10000, default=8)  # early stopping on the valid split; 0 = never stop early
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"  # picks the checkpoint and stops early
     label_smoothing: float = _range(0.0, 0.5, default=0.0)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 

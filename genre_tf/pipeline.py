@@ -7,6 +7,7 @@ shuffled), so predictions can be aggregated per track afterwards.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,20 +57,52 @@ def label_ids(labels: pd.Series, classes: list[str]) -> np.ndarray:
     return np.array([lookup.get(label, -1) for label in labels], dtype=np.int32)
 
 
-def _batched(ds: tf.data.Dataset, n: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+Loader = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+def table_loader(x: np.ndarray, y: np.ndarray) -> Loader:
+    """Element i -> (scaled feature row, label)."""
+    xs, ys = tf.constant(x, tf.float32), tf.constant(y, tf.int32)
+    return lambda i: (tf.gather(xs, i), tf.gather(ys, i))
+
+
+def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
+    """Element i -> (mel image at the model's input size and channels, label)."""
+    ps, ys = tf.constant([str(p) for p in paths]), tf.constant(y, tf.int32)
+    return lambda i: (to_model_input(png_to_unit(tf.io.read_file(tf.gather(ps, i))), model), tf.gather(ys, i))
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
-    return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(options)
+    return ds.with_options(options)
 
 
-def table_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
-) -> tf.data.Dataset:
-    """(features, label) batches from already-scaled rows."""
-    ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.int32)))
-    return _batched(ds, len(x), batch_size, shuffle, seed)
+def eval_dataset(loader: Loader, n: int, batch_size: int) -> tf.data.Dataset:
+    """All n elements in order (never shuffled), batched."""
+    ds = tf.data.Dataset.range(n).map(loader, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _deterministic(ds.batch(batch_size).prefetch(AUTOTUNE))
+
+
+def train_dataset(
+    loader: Loader, n: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tuple[tf.data.Dataset, int]:
+    """Shuffled training batches for epochs [first_epoch, epochs) and the steps per epoch.
+
+    Epoch e's order is a stateless function of (seed, e), so a run resumed at epoch e sees exactly
+    the batches an uninterrupted run sees there. Each epoch is cut to whole batches (the few
+    elements left over differ from epoch to epoch), so no batch spans two epochs.
+    """
+    batch_size = min(batch_size, n)
+    steps = n // batch_size
+
+    def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[: steps * batch_size])
+
+    ds = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch)).flat_map(epoch_order)
+    ds = ds.map(loader, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    return _deterministic(ds.prefetch(AUTOTUNE)), steps
 
 
 def png_to_unit(data: tf.Tensor) -> tf.Tensor:
@@ -92,21 +125,6 @@ def to_model_input(image: tf.Tensor, model: ModelConfig) -> tf.Tensor:
         return tf.repeat(image, 3, axis=-1)
     delta = _time_delta(image)
     return tf.concat([image, delta, _time_delta(delta)], axis=-1)
-
-
-def image_dataset(
-    paths: list[str], y: np.ndarray, model: ModelConfig, batch_size: int, shuffle: bool = False, seed: int = 0
-) -> tf.data.Dataset:
-    """(image, label) batches from mel PNG paths: decode, resize, channels, batch, prefetch."""
-    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), y.astype(np.int32)))
-    if shuffle:  # shuffle paths, not decoded images: a small buffer holds the whole split
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (to_model_input(png_to_unit(tf.io.read_file(path)), model), label),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    return _batched(ds, len(paths), batch_size, shuffle=False, seed=seed)
 
 
 def image_input_shape(model: ModelConfig) -> tuple[int, int, int]:

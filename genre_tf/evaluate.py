@@ -1,0 +1,177 @@
+"""Evaluate a run at segment and track level: accuracy, per-class and macro precision / recall / F1.
+
+    python -m genre_tf.evaluate --run saved_models/demo_cnn [--split test]
+
+Track level aggregates a track's segments twice: by mean probability and by majority vote.
+Writes metrics.json, report.md and confusion_matrix.png into the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from genre_tf import plots
+from genre_tf.run import RunDir
+
+LEVELS = ("segment", "track_mean", "track_vote")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix."""
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": per_class,
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def aggregate_tracks(track_ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track (in first-seen order): mean probability over its segments and the majority-vote class.
+
+    Vote ties go to the tied class with the highest mean probability.
+    """
+    frame = pd.DataFrame(probs)
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean = groups.mean().to_numpy()
+    votes = pd.get_dummies(pd.Series(probs.argmax(axis=1), index=track_ids)).reindex(
+        columns=range(probs.shape[1]), fill_value=0
+    )
+    counts = votes.groupby(level=0, sort=False).sum().loc[groups.mean().index].to_numpy()
+    tie_break = counts + mean * 1e-3  # mean probabilities are < 1, so they only order equal counts
+    return groups.mean().index.to_numpy(), mean, tie_break.argmax(axis=1)
+
+
+def evaluate_predictions(track_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Metrics at every level; inputs with one example per track report the segment level only once."""
+    result = {"segment": classification_metrics(labels, probs.argmax(axis=1), classes)}
+    if len(np.unique(track_ids)) == len(track_ids):
+        result["segment"]["note"] = "one example per track"
+        return result
+    tracks, mean, vote = aggregate_tracks(track_ids, probs)
+    track_labels = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first().loc[tracks].to_numpy()
+    result["track_mean"] = classification_metrics(track_labels, mean.argmax(axis=1), classes)
+    result["track_vote"] = classification_metrics(track_labels, vote, classes)
+    return result
+
+
+def headline(result: dict) -> dict:
+    """The figures a comparison table shows for one split."""
+    track = result.get("track_mean", result["segment"])
+    return {
+        "segment_accuracy": result["segment"]["accuracy"],
+        "track_accuracy": track["accuracy"],
+        "track_vote_accuracy": result.get("track_vote", track)["accuracy"],
+        "macro_f1": track["macro_f1"],
+    }
+
+
+def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
+    """report.md: headline table per split and level, then per-class figures at track level."""
+    lines = [f"# Run {name}", "", "| split | level | n | accuracy | macro P | macro R | macro F1 |", "|---" * 7 + "|"]
+    for split, result in metrics["splits"].items():
+        for level in LEVELS:
+            if level in result:
+                m = result[level]
+                lines.append(
+                    f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['macro_precision']:.3f} "
+                    f"| {m['macro_recall']:.3f} | {m['macro_f1']:.3f} |"
+                )
+    for split, result in metrics["splits"].items():
+        level = "track_mean" if "track_mean" in result else "segment"
+        lines += ["", f"## {split}, {level}: per class", "", "| class | precision | recall | F1 | support |"]
+        lines.append("|---" * 5 + "|")
+        for name in classes:
+            c = result[level]["per_class"][name]
+            lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    extra = {k: v for k, v in metrics.items() if k not in ("splits",)}
+    lines += ["", "## Run", "", "```json", json.dumps(extra, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def predict_split(run: RunDir, model, frame: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for every example of a frame, and their labels as class indices."""
+    from genre_tf.inputs import split_data
+
+    data = split_data(frame, run.config, run.classes, run.scaler)
+    probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
+    return probs, data.labels
+
+
+def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extra: dict | None = None) -> dict:
+    """Evaluate a run's best model on the given splits and write metrics.json, report.md, PNGs."""
+    from genre_tf.inputs import load_examples
+
+    cfg = run.config
+    model = model or run.load_model()
+    examples = examples or load_examples(cfg, progress=False)
+    metrics = {"run": run.path.name, "model": cfg.model.kind, "classes": run.classes, "splits": {}}
+    if run.metrics_file.is_file():  # keep what training recorded (epochs, time, parameters)
+        metrics.update({k: v for k, v in run.metrics().items() if k not in ("splits", "headline")})
+    metrics.update(extra or {})
+    for split in splits:
+        frame = examples.split(split)
+        if frame.empty:
+            continue
+        probs, labels = predict_split(run, model, frame, cfg.train.batch_size)
+        result = evaluate_predictions(frame["track_id"].to_numpy(), labels, probs, run.classes)
+        metrics["splits"][split] = result
+        level = "track_mean" if "track_mean" in result else "segment"
+        suffix = "" if split == "test" else f"_{split}"
+        plots.confusion_matrix_png(
+            np.array(result[level]["confusion"]),
+            run.classes,
+            f"{run.path.name}: {split}, {level.replace('_', ' ')}",
+            run.path / f"confusion_matrix{suffix}.png",
+        )
+    metrics["headline"] = {split: headline(result) for split, result in metrics["splits"].items()}
+    run.metrics_file.write_text(json.dumps(metrics, indent=1))
+    run.report_file.write_text(markdown_report(run.path.name, metrics, run.classes))
+    if run.history():
+        plots.loss_curves_png(run.history(), run.loss_png)
+    return metrics
+
+
+def format_headline(metrics: dict) -> str:
+    rows = []
+    for split, h in metrics["headline"].items():
+        rows.append(
+            f"{split:5s}  segment acc {h['segment_accuracy']:.3f}  track acc {h['track_accuracy']:.3f} "
+            f"(vote {h['track_vote_accuracy']:.3f})  macro F1 {h['macro_f1']:.3f}"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. saved_models/demo_mlp")
+    parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
+    args = parser.parse_args(argv)
+    run = RunDir(args.run)
+    if not run.model_file.is_file():
+        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    metrics = evaluate_run(run, args.split or ["valid", "test"])
+    print(format_headline(metrics))
+    print(f"written to {run.report_file}")
+
+
+if __name__ == "__main__":
+    main()

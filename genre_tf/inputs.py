@@ -1,0 +1,108 @@
+"""From a config to model inputs: one row per example (a track or a segment), per split, as tf.data.
+
+Train, evaluate, predict and tune all come through here, so a model always sees its inputs made
+the same way: the run's saved config and scaler decide everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from genre_tf import pipeline
+from genre_tf.config import Config
+from genre_tf.dataset import Index, index_table
+from genre_tf.pipeline import FeatureScaler
+from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
+
+
+@dataclass
+class Examples:
+    """Model examples with their track, label and split; feature columns or a mel image path each."""
+
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    skipped: pd.DataFrame
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame.split == name].reset_index(drop=True)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(self.frame.loc[self.frame.label != "", "label"].unique())
+
+
+def uses_images(cfg: Config) -> bool:
+    return cfg.model.kind in ("cnn", "resnet50")
+
+
+def _feature_columns(frame: pd.DataFrame) -> list[str]:
+    from genre_tf.features import FEATURE_COLUMNS
+
+    return [c for c in frame.columns if c in FEATURE_COLUMNS or c.startswith("mfcc")]
+
+
+def examples_from_prepared(prepared: Prepared, cfg: Config) -> Examples:
+    """Pick the rows the model family trains on: whole tracks for a track-level MLP, else segments."""
+    if cfg.model.kind == "mlp" and cfg.model.level == "track":
+        frame = prepared.tracks
+    else:
+        frame = prepared.segments
+    columns = [] if uses_images(cfg) else _feature_columns(frame)
+    return Examples(frame, columns, prepared.skipped)
+
+
+def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
+    """A GTZAN-style feature table: one example per row; only the MLP can use it."""
+    if uses_images(cfg):
+        from genre_tf.config import ConfigError
+
+        raise ConfigError("model.kind", f"{cfg.model.kind} needs audio; a feature table only feeds the mlp")
+    index, table = index_table(csv_path, cfg.data, cfg.seed)
+    frame = index.tracks.join(table, on="track_id")
+    skipped = pd.DataFrame([(p, p, r) for p, r in index.problems], columns=SKIPPED_COLUMNS)
+    return Examples(frame, _feature_columns(table), skipped)
+
+
+def load_examples(cfg: Config, progress: bool = True) -> Examples:
+    """The labeled examples of a training config (audio is prepared through the cache)."""
+    if cfg.data.source == "table":
+        return examples_from_table(cfg.data.csv, cfg)
+    return examples_from_prepared(prepare(cfg, progress=progress), cfg)
+
+
+def examples_for_index(index: Index, cfg: Config, progress: bool = True) -> Examples:
+    """Examples for arbitrary (e.g. unlabeled) audio, made with a run's recipe."""
+    return examples_from_prepared(prepare_index(index, cfg, progress=progress), cfg)
+
+
+@dataclass
+class SplitData:
+    """One split as a model sees it: a loader per element, labels and the track of each element."""
+
+    loader: pipeline.Loader
+    labels: np.ndarray
+    track_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int) -> tf.data.Dataset:
+        return pipeline.eval_dataset(self.loader, len(self), batch_size)
+
+
+def split_data(frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None) -> SplitData:
+    labels = pipeline.label_ids(frame["label"], classes)
+    if uses_images(cfg):
+        loader = pipeline.image_loader(frame["mel_path"].tolist(), labels, cfg.model)
+    else:
+        loader = pipeline.table_loader(scaler.transform(frame), labels)
+    return SplitData(loader, labels, frame["track_id"].to_numpy())
+
+
+def input_shape(cfg: Config, scaler: FeatureScaler | None) -> tuple[int, ...]:
+    return pipeline.image_input_shape(cfg.model) if uses_images(cfg) else (len(scaler.columns),)

@@ -1,0 +1,110 @@
+"""Predict genres with a trained run: audio files, folders or a feature table; a Kaggle-style submission.
+
+    python -m genre_tf.predict --run saved_models/demo_cnn song.mp3            # top-k genres of one file
+    python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
+    python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
+
+The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
+size), so predictions are made exactly as in training. A track's segments are aggregated by mean
+probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tf.dataset import Index
+from genre_tf.evaluate import aggregate_tracks
+from genre_tf.run import RunDir
+
+
+def index_inputs(inputs: list[Path]) -> Index:
+    """Unlabeled index of audio files and of every file below the given folders."""
+    from genre_tf.dataset import _dedupe, _frame, index_folder
+
+    rows, problems = [], []
+    for path in inputs:
+        if path.is_dir():
+            sub = index_folder(path, labeled=False)
+            rows += sub.tracks.to_dict("records")
+            problems += sub.problems
+        else:
+            rows.append({"track_id": path.stem, "path": str(path), "label": "", "split": ""})
+    rows, duplicates = _dedupe(rows)
+    return Index(_frame(rows), problems + duplicates)
+
+
+def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, per-track probabilities) for a frame of examples, segments averaged per track."""
+    from genre_tf.evaluate import predict_split
+
+    model = model or run.load_model()
+    probs, _ = predict_split(run, model, frame, run.config.train.batch_size)
+    tracks, mean, _ = aggregate_tracks(frame["track_id"].to_numpy(), probs)
+    return tracks, mean
+
+
+def load_inputs(run: RunDir, inputs: list[Path]):
+    """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe."""
+    from genre_tf.inputs import examples_for_index, examples_from_table
+
+    cfg = run.config
+    if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
+        cfg.data.split_file = None
+        return examples_from_table(inputs[0], cfg)
+    return examples_for_index(index_inputs(inputs), cfg)
+
+
+def submission(run: RunDir, tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
+    table = pd.DataFrame({"id": tracks, "class": np.array(run.classes)[probs.argmax(axis=1)]})
+    if with_probabilities:
+        for i, name in enumerate(run.classes):
+            table[f"p_{name}"] = probs[:, i].round(6)
+    return table
+
+
+def top_k_lines(run: RunDir, tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
+    lines = []
+    for track, p in zip(tracks, probs, strict=True):
+        best = np.argsort(p)[::-1][:k]
+        lines.append(f"{track}: " + ", ".join(f"{run.classes[i]} {p[i]:.3f}" for i in best))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
+    parser.add_argument("--output", type=Path, help="write id,class CSV here")
+    parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
+    parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    args = parser.parse_args(argv)
+    run = RunDir(args.run)
+    if not run.model_file.is_file():
+        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
+    examples = load_inputs(run, args.inputs)
+    for row in examples.skipped.itertuples():
+        print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+    if examples.frame.empty:
+        raise SystemExit("error: nothing to predict (every input was skipped)")
+    tracks, probs = predict_frame(run, examples.frame)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        submission(run, tracks, probs, args.probabilities).to_csv(args.output, index=False)
+        if not examples.skipped.empty:
+            examples.skipped.to_csv(args.output.with_suffix(".skipped.csv"), index=False)
+        print(f"{len(tracks)} predictions written to {args.output}")
+    if not args.output or len(tracks) <= 10:
+        print("\n".join(top_k_lines(run, tracks, probs, args.top_k)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""A run directory `saved_models/<run>/`: where each artefact lives, and loading them back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from genre_tf.config import Config, load_config
+from genre_tf.pipeline import FeatureScaler
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run's artefacts; the saved config alone reproduces the run."""
+
+    path: Path
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    model_file = property(lambda self: self.path / "model.keras")
+    classes_file = property(lambda self: self.path / "classes.json")
+    scaler_file = property(lambda self: self.path / "scaler.json")
+    history_json = property(lambda self: self.path / "history.json")
+    history_csv = property(lambda self: self.path / "history.csv")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    report_file = property(lambda self: self.path / "report.md")
+    skipped_file = property(lambda self: self.path / "skipped.csv")
+    backup_dir = property(lambda self: self.path / "backup")
+    logs_dir = property(lambda self: self.path / "logs")
+    confusion_png = property(lambda self: self.path / "confusion_matrix.png")
+    loss_png = property(lambda self: self.path / "loss_curves.png")
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_file)
+
+    @cached_property
+    def classes(self) -> list[str]:
+        return json.loads(self.classes_file.read_text())
+
+    @cached_property
+    def scaler(self) -> FeatureScaler | None:
+        return FeatureScaler.load(self.scaler_file) if self.scaler_file.is_file() else None
+
+    def load_model(self):
+        import keras
+
+        import genre_tf.models  # noqa: F401  (registers the custom layers the saved model uses)
+
+        return keras.models.load_model(self.model_file)
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_file.read_text())
+
+    def history(self) -> list[dict]:
+        return json.loads(self.history_json.read_text()) if self.history_json.is_file() else []

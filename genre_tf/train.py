@@ -38,7 +38,7 @@ class Phase:
     name: str
     epochs: int
     learning_rate: float
-    trainable_blocks: int | None = None  # None: the whole model trains (no backbone)
+    backbone: str | None = None  # None: no backbone; "frozen"; "configured": as trainable_blocks / _layers say
 
 
 def plan_phases(cfg: Config) -> list[Phase]:
@@ -46,12 +46,13 @@ def plan_phases(cfg: Config) -> list[Phase]:
     model, train = cfg.model, cfg.train
     if model.kind != "resnet50":
         return [Phase("train", train.epochs, train.learning_rate)]
-    unfrozen = models.unfrozen_blocks(model)
-    if unfrozen == 0 or train.fine_tune_epochs == 0:
-        return [Phase("train", train.epochs, train.learning_rate, unfrozen)]
+    resnet = model.resnet
+    frozen = (resnet.trainable_blocks if resnet.trainable_layers is None else resnet.trainable_layers) == 0
+    if frozen or train.fine_tune_epochs == 0:
+        return [Phase("train", train.epochs, train.learning_rate, "configured")]
     return [
-        Phase("head", train.epochs, train.learning_rate, 0),
-        Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, unfrozen),
+        Phase("head", train.epochs, train.learning_rate, "frozen"),
+        Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, "configured"),
     ]
 
 
@@ -191,8 +192,10 @@ def fit_phases(run: RunDir, cfg: Config, examples: Examples, scaler: FeatureScal
         started = time.perf_counter()
         first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
         with strategy.scope():
-            if phase.trainable_blocks is not None:
-                models.set_trainable_blocks(model, cfg.model, phase.trainable_blocks)
+            if phase.backbone == "frozen":
+                models.set_trainable_blocks(model, 0)
+            elif phase.backbone == "configured":
+                models.apply_trainable(model, cfg.model.resnet)
             if run.model_file.is_file():  # a later phase starts from the best weights so far
                 model.load_weights(run.model_file)
             model.compile(

@@ -119,6 +119,7 @@ class ResnetConfig:
     head_units: int = _range(0, 8192, default=256)
     dropout: float = _range(0.0, 0.95, default=0.3)
     alpha: float = _range(0.1, 4.0, default=1.0)  # width multiplier of MobileNet-family backbones
+    cache_boundary: bool = True  # train above the frozen blocks on activations cached once (genre_tf.boundary)
 
 
 @dataclass
@@ -281,17 +282,35 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_dicts else value
+    return merged
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's values; `extends: other.yaml` (relative to this file) is read first and updated."""
+    if not path.is_file():
+        raise ConfigError("--config" if not seen else "extends", f"file does not exist: {path}")
+    if path.resolve() in seen:
+        raise ConfigError("extends", f"{path} extends itself")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("--config", f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of config keys")
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    return _merge(read_yaml(path.parent / parent, (*seen, path.resolve())), values)
+
+
 def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply overrides, validate; raises ConfigError."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("--config", f"file does not exist: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError("--config", f"not valid YAML: {str(err).splitlines()[0]}") from None
+    values = read_yaml(Path(path)) if path is not None else {}
     cfg = _build(Config, apply_overrides(values, list(overrides)))
     _check_consistency(cfg)
     return cfg

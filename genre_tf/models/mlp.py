@@ -15,7 +15,8 @@ def build_mlp(cfg: MlpConfig, input_shape: tuple[int, ...], n_classes: int) -> k
         # BatchNorm's beta makes the Dense bias redundant.
         x = keras.layers.Dense(cfg.units, use_bias=not cfg.batch_norm, name=f"dense_{i}")(x)
         if cfg.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
+            # momentum 0.9: the moving statistics must settle within the few hundred steps small datasets give.
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(x)
         x = keras.layers.ReLU(name=f"relu_{i}")(x)
         x = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
     # float32 softmax keeps probabilities exact under a mixed-precision policy.

@@ -1,0 +1,126 @@
+"""Feature cache: keyed by content and recipe, atomic, byte-identical after kill -9 and resume."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from genre_tf.cache import Recipe, TrackStore, extract_all, file_digest
+from genre_tf.config import load_config
+from genre_tf.demo import generate_demo
+
+
+def demo_config(tmp_path: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            "data.source=demo",
+            f"data.root={tmp_path / 'demo'}",
+            f"cache.dir={tmp_path / 'cache'}",
+            "data.demo_tracks_per_genre=3",
+            "data.demo_seconds=3",
+            "audio.segment_seconds=1.0",
+            "mel.n_mels=32",
+            *extra,
+        ],
+    )
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_recipe_key_follows_every_parameter(tmp_path):
+    cfg = demo_config(tmp_path)
+    base = Recipe.from_config(cfg).key
+    assert Recipe.from_config(demo_config(tmp_path)).key == base
+    for override in ("mel.n_mels=64", "audio.segment_seconds=2.0", "features.n_mfcc=13", "audio.sample_rate=16000"):
+        assert Recipe.from_config(demo_config(tmp_path, override)).key != base
+
+
+def test_second_run_is_all_hits_and_moves_do_not_matter(tmp_path):
+    cfg = demo_config(tmp_path)
+    paths = [str(p) for p in generate_demo(cfg.data.root, 2, 2.0)]
+    recipe = Recipe.from_config(cfg)
+    first = extract_all(paths, cfg.cache.dir, recipe, jobs=1, progress=False)
+    assert all(r.ok and not r.hit for r in first)
+    moved = tmp_path / "moved.wav"
+    os.replace(paths[0], moved)
+    second = extract_all([str(moved), *paths[1:]], cfg.cache.dir, recipe, jobs=1, progress=False)
+    assert all(r.hit for r in second)
+    assert [r.digest for r in second] == [r.digest for r in first]
+    store = TrackStore(cfg.cache.dir, recipe)
+    rows = store.segment_rows(first[0].digest)
+    assert rows.shape == (first[0].n_segments, 57) and np.isfinite(rows).all()
+
+
+def test_bad_files_are_skipped_with_reasons_and_cached(tmp_path):
+    cfg = demo_config(tmp_path)
+    good = tmp_path / "good.wav"
+    sf.write(good, np.random.default_rng(0).normal(0, 0.1, 22050 * 2).astype(np.float32), 22050)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 10)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.random.default_rng(1).normal(0, 0.1, 2000).astype(np.float32), 22050)
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    paths = [str(good), str(text), str(short), str(folder)]
+    results = extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), jobs=1, progress=False)
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert results[1].reason.startswith("not an audio file")
+    assert results[2].reason.startswith("shorter than one segment (0.09 s < 1.0 s)")
+    assert results[3].reason == "is a directory"
+    again = extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), jobs=1, progress=False)
+    assert [r.hit for r in again[:3]] == [True, True, True]
+    assert again[1].reason == results[1].reason
+
+
+def test_parallel_equals_serial(tmp_path):
+    cfg = demo_config(tmp_path)
+    paths = [str(p) for p in generate_demo(cfg.data.root, 1, 2.0)]
+    serial = extract_all(paths, tmp_path / "a", Recipe.from_config(cfg), jobs=1, progress=False)
+    parallel = extract_all(paths, tmp_path / "b", Recipe.from_config(cfg), jobs=2, progress=False)
+    assert [r.digest for r in serial] == [r.digest for r in parallel]
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+
+def test_kill_and_resume_is_byte_identical(tmp_path):
+    """prepare killed with SIGKILL mid-extraction, then rerun, leaves the same cache as one clean run."""
+    config = tmp_path / "c.yaml"
+    common = (
+        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 4, demo_seconds: 4}}\n"
+        "audio: {segment_seconds: 1.0}\nmel: {n_mels: 32}\n"
+    )
+    config.write_text(f"name: killed\ncache: {{dir: {tmp_path / 'killed'}}}\n" + common)
+    command = [sys.executable, "-m", "genre_tf.prepare", "--config", str(config), "--jobs", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracks = tmp_path / "killed" / "tracks"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tracks.glob("*/*"))) < 4:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    entries = len([p for p in tracks.glob("*/*") if not p.name.startswith(".tmp")])
+    assert 0 < entries < 24, "the kill must land mid-extraction"
+    subprocess.run(command, check=True, capture_output=True)
+    clean = tmp_path / "clean.yaml"
+    clean.write_text(f"name: clean\ncache: {{dir: {tmp_path / 'clean'}}}\n" + common)
+    subprocess.run([*command[:4], str(clean), "--jobs", "1"], check=True, capture_output=True)
+    assert tree_digest(tracks) == tree_digest(tmp_path / "clean" / "tracks")
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "cache hits 24  extracted 0" in rerun.stdout
+
+
+def test_file_digest_is_content(tmp_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    a.write_bytes(b"same")
+    b.write_bytes(b"same")
+    assert file_digest(a) == file_digest(b)

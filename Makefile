@@ -17,9 +17,9 @@ install: $(STAMP)
 # The three model families on synthetic demo audio, then the comparison table (a few minutes on 2 cores).
 demo: $(STAMP)
 	$(PY) -m genre_tf.prepare --config configs/demo.yaml
-	$(PY) -m genre_tf.train --config configs/demo.yaml --quiet
-	$(PY) -m genre_tf.train --config configs/demo_cnn.yaml --quiet
-	$(PY) -m genre_tf.train --config configs/demo_resnet.yaml --quiet
+	$(PY) -m genre_tf.train --config configs/demo.yaml
+	$(PY) -m genre_tf.train --config configs/demo_cnn.yaml
+	$(PY) -m genre_tf.train --config configs/demo_resnet.yaml
 	$(PY) -m genre_tf.compare saved_models/demo_mlp saved_models/demo_cnn saved_models/demo_resnet --output saved_models/demo_comparison
 
 test: $(STAMP)

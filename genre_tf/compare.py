@@ -1,6 +1,6 @@
 """Compare runs: a markdown and CSV table and a bar chart across run directories.
 
-    python -m genre_tf.compare saved_models/* [--output saved_models/comparison]
+python -m genre_tf.compare saved_models/* [--output saved_models/comparison]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def describe_model(run: RunDir) -> str:
     if m.kind == "mlp":
         return f"{m.level}, {m.mlp.hidden_layers}x{m.mlp.units}, dropout {m.mlp.dropout}"
     if m.kind == "cnn":
-        return f"{m.cnn.conv_blocks} blocks, {m.cnn.filters} filters, k{m.cnn.kernel_size}, {m.image_size[0]}x{m.image_size[1]}"
+        size = f"{m.image_size[0]}x{m.image_size[1]}"
+        return f"{m.cnn.conv_blocks} blocks, {m.cnn.filters} filters, k{m.cnn.kernel_size}, {size}"
     r = m.resnet
     weights = "random" if r.weights is None else Path(r.weights).name if r.weights != "imagenet" else "imagenet"
     unfrozen = f"{r.trainable_layers} layers" if r.trainable_layers is not None else f"{r.trainable_blocks} blocks"

@@ -231,9 +231,9 @@ def _build(cls: type, values: Any, prefix: str = "") -> Any:
 
 def _check_metadata(key: str, value: Any, metadata: Any) -> None:
     lo, hi = metadata.get("range", (None, None))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(key, f"must be {lo}..{hi}, got {value}")
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        raise ConfigError(key, f"must be {lo}..{hi}, got {value}")
     if metadata.get("exists") and value is not None and not Path(value).exists():
         raise ConfigError(key, f"path does not exist: {value}")
 
@@ -339,7 +339,7 @@ def save_config(cfg: Config, path: Path) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3"
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.epochs=3"
     )
 
 

@@ -155,10 +155,7 @@ def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
 
 def build_index(data: DataConfig, seed: int) -> Index:
     """The labeled, split index for an audio dataset config (source folder, demo or csv)."""
-    if data.source == "csv":
-        index = index_csv(data.csv)
-    else:
-        index = index_folder(data.root)
+    index = index_csv(data.csv) if data.source == "csv" else index_folder(data.root)
     if index.tracks.empty:
         raise ConfigError("data.root" if data.source != "csv" else "data.csv", "no tracks found")
     return assign_splits(index, data, seed)

@@ -48,10 +48,8 @@ def _feature_columns(frame: pd.DataFrame) -> list[str]:
 
 def examples_from_prepared(prepared: Prepared, cfg: Config) -> Examples:
     """Pick the rows the model family trains on: whole tracks for a track-level MLP, else segments."""
-    if cfg.model.kind == "mlp" and cfg.model.level == "track":
-        frame = prepared.tracks
-    else:
-        frame = prepared.segments
+    whole_tracks = cfg.model.kind == "mlp" and cfg.model.level == "track"
+    frame = prepared.tracks if whole_tracks else prepared.segments
     columns = [] if uses_images(cfg) else _feature_columns(frame)
     return Examples(frame, columns, prepared.skipped)
 

@@ -75,6 +75,8 @@ def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
+    # In-memory sources have no files to shard: workers of a multi-worker run split by element.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
 
 

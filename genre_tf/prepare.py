@@ -64,7 +64,8 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
     recipe = Recipe.from_config(cfg)
     store = TrackStore(cfg.cache.dir, recipe)
     paths = index.tracks["path"].tolist()
-    results = extract_all(paths, cfg.cache.dir, recipe, jobs=cfg.cache.jobs if jobs is None else jobs, progress=progress)
+    jobs = cfg.cache.jobs if jobs is None else jobs
+    results = extract_all(paths, cfg.cache.dir, recipe, jobs=jobs, progress=progress)
     tracks = index.tracks.copy()
     tracks["digest"] = [r.digest for r in results]
     tracks["n_segments"] = [r.n_segments for r in results]

@@ -33,9 +33,8 @@ def demo_config(tmp_path: Path, *extra: str):
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_recipe_key_follows_every_parameter(tmp_path):

@@ -61,7 +61,7 @@ Loader = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def table_loader(x: np.ndarray, y: np.ndarray) -> Loader:
-    """Element i -> (scaled feature row, label)."""
+    """Element i -> (row i of `x`, label): scaled feature rows, or any (n, ...) array such as activations."""
     xs, ys = tf.constant(x, tf.float32), tf.constant(y, tf.int32)
     return lambda i: (tf.gather(xs, i), tf.gather(ys, i))
 

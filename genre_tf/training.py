@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from genre_tf import models
+from genre_tf import boundary, models
 from genre_tf.cache import write_atomic
 from genre_tf.config import (
     Config,
@@ -142,9 +142,10 @@ class Tracker(keras.callbacks.Callback):
     it again, so a resumed run makes the same choices as an uninterrupted one.
     """
 
-    def __init__(self, run: RunDir, phase: Phase, cfg: Config, start_epoch: int):
+    def __init__(self, run: RunDir, phase: Phase, cfg: Config, start_epoch: int, full_model: keras.Model):
         super().__init__()
         self.run, self.phase, self.cfg, self.start_epoch = run, phase, cfg, start_epoch
+        self.full_model = full_model  # what model.keras holds, also while only the top above a boundary fits
         self.history = [h for h in run.history() if h["epoch"] < start_epoch]
         monitor = self.cfg.train.monitor
         self.best, self.wait = None, 0
@@ -165,7 +166,7 @@ class Tracker(keras.callbacks.Callback):
         if _improved(row[monitor], self.best, monitor):
             self.best, self.wait = row[monitor], 0
             tmp = self.run.path / ".tmp-model.keras"
-            self.model.save(tmp)
+            self.full_model.save(tmp)
             os.replace(tmp, self.run.model_file)
         else:
             self.wait += 1
@@ -305,18 +306,25 @@ def fit_phases(
                 models.apply_trainable(model, cfg.model.resnet)
             if run.model_file.is_file():  # a later phase starts from the best weights so far
                 model.load_weights(run.model_file)
-            model.compile(
+            fit_model, phase_train, phase_valid = model, train_data, valid
+            if boundary.caches_boundary(cfg):  # the frozen bottom runs once, not every epoch
+                blocks = 0 if phase.backbone == "frozen" else cfg.model.resnet.trainable_blocks
+                cut = boundary.cut_at_boundary(model, blocks, cfg.model)
+                fit_model = cut.top  # shares its weights with `model`
+                phase_train = boundary.boundary_split(cut, train_frame, cfg, classes)
+                phase_valid = boundary.boundary_split(cut, valid_frame, cfg, classes).batches(cfg.train.batch_size)
+            fit_model.compile(
                 optimizer=keras.optimizers.Adam(phase.learning_rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(),
                 metrics=["accuracy"],
             )
         backup = EpochBackup(run.backup_dir / phase.name)
-        start_epoch = backup.restore(model) or first_epoch
+        start_epoch = backup.restore(fit_model) or first_epoch
         last_epoch = first_epoch + phase.epochs
         ds, steps = train_dataset(
-            train_data.loader, len(train_data), cfg.train.batch_size, cfg.seed, start_epoch, last_epoch
+            phase_train.loader, len(phase_train), cfg.train.batch_size, cfg.seed, start_epoch, last_epoch
         )
-        tracker = Tracker(run, phase, cfg, start_epoch)
+        tracker = Tracker(run, phase, cfg, start_epoch, model)
         callbacks = [tracker, backup]  # history before backup: see Tracker
         if is_chief():
             callbacks.append(keras.callbacks.TensorBoard(str(run.logs_dir), write_graph=False))
@@ -325,13 +333,13 @@ def fit_phases(
             pass
         elif cfg.train.distribute == "multi_worker":
             epochs = range(start_epoch, last_epoch)
-            batch = min(cfg.train.batch_size, len(train_data))
-            fit_multi_worker(model, strategy, ds, valid, steps, batch, epochs, callbacks)
+            batch = min(cfg.train.batch_size, len(phase_train))
+            fit_multi_worker(fit_model, strategy, ds, phase_valid, steps, batch, epochs, callbacks)
         else:
-            model.fit(
+            fit_model.fit(
                 ds,
                 shuffle=False,  # train_dataset shuffles, per epoch, from the seed
-                validation_data=valid,
+                validation_data=phase_valid,
                 epochs=last_epoch,
                 initial_epoch=start_epoch,
                 steps_per_epoch=steps,

@@ -1,0 +1,136 @@
+"""Frozen-boundary cache for the transfer family: compute the frozen backbone's activations once, train above them.
+
+With the bottom of the backbone frozen (its BatchNorm in inference mode) and no augmentation, the activations at
+the boundary, the output of the last frozen layer, are the same every epoch. They are computed once per split,
+saved as `<cache.dir>/boundary/<key>.npy` and the trainable top (the unfrozen blocks and the head) fits on them.
+The key hashes everything that decides the activations: the backbone, a digest of the frozen weights (ImageNet,
+a local file and a seeded random init alike), the boundary layer, the input recipe (size, channels, channel mode)
+and the ordered mel PNG paths of the split, which the feature cache makes content-addressed. The head is not in
+the key, so epochs, resumed runs and tuner trials that share the boundary share the file.
+
+`top` shares its weights with the full model, so what it learns is the full model's: save and evaluate that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from genre_tf import pipeline
+from genre_tf.cache import TMP_PREFIX
+from genre_tf.config import Config, ModelConfig
+from genre_tf.inputs import SplitData, split_data
+from genre_tf.models import boundary_layer_name, split_at_boundary
+from genre_tf.models.resnet import backbone_name
+
+BOUNDARY_VERSION = "1"  # bump when the way activations are computed changes
+
+
+@dataclass
+class Boundary:
+    """A transfer model cut where its frozen part ends; `spec` is what, besides the data, decides the activations."""
+
+    frozen: keras.Model  # image -> boundary activations, no trainable weights
+    top: keras.Model  # boundary activations -> probabilities, weights shared with the full model
+    spec: dict
+
+    @property
+    def layer(self) -> str:
+        return self.spec["boundary"]
+
+    def key(self, mel_paths: Sequence[str]) -> str:
+        """Cache key of one split's activations: the spec plus the split's ordered mel PNG paths."""
+        payload = json.dumps({**self.spec, "mel_paths": [str(p) for p in mel_paths]}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 over the shapes and bytes of every weight of `model` (moving BatchNorm statistics included)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        values = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{values.dtype}{values.shape}".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def cut_at_boundary(model: keras.Model, trainable_blocks: int, model_cfg: ModelConfig) -> Boundary:
+    """Split a `build_model` transfer model below its top `trainable_blocks` blocks; 0 cuts at the pooled output."""
+    frozen, top = split_at_boundary(model, trainable_blocks)
+    spec = {
+        "version": BOUNDARY_VERSION,
+        "backbone": backbone_name(model),
+        "weights": weights_digest(frozen),
+        "boundary": boundary_layer_name(model, trainable_blocks),
+        "input_shape": list(model.input_shape[1:]),
+        "image_size": list(model_cfg.image_size),
+        "channels": model_cfg.channels,
+        "channel_mode": model_cfg.channel_mode,
+        "dtype": str(frozen.output.dtype),
+    }
+    return Boundary(frozen, top, spec)
+
+
+def boundary_features(
+    frozen: keras.Model, data: SplitData, batch_size: int, cache_dir: Path, key: str, progress: bool = True
+) -> np.ndarray:
+    """The frozen model's activations for every element of `data`, in order: loaded if cached, else computed once."""
+    path = Path(cache_dir) / "boundary" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    from tqdm import tqdm
+
+    activations = np.empty((len(data), *frozen.output.shape[1:]), dtype=frozen.output.dtype)
+    batches = tqdm(
+        data.batches(batch_size) if len(data) else [],  # image_loader cannot be traced over no paths
+        total=math.ceil(len(data) / batch_size),
+        desc="boundary activations",
+        unit="batch",
+        disable=not progress,
+    )
+    start = 0
+    for images, _ in batches:
+        batch = keras.ops.convert_to_numpy(frozen.predict_on_batch(images))
+        activations[start : start + len(batch)] = batch
+        start += len(batch)
+    _save_npy_atomic(path, activations)
+    return activations
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Stream to a temporary file and rename it into place: readers see a whole .npy or none, at no extra copy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def boundary_split(
+    boundary: Boundary, frame: pd.DataFrame, cfg: Config, classes: list[str], progress: bool = True
+) -> SplitData:
+    """`split_data` for `boundary.top`: element i -> (cached boundary activations, label), same order and tracks."""
+    images = split_data(frame, cfg, classes, None)
+    key = boundary.key(frame["mel_path"].tolist())
+    activations = boundary_features(boundary.frozen, images, cfg.train.batch_size, cfg.cache.dir, key, progress)
+    # table_loader gathers along the first axis only, so (n, H, W, C) activations load like (n, F) rows.
+    return SplitData(pipeline.table_loader(activations, images.labels), images.labels, images.track_ids)
+
+
+def caches_boundary(cfg: Config) -> bool:
+    """Whether training can run on cached boundary activations: a transfer model cut by blocks, caching on.
+
+    Distributed training keeps the plain path: the cached path is not tested under tf.distribute.
+    """
+    resnet = cfg.model.resnet
+    cut_by_blocks = resnet.cache_boundary and resnet.trainable_layers is None
+    return cfg.model.kind == "resnet50" and cut_by_blocks and cfg.train.distribute == "none"

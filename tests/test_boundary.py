@@ -1,0 +1,167 @@
+"""Frozen-boundary cache: keys, compute-once files, and a top trained on the cache that is the plain model's equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_tf import boundary
+from genre_tf.boundary import boundary_features, boundary_split, caches_boundary, cut_at_boundary
+from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, ResnetConfig, TrainConfig
+from genre_tf.features import encode_mel_png
+from genre_tf.inputs import split_data
+from genre_tf.models import build_model
+from genre_tf.pipeline import image_input_shape, train_dataset
+
+CLASSES = ["blues", "jazz", "rock"]
+N_IMAGES = 12
+BATCH = 4
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+
+
+def make_cfg(tmp_path: Path, **resnet) -> Config:
+    model = ModelConfig(
+        kind="resnet50",
+        image_size=[32, 32],
+        channels=3,
+        resnet=ResnetConfig(**{"weights": None, "head_units": 8, "dropout": 0.0, **resnet}),
+    )
+    return Config(model=model, cache=CacheConfig(dir=tmp_path / "cache"), train=TrainConfig(batch_size=BATCH))
+
+
+@pytest.fixture
+def frame(tmp_path) -> pd.DataFrame:
+    """Random 16-bit mel PNGs (16 bands x 24 frames), as the feature cache writes them, with labels and tracks."""
+    rng = np.random.default_rng(0)
+    mel = MelConfig()
+    rows = []
+    for i in range(N_IMAGES):
+        path = tmp_path / "mels" / f"mel_{i:04d}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(encode_mel_png(rng.uniform(mel.db_floor, mel.db_ceiling, (16, 24)), mel))
+        rows.append({"track_id": f"t{i // 2}", "label": CLASSES[i % 3], "mel_path": str(path)})
+    return pd.DataFrame(rows)
+
+
+def build(cfg: Config) -> keras.Model:
+    return build_model(cfg.model, image_input_shape(cfg.model), len(CLASSES))
+
+
+def images_of(frame: pd.DataFrame, cfg: Config) -> np.ndarray:
+    return np.concatenate([x for x, _ in split_data(frame, cfg, CLASSES, None).batches(BATCH)])
+
+
+def activations_of(data) -> np.ndarray:
+    return np.concatenate([x for x, _ in data.batches(BATCH)])
+
+
+def test_top_on_cached_activations_predicts_like_the_model(tmp_path, frame):
+    cfg = make_cfg(tmp_path)
+    model = build(cfg)
+    expected = model(images_of(frame, cfg))
+    # 0 blocks: the pooled backbone output, one vector per image; else the (H, W, C) map below the lowest block.
+    for blocks, shape in [(0, (2048,)), (1, (1, 1, 2048)), (3, (2, 2, 1024))]:
+        cut = cut_at_boundary(model, blocks, cfg.model)
+        data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+        cached = activations_of(data)
+        assert cached.shape == (N_IMAGES, *shape)
+        np.testing.assert_array_equal(data.labels, [i % 3 for i in range(N_IMAGES)])
+        np.testing.assert_array_equal(data.track_ids, frame.track_id)
+        np.testing.assert_allclose(cut.top(cached), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_activations_are_computed_once_then_loaded(tmp_path, frame, monkeypatch):
+    cfg = make_cfg(tmp_path, trainable_blocks=1)
+    cut = cut_at_boundary(build(cfg), 1, cfg.model)
+    data = split_data(frame, cfg, CLASSES, None)
+    key = cut.key(frame.mel_path)
+    first = boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key, progress=False)
+    np.testing.assert_allclose(first, cut.frozen(images_of(frame, cfg)), rtol=1e-5, atol=1e-6)
+    assert [p.name for p in (cfg.cache.dir / "boundary").iterdir()] == [f"{key}.npy"]  # no temporary file left
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a cached split was computed again")
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", no_compute)
+    np.testing.assert_array_equal(boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key), first)
+    # A split without elements (a run without a test split) caches an empty array of the right shape.
+    assert boundary_split(cut, frame.iloc[:0], cfg, CLASSES, progress=False).labels.shape == (0,)
+    assert np.load(cfg.cache.dir / "boundary" / f"{cut.key([])}.npy").shape == (0, 1, 1, 2048)
+
+
+def test_caching_applies_to_transfer_models_cut_by_blocks(tmp_path):
+    assert caches_boundary(make_cfg(tmp_path))
+    assert caches_boundary(make_cfg(tmp_path, trainable_blocks=3))
+    assert not caches_boundary(make_cfg(tmp_path, cache_boundary=False))
+    assert not caches_boundary(make_cfg(tmp_path, trainable_layers=10))  # a cut inside a block has no closed top
+    assert not caches_boundary(Config(model=ModelConfig(kind="cnn")))
+
+
+def test_key_follows_weights_data_boundary_and_input_but_not_the_head(tmp_path, frame):
+    cfg = make_cfg(tmp_path)
+    paths = frame.mel_path.tolist()
+    model = build(cfg)
+    cut = cut_at_boundary(model, 1, cfg.model)
+    key = cut.key(paths)
+    assert cut.layer == "conv5_block2_out"
+    assert cut.key(paths[::-1]) != key  # the activations are stored in element order
+    assert cut.key(paths[:-1]) != key
+    assert cut_at_boundary(model, 0, cfg.model).key(paths) != key
+    deltas = make_cfg(tmp_path).model
+    deltas.channel_mode = "deltas"
+    assert cut_at_boundary(model, 1, deltas).key(paths) != key
+    stem = cut.frozen.get_layer("resnet50_frozen").get_layer("conv1_conv")
+    kernel = stem.kernel.numpy()
+    stem.kernel.assign(kernel + 1e-3)
+    assert cut_at_boundary(model, 1, cfg.model).key(paths) != key
+    stem.kernel.assign(kernel)
+    assert cut_at_boundary(model, 1, cfg.model).key(paths) == key
+    # A tuner trial with another head and the same seeded backbone reads the same file.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    other = build(make_cfg(tmp_path, head_units=32, dropout=0.5))
+    assert cut_at_boundary(other, 1, cfg.model).key(paths) == key
+
+
+def test_training_top_on_the_cache_trains_the_full_model_as_plain_fit_does(tmp_path, frame):
+    cfg = make_cfg(tmp_path, trainable_blocks=1, dropout=0.3)
+    model = build(cfg)
+    images = images_of(frame, cfg)
+    before = model(images)
+    initial = model.get_weights()
+    dropout_rngs = [layer.seed_generator.state for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    initial_rngs = [rng.numpy() for rng in dropout_rngs]
+    kernel = model.get_layer("resnet50").get_layer("conv5_block3_2_conv").kernel
+    initial_kernel = kernel.numpy()
+
+    def fit(net: keras.Model, loader) -> None:
+        # A low rate keeps the randomly initialised head's ReLUs alive, so the predictions stay image-dependent.
+        net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy())
+        ds, steps = train_dataset(loader, N_IMAGES, BATCH, cfg.seed, 0, 2)
+        net.fit(ds, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0)
+
+    fit(model, split_data(frame, cfg, CLASSES, None).loader)
+    plain, plain_kernel = model(images), kernel.numpy()
+    model.set_weights(initial)
+    for rng, state in zip(dropout_rngs, initial_rngs, strict=True):  # the head's dropout layers draw the same masks
+        rng.assign(state)
+    cut = cut_at_boundary(model, 1, cfg.model)
+    data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    fit(cut.top, data.loader)
+    on_cache = cut.top(activations_of(data))
+    assert np.abs(plain - before).max() > 0.1 and np.std(plain, axis=0).max() > 0.01  # trained, not collapsed
+    assert np.abs(plain_kernel - initial_kernel).max() > 0  # the top block trained too
+    np.testing.assert_allclose(model(images), on_cache, rtol=1e-4, atol=1e-6)  # weights shared with the full model
+    np.testing.assert_allclose(on_cache, plain, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(kernel.numpy(), plain_kernel, rtol=1e-4, atol=1e-6)
+    # Only the top block and the head trained: the cached activations are still the frozen part's.
+    assert boundary.weights_digest(cut.frozen) == cut.spec["weights"]

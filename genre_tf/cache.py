@@ -176,13 +176,20 @@ def _extract_job(job: tuple[str, str, str, Recipe]) -> TrackResult:
     return extract_track(path, digest, TrackStore(Path(cache_dir), recipe))
 
 
+def _one_blas_thread() -> None:
+    # Processes already use every core; BLAS threads on top of them oversubscribe and slow both.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _parallel(jobs: list[tuple], workers: int) -> Iterator[TrackResult]:
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_extract_job, jobs)
         return
     # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
         yield from pool.map(_extract_job, jobs, chunksize=1)
 
 

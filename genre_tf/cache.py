@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from genre_tf import features
 from genre_tf.audio import AudioError, load_track, segment_bounds
@@ -177,15 +178,15 @@ def _extract_job(job: tuple[str, str, str, Recipe]) -> TrackResult:
 
 
 def _one_blas_thread() -> None:
-    # Processes already use every core; BLAS threads on top of them oversubscribe and slow both.
-    from threadpoolctl import threadpool_limits
-
+    # Processes already use every core, and BLAS threads on top oversubscribe them. One thread in
+    # every extractor, in-process too, also keeps float summation order, and so the bytes, the same.
     threadpool_limits(1)
 
 
 def _parallel(jobs: list[tuple], workers: int) -> Iterator[TrackResult]:
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(_extract_job, jobs)
+        with threadpool_limits(1):
+            yield from map(_extract_job, jobs)
         return
     # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
     context = multiprocessing.get_context("spawn")

@@ -56,9 +56,13 @@ def index_folder(root: Path, labeled: bool = True) -> Index:
         raise ConfigError("data.root", f"folder does not exist: {root}")
     rows = []
     if labeled:
-        for genre_dir in sorted(p for p in root.iterdir() if p.is_dir() and _is_candidate(p)):
+        entries = sorted(p for p in root.iterdir() if _is_candidate(p))
+        for genre_dir in (p for p in entries if p.is_dir() and not p.suffix):
             for entry in sorted(p for p in genre_dir.iterdir() if _is_candidate(p)):
                 rows.append({"track_id": entry.stem, "path": str(entry), "label": genre_dir.name, "split": ""})
+        # Files beside the genre folders have no label of their own; a split file with genres can give one.
+        for entry in (p for p in entries if not p.is_dir() or p.suffix):
+            rows.append({"track_id": entry.stem, "path": str(entry), "label": "", "split": ""})
     else:
         for entry in sorted(p for p in root.rglob("*") if _is_candidate(p) and (p.is_file() or p.suffix)):
             rows.append({"track_id": entry.stem, "path": str(entry), "label": "", "split": ""})
@@ -81,27 +85,31 @@ def index_csv(csv_path: Path) -> Index:
     return Index(_frame(rows), problems)
 
 
-def read_split_file(path: Path) -> dict[str, str]:
-    """track_id -> split from a `track_id,split` CSV (other columns, e.g. genre, are ignored)."""
+def read_split_file(path: Path) -> pd.DataFrame:
+    """A `track_id,split[,genre]` CSV indexed by track_id (the fault-filtered GTZAN split has a genre column)."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not {"track_id", "split"} <= set(table.columns):
         raise ConfigError("data.split_file", f"{path} must have columns track_id,split")
     bad = set(table["split"]) - set(SPLITS)
     if bad:
         raise ConfigError("data.split_file", f"unknown split name(s) {', '.join(sorted(bad))} in {path}")
-    return dict(zip(table["track_id"], table["split"], strict=True))
+    return table.drop_duplicates("track_id").set_index("track_id")
 
 
-def split_from_file(tracks: pd.DataFrame, split_file: Path) -> tuple[pd.Series, list[tuple[str, str]]]:
-    """Splits from a split file; tracks it does not list become `unassigned` and are reported."""
-    mapping = read_split_file(split_file)
-    splits = tracks["track_id"].map(mapping).fillna(UNASSIGNED)
-    problems = [
-        (path, f"not in split file {split_file}")
-        for path, split in zip(tracks["path"], splits, strict=True)
-        if split == UNASSIGNED
-    ]
-    return splits, problems
+def split_from_file(tracks: pd.DataFrame, split_file: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Splits from a split file; tracks it does not list become `unassigned` and are reported.
+
+    Where the file has a genre (or label) column, it labels the tracks that no genre folder labels.
+    """
+    table = read_split_file(split_file)
+    tracks = tracks.copy()
+    tracks["split"] = tracks["track_id"].map(table["split"]).fillna(UNASSIGNED)
+    label_column = next((c for c in ("genre", "label") if c in table.columns), None)
+    if label_column:
+        unlabeled = tracks["label"] == ""
+        tracks.loc[unlabeled, "label"] = tracks.loc[unlabeled, "track_id"].map(table[label_column]).fillna("")
+    problems = [(p, f"not in split file {split_file}") for p in tracks.loc[tracks.split == UNASSIGNED, "path"]]
+    return tracks, problems
 
 
 def fold_numbers(tracks: pd.DataFrame, folds: int) -> np.ndarray:
@@ -144,12 +152,15 @@ def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
     tracks = index.tracks.copy()
     problems = list(index.problems)
     if data.split_file is not None:
-        tracks["split"], missing = split_from_file(tracks, data.split_file)
+        tracks, missing = split_from_file(tracks, data.split_file)
         problems += missing
-    elif data.folds > 1:
-        tracks["split"] = split_k_fold(tracks, data.folds, data.fold)
-    else:
-        tracks["split"] = split_stratified(tracks, data.valid_fraction, data.test_fraction, seed)
+    labeled = tracks.label != ""
+    if data.split_file is None and data.folds > 1:
+        tracks.loc[labeled, "split"] = split_k_fold(tracks[labeled], data.folds, data.fold)
+    elif data.split_file is None:
+        tracks.loc[labeled, "split"] = split_stratified(tracks[labeled], data.valid_fraction, data.test_fraction, seed)
+    problems += [(path, "no label (not in a genre folder)") for path in tracks.loc[~labeled, "path"]]
+    tracks.loc[~labeled, "split"] = UNASSIGNED
     return Index(tracks, problems)
 
 

@@ -71,7 +71,8 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
     tracks["n_segments"] = [r.n_segments for r in results]
     reasons = [r.reason for r in results]
     skipped = [(p, t, r) for p, t, r in zip(paths, tracks.track_id, reasons, strict=True) if r is not None]
-    skipped += [(p, Path(p).stem, r) for p, r in index.problems]
+    n_failed = len(skipped)
+    skipped += [(p, Path(p).stem, r) for p, r in index.problems]  # reported while indexing; not extracted or kept apart
     tracks = tracks[[r is None for r in reasons]].reset_index(drop=True)
     columns = features.feature_columns(cfg.features.n_mfcc)
     rows = np.stack([store.track_row(d) for d in tracks.digest]) if len(tracks) else np.zeros((0, len(columns)))
@@ -82,7 +83,8 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
     stats = {
         "tracks": len(tracks),
         "segments": len(segments),
-        "skipped": len(skipped),
+        "skipped": n_failed,
+        "reported": len(skipped) - n_failed,
         "cache_hits": sum(r.hit for r in results),
         "extracted": extracted,
         "seconds": round(seconds, 2),
@@ -122,11 +124,11 @@ def write_prepared(prepared: Prepared, cfg: Config, out_dir: Path) -> None:
 def format_summary(prepared: Prepared) -> str:
     s = prepared.stats
     lines = [
-        f"tracks {s['tracks']}  segments {s['segments']}  skipped {s['skipped']}  "
+        f"tracks {s['tracks']}  segments {s['segments']}  skipped {s['skipped']}  reported {s['reported']}  "
         f"cache hits {s['cache_hits']}  extracted {s['extracted']}",
         f"{s['seconds']:.1f} s, {s['clips_per_second']} clips/s; splits {s['splits']}",
     ]
-    lines += [f"skipped {row.path}: {row.reason}" for row in prepared.skipped.itertuples()]
+    lines += [f"{row.path}: {row.reason}" for row in prepared.skipped.itertuples()]
     return "\n".join(lines)
 
 

@@ -92,3 +92,21 @@ def test_fault_filtered_split_reports_missing_tracks():
     counts = index.tracks.split.value_counts().to_dict()
     assert counts == {"valid": 49, "train": 40, "unassigned": 7, "test": 4}
     assert len(index.problems) == 7 and all("not in split file" in reason for _, reason in index.problems)
+
+
+def test_loose_files_take_labels_from_a_split_file(tmp_path):
+    (tmp_path / "rock").mkdir()
+    for name in ("rock/rock.00001.wav", "blues.00000.au", "mystery.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    split_file = tmp_path.parent / f"{tmp_path.name}-split.csv"
+    split_file.write_text("track_id,genre,split\nblues.00000,blues,train\nrock.00001,rock,valid\n")
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", f"data.split_file={split_file}"])
+    index = build_index(cfg.data, 0)
+    tracks = index.tracks.set_index("track_id")
+    assert tracks.loc["blues.00000", "label"] == "blues" and tracks.loc["blues.00000", "split"] == "train"
+    assert tracks.loc["rock.00001", "split"] == "valid"
+    assert tracks.loc["mystery", "split"] == "unassigned"
+    assert sorted(index.problems) == [
+        (str(tmp_path / "mystery.wav"), "no label (not in a genre folder)"),
+        (str(tmp_path / "mystery.wav"), f"not in split file {split_file}"),
+    ]

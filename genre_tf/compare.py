@@ -63,7 +63,7 @@ def comparison_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
 def to_markdown(table: pd.DataFrame) -> str:
     def cell(v):
         if isinstance(v, float):
-            return f"{v:.3f}" if v <= 1 else f"{v:.0f}"
+            return f"{v:.3f}" if 0.01 <= abs(v) <= 1 else f"{v:.4g}"
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|---" * len(table.columns) + "|"]

@@ -268,17 +268,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_key(values: dict, key: str, value: Any) -> dict:
+    """Set `a.b.c` in the nested dict `values` (in place) and return it."""
+    path = key.split(".")
+    node = values
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{part} is not a section")
+        node = child
+    node[path[-1]] = value
+    return values
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Set each `a.b.c=value` into the nested dict `values` (in place) and return it."""
     for text in overrides:
         path, value = parse_override(text)
-        node = values
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(path), f"{part} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_key(values, ".".join(path), value)
     return values
 
 
@@ -311,7 +318,12 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply overrides, validate; raises ConfigError."""
     values = read_yaml(Path(path)) if path is not None else {}
-    cfg = _build(Config, apply_overrides(values, list(overrides)))
+    return config_from_dict(apply_overrides(values, list(overrides)))
+
+
+def config_from_dict(values: dict) -> Config:
+    """Validate nested plain values (as YAML gives them) into a Config; raises ConfigError."""
+    cfg = _build(Config, values)
     _check_consistency(cfg)
     return cfg
 

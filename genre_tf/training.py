@@ -373,8 +373,19 @@ def worker_run_dir(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.worker-{index}"
 
 
-def train(cfg: Config, run_dir: Path, overwrite: bool = False, verbose: int = 2) -> dict:
-    """Train (or resume, or find finished) the run of `cfg` in `run_dir`; returns its metrics."""
+def train(
+    cfg: Config,
+    run_dir: Path,
+    overwrite: bool = False,
+    verbose: int = 2,
+    eval_splits: tuple[str, ...] = ("valid", "test"),
+    examples: Examples | None = None,
+) -> dict:
+    """Train (or resume, or find finished) the run of `cfg` in `run_dir`; returns its metrics.
+
+    A tuner passes `eval_splits=("valid",)`, so the test split stays unseen, and the examples it
+    loaded once for all trials.
+    """
     run = RunDir(worker_run_dir(Path(run_dir)))
     _check_run_dir(run, cfg, overwrite)
     if run.finished:
@@ -384,7 +395,7 @@ def train(cfg: Config, run_dir: Path, overwrite: bool = False, verbose: int = 2)
     keras.utils.set_random_seed(cfg.seed)
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config_file)
-    examples = load_examples(cfg)
+    examples = examples or load_examples(cfg)
     examples.skipped.to_csv(run.skipped_file, index=False)
     for split in ("train", "valid"):
         if examples.split(split).empty:
@@ -403,6 +414,6 @@ def train(cfg: Config, run_dir: Path, overwrite: bool = False, verbose: int = 2)
         return record
     shutil.rmtree(run.backup_dir, ignore_errors=True)
     _write_history_csv(run)
-    metrics = evaluate_run(run, ["valid", "test"], examples=examples, extra=record)
+    metrics = evaluate_run(run, list(eval_splits), examples=examples, extra=record)
     _log_confusion_images(run)
     return metrics

@@ -1,0 +1,117 @@
+"""KerasTuner search: spaces, trials on the valid split, resume after a kill, chief / worker mode."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from genre_tf.config import ConfigError, load_config
+from genre_tf.tune import read_space
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"name: tiny\noutput_dir: {tmp_path / 'runs'}\n"
+        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 4, demo_seconds: 3}}\n"
+        f"cache: {{dir: {tmp_path / 'cache'}, jobs: 1}}\naudio: {{segment_seconds: 1.0}}\nmel: {{n_mels: 32}}\n"
+        "train: {epochs: 2, batch_size: 16}\n"
+    )
+    return path
+
+
+def tune(tmp_path: Path, *args: str, env: dict | None = None, wait: bool = True):
+    command = [sys.executable, "-m", "genre_tf.tune", "--config", str(tiny_config(tmp_path)), *args]
+    command += ["--space", str(REPO / "tuning" / "mlp.yaml")]
+    if not wait:
+        return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("data.root: {choice: [a, b]}", "data.root: cannot be searched"),
+        ("model.mlp.units: {int: [1]}", "model.mlp.units: int needs [min, max]"),
+        ("model.mlp.units: [1, 2]", "model.mlp.units: give exactly one of int, float, choice, bool"),
+        ("model.mlp.dropout: {float: [0.0, 2.0]}", "model.mlp.dropout: must be 0.0..0.95, got 2.0"),
+        ("model.mlp.widht: {int: [1, 4]}", "model.mlp.widht: unknown key"),
+    ],
+)
+def test_space_errors_name_the_key(tmp_path, space, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(space + "\n")
+    with pytest.raises(ConfigError) as err:
+        read_space(path, load_config(None, ["data.source=demo", "data.root=x"]))
+    assert str(err.value).startswith(message)
+
+
+def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path):
+    proc = tune(tmp_path, "--max-trials", "3", "--name", "s")
+    out = tmp_path / "tuning" / "s"
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3 and (trials.status == "COMPLETED").all()
+    assert trials.val_loss.is_monotonic_increasing  # best first
+    for trial_dir in (out / "trials").iterdir():
+        metrics = yaml.safe_load((trial_dir / "metrics.json").read_text())
+        assert set(metrics["splits"]) == {"valid"}, "the tuner never evaluates on test"
+    best = load_config(out / "best.yaml")
+    assert best.model.mlp.units == trials.iloc[0]["model.mlp.units"]
+    assert "best config" in proc.stdout
+    train = [sys.executable, "-m", "genre_tf.train", "--config", str(out / "best.yaml"), "--quiet"]
+    subprocess.run(train, cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "runs" / "s_best" / "metrics.json").is_file()
+
+
+def test_interrupted_search_continues_without_rerunning_trials(tmp_path):
+    proc = tune(tmp_path, "--max-trials", "4", "--name", "k", wait=False)
+    trials = tmp_path / "tuning" / "k" / "trials"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(trials.glob("*/metrics.json"))) < 2:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/metrics.json")}
+    assert 2 <= len(finished) < 4, "the kill must land mid-search"
+    tune(tmp_path, "--max-trials", "4", "--name", "k")
+    table = pd.read_csv(tmp_path / "tuning" / "k" / "trials.csv")
+    assert sorted(table.trial) == [0, 1, 2, 3]
+    for name, mtime in finished.items():
+        assert (trials / name / "metrics.json").stat().st_mtime_ns == mtime, f"trial {name} ran twice"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_share_a_search(tmp_path):
+    port = str(free_port())
+    procs = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1"}
+        env["KERASTUNER_ORACLE_PORT"] = port
+        command = [sys.executable, "-m", "genre_tf.tune", "--config", str(tiny_config(tmp_path)), "--name", "d"]
+        command += ["--space", str(REPO / "tuning" / "mlp.yaml"), "--max-trials", "4"]
+        procs[tuner_id] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)  # the chief's oracle server first
+    outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
+    assert [p.returncode for p in procs.values()] == [0, 0, 0]
+    table = pd.read_csv(tmp_path / "tuning" / "d" / "trials.csv")
+    assert sorted(table.trial) == [0, 1, 2, 3] and (table.status == "COMPLETED").all()
+    per_worker = [outputs[w].count("phase train") for w in ("tuner0", "tuner1")]
+    assert sum(per_worker) == 4, "every trial runs once"
+    assert min(per_worker) >= 1, "both workers take part"

@@ -35,6 +35,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/features.py
+	$(PY) bench/transfer.py
 
 clean:
 	rm -rf data/cache data/demo saved_models/*/

@@ -81,6 +81,16 @@ def segment_bounds(n_samples: int, cfg: AudioConfig) -> list[tuple[int, int]]:
     return [(start, start + length) for start in range(0, n_samples - length + 1, hop)]
 
 
+def tile_to_segment(waveform: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """A clip shorter than one segment repeated end to end to fill exactly one segment.
+
+    Repeating keeps the clip's timbre, rhythm and level in every frame; zero padding would add
+    silence the models never saw in training.
+    """
+    length = round(cfg.segment_seconds * cfg.sample_rate)
+    return np.resize(waveform, length).astype(np.float32)
+
+
 def _fit_length(waveform: np.ndarray, n_samples: int) -> np.ndarray:
     """Trim `waveform` to `n_samples`, or zero-pad its end up to it."""
     if len(waveform) >= n_samples:

@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from genre_tf import features
-from genre_tf.audio import AudioError, load_track, segment_bounds
+from genre_tf.audio import AudioError, load_track, segment_bounds, tile_to_segment
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 
 TMP_PREFIX = ".tmp-"
@@ -160,6 +160,9 @@ def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:
     try:
         y = load_track(Path(path), recipe.audio)
         bounds = segment_bounds(len(y), recipe.audio)
+        if not bounds and recipe.audio.short_clips == "tile":
+            y = tile_to_segment(y, recipe.audio)
+            bounds = segment_bounds(len(y), recipe.audio)
         if not bounds:
             seconds = len(y) / recipe.audio.sample_rate
             raise AudioError(f"shorter than one segment ({seconds:.2f} s < {recipe.audio.segment_seconds} s)")

@@ -57,6 +57,8 @@ def load_inputs(run: RunDir, inputs: list[Path]):
     if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
         cfg.data.split_file = None
         return examples_from_table(inputs[0], cfg)
+    # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
+    cfg.audio.short_clips = "tile"
     return examples_for_index(index_inputs(inputs), cfg)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from genre_tf import features
 from genre_tf.cache import Recipe, TrackStore, extract_all, file_digest
 from genre_tf.config import load_config
 from genre_tf.demo import generate_demo
@@ -123,3 +124,17 @@ def test_file_digest_is_content(tmp_path):
     a.write_bytes(b"same")
     b.write_bytes(b"same")
     assert file_digest(a) == file_digest(b)
+
+
+def test_short_clips_tile_to_one_segment_when_asked(tmp_path):
+    clip = tmp_path / "short.wav"
+    tone = np.sin(2 * np.pi * 440 * np.arange(11025) / 22050).astype(np.float32) * 0.3
+    sf.write(clip, tone, 22050)
+    skip = demo_config(tmp_path)
+    assert extract_all([str(clip)], skip.cache.dir, Recipe.from_config(skip), jobs=1, progress=False)[0].reason
+    tile = demo_config(tmp_path, "audio.short_clips=tile")
+    (result,) = extract_all([str(clip)], tile.cache.dir, Recipe.from_config(tile), jobs=1, progress=False)
+    assert result.ok and result.n_segments == 1
+    row = TrackStore(tile.cache.dir, Recipe.from_config(tile)).track_row(result.digest)
+    centroid = row[features.FEATURE_COLUMNS.index("spectral_centroid_mean")]
+    assert 400 < centroid < 500  # still a 440 Hz tone

@@ -3,6 +3,7 @@
     python -m genre_tf.predict --run saved_models/demo_cnn song.mp3            # top-k genres of one file
     python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
     python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
+    python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
 
 The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
 size), so predictions are made exactly as in training. A track's segments are aggregated by mean
@@ -62,50 +63,69 @@ def load_inputs(run: RunDir, inputs: list[Path]):
     return examples_for_index(index_inputs(inputs), cfg)
 
 
-def submission(run: RunDir, tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
-    table = pd.DataFrame({"id": tracks, "class": np.array(run.classes)[probs.argmax(axis=1)]})
+def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Per-track probabilities averaged over runs (each run preprocesses the inputs its own way)."""
+    tracks, total, skipped = None, None, []
+    for run in runs:
+        examples = load_inputs(run, inputs)
+        skipped.append(examples.skipped)
+        if examples.frame.empty:
+            raise SystemExit("error: nothing to predict (every input was skipped)")
+        run_tracks, probs = predict_frame(run, examples.frame)
+        if tracks is None:
+            tracks, total = run_tracks, probs
+        else:  # the same tracks, in the first run's order
+            total = total + pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
+    return tracks, total / len(runs), pd.concat(skipped).drop_duplicates(ignore_index=True)
+
+
+def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
+    table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
     if with_probabilities:
-        for i, name in enumerate(run.classes):
+        for i, name in enumerate(classes):
             table[f"p_{name}"] = probs[:, i].round(6)
     return table
 
 
-def top_k_lines(run: RunDir, tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
+def top_k_lines(classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
     lines = []
     for track, p in zip(tracks, probs, strict=True):
         best = np.argsort(p)[::-1][:k]
-        lines.append(f"{track}: " + ", ".join(f"{run.classes[i]} {p[i]:.3f}" for i in best))
+        lines.append(f"{track}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    parser.add_argument(
+        "--run", required=True, type=Path, action="append", help="a finished run; several: average them"
+    )
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
     parser.add_argument("--output", type=Path, help="write id,class CSV here")
     parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     args = parser.parse_args(argv)
-    run = RunDir(args.run)
-    if not run.model_file.is_file():
-        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    runs = [RunDir(path) for path in args.run]
+    for run in runs:
+        if not run.model_file.is_file():
+            raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    classes = runs[0].classes
+    if any(run.classes != classes for run in runs):
+        raise SystemExit("error: the runs were trained on different classes and cannot be averaged")
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
-    examples = load_inputs(run, args.inputs)
-    for row in examples.skipped.itertuples():
+    tracks, probs, skipped = ensemble(runs, args.inputs)
+    for row in skipped.itertuples():
         print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
-    if examples.frame.empty:
-        raise SystemExit("error: nothing to predict (every input was skipped)")
-    tracks, probs = predict_frame(run, examples.frame)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        submission(run, tracks, probs, args.probabilities).to_csv(args.output, index=False)
-        if not examples.skipped.empty:
-            examples.skipped.to_csv(args.output.with_suffix(".skipped.csv"), index=False)
+        submission(classes, tracks, probs, args.probabilities).to_csv(args.output, index=False)
+        if not skipped.empty:
+            skipped.to_csv(args.output.with_suffix(".skipped.csv"), index=False)
         print(f"{len(tracks)} predictions written to {args.output}")
     if not args.output or len(tracks) <= 10:
-        print("\n".join(top_k_lines(run, tracks, probs, args.top_k)))
+        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ def test_train_evaluate_predict_compare(tmp_path):
     assert set(table["class"]) <= set(run.classes)
     single = run_cli("genre_tf.predict", "--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2")
     assert single.stdout.strip().startswith("folk.00000: ") and single.stdout.count(",") == 1
+    twice = tmp_path / "twice.csv"
+    run_cli("genre_tf.predict", "--run", str(run.path), "--run", str(run.path), str(folder), "--output", str(twice))
+    assert pd.read_csv(twice).equals(table), "an ensemble of one run twice is that run"
 
     compared = run_cli("genre_tf.compare", str(run.path), "--output", str(tmp_path / "cmp"))
     assert "| mlp |" in compared.stdout

@@ -1,0 +1,189 @@
+"""Every number of the README's Results section, from the shared GTZAN material, in one command.
+
+    .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4]
+
+1. Feature table: a KerasTuner search for the MLP on the published table (fault-filtered split,
+   valid only), the best config retrained with 5 seeds, and the 290-row submission of the seed
+   ensemble. Prints valid accuracy of each seed and of the ensemble.
+2. Audio: grouped 5-fold cross-validation on the 100 clips of gtzan_mini for the MLP on 30 s
+   features, the MLP on 3 s segment features, the CNN on log-mel segments, ResNet50 (random
+   weights) and MobileNet 0.25 (ImageNet weights from ../shared vs random), frozen and with the top
+   blocks fine-tuned; scikit-learn SVM and logistic regression on the 30 s features as references.
+   Prints mean and spread over folds at segment and track level.
+
+Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an
+interruption), summaries go to saved_models/results/*.md, .csv and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+OUT = REPO / "saved_models" / "results"
+MOBILENET = SHARED / "weights" / "mobilenet_v1_0.25_imagenet_notop.weights.h5"
+IMAGES = ["model.channels=3", "model.image_size=[128, 128]"]
+TRANSFER = [*IMAGES, "model.kind=resnet50", "model.resnet.head_units=128", "model.resnet.dropout=0.5"]
+MOBILENET_BASE = [*TRANSFER, "model.resnet.backbone=MobileNet", "model.resnet.alpha=0.25"]
+FINE_TUNE = ["train.epochs=30", "train.fine_tune_epochs=20", "train.fine_tune_learning_rate=0.0001"]
+
+# name -> overrides of configs/gtzan_mini.yaml
+EXPERIMENTS = {
+    "mlp_30s": ["model.kind=mlp", "model.level=track", "model.mlp.units=128", "model.mlp.dropout=0.5",
+                "train.epochs=300", "train.patience=40", "train.batch_size=16"],
+    "mlp_3s": ["model.kind=mlp", "model.level=segment", "model.mlp.units=256", "model.mlp.dropout=0.5",
+               "train.epochs=100", "train.patience=15"],
+    "cnn": ["model.kind=cnn", "model.image_size=[128, 128]", "model.cnn.filters=16", "train.epochs=40",
+            "train.patience=10"],
+    "resnet50_random_frozen": [*TRANSFER, "model.resnet.weights=null", "train.epochs=60"],
+    "resnet50_random_top3": [*TRANSFER, "model.resnet.weights=null", "model.resnet.trainable_blocks=3", *FINE_TUNE],
+    "mobilenet_imagenet_frozen": [*MOBILENET_BASE, f"model.resnet.weights={MOBILENET}", "train.epochs=60"],
+    "mobilenet_imagenet_top3": [*MOBILENET_BASE, f"model.resnet.weights={MOBILENET}",
+                                "model.resnet.trainable_blocks=3", *FINE_TUNE],
+    "mobilenet_random_frozen": [*MOBILENET_BASE, "model.resnet.weights=null", "train.epochs=60"],
+    "mobilenet_random_top3": [*MOBILENET_BASE, "model.resnet.weights=null", "model.resnet.trainable_blocks=3",
+                              *FINE_TUNE],
+}  # fmt: skip
+
+
+def run_fold(name: str, overrides: list[str], fold: int) -> dict:
+    from genre_tf.config import load_config
+    from genre_tf.training import train
+
+    cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*overrides, f"data.fold={fold}", f"output_dir={OUT}"])
+    return train(cfg, OUT / f"{name}_fold{fold}", verbose=0)
+
+
+def sklearn_fold(fold: int) -> dict:
+    """SVM and logistic regression on standardised 30 s features, same folds (fit on train only)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from genre_tf.config import load_config
+    from genre_tf.features import FEATURE_COLUMNS
+    from genre_tf.prepare import prepare
+
+    cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [f"data.fold={fold}"])
+    tracks = prepare(cfg, progress=False).tracks
+    test = tracks[tracks.split == "test"]
+    # "4 folds": train + valid, as scikit-learn needs no early stopping; "3 folds": the networks' training data.
+    training = {"4 folds": tracks[tracks.split != "test"], "3 folds": tracks[tracks.split == "train"]}
+    scores = {}
+    for name, model in (("svm", SVC(C=10)), ("logreg", LogisticRegression(C=0.1, max_iter=5000))):
+        for folds, train in training.items():
+            fitted = make_pipeline(StandardScaler(), model).fit(train[FEATURE_COLUMNS], train.label)
+            scores[f"sklearn_{name} ({folds})"] = float((fitted.predict(test[FEATURE_COLUMNS]) == test.label).mean())
+    return scores
+
+
+def cross_validation(folds: list[int]) -> pd.DataFrame:
+    rows = []
+    for fold in folds:
+        for name, score in sklearn_fold(fold).items():
+            rows.append({"model": name, "fold": fold, "segment_accuracy": np.nan, "track_accuracy": score})
+        for name, overrides in EXPERIMENTS.items():
+            print(f"fold {fold}: {name}", flush=True)
+            metrics = run_fold(name, overrides, fold)
+            head = metrics["headline"]["test"]
+            rows.append(
+                {
+                    "model": name,
+                    "fold": fold,
+                    "segment_accuracy": head["segment_accuracy"] if name != "mlp_30s" else np.nan,
+                    "track_accuracy": head["track_accuracy"],
+                    "track_vote_accuracy": head["track_vote_accuracy"],
+                    "macro_f1": head["macro_f1"],
+                    "epochs": metrics.get("epochs"),
+                    "train_seconds": metrics.get("train_seconds"),
+                }
+            )
+            pd.DataFrame(rows).to_csv(OUT / "cv_folds.csv", index=False)
+    return pd.DataFrame(rows)
+
+
+def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
+    order = [f"sklearn_{m} ({n} folds)" for m in ("svm", "logreg") for n in (4, 3)] + list(EXPERIMENTS)
+    stats = folds.groupby("model").agg(
+        folds=("fold", "count"),
+        segment_mean=("segment_accuracy", "mean"),
+        segment_std=("segment_accuracy", "std"),
+        track_mean=("track_accuracy", "mean"),
+        track_std=("track_accuracy", "std"),
+        track_vote_mean=("track_vote_accuracy", "mean"),
+        macro_f1_mean=("macro_f1", "mean"),
+        train_seconds_mean=("train_seconds", "mean"),
+    )
+    return stats.reindex([m for m in order if m in stats.index]).reset_index()
+
+
+def feature_table() -> dict:
+    """Tune on valid, retrain the best config with 5 seeds, submit the ensemble."""
+    from genre_tf.config import load_config
+    from genre_tf.evaluate import evaluate_predictions
+    from genre_tf.inputs import load_examples
+    from genre_tf.predict import predict_frame
+    from genre_tf.run import RunDir
+    from genre_tf.training import train
+
+    name = "gtzan_table_search"
+    command = [sys.executable, "-m", "genre_tf.tune", "--config", "configs/gtzan_table.yaml", "--space",
+               "tuning/mlp.yaml", "--max-trials", "20", "--name", name]  # fmt: skip
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    best = REPO / "tuning" / name / "best.yaml"
+    runs, results = [], {}
+    for seed in range(5):
+        cfg = load_config(best, [f"seed={seed}", f"output_dir={OUT}", f"name=table_seed{seed}"])
+        metrics = train(cfg, OUT / cfg.name, verbose=0, eval_splits=("valid",))
+        results[f"seed {seed}"] = metrics["headline"]["valid"]["track_accuracy"]
+        runs.append(RunDir(OUT / cfg.name))
+    valid = load_examples(runs[0].config, progress=False).split("valid")
+    probs = np.mean([predict_frame(run, valid)[1] for run in runs], axis=0)
+    labels = np.array([runs[0].classes.index(label) for label in valid.label])
+    ensemble = evaluate_predictions(valid.track_id.to_numpy(), labels, probs, runs[0].classes)
+    results["ensemble of 5"] = ensemble["segment"]["accuracy"]
+    test = SHARED / "gtzan_features" / "features_30_sec_test.csv"
+    command = [sys.executable, "-m", "genre_tf.predict", *sum((["--run", str(r.path)] for r in runs), []),
+               str(test), "--output", str(OUT / "gtzan_table_submission.csv")]  # fmt: skip
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["table", "cv"])
+    parser.add_argument("--folds", default="0,1,2,3,4")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"error: the shared GTZAN material is not at {SHARED}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    from genre_tf.compare import to_markdown
+
+    if args.only in (None, "table"):
+        table = pd.DataFrame([{"model": k, "valid_accuracy": v} for k, v in feature_table().items()])
+        (OUT / "table.md").write_text(to_markdown(table) + "\n")
+        print("GTZAN feature table, fault-filtered valid split (197 tracks):")
+        print(to_markdown(table))
+    if args.only in (None, "cv"):
+        folds = cross_validation([int(f) for f in args.folds.split(",")])
+        summary = summarise_cv(folds)
+        summary.to_csv(OUT / "cv.csv", index=False)
+        (OUT / "cv.md").write_text(to_markdown(summary) + "\n")
+        from genre_tf import plots
+
+        series = {"track (mean prob.)": summary.track_mean.tolist(), "segment": summary.segment_mean.tolist()}
+        plots.comparison_png(summary.model.tolist(), series, OUT / "cv.png")
+        print("gtzan_mini, grouped 5-fold cross-validation (test fold accuracy, mean and std over folds):")
+        print(to_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

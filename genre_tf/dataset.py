@@ -70,6 +70,20 @@ def index_folder(root: Path, labeled: bool = True) -> Index:
     return Index(_frame(rows), problems)
 
 
+def index_paths(paths: list[Path]) -> Index:
+    """Unlabeled index of audio files, and of every file below the given folders (for prediction)."""
+    rows, problems = [], []
+    for path in map(Path, paths):
+        if path.is_dir():
+            folder = index_folder(path, labeled=False)
+            rows += folder.tracks.to_dict("records")
+            problems += folder.problems
+        else:
+            rows.append({"track_id": path.stem, "path": str(path), "label": "", "split": ""})
+    rows, duplicates = _dedupe(rows)
+    return Index(_frame(rows), problems + duplicates)
+
+
 def index_csv(csv_path: Path) -> Index:
     """Index a CSV of path,label rows; relative paths are relative to the CSV's folder."""
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)

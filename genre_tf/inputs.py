@@ -14,7 +14,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import pipeline
-from genre_tf.config import Config
+from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.pipeline import FeatureScaler
 from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
@@ -57,8 +57,6 @@ def examples_from_prepared(prepared: Prepared, cfg: Config) -> Examples:
 def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
     """A GTZAN-style feature table: one example per row; only the MLP can use it."""
     if uses_images(cfg):
-        from genre_tf.config import ConfigError
-
         raise ConfigError("model.kind", f"{cfg.model.kind} needs audio; a feature table only feeds the mlp")
     index, table = index_table(csv_path, cfg.data, cfg.seed)
     frame = index.tracks.join(table, on="track_id")

@@ -19,25 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.dataset import Index
 from genre_tf.evaluate import aggregate_tracks
 from genre_tf.run import RunDir
-
-
-def index_inputs(inputs: list[Path]) -> Index:
-    """Unlabeled index of audio files and of every file below the given folders."""
-    from genre_tf.dataset import _dedupe, _frame, index_folder
-
-    rows, problems = [], []
-    for path in inputs:
-        if path.is_dir():
-            sub = index_folder(path, labeled=False)
-            rows += sub.tracks.to_dict("records")
-            problems += sub.problems
-        else:
-            rows.append({"track_id": path.stem, "path": str(path), "label": "", "split": ""})
-    rows, duplicates = _dedupe(rows)
-    return Index(_frame(rows), problems + duplicates)
 
 
 def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +35,7 @@ def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndar
 
 def load_inputs(run: RunDir, inputs: list[Path]):
     """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe."""
+    from genre_tf.dataset import index_paths
     from genre_tf.inputs import examples_for_index, examples_from_table
 
     cfg = run.config
@@ -60,7 +44,7 @@ def load_inputs(run: RunDir, inputs: list[Path]):
         return examples_from_table(inputs[0], cfg)
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
     cfg.audio.short_clips = "tile"
-    return examples_for_index(index_inputs(inputs), cfg)
+    return examples_for_index(index_paths(inputs), cfg)
 
 
 def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

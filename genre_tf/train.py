@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="run name (default: the config's name)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    parser.add_argument(
+        "--evaluate", default="valid,test", help="splits evaluated after training (a tuner trial: valid)"
+    )
     args = parser.parse_args(argv)
     cfg = config_from_args(args)  # before TensorFlow loads: a config error stays one line
     from genre_tf.evaluate import format_headline
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     run_dir = Path(cfg.output_dir) / (args.name or cfg.name)
     try:
-        metrics = train(cfg, run_dir, args.overwrite, 0 if args.quiet else 2)
+        splits = tuple(args.evaluate.split(","))
+        metrics = train(cfg, run_dir, args.overwrite, 0 if args.quiet else 2, eval_splits=splits)
     except ConfigError as err:
         exit_config_error(err)
     if "headline" in metrics:

@@ -265,16 +265,20 @@ def _log_hparams(run: RunDir, cfg: Config) -> None:
     from tensorboard.plugins.hparams import api as hp
 
     flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in _flat(to_dict(cfg)).items()}
-    with tf.summary.create_file_writer(str(run.logs_dir)).as_default():
+    writer = tf.summary.create_file_writer(str(run.logs_dir))
+    with writer.as_default():
         hp.hparams(flat, trial_id=run.path.name)
+    writer.close()  # a tuner writes one per trial: open writers would pile up
 
 
 def _log_confusion_images(run: RunDir) -> None:
     pngs = sorted(run.path.glob("confusion_matrix*.png"))
-    with tf.summary.create_file_writer(str(run.logs_dir / "evaluation")).as_default():
+    writer = tf.summary.create_file_writer(str(run.logs_dir / "evaluation"))
+    with writer.as_default():
         for png in pngs:
             image = tf.io.decode_png(tf.io.read_file(str(png)), channels=3)[None]
             tf.summary.image(png.stem, image, step=0)
+    writer.close()
 
 
 def fit_phases(

@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,29 +117,65 @@ def objective_of(cfg: Config) -> tuple[str, str]:
     return cfg.train.monitor, "max" if cfg.train.monitor == "val_accuracy" else "min"
 
 
+def trial_dir(out_dir: Path, trial_id: str) -> Path:
+    return out_dir / "trials" / f"trial_{trial_id}"
+
+
+def _die_with_parent() -> None:
+    """Linux: the trial process is killed when the tuner dies, so a restarted search never races an orphan."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_trial_process(trial_cfg: Config, run_dir: Path) -> dict:
+    """Train one trial in a child process; returns its peak memory and time.
+
+    Keras' clear_session does not give back everything a fit holds (traced functions stay cached,
+    a few MB per trial), so each trial runs in a process of its own: the tuner's memory stays flat
+    however many trials run, and a trial's peak memory is measured on its own.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "trial_config.yaml"
+    save_config(trial_cfg, config)
+    command = [sys.executable, "-m", "genre_tf.train", "--config", str(config), "--evaluate", "valid", "--quiet"]
+    started = time.perf_counter()
+    orphan_guard = _die_with_parent if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=orphan_guard
+    )
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    print(output[-4000:] if proc.returncode else "\n".join(line for line in output.splitlines() if "phase" in line))
+    if proc.returncode:
+        raise RuntimeError(f"trial {run_dir.name} failed (exit {proc.returncode}); its output is above")
+    record = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "tuner_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (run_dir / "trial.yaml").write_text(yaml.safe_dump(record))
+    return record
+
+
 def make_tuner(kind: str, cfg: Config, params: list[Param], out_dir: Path, max_trials: int):
-    """A KerasTuner tuner whose trials are `train` runs of the trial's config."""
-    import keras
+    """A KerasTuner tuner whose trials are `train` runs of the trial's config, one process each."""
     import keras_tuner as kt
 
-    from genre_tf.inputs import load_examples
-    from genre_tf.training import train
+    from genre_tf.run import RunDir
 
     metric, direction = objective_of(cfg)
-    examples = None if os.environ.get("KERASTUNER_TUNER_ID") == "chief" else load_examples(cfg)
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
 
     class ConfigTuner(base):
         def run_trial(self, trial, *args, **kwargs):
-            keras.backend.clear_session()  # memory stays flat over many trials
-            trial_cfg = trial_config(cfg, params, trial.hyperparameters, f"trial_{trial.trial_id}")
-            started = time.perf_counter()
-            run_dir = out_dir / "trials" / trial.trial_id
-            metrics = train(trial_cfg, run_dir, verbose=0, eval_splits=("valid",), examples=examples)
-            history = [h[metric] for h in _history(run_dir)]
-            best = max(history) if direction == "max" else min(history)
-            _write_trial_record(run_dir, time.perf_counter() - started, metrics)
-            return {metric: best}
+            run_dir = trial_dir(out_dir, trial.trial_id)
+            trial_cfg = trial_config(cfg, params, trial.hyperparameters, run_dir.name)
+            trial_cfg.output_dir = run_dir.parent
+            run_trial_process(trial_cfg, run_dir)
+            history = [h[metric] for h in RunDir(run_dir).history()]
+            return {metric: max(history) if direction == "max" else min(history)}
 
     space = kt.HyperParameters()
     for param in params:  # declared up front: the oracle samples the whole space from the first trial on
@@ -148,24 +187,11 @@ def make_tuner(kind: str, cfg: Config, params: list[Param], out_dir: Path, max_t
     return ConfigTuner(hypermodel=None, max_trials=max_trials, overwrite=False, **options)
 
 
-def _history(run_dir: Path) -> list[dict]:
-    from genre_tf.run import RunDir
-
-    return RunDir(run_dir).history()
-
-
-def _write_trial_record(run_dir: Path, seconds: float, metrics: dict) -> None:
-    record = {
-        "seconds": round(seconds, 1),
-        "epochs": metrics.get("epochs"),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    (run_dir / "trial.yaml").write_text(yaml.safe_dump(record))
-
-
 def summarise(tuner, cfg: Config, params: list[Param], out_dir: Path):
     """trials.csv / trials.md, one row per finished trial, best first; best.yaml from the best trial."""
     import pandas as pd
+
+    from genre_tf.run import RunDir
 
     metric, direction = objective_of(cfg)
     rows = []
@@ -174,8 +200,10 @@ def summarise(tuner, cfg: Config, params: list[Param], out_dir: Path):
             continue
         row = {"trial": trial.trial_id, "status": str(trial.status), metric: trial.score}
         row.update({p.key: trial.hyperparameters.values.get(p.key) for p in params})
-        record = out_dir / "trials" / trial.trial_id / "trial.yaml"
-        row.update(yaml.safe_load(record.read_text()) if record.is_file() else {})
+        run = trial_dir(out_dir, trial.trial_id)
+        if (run / "trial.yaml").is_file():
+            row["epochs"] = len(RunDir(run).history())
+            row.update(yaml.safe_load((run / "trial.yaml").read_text()))
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(metric, ascending=direction == "min").reset_index(drop=True)
     table.to_csv(out_dir / "trials.csv", index=False)

@@ -8,7 +8,8 @@
 2. Audio: grouped 5-fold cross-validation on the 100 clips of gtzan_mini for the MLP on 30 s
    features, the MLP on 3 s segment features, the CNN on log-mel segments, ResNet50 (random
    weights, frozen: its ImageNet weights cannot be had here) and MobileNet 0.25 (ImageNet weights
-   from ../shared vs random), frozen and with the top 3 blocks fine-tuned; scikit-learn SVM and logistic regression on the 30 s features as references.
+   from ../shared vs random), frozen and with the top 3 blocks fine-tuned; scikit-learn SVM and
+   logistic regression on the 30 s features as references.
    Prints mean and spread over folds at segment and track level.
 
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an

@@ -13,7 +13,7 @@
    Prints mean and spread over folds at segment and track level.
 
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an
-interruption), summaries go to saved_models/results/*.md, .csv and .png.
+interruption); the summaries the README shows go to bench/results/ (*.md, *.csv, cv.png).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-OUT = REPO / "saved_models" / "results"
+OUT = REPO / "saved_models" / "results"  # run directories (git ignores them)
+SUMMARY = REPO / "bench" / "results"  # the tables and plot the README shows
 MOBILENET = SHARED / "weights" / "mobilenet_v1_0.25_imagenet_notop.weights.h5"
 IMAGES = ["model.channels=3", "model.image_size=[128, 128]"]
 TRANSFER = [*IMAGES, "model.kind=resnet50", "model.resnet.head_units=128", "model.resnet.dropout=0.5"]
@@ -106,7 +107,7 @@ def cross_validation(folds: list[int]) -> pd.DataFrame:
                     "train_seconds": metrics.get("train_seconds"),
                 }
             )
-            pd.DataFrame(rows).to_csv(OUT / "cv_folds.csv", index=False)
+            pd.DataFrame(rows).to_csv(SUMMARY / "cv_folds.csv", index=False)
     return pd.DataFrame(rows)
 
 
@@ -165,22 +166,23 @@ def main() -> None:
     if not SHARED.is_dir():
         raise SystemExit(f"error: the shared GTZAN material is not at {SHARED}")
     OUT.mkdir(parents=True, exist_ok=True)
+    SUMMARY.mkdir(parents=True, exist_ok=True)
     from genre_tf.compare import to_markdown
 
     if args.only in (None, "table"):
         table = pd.DataFrame([{"model": k, "valid_accuracy": v} for k, v in feature_table().items()])
-        (OUT / "table.md").write_text(to_markdown(table) + "\n")
+        (SUMMARY / "table.md").write_text(to_markdown(table) + "\n")
         print("GTZAN feature table, fault-filtered valid split (197 tracks):")
         print(to_markdown(table))
     if args.only in (None, "cv"):
         folds = cross_validation([int(f) for f in args.folds.split(",")])
         summary = summarise_cv(folds)
-        summary.to_csv(OUT / "cv.csv", index=False)
-        (OUT / "cv.md").write_text(to_markdown(summary) + "\n")
+        summary.to_csv(SUMMARY / "cv.csv", index=False)
+        (SUMMARY / "cv.md").write_text(to_markdown(summary) + "\n")
         from genre_tf import plots
 
         series = {"track (mean prob.)": summary.track_mean.tolist(), "segment": summary.segment_mean.tolist()}
-        plots.comparison_png(summary.model.tolist(), series, OUT / "cv.png")
+        plots.comparison_png(summary.model.tolist(), series, SUMMARY / "cv.png")
         print("gtzan_mini, grouped 5-fold cross-validation (test fold accuracy, mean and std over folds):")
         print(to_markdown(summary))
 

@@ -87,6 +87,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process whose id ends a temporary name (`.tmp-<name>.<pid>`) still runs."""
+    pid = tmp.name.rpartition(".")[2]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     from io import BytesIO
 
@@ -139,10 +153,13 @@ class TrackStore:
         write_atomic(self.skip_file(digest), (reason + "\n").encode())
 
     def clean_partial(self) -> None:
-        """Remove what a killed run left half-written."""
+        """Remove what a killed run left half-written; another live process's work in progress stays."""
         if self.root.is_dir():
             for leftover in self.root.glob(f"{TMP_PREFIX}*"):
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                if not _writer_alive(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
+                        missing_ok=True
+                    )
 
     def track_row(self, digest: str) -> np.ndarray:
         return np.load(self.entry(digest) / "track.npy")

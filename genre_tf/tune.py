@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -121,11 +120,17 @@ def trial_dir(out_dir: Path, trial_id: str) -> Path:
     return out_dir / "trials" / f"trial_{trial_id}"
 
 
-def _die_with_parent() -> None:
-    """Linux: the trial process is killed when the tuner dies, so a restarted search never races an orphan."""
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+# Runs `python -m genre_tf.train` in a child that the kernel kills when the tuner dies (Linux
+# PR_SET_PDEATHSIG), so a restarted search never races an orphaned trial. It is set after exec,
+# in the child itself: a preexec_fn in the threaded tuner (gRPC, TensorFlow) can abort the child.
+TRAIN_DYING_WITH_PARENT = """
+import ctypes, os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != int(os.environ["GENRE_TF_TUNER_PID"]):
+        sys.exit("the tuner that started this trial is gone")
+runpy.run_module("genre_tf.train", run_name="__main__", alter_sys=True)
+"""
 
 
 def run_trial_process(trial_cfg: Config, run_dir: Path) -> dict:
@@ -138,12 +143,10 @@ def run_trial_process(trial_cfg: Config, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "trial_config.yaml"
     save_config(trial_cfg, config)
-    command = [sys.executable, "-m", "genre_tf.train", "--config", str(config), "--evaluate", "valid", "--quiet"]
+    command = [sys.executable, "-c", TRAIN_DYING_WITH_PARENT, "--config", str(config), "--evaluate", "valid", "--quiet"]
     started = time.perf_counter()
-    orphan_guard = _die_with_parent if sys.platform.startswith("linux") else None
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=orphan_guard
-    )
+    env = {**os.environ, "GENRE_TF_TUNER_PID": str(os.getpid())}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

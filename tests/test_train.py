@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from genre_tf.config import load_config
 from genre_tf.run import RunDir
@@ -74,6 +75,10 @@ def test_train_evaluate_predict_compare(tmp_path):
     assert set(table["class"]) <= set(run.classes)
     single = run_cli("genre_tf.predict", "--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2")
     assert single.stdout.strip().startswith("folk.00000: ") and single.stdout.count(",") == 1
+    audio, rate = sf.read(folder / "folk.00001.wav")
+    sf.write(tmp_path / "excerpt.wav", audio[: rate // 2], rate)  # half a segment
+    short = run_cli("genre_tf.predict", "--run", str(run.path), str(tmp_path / "excerpt.wav"))
+    assert short.stdout.startswith("excerpt: ") and "skipped" not in short.stderr
     twice = tmp_path / "twice.csv"
     run_cli("genre_tf.predict", "--run", str(run.path), "--run", str(run.path), str(folder), "--output", str(twice))
     assert pd.read_csv(twice).equals(table), "an ensemble of one run twice is that run"

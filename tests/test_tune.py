@@ -109,9 +109,9 @@ def test_chief_and_two_workers_share_a_search(tmp_path):
         procs[tuner_id] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
         time.sleep(1)  # the chief's oracle server first
     outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
-    assert [p.returncode for p in procs.values()] == [0, 0, 0]
+    assert [p.returncode for p in procs.values()] == [0, 0, 0], outputs
     table = pd.read_csv(tmp_path / "tuning" / "d" / "trials.csv")
-    assert sorted(table.trial) == [0, 1, 2, 3] and (table.status == "COMPLETED").all()
+    assert sorted(table.trial) == [0, 1, 2, 3] and (table.status == "COMPLETED").all(), outputs
     per_worker = [outputs[w].count("phase train") for w in ("tuner0", "tuner1")]
     assert sum(per_worker) == 4, "every trial runs once"
     assert min(per_worker) >= 1, "both workers take part"

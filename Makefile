@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test lint format bench results install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/transfer.py
+
+# Every number of the README's Results section, from ../shared/data (about an hour on 2 cores; resumable).
+results: $(STAMP)
+	$(PY) bench/results.py
 
 clean:
 	rm -rf data/cache data/demo saved_models/*/

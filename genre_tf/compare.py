@@ -63,6 +63,8 @@ def comparison_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
 def to_markdown(table: pd.DataFrame) -> str:
     def cell(v):
         if isinstance(v, float):
+            if v != v:  # NaN: no such figure for this row
+                return ""
             return f"{v:.3f}" if 0.01 <= abs(v) <= 1 else f"{v:.4g}"
         return "" if v is None else str(v)
 

@@ -3,7 +3,7 @@
 A run directory gets config.yaml, model.keras (best epoch on the valid split), history.csv,
 metrics.json, report.md, confusion_matrix.png, loss_curves.png, skipped.csv and TensorBoard logs.
 Killed and started again, a run resumes after its last completed epoch (an epoch backup of the
-weights and optimizer, history.json for the choices made so far). The test split is used once,
+weights, optimizer and dropout random state; history.json for the choices made so far). The test split is used once,
 after training, for the final report.
 """
 
@@ -241,9 +241,11 @@ def _check_run_dir(run: RunDir, cfg: Config, overwrite: bool) -> None:
     """A run directory belongs to one config: refuse to mix two runs in it."""
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
-    if run.config_file.is_file() and to_dict(run.config) != to_dict(cfg):
-        saved, new = to_dict(run.config), to_dict(cfg)
-        changed = [k for k in sorted(set(_flat(saved)) | set(_flat(new))) if _flat(saved).get(k) != _flat(new).get(k)]
+    if not run.config_file.is_file():
+        return
+    saved, new = _flat(to_dict(run.config)), _flat(to_dict(cfg))
+    changed = [key for key in sorted(saved.keys() | new.keys()) if saved.get(key) != new.get(key)]
+    if changed:
         raise ConfigError(
             "--name",
             f"{run.path} holds a run of another config ({', '.join(changed[:4])} differ); "

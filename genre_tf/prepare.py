@@ -35,10 +35,6 @@ class Prepared:
     skipped: pd.DataFrame  # path, track_id, reason
     stats: dict = field(default_factory=dict)
 
-    @property
-    def labels(self) -> list[str]:
-        return sorted(self.tracks.loc[self.tracks.label != "", "label"].unique())
-
 
 def prepared_dir(cfg: Config) -> Path:
     return Path(cfg.cache.dir) / "prepared" / cfg.name

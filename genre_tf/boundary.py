@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tf import pipeline
-from genre_tf.cache import TMP_PREFIX
+from genre_tf.cache import atomic_file
 from genre_tf.config import Config, ModelConfig
 from genre_tf.inputs import SplitData, split_data
 from genre_tf.models import boundary_layer_name, split_at_boundary
@@ -102,17 +101,9 @@ def boundary_features(
         batch = keras.ops.convert_to_numpy(frozen.predict_on_batch(images))
         activations[start : start + len(batch)] = batch
         start += len(batch)
-    _save_npy_atomic(path, activations)
+    with atomic_file(path) as f:  # streamed: no second in-memory copy of a large array
+        np.save(f, activations, allow_pickle=False)
     return activations
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Stream to a temporary file and rename it into place: readers see a whole .npy or none, at no extra copy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def boundary_split(

@@ -74,9 +74,14 @@ def load_track(path: Path | str, cfg: AudioConfig) -> np.ndarray:
     return waveform.astype(np.float32, copy=False)
 
 
+def segment_samples(cfg: AudioConfig) -> int:
+    """Samples in one segment at the configured rate."""
+    return round(cfg.segment_seconds * cfg.sample_rate)
+
+
 def segment_bounds(n_samples: int, cfg: AudioConfig) -> list[tuple[int, int]]:
     """(start, end) sample ranges of equal-length segments; [] when the track is shorter than one segment."""
-    length = round(cfg.segment_seconds * cfg.sample_rate)
+    length = segment_samples(cfg)
     hop = round((cfg.segment_hop or cfg.segment_seconds) * cfg.sample_rate)
     return [(start, start + length) for start in range(0, n_samples - length + 1, hop)]
 
@@ -87,8 +92,7 @@ def tile_to_segment(waveform: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     Repeating keeps the clip's timbre, rhythm and level in every frame; zero padding would add
     silence the models never saw in training.
     """
-    length = round(cfg.segment_seconds * cfg.sample_rate)
-    return np.resize(waveform, length).astype(np.float32)
+    return np.resize(waveform, segment_samples(cfg)).astype(np.float32)
 
 
 def _fit_length(waveform: np.ndarray, n_samples: int) -> np.ndarray:

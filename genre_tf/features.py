@@ -24,12 +24,12 @@ import scipy.sparse
 from PIL import Image
 
 from genre_tf.config import FeatureConfig, MelConfig
+from genre_tf.preprocessing import PNG_MAX, db_to_unit, mel_filter_bank, mel_fmax, unit_to_db
 
 RECIPE_VERSION = "1"
 
 HPSS_KERNEL = 31  # librosa.decompose.hpss default, both directions
 TUNING_BAND_HZ = (150.0, 4000.0)  # librosa.piptrack defaults, as used by estimate_tuning
-PNG_MAX = 65535
 
 
 def feature_columns(n_mfcc: int = 20) -> list[str]:
@@ -143,8 +143,8 @@ def _mean_var(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> scipy.sparse.csr_array:
-    """librosa.filters.mel, cached and sparse: each band covers a few FFT bins, so a dense product is ~40x waste."""
-    return scipy.sparse.csr_array(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
+    """The mel filter bank, cached and sparse: each band covers a few FFT bins, so a dense product is ~40x waste."""
+    return scipy.sparse.csr_array(mel_filter_bank(sr, n_fft, n_mels, fmin, fmax))
 
 
 @functools.lru_cache(maxsize=256)
@@ -312,7 +312,7 @@ def _mel_segments(
     segments: list[tuple[int, int]],
 ) -> np.ndarray:
     """Log-mel dB of each segment, frames sliced from the clip's mel spectrogram."""
-    fmax = sr / 2 if mel.fmax is None else mel.fmax
+    fmax = mel_fmax(mel, sr)
     if (mel.n_fft, mel.hop_length) != (features.n_fft, features.hop_length):
         stft = librosa.stft(y, n_fft=mel.n_fft, hop_length=mel.hop_length, pad_mode=features.pad_mode)
         mel_power = _mel_basis(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ (np.abs(stft) ** 2)
@@ -335,8 +335,7 @@ def _mel_segments(
 
 def encode_mel_png(mel_db: np.ndarray, mel: MelConfig) -> bytes:
     """16-bit grayscale PNG of a log-mel image; [db_floor, db_ceiling] maps to 0..65535, row 0 = highest band."""
-    scaled = (np.clip(mel_db, mel.db_floor, mel.db_ceiling) - mel.db_floor) / (mel.db_ceiling - mel.db_floor)
-    pixels = np.round(scaled[::-1] * PNG_MAX).astype(np.uint16)
+    pixels = np.round(db_to_unit(mel_db, mel)[::-1] * PNG_MAX).astype(np.uint16)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)  # no metadata: same image, same bytes
     return buffer.getvalue()
@@ -346,5 +345,4 @@ def decode_mel_png(data: bytes, mel: MelConfig) -> np.ndarray:
     """Log-mel dB (n_mels, frames) float32 from `encode_mel_png` bytes, within one quantisation step."""
     with Image.open(io.BytesIO(data)) as image:
         pixels = np.asarray(image, dtype=np.float64)
-    scaled = pixels[::-1] / PNG_MAX
-    return (mel.db_floor + scaled * (mel.db_ceiling - mel.db_floor)).astype(np.float32)
+    return unit_to_db(pixels[::-1] / PNG_MAX, mel).astype(np.float32)

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config import MelConfig, ModelConfig
+from genre_tf.config import ModelConfig
+from genre_tf.preprocessing import PNG_MAX
+from genre_tf.preprocessing.layers import MelImage
 
 AUTOTUNE = tf.data.AUTOTUNE
-PNG_MAX = 65535.0
 
 
 @dataclass
@@ -69,7 +70,8 @@ def table_loader(x: np.ndarray, y: np.ndarray) -> Loader:
 def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
     """Element i -> (mel image at the model's input size and channels, label)."""
     ps, ys = tf.constant([str(p) for p in paths]), tf.constant(y, tf.int32)
-    return lambda i: (to_model_input(png_to_unit(tf.io.read_file(tf.gather(ps, i))), model), tf.gather(ys, i))
+    model_input = MelImage(model.image_size, model.channels, model.channel_mode)
+    return lambda i: (model_input(png_to_unit(tf.io.read_file(tf.gather(ps, i)))), tf.gather(ys, i))
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -109,30 +111,8 @@ def train_dataset(
 
 def png_to_unit(data: tf.Tensor) -> tf.Tensor:
     """A 16-bit mel PNG to float32 (n_mels, frames, 1) in [0, 1] (0 = mel.db_floor, 1 = mel.db_ceiling)."""
-    return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.float32) / PNG_MAX
-
-
-def _time_delta(image: tf.Tensor) -> tf.Tensor:
-    """Central difference along time (width), edges repeated, as librosa's delta with width 3."""
-    padded = tf.concat([image[:, :1], image, image[:, -1:]], axis=1)
-    return (padded[:, 2:] - padded[:, :-2]) / 2.0
-
-
-def to_model_input(image: tf.Tensor, model: ModelConfig) -> tf.Tensor:
-    """Resize a (H, W, 1) unit image to the model's input size and make its channels."""
-    image = tf.image.resize(image, model.image_size, method="bilinear")
-    if model.channels == 1:
-        return image
-    if model.channel_mode == "repeat":
-        return tf.repeat(image, 3, axis=-1)
-    delta = _time_delta(image)
-    return tf.concat([image, delta, _time_delta(delta)], axis=-1)
+    return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.float32) / float(PNG_MAX)
 
 
 def image_input_shape(model: ModelConfig) -> tuple[int, int, int]:
     return (*model.image_size, model.channels)
-
-
-def mel_unit_to_db(unit: np.ndarray, mel: MelConfig) -> np.ndarray:
-    """Back from the [0, 1] pipeline scale to dB."""
-    return mel.db_floor + unit * (mel.db_ceiling - mel.db_floor)

@@ -4,18 +4,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config import MelConfig, ModelConfig
+from genre_tf.config import MelConfig
 from genre_tf.features import encode_mel_png
-from genre_tf.pipeline import (
-    FeatureScaler,
-    eval_dataset,
-    label_ids,
-    mel_unit_to_db,
-    png_to_unit,
-    table_loader,
-    to_model_input,
-    train_dataset,
-)
+from genre_tf.pipeline import FeatureScaler, eval_dataset, label_ids, png_to_unit, table_loader, train_dataset
+from genre_tf.preprocessing import unit_to_db
 
 
 def labels_of(ds) -> list[list[int]]:
@@ -47,14 +39,10 @@ def test_epochs_are_seeded_and_a_resumed_run_sees_the_same_batches():
     assert labels_of(eval_dataset(table_loader(x, y), 10, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-def test_png_decodes_to_unit_scale_and_model_channels():
+def test_png_decodes_to_unit_scale():
     mel = MelConfig(n_mels=16)
     db = np.linspace(mel.db_floor, mel.db_ceiling, 16 * 20, dtype=np.float32).reshape(16, 20)
     unit = png_to_unit(tf.constant(encode_mel_png(db, mel)))
     assert unit.shape == (16, 20, 1)
-    recovered = mel_unit_to_db(unit.numpy()[::-1, :, 0], mel)  # PNG row 0 is the highest band
+    recovered = unit_to_db(unit.numpy()[::-1, :, 0], mel)  # PNG row 0 is the highest band
     np.testing.assert_allclose(recovered, db, atol=(mel.db_ceiling - mel.db_floor) / 65535)
-    repeat = to_model_input(unit, ModelConfig(image_size=[8, 10], channels=3, channel_mode="repeat"))
-    assert repeat.shape == (8, 10, 3) and np.allclose(repeat[..., 0], repeat[..., 2])
-    deltas = to_model_input(unit, ModelConfig(image_size=[16, 20], channels=3, channel_mode="deltas"))
-    np.testing.assert_allclose(deltas[:, 1:-1, 1], (unit[:, 2:, 0] - unit[:, :-2, 0]) / 2, atol=1e-6)

@@ -32,8 +32,8 @@ OUT = REPO / "saved_models" / "results"  # run directories (git ignores them)
 SUMMARY = REPO / "bench" / "results"  # the tables and plot the README shows
 MOBILENET = SHARED / "weights" / "mobilenet_v1_0.25_imagenet_notop.weights.h5"
 IMAGES = ["model.channels=3", "model.image_size=[128, 128]"]
-TRANSFER = [*IMAGES, "model.kind=resnet50", "model.resnet.head_units=128", "model.resnet.dropout=0.5"]
-MOBILENET_BASE = [*TRANSFER, "model.resnet.backbone=MobileNet", "model.resnet.alpha=0.25"]
+TRANSFER = [*IMAGES, "model.kind=transfer", "model.transfer.head_units=128", "model.transfer.dropout=0.5"]
+MOBILENET_BASE = [*TRANSFER, "model.transfer.backbone=MobileNet", "model.transfer.alpha=0.25"]
 FINE_TUNE = ["train.epochs=30", "train.fine_tune_epochs=20", "train.fine_tune_learning_rate=0.0001"]
 
 # name -> overrides of configs/gtzan_mini.yaml
@@ -44,12 +44,12 @@ EXPERIMENTS = {
                "train.epochs=100", "train.patience=15"],
     "cnn": ["model.kind=cnn", "model.image_size=[128, 128]", "model.cnn.filters=16", "train.epochs=40",
             "train.patience=10"],
-    "resnet50_random_frozen": [*TRANSFER, "model.resnet.weights=null", "train.epochs=60"],
-    "mobilenet_imagenet_frozen": [*MOBILENET_BASE, f"model.resnet.weights={MOBILENET}", "train.epochs=60"],
-    "mobilenet_imagenet_top3": [*MOBILENET_BASE, f"model.resnet.weights={MOBILENET}",
-                                "model.resnet.trainable_blocks=3", *FINE_TUNE],
-    "mobilenet_random_frozen": [*MOBILENET_BASE, "model.resnet.weights=null", "train.epochs=60"],
-    "mobilenet_random_top3": [*MOBILENET_BASE, "model.resnet.weights=null", "model.resnet.trainable_blocks=3",
+    "resnet50_random_frozen": [*TRANSFER, "model.transfer.weights=null", "train.epochs=60"],
+    "mobilenet_imagenet_frozen": [*MOBILENET_BASE, f"model.transfer.weights={MOBILENET}", "train.epochs=60"],
+    "mobilenet_imagenet_top3": [*MOBILENET_BASE, f"model.transfer.weights={MOBILENET}",
+                                "model.transfer.trainable_blocks=3", *FINE_TUNE],
+    "mobilenet_random_frozen": [*MOBILENET_BASE, "model.transfer.weights=null", "train.epochs=60"],
+    "mobilenet_random_top3": [*MOBILENET_BASE, "model.transfer.weights=null", "model.transfer.trainable_blocks=3",
                               *FINE_TUNE],
 }  # fmt: skip
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tf.boundary import boundary_split, cut_at_boundary
-from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, ResnetConfig, TrainConfig
+from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features import encode_mel_png
 from genre_tf.inputs import split_data
 from genre_tf.models import build_model
@@ -76,7 +76,7 @@ def fit_seconds(model: keras.Model, loader, n: int, cfg: Config, epochs: int) ->
 def bench_blocks(cfg: Config, frame: pd.DataFrame, blocks: int, args: argparse.Namespace) -> dict:
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
-    model_cfg = replace(cfg.model, resnet=replace(cfg.model.resnet, trainable_blocks=blocks))
+    model_cfg = replace(cfg.model, transfer=replace(cfg.model.transfer, trainable_blocks=blocks))
     cfg = replace(cfg, model=model_cfg)
     model = build_model(model_cfg, image_input_shape(model_cfg), len(CLASSES))
     plain = fit_seconds(model, split_data(frame, cfg, CLASSES, None).loader, len(frame), cfg, args.plain_epochs)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         frame = write_mels(Path(tmp) / "mels", args.images, args.size, seed=0)
         cfg = Config(
             model=ModelConfig(
-                kind="resnet50", image_size=[args.size, args.size], channels=3, resnet=ResnetConfig(weights=None)
+                kind="transfer", image_size=[args.size, args.size], channels=3, transfer=TransferConfig(weights=None)
             ),
             cache=CacheConfig(dir=Path(tmp) / "cache"),
             train=TrainConfig(batch_size=args.batch_size),

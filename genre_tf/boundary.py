@@ -24,12 +24,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from genre_tf import pipeline
+from genre_tf import models, pipeline
 from genre_tf.cache import atomic_file
 from genre_tf.config import Config, ModelConfig
 from genre_tf.inputs import SplitData, split_data
-from genre_tf.models import boundary_layer_name, split_at_boundary
-from genre_tf.models.resnet import backbone_name
+from genre_tf.models.transfer import backbone_name, boundary_layer_name, split_at_boundary
 
 BOUNDARY_VERSION = "1"  # bump when the way activations are computed changes
 
@@ -122,6 +121,6 @@ def caches_boundary(cfg: Config) -> bool:
 
     Distributed training keeps the plain path: the cached path is not tested under tf.distribute.
     """
-    resnet = cfg.model.resnet
-    cut_by_blocks = resnet.cache_boundary and resnet.trainable_layers is None
-    return cfg.model.kind == "resnet50" and cut_by_blocks and cfg.train.distribute == "none"
+    transfer = cfg.model.transfer
+    cut_by_blocks = transfer.cache_boundary and transfer.trainable_layers is None
+    return models.family(cfg.model).has_backbone and cut_by_blocks and cfg.train.distribute == "none"

@@ -16,16 +16,9 @@ from genre_tf.run import RunDir
 
 def describe_model(run: RunDir) -> str:
     """The parameters that tell runs of one family apart."""
-    m = run.config.model
-    if m.kind == "mlp":
-        return f"{m.level}, {m.mlp.hidden_layers}x{m.mlp.units}, dropout {m.mlp.dropout}"
-    if m.kind == "cnn":
-        size = f"{m.image_size[0]}x{m.image_size[1]}"
-        return f"{m.cnn.conv_blocks} blocks, {m.cnn.filters} filters, k{m.cnn.kernel_size}, {size}"
-    r = m.resnet
-    weights = "random" if r.weights is None else Path(r.weights).name if r.weights != "imagenet" else "imagenet"
-    unfrozen = f"{r.trainable_layers} layers" if r.trainable_layers is not None else f"{r.trainable_blocks} blocks"
-    return f"{r.backbone} ({weights}), {unfrozen} trainable, {m.image_size[0]}x{m.image_size[1]}"
+    from genre_tf import models
+
+    return models.family(run.config.model).describe(run.config.model)
 
 
 def comparison_row(run: RunDir) -> dict:

@@ -112,7 +112,9 @@ class CnnConfig:
 
 
 @dataclass
-class ResnetConfig:
+class TransferConfig:
+    """A pretrained backbone under a new head (`model.kind: transfer`); the backbone's name says where it comes from."""
+
     backbone: str = "ResNet50"  # any keras.applications model name
     weights: str | None = "imagenet"  # "imagenet", null, or a local .h5 / .weights.h5 path
     trainable_blocks: int = _range(0, 16, default=0)  # counted from the top; 0 = frozen backbone
@@ -125,14 +127,14 @@ class ResnetConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mlp", "cnn", "resnet50"] = "mlp"
+    kind: Literal["mlp", "cnn", "transfer"] = "mlp"
     level: Literal["segment", "track"] = "segment"  # mlp rows: per segment or per whole track
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # height, width of image inputs
     channels: Literal[1, 3] = 1
     channel_mode: Literal["repeat", "deltas"] = "repeat"  # how 3 channels are made from one mel image
     mlp: MlpConfig = field(default_factory=MlpConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
-    resnet: ResnetConfig = field(default_factory=ResnetConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 @dataclass
@@ -160,6 +162,32 @@ class Config:
     mel: MelConfig = field(default_factory=MelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Names from before the transfer family held more than ResNet50. Old config files, saved run directories, `--set`
+# overrides and search spaces keep loading: each source is renamed as it is read, so the newer source still wins.
+RENAMED_SECTIONS = {"model.resnet": "model.transfer"}
+RENAMED_VALUES = {"model.kind": {"resnet50": "transfer"}}
+
+
+def upgrade_key(key: str, value: Any = None) -> tuple[str, Any]:
+    """A dotted key and its value under today's names: `model.resnet.weights` -> `model.transfer.weights`."""
+    for old, new in RENAMED_SECTIONS.items():
+        if key == old or key.startswith(old + "."):
+            key = new + key[len(old) :]
+    renamed = RENAMED_VALUES.get(key, {})
+    return key, renamed.get(value, value) if isinstance(value, str) else value
+
+
+def upgrade_values(values: dict, prefix: str = "") -> dict:
+    """Nested config values (one YAML file) under today's names; where both names are given, the new one wins."""
+    old, new = {}, {}
+    for name, value in values.items():
+        key, value = upgrade_key(f"{prefix}{name}", value)
+        if isinstance(value, dict):
+            value = upgrade_values(value, f"{key}.")
+        (new if key == f"{prefix}{name}" else old)[key.rsplit(".", 1)[-1]] = value
+    return _merge(old, new)
 
 
 def _convert(key: str, value: Any, hint: Any) -> Any:
@@ -271,6 +299,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def set_key(values: dict, key: str, value: Any) -> dict:
     """Set `a.b.c` in the nested dict `values` (in place) and return it."""
+    key, value = upgrade_key(key, value)
     path = key.split(".")
     node = values
     for part in path[:-1]:
@@ -310,6 +339,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError("--config", f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of config keys")
+    values = upgrade_values(values)
     parent = values.pop("extends", None)
     if parent is None:
         return values

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf import pipeline
+from genre_tf import models, pipeline
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
+from genre_tf.features import feature_columns
 from genre_tf.pipeline import FeatureScaler
 from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
 
@@ -36,32 +37,39 @@ class Examples:
         return sorted(self.frame.loc[self.frame.label != "", "label"].unique())
 
 
-def uses_images(cfg: Config) -> bool:
-    return cfg.model.kind in ("cnn", "resnet50")
+def model_input(cfg: Config) -> str:
+    """The input representation the configured model reads (models.FEATURES, models.MEL_IMAGE, ...)."""
+    return models.family(cfg.model).input(cfg.model)
 
 
-def _feature_columns(frame: pd.DataFrame) -> list[str]:
-    from genre_tf.features import FEATURE_COLUMNS
+def reads_features(cfg: Config) -> bool:
+    return model_input(cfg) == models.FEATURES
 
-    return [c for c in frame.columns if c in FEATURE_COLUMNS or c.startswith("mfcc")]
+
+def model_feature_columns(cfg: Config) -> list[str]:
+    """The feature-table columns a features model reads: the published names, with features.n_mfcc MFCCs."""
+    return feature_columns(cfg.features.n_mfcc) if reads_features(cfg) else []
 
 
 def examples_from_prepared(prepared: Prepared, cfg: Config) -> Examples:
-    """Pick the rows the model family trains on: whole tracks for a track-level MLP, else segments."""
-    whole_tracks = cfg.model.kind == "mlp" and cfg.model.level == "track"
+    """Pick the rows the model family trains on: whole tracks for a track-level features model, else segments."""
+    whole_tracks = reads_features(cfg) and cfg.model.level == "track"
     frame = prepared.tracks if whole_tracks else prepared.segments
-    columns = [] if uses_images(cfg) else _feature_columns(frame)
-    return Examples(frame, columns, prepared.skipped)
+    return Examples(frame, model_feature_columns(cfg), prepared.skipped)
 
 
 def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
-    """A GTZAN-style feature table: one example per row; only the MLP can use it."""
-    if uses_images(cfg):
+    """A GTZAN-style feature table: one example per row; only a features model (the MLP) can use it."""
+    if not reads_features(cfg):
         raise ConfigError("model.kind", f"{cfg.model.kind} needs audio; a feature table only feeds the mlp")
     index, table = index_table(csv_path, cfg.data, cfg.seed)
+    columns = model_feature_columns(cfg)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError("data.csv", f"{csv_path} lacks feature column(s) {', '.join(missing[:5])}")
     frame = index.tracks.join(table, on="track_id")
     skipped = pd.DataFrame([(p, p, r) for p, r in index.problems], columns=SKIPPED_COLUMNS)
-    return Examples(frame, _feature_columns(table), skipped)
+    return Examples(frame, columns, skipped)
 
 
 def load_examples(cfg: Config, progress: bool = True) -> Examples:
@@ -93,12 +101,12 @@ class SplitData:
 
 def split_data(frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None) -> SplitData:
     labels = pipeline.label_ids(frame["label"], classes)
-    if uses_images(cfg):
-        loader = pipeline.image_loader(frame["mel_path"].tolist(), labels, cfg.model)
-    else:
+    if reads_features(cfg):
         loader = pipeline.table_loader(scaler.transform(frame), labels)
+    else:
+        loader = pipeline.image_loader(frame["mel_path"].tolist(), labels, cfg.model)
     return SplitData(loader, labels, frame["track_id"].to_numpy())
 
 
 def input_shape(cfg: Config, scaler: FeatureScaler | None) -> tuple[int, ...]:
-    return pipeline.image_input_shape(cfg.model) if uses_images(cfg) else (len(scaler.columns),)
+    return (len(scaler.columns),) if reads_features(cfg) else pipeline.image_input_shape(cfg.model)

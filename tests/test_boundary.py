@@ -11,7 +11,7 @@ import pytest
 
 from genre_tf import boundary
 from genre_tf.boundary import boundary_features, boundary_split, caches_boundary, cut_at_boundary
-from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, ResnetConfig, TrainConfig
+from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features import encode_mel_png
 from genre_tf.inputs import split_data
 from genre_tf.models import build_model
@@ -28,12 +28,12 @@ def fresh_session():
     keras.utils.set_random_seed(0)
 
 
-def make_cfg(tmp_path: Path, **resnet) -> Config:
+def make_cfg(tmp_path: Path, **transfer) -> Config:
     model = ModelConfig(
-        kind="resnet50",
+        kind="transfer",
         image_size=[32, 32],
         channels=3,
-        resnet=ResnetConfig(**{"weights": None, "head_units": 8, "dropout": 0.0, **resnet}),
+        transfer=TransferConfig(**{"weights": None, "head_units": 8, "dropout": 0.0, **transfer}),
     )
     return Config(model=model, cache=CacheConfig(dir=tmp_path / "cache"), train=TrainConfig(batch_size=BATCH))
 

@@ -25,8 +25,9 @@ def test_int_accepted_where_float_expected():
     ("override", "message"),
     [
         ("train.epochs=abc", "train.epochs: must be an integer, got 'abc'"),
-        ("model.kind=svm", "model.kind: must be one of mlp, cnn, resnet50, got 'svm'"),
-        ("model.resnet.trainable_blocks=40", "model.resnet.trainable_blocks: must be 0..16, got 40"),
+        ("model.kind=svm", "model.kind: must be one of mlp, cnn, transfer, got 'svm'"),
+        ("model.transfer.trainable_blocks=40", "model.transfer.trainable_blocks: must be 0..16, got 40"),
+        ("model.resnet.trainable_blocks=40", "model.transfer.trainable_blocks: must be 0..16, got 40"),
         ("train.epox=3", "train.epox: unknown key"),
         ("data.split_file=missing.csv", "data.split_file: path does not exist: missing.csv"),
         ("model.mlp.batch_norm=maybe", "model.mlp.batch_norm: must be true or false"),
@@ -42,11 +43,32 @@ def test_errors_name_the_key(override, message):
 
 def test_yaml_file_and_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("name: x\ndata: {source: demo, root: d}\nmodel: {kind: resnet50, resnet: {weights: null}}\n")
-    cfg = load_config(path, ["model.resnet.trainable_blocks=3"])
-    assert cfg.model.resnet.weights is None and cfg.model.resnet.trainable_blocks == 3
+    path.write_text("name: x\ndata: {source: demo, root: d}\nmodel: {kind: transfer, transfer: {weights: null}}\n")
+    cfg = load_config(path, ["model.transfer.trainable_blocks=3"])
+    assert cfg.model.transfer.weights is None and cfg.model.transfer.trainable_blocks == 3
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_old_resnet50_names_load_as_transfer(tmp_path):
+    """Configs and saved runs from before the transfer family: `kind: resnet50` and the `resnet` section."""
+    old = tmp_path / "old.yaml"
+    old.write_text("data: {source: demo, root: d}\nmodel: {kind: resnet50, resnet: {weights: null, head_units: 64}}\n")
+    cfg = load_config(old, ["model.resnet.trainable_blocks=3"])
+    assert cfg.model.kind == "transfer"
+    assert (cfg.model.transfer.weights, cfg.model.transfer.head_units, cfg.model.transfer.trainable_blocks) == (
+        None,
+        64,
+        3,
+    )
+    # Each source is renamed as it is read, so a later source wins whichever names either one uses.
+    assert load_config(old, ["model.transfer.head_units=32"]).model.transfer.head_units == 32
+    new = tmp_path / "new.yaml"
+    new.write_text("extends: old.yaml\nmodel: {transfer: {head_units: 16}}\n")
+    assert load_config(new).model.transfer.head_units == 16
+    both = tmp_path / "both.yaml"
+    both.write_text("data: {source: demo, root: d}\nmodel: {resnet: {head_units: 1}, transfer: {head_units: 2}}\n")
+    assert load_config(both).model.transfer.head_units == 2
 
 
 def test_command_line_error_is_one_line_exit_2(tmp_path):

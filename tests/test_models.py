@@ -11,18 +11,17 @@ import keras
 import numpy as np
 import pytest
 
-from genre_tf.config import CnnConfig, ConfigError, MlpConfig, ModelConfig, ResnetConfig
-from genre_tf.models import (
-    WeightsUnavailable,
+from genre_tf.config import CnnConfig, ConfigError, MlpConfig, ModelConfig, TransferConfig
+from genre_tf.models import FAMILIES, WeightsUnavailable, build_model, keras_applications
+from genre_tf.models.keras_applications import ImagePreprocessing
+from genre_tf.models.transfer import (
+    backbone_blocks,
     boundary_layer_name,
-    build_model,
     get_backbone,
-    resnet,
     set_trainable_blocks,
     set_trainable_layers,
     split_at_boundary,
 )
-from genre_tf.models.resnet import ImagePreprocessing, backbone_blocks
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOBILENET_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v1_0.25_imagenet_notop.weights.h5"
@@ -37,7 +36,7 @@ def fresh_session():
 
 
 def resnet_cfg(**kw) -> ModelConfig:
-    return ModelConfig(kind="resnet50", resnet=ResnetConfig(**{"weights": None, "head_units": 8, **kw}))
+    return ModelConfig(kind="transfer", transfer=TransferConfig(**{"weights": None, "head_units": 8, **kw}))
 
 
 def mobilenet_cfg(**kw) -> ModelConfig:
@@ -100,7 +99,7 @@ def test_save_and_load_give_the_same_predictions(tmp_path, cfg, shape):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     assert n_params(loaded.trainable_weights) == n_params(model.trainable_weights)
-    if cfg.kind == "resnet50":  # the helpers work on a loaded model too
+    if FAMILIES[cfg.kind].has_backbone:  # the helpers work on a loaded model too
         set_trainable_blocks(loaded, 0)
         assert n_params(loaded.trainable_weights) == 256 * 8 + 8 + 8 * N_CLASSES + N_CLASSES  # 1024 * alpha features
 
@@ -177,10 +176,18 @@ def test_trainable_layers_counts_backbone_layers_from_the_top_and_overrides_bloc
 @pytest.mark.parametrize(
     "cfg, shape, message",
     [
-        (mobilenet_cfg(trainable_blocks=14), (32, 32, 3), "model.resnet.trainable_blocks: must be 0..13 for MobileNet"),
-        (mobilenet_cfg(trainable_layers=87), (32, 32, 3), "model.resnet.trainable_layers: must be 0..86 for MobileNet"),
-        (resnet_cfg(backbone="ResNet5O"), (32, 32, 3), "model.resnet.backbone: not a keras.applications model"),
-        (resnet_cfg(backbone="ResNet50", alpha=0.5), (32, 32, 3), "model.resnet.alpha: ResNet50 has no width"),
+        (
+            mobilenet_cfg(trainable_blocks=14),
+            (32, 32, 3),
+            "model.transfer.trainable_blocks: must be 0..13 for MobileNet",
+        ),
+        (
+            mobilenet_cfg(trainable_layers=87),
+            (32, 32, 3),
+            "model.transfer.trainable_layers: must be 0..86 for MobileNet",
+        ),
+        (resnet_cfg(backbone="ResNet5O"), (32, 32, 3), "model.transfer.backbone: not a keras.applications model"),
+        (resnet_cfg(backbone="ResNet50", alpha=0.5), (32, 32, 3), "model.transfer.alpha: ResNet50 has no width"),
         (resnet_cfg(), (32, 32, 1), "model.channels: ResNet50 needs 3-channel images, got 1"),
     ],
 )
@@ -241,7 +248,7 @@ def test_backbone_loads_a_local_weights_file(tmp_path):
 
 
 def test_missing_weights_file_is_a_one_line_error(tmp_path):
-    with pytest.raises(WeightsUnavailable, match=r"^model\.resnet\.weights: weights file not found: .*missing\.h5"):
+    with pytest.raises(WeightsUnavailable, match=r"^model\.transfer\.weights: weights file not found: .*missing\.h5"):
         build_model(mobilenet_cfg(weights=str(tmp_path / "missing.h5")), (32, 32, 3), N_CLASSES)
     assert issubclass(WeightsUnavailable, ValueError)
 
@@ -271,7 +278,7 @@ def test_imagenet_download_failure_is_fast_and_one_line(monkeypatch):
         build_model(resnet_cfg(weights="imagenet"), (32, 32, 3), N_CLASSES)
     except WeightsUnavailable as err:
         assert str(err) == (
-            "model.resnet.weights: ImageNet weights for ResNet50 could not be downloaded "
+            "model.transfer.weights: ImageNet weights for ResNet50 could not be downloaded "
             "([Errno -2] Name or service not known); give a local .h5 path or null"
         )
     else:
@@ -287,7 +294,7 @@ def test_imagenet_download_from_a_silent_host_times_out(monkeypatch):
     monkeypatch.setattr(
         socket, "getaddrinfo", lambda host, _port, *a, **k: real_getaddrinfo("127.0.0.1", port, *a, **k)
     )
-    monkeypatch.setattr(resnet, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(keras_applications, "DOWNLOAD_TIMEOUT_S", 0.5)
     start = time.monotonic()
     try:
         build_model(resnet_cfg(weights="imagenet"), (32, 32, 3), N_CLASSES)

@@ -93,15 +93,15 @@ def test_config_error_is_one_line(tmp_path):
     proc = run_cli("genre_tf.train", "--config", str(config), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "config error: model.kind: must be one of mlp, cnn, resnet50, got 'transformer'"
+        "config error: model.kind: must be one of mlp, cnn, transfer, got 'transformer'"
     ]
 
 
 def test_two_phase_plan():
-    base = ["data.source=demo", "data.root=x", "model.kind=resnet50", "train.fine_tune_epochs=3"]
-    frozen = plan_phases(load_config(None, [*base, "model.resnet.trainable_blocks=0"]))
+    base = ["data.source=demo", "data.root=x", "model.kind=transfer", "train.fine_tune_epochs=3"]
+    frozen = plan_phases(load_config(None, [*base, "model.transfer.trainable_blocks=0"]))
     assert [p.name for p in frozen] == ["train"]
-    two = plan_phases(load_config(None, [*base, "model.resnet.trainable_blocks=2"]))
+    two = plan_phases(load_config(None, [*base, "model.transfer.trainable_blocks=2"]))
     assert [(p.name, p.backbone, p.epochs) for p in two] == [("head", "frozen", 30), ("fine_tune", "configured", 3)]
     assert two[1].learning_rate == 1e-5
 

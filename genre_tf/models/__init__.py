@@ -1,48 +1,53 @@
-"""Model builders by name, and `build_model`: the one place that turns a ModelConfig into a Keras model."""
+"""Model families by name (`model.kind`), and `build_model`: the one place that turns a ModelConfig into a model.
+
+Everything that depends on the kind (which input the family reads, whether it has a backbone to freeze and cut,
+how a run of it is described) is asked of its `Family` here, never tested by string elsewhere.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 
 from genre_tf.config import ConfigError, ModelConfig
-from genre_tf.models.cnn import build_cnn
-from genre_tf.models.mlp import build_mlp
-from genre_tf.models.resnet import (
-    WeightsUnavailable,
-    apply_trainable,
-    boundary_layer_name,
-    build_resnet,
-    get_backbone,
-    set_trainable_blocks,
-    set_trainable_layers,
-    split_at_boundary,
-)
+from genre_tf.models.backbone import MEL_IMAGE, WeightsUnavailable
+from genre_tf.models.cnn import build_cnn, describe_cnn
+from genre_tf.models.mlp import FEATURES, build_mlp, describe_mlp
+from genre_tf.models.transfer import build_transfer, describe_transfer, transfer_input
 
-# model.kind -> (builder, the ModelConfig section it reads)
-BUILDERS: dict[str, tuple[Callable[..., keras.Model], str]] = {
-    "mlp": (build_mlp, "mlp"),
-    "cnn": (build_cnn, "cnn"),
-    "resnet50": (build_resnet, "resnet"),
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its builder, the ModelConfig section the builder reads, and what callers ask of it."""
+
+    section: str
+    builder: Callable[..., keras.Model]
+    describe: Callable[[ModelConfig], str]  # the parameters that tell its runs apart
+    input: Callable[[ModelConfig], str]  # the input representation: FEATURES, MEL_IMAGE, ...
+    has_backbone: bool = False  # a pretrained part that can be frozen, fine-tuned by blocks and cut at a boundary
+
+    def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
+        return self.builder(getattr(cfg, self.section), tuple(input_shape), n_classes)
+
+
+FAMILIES: dict[str, Family] = {
+    "mlp": Family("mlp", build_mlp, describe_mlp, lambda cfg: FEATURES),
+    "cnn": Family("cnn", build_cnn, describe_cnn, lambda cfg: MEL_IMAGE),
+    "transfer": Family("transfer", build_transfer, describe_transfer, transfer_input, has_backbone=True),
 }
 
-__all__ = [
-    "BUILDERS",
-    "WeightsUnavailable",
-    "apply_trainable",
-    "boundary_layer_name",
-    "build_model",
-    "get_backbone",
-    "set_trainable_blocks",
-    "set_trainable_layers",
-    "split_at_boundary",
-]
+__all__ = ["FAMILIES", "FEATURES", "MEL_IMAGE", "Family", "WeightsUnavailable", "build_model", "family"]
+
+
+def family(cfg: ModelConfig) -> Family:
+    """The family of `cfg.kind`."""
+    if cfg.kind not in FAMILIES:
+        raise ConfigError("model.kind", f"must be one of {', '.join(FAMILIES)}, got {cfg.kind!r}")
+    return FAMILIES[cfg.kind]
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
     """Build (not compile) the `cfg.kind` model for inputs of `input_shape` (no batch axis) and n_classes."""
-    if cfg.kind not in BUILDERS:
-        raise ConfigError("model.kind", f"must be one of {', '.join(BUILDERS)}, got {cfg.kind!r}")
-    builder, section = BUILDERS[cfg.kind]
-    return builder(getattr(cfg, section), tuple(input_shape), n_classes)
+    return family(cfg).build(cfg, input_shape, n_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from genre_tf.config import CnnConfig
+from genre_tf.config import CnnConfig, ModelConfig
 
 
 def build_cnn(cfg: CnnConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
@@ -25,3 +25,9 @@ def build_cnn(cfg: CnnConfig, input_shape: tuple[int, ...], n_classes: int) -> k
     x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+def describe_cnn(cfg: ModelConfig) -> str:
+    """Blocks, filters, kernel and image size: what tells CNN runs apart."""
+    c = cfg.cnn
+    return f"{c.conv_blocks} blocks, {c.filters} filters, k{c.kernel_size}, {cfg.image_size[0]}x{cfg.image_size[1]}"

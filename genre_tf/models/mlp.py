@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import keras
 
-from genre_tf.config import MlpConfig
+from genre_tf.config import MlpConfig, ModelConfig
+
+FEATURES = "features"  # rows of the feature table, standardised
 
 
 def build_mlp(cfg: MlpConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
@@ -22,3 +24,8 @@ def build_mlp(cfg: MlpConfig, input_shape: tuple[int, ...], n_classes: int) -> k
     # float32 softmax keeps probabilities exact under a mixed-precision policy.
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="mlp")
+
+
+def describe_mlp(cfg: ModelConfig) -> str:
+    """Rows, layers, width and dropout: what tells MLP runs apart."""
+    return f"{cfg.level}, {cfg.mlp.hidden_layers}x{cfg.mlp.units}, dropout {cfg.mlp.dropout}"

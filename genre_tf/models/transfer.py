@@ -1,0 +1,149 @@
+"""The transfer family: a pretrained backbone under a new softmax head, partly or wholly frozen.
+
+The backbone is a nested model called with `training=False`, so its BatchNorm layers always normalise with
+their pretrained statistics. The "preprocess" layer in front of it records which backbone it is, so a loaded
+model still knows its source (`backbone_source`).
+
+How much of it trains reduces to one rule: every backbone layer from some index up trains, BatchNorm excepted.
+`trainable_blocks=n` starts at the first layer of the n-th block from the top (blocks as the source names
+them), so layers above the last block such as ResNetV2's `post_bn` go with the top block.
+`trainable_layers=k` starts at `len(backbone.layers) - k`: the last k entries of `backbone.layers`, weightless
+ones (ReLU, Add, padding, pooling) included, as in the TensorFlow fine-tuning tutorial's `fine_tune_at`; when
+set it overrides `trainable_blocks`.
+
+Two-phase schedule for the trainer: `set_trainable_blocks(model, 0)`, compile, fit the head; then
+`apply_trainable(model, cfg)`, compile again at a lower learning rate (Keras reads `trainable` when compiling), fit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+
+from genre_tf.config import ConfigError, ModelConfig, TransferConfig
+from genre_tf.models.backbone import BackboneSource
+from genre_tf.models.keras_applications import KerasApplication
+
+
+def backbone_source(name: str) -> BackboneSource:
+    """The source of a backbone by its name: the one place that branches on it."""
+    return KerasApplication(name)
+
+
+def build_transfer(cfg: TransferConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
+    """Preprocessing, backbone (training=False), Dropout + Dense(head_units) + Dropout + softmax; not compiled."""
+    source = backbone_source(cfg.backbone)
+    backbone = source.build(cfg, tuple(input_shape))
+    inputs = keras.Input(shape=input_shape, name=source.input)
+    x = source.preprocessing()(inputs)
+    x = backbone(x, training=False)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    if cfg.head_units:
+        x = keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense")(x)
+        x = keras.layers.Dropout(cfg.dropout, name="head_dense_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name=f"transfer_{cfg.backbone.lower()}")
+    apply_trainable(model, cfg)
+    return model
+
+
+def describe_transfer(cfg: ModelConfig) -> str:
+    """Backbone, weights, what trains and the input size: what tells transfer runs apart."""
+    t = cfg.transfer
+    weights = "random" if t.weights is None else Path(t.weights).name if t.weights != "imagenet" else "imagenet"
+    unfrozen = f"{t.trainable_layers} layers" if t.trainable_layers is not None else f"{t.trainable_blocks} blocks"
+    return f"{t.backbone} ({weights}), {unfrozen} trainable, {cfg.image_size[0]}x{cfg.image_size[1]}"
+
+
+def transfer_input(cfg: ModelConfig) -> str:
+    """The input representation the configured backbone reads."""
+    return backbone_source(cfg.transfer.backbone).input
+
+
+def get_backbone(model: keras.Model) -> keras.Model:
+    """The nested backbone of a model built by build_transfer."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def backbone_name(model: keras.Model) -> str:
+    """The backbone's name ("ResNet50"), as recorded by the preprocess layer."""
+    return model.get_layer("preprocess").backbone
+
+
+def backbone_blocks(model: keras.Model) -> list[str]:
+    """Block names of the backbone, bottom to top; [] where its block structure is not known here."""
+    return list(dict.fromkeys(name for name in _layer_blocks(model) if name))
+
+
+def _layer_blocks(model: keras.Model) -> list[str | None]:
+    """The block each backbone layer belongs to, or None (stem, pooling, unknown families)."""
+    pattern = backbone_source(backbone_name(model)).block_pattern
+    matches = [re.match(pattern, layer.name) if pattern else None for layer in get_backbone(model).layers]
+    return [m.group(1) if m else None for m in matches]
+
+
+def _block_start(model: keras.Model, n: int) -> int:
+    """Index in backbone.layers of the lowest layer of the top `n` blocks."""
+    blocks = backbone_blocks(model)
+    if not 0 <= n <= len(blocks):
+        hint = "" if blocks else " (its blocks are not known here; use model.transfer.trainable_layers)"
+        raise ConfigError(
+            "model.transfer.trainable_blocks", f"must be 0..{len(blocks)} for {backbone_name(model)}, got {n}{hint}"
+        )
+    return _layer_blocks(model).index(blocks[-n]) if n else len(get_backbone(model).layers)
+
+
+def _layers_start(model: keras.Model, n: int) -> int:
+    top = len(get_backbone(model).layers) - 1  # the InputLayer has nothing to train
+    if not 0 <= n <= top:
+        raise ConfigError("model.transfer.trainable_layers", f"must be 0..{top} for {backbone_name(model)}, got {n}")
+    return top + 1 - n
+
+
+def _unfreeze_from(backbone: keras.Model, start: int) -> None:
+    backbone.trainable = True  # per-layer flags only count inside a trainable container
+    for i, layer in enumerate(backbone.layers):
+        # BatchNorm stays frozen even in unfrozen blocks: small fine-tuning batches would wreck its statistics.
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def set_trainable_blocks(model: keras.Model, n: int) -> None:
+    """Train the head and the top `n` backbone blocks (BatchNorm excepted); compile again afterwards."""
+    _unfreeze_from(get_backbone(model), _block_start(model, n))
+
+
+def set_trainable_layers(model: keras.Model, n: int) -> None:
+    """Train the head and the last `n` entries of backbone.layers (BatchNorm excepted); compile again afterwards."""
+    _unfreeze_from(get_backbone(model), _layers_start(model, n))
+
+
+def apply_trainable(model: keras.Model, cfg: TransferConfig) -> None:
+    """Set backbone trainability from the config: trainable_layers when set, else trainable_blocks."""
+    if cfg.trainable_layers is not None:
+        set_trainable_layers(model, cfg.trainable_layers)
+    else:
+        set_trainable_blocks(model, cfg.trainable_blocks)
+
+
+def boundary_layer_name(model: keras.Model, trainable_blocks: int) -> str:
+    """Backbone layer whose output feeds the lowest trainable block: where frozen activations can be cached."""
+    return get_backbone(model).layers[_block_start(model, trainable_blocks) - 1].name
+
+
+def split_at_boundary(model: keras.Model, trainable_blocks: int) -> tuple[keras.Model, keras.Model]:
+    """(frozen, top): input -> boundary activations, and boundary activations -> probabilities; weights shared."""
+    backbone = get_backbone(model)
+    boundary = backbone.get_layer(boundary_layer_name(model, trainable_blocks))
+    images = keras.Input(shape=model.input_shape[1:], name=model.input.name)
+    below = keras.Model(backbone.input, boundary.output, name=f"{backbone.name}_frozen")
+    frozen = keras.Model(images, below(model.get_layer("preprocess")(images), training=False), name="frozen")
+    activations = keras.Input(shape=boundary.output.shape[1:], name="boundary_activations")
+    x = activations
+    if trainable_blocks:
+        above = keras.Model(boundary.output, backbone.output, name=f"{backbone.name}_top")
+        x = above(x, training=False)
+    for layer in model.layers[model.layers.index(backbone) + 1 :]:  # the head is a plain chain
+        x = layer(x)
+    return frozen, keras.Model(activations, x, name="top")

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -22,14 +22,12 @@ import tensorflow as tf
 
 from genre_tf import boundary, models
 from genre_tf.cache import write_atomic
-from genre_tf.config import (
-    Config,
-    ConfigError,
-    save_config,
-    to_dict,
-)
+from genre_tf.config import Config, ConfigError, save_config, to_dict
 from genre_tf.evaluate import evaluate_run
-from genre_tf.inputs import Examples, input_shape, load_examples, split_data, uses_images
+from genre_tf.inputs import Examples, SplitData, input_shape, load_examples, reads_features, split_data
+from genre_tf.models import transfer
+from genre_tf.multi_worker import fit_multi_worker, is_chief, make_strategy, worker_run_dir
+from genre_tf.optimization import build_loss, build_optimizer
 from genre_tf.pipeline import FeatureScaler, train_dataset
 from genre_tf.run import RunDir
 
@@ -47,36 +45,16 @@ class Phase:
 def plan_phases(cfg: Config) -> list[Phase]:
     """One phase, or for a partly unfrozen backbone with fine_tune_epochs: head first, then fine-tune."""
     model, train = cfg.model, cfg.train
-    if model.kind != "resnet50":
+    if not models.family(model).has_backbone:
         return [Phase("train", train.epochs, train.learning_rate)]
-    resnet = model.resnet
-    frozen = (resnet.trainable_blocks if resnet.trainable_layers is None else resnet.trainable_layers) == 0
+    t = model.transfer
+    frozen = (t.trainable_blocks if t.trainable_layers is None else t.trainable_layers) == 0
     if frozen or train.fine_tune_epochs == 0:
         return [Phase("train", train.epochs, train.learning_rate, "configured")]
     return [
         Phase("head", train.epochs, train.learning_rate, "frozen"),
         Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, "configured"),
     ]
-
-
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process a non-chief worker of a multi-worker cluster."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if not task or task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
-
-
-def make_strategy(kind: str) -> tf.distribute.Strategy:
-    if kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if kind == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("train.distribute", "multi_worker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -176,67 +154,6 @@ class Tracker(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit_multi_worker(
-    model: keras.Model,
-    strategy: tf.distribute.Strategy,
-    ds: tf.data.Dataset,
-    valid: tf.data.Dataset,
-    steps: int,
-    global_batch: int,
-    epochs: range,
-    callbacks: list[keras.callbacks.Callback],
-) -> None:
-    """`fit` for MultiWorkerMirroredStrategy: Keras 3's own fit fails there (keras-team/keras#20585).
-
-    Each worker takes its share of every global batch (the dataset is distributed by element),
-    gradients are all-reduced by the strategy, and every worker validates on the whole valid split
-    so all of them make the same early-stopping choice. Callbacks see the logs `fit` would give.
-    """
-    per_example = keras.losses.SparseCategoricalCrossentropy(reduction=None)
-
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            loss = tf.nn.compute_average_loss(per_example(y, probs), global_batch_size=global_batch)
-        grads = tape.gradient(loss, model.trainable_variables)
-        model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32))
-        return loss, correct
-
-    @tf.function
-    def train_step(x, y):
-        loss, correct = strategy.run(replica_step, args=(x, y))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
-
-    @tf.function
-    def valid_step(x, y):
-        probs = model(x, training=False)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32))
-        return tf.reduce_sum(per_example(y, probs)), correct
-
-    batches = iter(strategy.experimental_distribute_dataset(ds))
-    hooks = keras.callbacks.CallbackList(callbacks, model=model)
-    hooks.on_train_begin()
-    for epoch in epochs:
-        hooks.on_epoch_begin(epoch)
-        loss = correct = 0.0
-        for _ in range(steps):
-            step_loss, step_correct = train_step(*next(batches))
-            loss, correct = loss + float(step_loss), correct + float(step_correct)
-        val = np.sum([[*map(float, valid_step(x, y)), len(y)] for x, y in valid], axis=0)
-        logs = {
-            "accuracy": correct / (steps * global_batch),
-            "loss": loss / steps,
-            "val_accuracy": val[1] / val[2],
-            "val_loss": val[0] / val[2],
-        }
-        print(f"epoch {epoch + 1}/{epochs.stop}: " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        hooks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
-
-
 def _check_run_dir(run: RunDir, cfg: Config, overwrite: bool) -> None:
     """A run directory belongs to one config: refuse to mix two runs in it."""
     if overwrite and run.path.exists():
@@ -283,6 +200,34 @@ def _log_confusion_images(run: RunDir) -> None:
     writer.close()
 
 
+@dataclass
+class PhaseInputs:
+    """What one phase fits: the model whose weights train (the whole model, or its top above a cached boundary)
+    and the train and valid data in that model's input."""
+
+    model: keras.Model
+    train: SplitData
+    valid: tf.data.Dataset
+
+
+@dataclass
+class PhaseLog:
+    """phases.json: the phases a run has finished and the seconds they took, so a resumed run skips them."""
+
+    done: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, run: RunDir) -> PhaseLog:
+        path = run.path / "phases.json"
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def finish(self, run: RunDir, phase: Phase, seconds: float) -> None:
+        self.done.append(phase.name)
+        self.seconds += seconds
+        write_atomic(run.path / "phases.json", json.dumps({"done": self.done, "seconds": self.seconds}).encode())
+
+
 def fit_phases(
     run: RunDir,
     cfg: Config,
@@ -292,91 +237,100 @@ def fit_phases(
     verbose: int,
 ) -> dict:
     """Run every phase not yet finished; returns what the run record needs (epochs, time, parameters)."""
-    classes = json.loads(run.classes_file.read_text())
-    train_frame, valid_frame = examples.split("train"), examples.split("valid")
-    train_data = split_data(train_frame, cfg, classes, scaler)
-    valid = split_data(valid_frame, cfg, classes, scaler).batches(cfg.train.batch_size)
-    state_file = run.path / "phases.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {"done": [], "seconds": 0.0}
+    classes = run.classes
+    frames = {split: examples.split(split) for split in ("train", "valid")}
+    data = {split: split_data(frame, cfg, classes, scaler) for split, frame in frames.items()}
+    log = PhaseLog.load(run)
     with strategy.scope():
         model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
     for phase in plan_phases(cfg):
-        if phase.name in state["done"]:
+        if phase.name in log.done:
             continue
         started = time.perf_counter()
-        first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
         with strategy.scope():
-            if phase.backbone == "frozen":
-                models.set_trainable_blocks(model, 0)
-            elif phase.backbone == "configured":
-                models.apply_trainable(model, cfg.model.resnet)
-            if run.model_file.is_file():  # a later phase starts from the best weights so far
-                model.load_weights(run.model_file)
-            fit_model, phase_train, phase_valid = model, train_data, valid
-            if boundary.caches_boundary(cfg):  # the frozen bottom runs once, not every epoch
-                blocks = 0 if phase.backbone == "frozen" else cfg.model.resnet.trainable_blocks
-                cut = boundary.cut_at_boundary(model, blocks, cfg.model)
-                fit_model = cut.top  # shares its weights with `model`
-                phase_train = boundary.boundary_split(cut, train_frame, cfg, classes)
-                phase_valid = boundary.boundary_split(cut, valid_frame, cfg, classes).batches(cfg.train.batch_size)
-            fit_model.compile(
-                optimizer=keras.optimizers.Adam(phase.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(),
+            inputs = _phase_inputs(run, cfg, phase, model, frames, data)
+            inputs.model.compile(
+                optimizer=build_optimizer(cfg.train, phase.learning_rate),
+                loss=build_loss(cfg.train),
                 metrics=["accuracy"],
             )
-        backup = EpochBackup(run.backup_dir / phase.name)
-        start_epoch = backup.restore(fit_model) or first_epoch
-        last_epoch = first_epoch + phase.epochs
-        ds, steps = train_dataset(
-            phase_train.loader, len(phase_train), cfg.train.batch_size, cfg.seed, start_epoch, last_epoch
-        )
-        tracker = Tracker(run, phase, cfg, start_epoch, model)
-        callbacks = [tracker, backup]  # history before backup: see Tracker
-        if is_chief():
-            callbacks.append(keras.callbacks.TensorBoard(str(run.logs_dir), write_graph=False))
-        print(f"phase {phase.name}: {phase.epochs} epochs at learning rate {phase.learning_rate:g}")
-        if tracker.patience_exhausted:  # it stopped early just before a kill: nothing left to fit
-            pass
-        elif cfg.train.distribute == "multi_worker":
-            epochs = range(start_epoch, last_epoch)
-            batch = min(cfg.train.batch_size, len(phase_train))
-            fit_multi_worker(fit_model, strategy, ds, phase_valid, steps, batch, epochs, callbacks)
-        else:
-            fit_model.fit(
-                ds,
-                shuffle=False,  # train_dataset shuffles, per epoch, from the seed
-                validation_data=phase_valid,
-                epochs=last_epoch,
-                initial_epoch=start_epoch,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=verbose,
-            )
-        state["done"].append(phase.name)
-        state["seconds"] += time.perf_counter() - started
-        write_atomic(state_file, json.dumps(state).encode())
-        shutil.rmtree(backup.folder, ignore_errors=True)
+        _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
+        log.finish(run, phase, time.perf_counter() - started)
+        shutil.rmtree(run.backup_dir / phase.name, ignore_errors=True)
     return {
         "epochs": len(run.history()),
-        "train_seconds": round(state["seconds"], 1),
+        "train_seconds": round(log.seconds, 1),
         "params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "classes_n": len(classes),
     }
 
 
+def _phase_inputs(
+    run: RunDir, cfg: Config, phase: Phase, model: keras.Model, frames: dict, data: dict[str, SplitData]
+) -> PhaseInputs:
+    """Set what trains in this phase, start from the best weights so far, and pick the model and data to fit."""
+    if phase.backbone == "frozen":
+        transfer.set_trainable_blocks(model, 0)
+    elif phase.backbone == "configured":
+        transfer.apply_trainable(model, cfg.model.transfer)
+    if run.model_file.is_file():  # a later phase starts from the best weights so far
+        model.load_weights(run.model_file)
+    batch_size = cfg.train.batch_size
+    if not boundary.caches_boundary(cfg):
+        return PhaseInputs(model, data["train"], data["valid"].batches(batch_size))
+    # The frozen bottom runs once, not every epoch; the top shares its weights with `model`.
+    blocks = 0 if phase.backbone == "frozen" else cfg.model.transfer.trainable_blocks
+    cut = boundary.cut_at_boundary(model, blocks, cfg.model)
+    train = boundary.boundary_split(cut, frames["train"], cfg, run.classes)
+    valid = boundary.boundary_split(cut, frames["valid"], cfg, run.classes).batches(batch_size)
+    return PhaseInputs(cut.top, train, valid)
+
+
+def _fit_phase(
+    run: RunDir,
+    cfg: Config,
+    phase: Phase,
+    model: keras.Model,
+    inputs: PhaseInputs,
+    strategy: tf.distribute.Strategy,
+    verbose: int,
+) -> None:
+    """Fit one phase from where it stopped (its epoch backup), keeping the best model on valid in the run."""
+    first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
+    backup = EpochBackup(run.backup_dir / phase.name)
+    start_epoch = backup.restore(inputs.model) or first_epoch
+    last_epoch = first_epoch + phase.epochs
+    batch_size = cfg.train.batch_size
+    ds, steps = train_dataset(inputs.train.loader, len(inputs.train), batch_size, cfg.seed, start_epoch, last_epoch)
+    tracker = Tracker(run, phase, cfg, start_epoch, model)
+    callbacks = [tracker, backup]  # history before backup: see Tracker
+    if is_chief():
+        callbacks.append(keras.callbacks.TensorBoard(str(run.logs_dir), write_graph=False))
+    print(f"phase {phase.name}: {phase.epochs} epochs at learning rate {phase.learning_rate:g}")
+    if tracker.patience_exhausted:  # it stopped early just before a kill: nothing left to fit
+        return
+    if cfg.train.distribute == "multi_worker":
+        epochs = range(start_epoch, last_epoch)
+        batch = min(batch_size, len(inputs.train))
+        fit_multi_worker(inputs.model, cfg.train, strategy, ds, inputs.valid, steps, batch, epochs, callbacks)
+        return
+    inputs.model.fit(
+        ds,
+        shuffle=False,  # train_dataset shuffles, per epoch, from the seed
+        validation_data=inputs.valid,
+        epochs=last_epoch,
+        initial_epoch=start_epoch,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
 def _write_history_csv(run: RunDir) -> None:
     import pandas as pd
 
     pd.DataFrame(run.history()).to_csv(run.history_csv, index=False)
-
-
-def worker_run_dir(run_dir: Path) -> Path:
-    """Where a process trains: the run directory for the chief, a scratch folder beside it for other workers."""
-    if is_chief():
-        return run_dir
-    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    return run_dir.parent / f".{run_dir.name}.worker-{index}"
 
 
 def train(
@@ -409,7 +363,7 @@ def train(
     classes = examples.classes
     write_atomic(run.classes_file, json.dumps(classes).encode())
     scaler = None
-    if not uses_images(cfg):
+    if reads_features(cfg):
         scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
         scaler.save(run.scaler_file)
     if is_chief():

@@ -9,7 +9,6 @@ No TensorFlow here: this module runs in extraction worker processes and must sta
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
@@ -27,26 +26,6 @@ _HEADER_BYTES = 1024  # a recognised file that libsndfile cannot open and is thi
 
 class AudioError(Exception):
     """An unusable audio file; str(err) is a one-line reason such as `empty file (0 bytes)`."""
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """What a file's header says, without decoding it (MP3 frame counts are estimates)."""
-
-    sample_rate: int
-    channels: int
-    frames: int
-    format: str
-
-    @property
-    def duration(self) -> float:
-        return self.frames / self.sample_rate
-
-
-def audio_info(path: Path | str) -> AudioInfo:
-    """Sample rate, channels, frames and container of an audio file; raises AudioError."""
-    with _open(Path(path)) as f:
-        return AudioInfo(f.samplerate, f.channels, f.frames, f.format)
 
 
 def load_track(path: Path | str, cfg: AudioConfig) -> np.ndarray:

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,7 +46,10 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        spec = {"audio": asdict(self.audio), "features": asdict(self.features), "mel": asdict(self.mel)}
+        # short_clips is a policy applied when entries are read (`TrackResult.under_policy`), not part of the content:
+        # predicting on training audio finds the training entries.
+        audio = {k: v for k, v in asdict(self.audio).items() if k != "short_clips"}
+        spec = {"audio": audio, "features": asdict(self.features), "mel": asdict(self.mel)}
         spec["recipe_version"] = features.RECIPE_VERSION
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -60,10 +63,18 @@ class TrackResult:
     n_segments: int
     hit: bool
     reason: str | None = None
+    short_seconds: float | None = None  # a clip shorter than one segment, tiled to fill one: its own length
 
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    def under_policy(self, audio: AudioConfig) -> TrackResult:
+        """The result as `audio.short_clips` wants it: a tiled short clip is a skip unless tiling is asked for."""
+        if self.short_seconds is None or audio.short_clips == "tile" or not self.ok:
+            return self
+        reason = f"shorter than one segment ({self.short_seconds:.2f} s < {audio.segment_seconds} s)"
+        return replace(self, n_segments=0, reason=reason)
 
 
 def file_digest(path: Path) -> str:
@@ -137,7 +148,7 @@ class TrackStore:
         entry = self.entry(digest)
         if entry.is_dir():
             meta = json.loads((entry / "meta.json").read_text())
-            return TrackResult(path, digest, meta["n_segments"], hit=True)
+            return TrackResult(path, digest, meta["n_segments"], hit=True, short_seconds=meta.get("short_seconds"))
         skip = self.skip_file(digest)
         if skip.is_file():
             return TrackResult(path, digest, 0, hit=True, reason=skip.read_text().strip())
@@ -182,24 +193,28 @@ class TrackStore:
 
 
 def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:
-    """Decode, segment and analyse one file into the store; bad audio becomes a cached skip."""
+    """Decode, segment and analyse one file into the store; bad audio becomes a cached skip.
+
+    A clip shorter than one segment is tiled to fill one and stored so, whatever `audio.short_clips` says: the
+    policy is applied when the result is read, so training and prediction share one entry.
+    """
     recipe = store.recipe
     try:
         y = load_track(Path(path), recipe.audio)
         bounds = segment_bounds(len(y), recipe.audio)
-        if not bounds and recipe.audio.short_clips == "tile":
+        short_seconds = None if bounds else len(y) / recipe.audio.sample_rate
+        if not bounds:
             y = tile_to_segment(y, recipe.audio)
             bounds = segment_bounds(len(y), recipe.audio)
-        if not bounds:
-            seconds = len(y) / recipe.audio.sample_rate
-            raise AudioError(f"shorter than one segment ({seconds:.2f} s < {recipe.audio.segment_seconds} s)")
         analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds)
     except AudioError as err:
         store.write_skip(digest, str(err))
         return TrackResult(path, digest, 0, hit=False, reason=str(err))
     meta = {"n_samples": len(y), "n_segments": len(bounds), "segments": bounds, "sample_rate": recipe.audio.sample_rate}
+    if short_seconds is not None:
+        meta["short_seconds"] = short_seconds
     store.write_entry(digest, analysis, meta)
-    return TrackResult(path, digest, len(bounds), hit=False)
+    return TrackResult(path, digest, len(bounds), hit=False, short_seconds=short_seconds)
 
 
 def _extract_job(job: tuple[str, str, str, Recipe]) -> TrackResult:
@@ -250,4 +265,4 @@ def extract_all(
     bar = tqdm(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)
     for (i, _), result in zip(todo, bar, strict=True):
         results[i] = result
-    return [results[i] for i in sorted(results)]
+    return [results[i].under_policy(recipe.audio) for i in sorted(results)]

@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from genre_tf import plots
+from genre_tf.cache import write_atomic
 from genre_tf.run import RunDir
 
 LEVELS = ("segment", "track_mean", "track_vote")
@@ -141,10 +142,11 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
             run.path / f"confusion_matrix{suffix}.png",
         )
     metrics["headline"] = {split: headline(result) for split, result in metrics["splits"].items()}
-    run.metrics_file.write_text(json.dumps(metrics, indent=1))
-    run.report_file.write_text(markdown_report(run.path.name, metrics, run.classes))
+    write_atomic(run.report_file, markdown_report(run.path.name, metrics, run.classes).encode())
     if run.history():
         plots.loss_curves_png(run.history(), run.loss_png)
+    # Last and whole: metrics.json marks the run finished, so it appears only once every other artefact is there.
+    write_atomic(run.metrics_file, json.dumps(metrics, indent=1).encode())
     return metrics
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,11 @@ def load_inputs(run: RunDir, inputs: list[Path]):
     from genre_tf.dataset import index_paths
     from genre_tf.inputs import examples_for_index, examples_from_table
 
-    cfg = run.config
+    cfg = run.config  # shared by every use of the run: changed copies only
     if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
-        cfg.data.split_file = None
-        return examples_from_table(inputs[0], cfg)
+        return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
-    cfg.audio.short_clips = "tile"
-    return examples_for_index(index_paths(inputs), cfg)
+    return examples_for_index(index_paths(inputs), replace(cfg, audio=replace(cfg.audio, short_clips="tile")))
 
 
 def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

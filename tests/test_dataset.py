@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from genre_tf.config import load_config
-from genre_tf.dataset import build_index, fold_numbers, index_csv, index_folder, index_table, track_id_of
+from genre_tf.dataset import build_index, fold_numbers, gtzan_split, index_csv, index_folder, index_table, track_id_of
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"../shared/data not found at {SHARED}")
@@ -110,3 +110,9 @@ def test_loose_files_take_labels_from_a_split_file(tmp_path):
         (str(tmp_path / "mystery.wav"), "no label (not in a genre folder)"),
         (str(tmp_path / "mystery.wav"), f"not in split file {split_file}"),
     ]
+
+
+def test_shipped_split_is_the_fault_filtered_one():
+    table = gtzan_split()
+    assert table.split.value_counts().to_dict() == {"train": 443, "valid": 197, "test": 290}
+    assert table.loc["jazz.00054", "genre"] == "jazz" and table.loc["blues.00012", "split"] == "test"

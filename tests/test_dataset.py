@@ -1,5 +1,8 @@
 """Dataset index and splits: by track, reproducible, reported problems."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +19,10 @@ from genre_tf.dataset import (
     index_table,
     track_id_of,
 )
+from genre_tf.demo import generate_demo
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"../shared/data not found at {SHARED}")
 
 
@@ -207,3 +212,15 @@ def test_loose_gtzan_files_are_labeled_by_their_ids():
         "jazz.00054": "train",
         "rock.00000": "train",
     }
+
+
+def test_prepare_with_any_music_folder_needs_no_split_file(tmp_path):
+    generate_demo(tmp_path / "music", tracks_per_genre=2, seconds=3.2, sample_rate=22050)
+    command = [sys.executable, "-m", "genre_tf.prepare", "--config", "configs/cnn.yaml", "--jobs", "1"]
+    command += ["--set", f"data.root={tmp_path / 'music'}", "--set", f"cache.dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    line = "split: stratified by track, seed 42 (track ids are not GTZAN ids)"
+    assert proc.stdout.splitlines()[0] == line
+    summary = json.loads((tmp_path / "cache" / "prepared" / "gtzan_cnn" / "summary.json").read_text())
+    assert summary["split"] == line.removeprefix("split: ") and summary["tracks"] == 12

@@ -45,7 +45,10 @@ class DataConfig:
     csv: Path | None = _existing(default=None)  # `csv`: path,label rows; `table`: a GTZAN feature table
     test_dir: Path | None = _existing(default=None)  # unlabeled audio for a submission
     test_table: Path | None = _existing(default=None)  # unlabeled feature table for a submission
-    split_file: Path | None = _existing(default=None)  # track_id,split (e.g. the fault-filtered split)
+    # auto: folds if data.folds > 1, else split_file if given, else the shipped GTZAN fault-filtered split
+    # when every track id is a GTZAN id, else stratified by track. gtzan / stratified name one outright.
+    split: Literal["auto", "gtzan", "stratified"] = "auto"
+    split_file: Path | None = _existing(default=None)  # track_id,split[,genre]: when given, it is the split
     valid_fraction: float = _range(0.0, 0.9, default=0.15)
     test_fraction: float = _range(0.0, 0.9, default=0.15)
     folds: int = _range(0, 100, default=0)  # >1: grouped k-fold, `fold` is the held-out one
@@ -279,6 +282,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("data.test_fraction", "valid_fraction + test_fraction must be below 1")
     if data.folds == 1 or (data.folds > 1 and data.fold >= data.folds):
         raise ConfigError("data.fold", f"must be below data.folds ({data.folds}) and folds must not be 1")
+    if data.split_file is not None and data.split != "auto":
+        raise ConfigError("data.split_file", f"gives the split itself, so data.split must stay auto, got {data.split}")
+    if data.folds > 1 and (data.split_file is not None or data.split != "auto"):
+        problem = "k-fold is a split itself, so data.split must stay auto and data.split_file unset"
+        raise ConfigError("data.folds", problem)
     if len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 8:
         raise ConfigError("model.image_size", f"must be [height, width] of at least 8, got {cfg.model.image_size}")
     if cfg.mel.db_floor >= cfg.mel.db_ceiling:

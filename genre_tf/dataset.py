@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,9 @@ from genre_tf.config import ConfigError, DataConfig
 INDEX_COLUMNS = ["track_id", "path", "label", "split"]
 SPLITS = ("train", "valid", "test")
 UNASSIGNED = "unassigned"  # tracks a split file does not list: kept in the index, reported, never trained on
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+GTZAN_ID = re.compile(rf"({'|'.join(GTZAN_GENRES)})\.000\d\d")  # the 1000 clips, blues.00000 .. rock.00099
+GTZAN_SPLIT = "the GTZAN fault-filtered split"
 
 
 @dataclass
@@ -21,6 +26,7 @@ class Index:
 
     tracks: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    split_note: str = ""  # which split the tracks got and why, for the run's log and summary
 
     @property
     def labels(self) -> list[str]:
@@ -110,19 +116,33 @@ def read_split_file(path: Path) -> pd.DataFrame:
     return table.drop_duplicates("track_id").set_index("track_id")
 
 
-def split_from_file(tracks: pd.DataFrame, split_file: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Splits from a split file; tracks it does not list become `unassigned` and are reported.
+def gtzan_split() -> pd.DataFrame:
+    """The artist-aware fault-filtered GTZAN split (Kereliuk, Sturm & Larsen 2015), shipped with the package.
 
-    Where the file has a genre (or label) column, it labels the tracks that no genre folder labels.
+    Train 443, valid 197, test 290 track ids, the list torchaudio carries in its source; the 70 clips it
+    leaves out (repetitions, mislabelings, distortions) are in no split. Ids name their genre, which
+    labels GTZAN files that no genre folder labels.
     """
-    table = read_split_file(split_file)
+    with resources.as_file(resources.files("genre_tf") / "splits" / "gtzan_fault_filtered.csv") as path:
+        table = read_split_file(path)
+    table["genre"] = table.index.str.split(".").str[0]
+    return table
+
+
+def split_from_table(
+    tracks: pd.DataFrame, table: pd.DataFrame, name: str
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Splits from a split table named `name`; tracks it does not list become `unassigned` and are reported.
+
+    Where the table has a genre (or label) column, it labels the tracks that no genre folder labels.
+    """
     tracks = tracks.copy()
     tracks["split"] = tracks["track_id"].map(table["split"]).fillna(UNASSIGNED)
     label_column = next((c for c in ("genre", "label") if c in table.columns), None)
     if label_column:
         unlabeled = tracks["label"] == ""
         tracks.loc[unlabeled, "label"] = tracks.loc[unlabeled, "track_id"].map(table[label_column]).fillna("")
-    problems = [(p, f"not in split file {split_file}") for p in tracks.loc[tracks.split == UNASSIGNED, "path"]]
+    problems = [(p, f"not in {name}") for p in tracks.loc[tracks.split == UNASSIGNED, "path"]]
     return tracks, problems
 
 
@@ -161,21 +181,56 @@ def split_stratified(tracks: pd.DataFrame, valid: float, test: float, seed: int)
     return split
 
 
+def choose_split(track_ids: pd.Series, data: DataConfig) -> tuple[str, str]:
+    """The split a config asks for (folds, file, gtzan or stratified) and why, in words."""
+    if data.folds > 1:
+        return "folds", f"data.folds {data.folds}"
+    if data.split_file is not None:
+        return "file", f"{len(track_ids)} tracks"
+    is_gtzan = track_ids.str.fullmatch(GTZAN_ID)
+    share = f"{is_gtzan.sum()} of {len(track_ids)} track ids are GTZAN ids"
+    if data.split != "auto":
+        return data.split, f"data.split {data.split}" + (f"; {share}" if data.split == "gtzan" else "")
+    # Only a pure GTZAN index takes the GTZAN split: other tracks would all be left out of training.
+    if is_gtzan.all() and track_ids.isin(gtzan_split().index).any():
+        return "gtzan", f"{len(track_ids)} GTZAN track ids"
+    if is_gtzan.all():
+        return "stratified", f"GTZAN track ids, none in {GTZAN_SPLIT}"
+    return "stratified", f"only {share}" if is_gtzan.any() else "track ids are not GTZAN ids"
+
+
+def split_note(method: str, reason: str, data: DataConfig, seed: int, n_missing: int) -> str:
+    """One line on the split a run used and why: `gtzan fault-filtered (100 GTZAN track ids; ...)`."""
+    if method == "folds":
+        valid = (data.fold + 1) % data.folds
+        return f"grouped {data.folds}-fold by track id, fold {data.fold} test, fold {valid} valid ({reason})"
+    if method == "stratified":
+        return f"stratified by track, seed {seed} ({reason})"
+    name = f"split file {data.split_file}" if method == "file" else "gtzan fault-filtered"
+    return f"{name} ({reason}; {n_missing} not in the split reported)"
+
+
 def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
-    """Give every track a split, by track (never by segment), as the config says."""
+    """Give every track a split, by track (never by segment), as the config says, and note which and why."""
     tracks = index.tracks.copy()
     problems = list(index.problems)
-    if data.split_file is not None:
-        tracks, missing = split_from_file(tracks, data.split_file)
-        problems += missing
+    method, reason = choose_split(tracks.track_id, data)
+    missing = []
+    if method == "file":
+        tracks, missing = split_from_table(tracks, read_split_file(data.split_file), f"split file {data.split_file}")
+    elif method == "gtzan":
+        tracks, missing = split_from_table(tracks, gtzan_split(), GTZAN_SPLIT)
+        if len(missing) == len(tracks):
+            raise ConfigError("data.split", f"is gtzan, but none of the {len(tracks)} track ids is in {GTZAN_SPLIT}")
+    problems += missing
     labeled = tracks.label != ""
-    if data.split_file is None and data.folds > 1:
+    if method == "folds":
         tracks.loc[labeled, "split"] = split_k_fold(tracks[labeled], data.folds, data.fold)
-    elif data.split_file is None:
+    elif method == "stratified":
         tracks.loc[labeled, "split"] = split_stratified(tracks[labeled], data.valid_fraction, data.test_fraction, seed)
     problems += [(path, "no label (not in a genre folder)") for path in tracks.loc[~labeled, "path"]]
     tracks.loc[~labeled, "split"] = UNASSIGNED
-    return Index(tracks, problems)
+    return Index(tracks, problems, split_note(method, reason, data, seed, len(missing)))
 
 
 def build_index(data: DataConfig, seed: int) -> Index:
@@ -196,7 +251,8 @@ def index_table(csv_path: Path, data: DataConfig, seed: int) -> tuple[Index, pd.
     """Index a GTZAN-style feature table (filename, length, features..., [label], [split]).
 
     Returns the index and the table keyed by track_id. A `split` column is used as it is (rows
-    marked e.g. `excluded` are reported and left out); without one the config's split applies.
+    marked e.g. `excluded` are reported and left out) unless the config names a split; without one the
+    config's split applies.
     """
     table = pd.read_csv(csv_path, keep_default_na=False)
     if "filename" not in table.columns:
@@ -206,7 +262,9 @@ def index_table(csv_path: Path, data: DataConfig, seed: int) -> tuple[Index, pd.
     paths = pd.Series(str(csv_path), index=table.index)
     tracks = pd.DataFrame({"track_id": table["track_id"], "path": paths, "label": labels, "split": ""})
     index = Index(tracks)
-    if "split" in table.columns and data.split_file is None:
+    names_split = data.split != "auto" or data.split_file is not None or data.folds > 1
+    if "split" in table.columns and not names_split:
+        index.split_note = f"the split column of {csv_path}"
         index.tracks["split"] = table["split"].astype(str)
         for track_id, split in zip(table["track_id"], table["split"], strict=True):
             if split not in SPLITS:

@@ -85,6 +85,7 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
         "extracted": extracted,
         "seconds": round(seconds, 2),
         "clips_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
+        "split": index.split_note,
         "splits": tracks["split"].value_counts().sort_index().to_dict(),
         "recipe_key": recipe.key,
     }
@@ -99,7 +100,10 @@ def prepare(cfg: Config, jobs: int | None = None, progress: bool = True) -> Prep
         generate_demo(
             cfg.data.root, cfg.data.demo_tracks_per_genre, cfg.data.demo_seconds, cfg.audio.sample_rate, cfg.seed
         )
-    return prepare_index(build_index(cfg.data, cfg.seed), cfg, jobs, progress)
+    index = build_index(cfg.data, cfg.seed)
+    if progress:
+        print(f"split: {index.split_note}", flush=True)  # before extraction, which can take a while
+    return prepare_index(index, cfg, jobs, progress)
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:

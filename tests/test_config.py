@@ -30,6 +30,7 @@ def test_int_accepted_where_float_expected():
         ("model.resnet.trainable_blocks=40", "model.transfer.trainable_blocks: must be 0..16, got 40"),
         ("train.epox=3", "train.epox: unknown key"),
         ("data.split_file=missing.csv", "data.split_file: path does not exist: missing.csv"),
+        ("data.split=random", "data.split: must be one of auto, gtzan, stratified, got 'random'"),
         ("model.mlp.batch_norm=maybe", "model.mlp.batch_norm: must be true or false"),
         ("data.valid_fraction=0.9", "data.test_fraction: valid_fraction + test_fraction must be below 1"),
         ("train=3", "train: must be a mapping"),
@@ -38,6 +39,23 @@ def test_int_accepted_where_float_expected():
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [*DEMO, override])
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.split=stratified", "data.split_file={file}"], "data.split_file: gives the split itself"),
+        (["data.folds=5", "data.split_file={file}"], "data.folds: k-fold is a split itself"),
+        (["data.folds=5", "data.split=gtzan"], "data.folds: k-fold is a split itself"),
+    ],
+)
+def test_one_split_at_a_time(tmp_path, overrides, message):
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("track_id,split\na.00000,train\n")
+    assert load_config(None, [*DEMO, f"data.split_file={split_file}"]).data.split == "auto"  # alone, as before
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*DEMO, *(o.format(file=split_file) for o in overrides)])
     assert str(err.value).startswith(message)
 
 

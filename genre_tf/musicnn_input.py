@@ -1,0 +1,46 @@
+"""musicnn's input representation: a compressed log-mel spectrogram of 16 kHz mono audio, cut into patches.
+
+Reproduces the musicnn 0.1.0 package's `batch_data` (Pons & Serra 2019) with librosa 0.11 defaults: a power mel
+spectrogram (512-sample Hann window, 256-sample hop, zero-padded centred frames, 96 Slaney mel bands up to 8 kHz),
+rounded to float16 as the package did, then `log10(10000 * x + 1)` evaluated in float32. Frames are 16 ms apart,
+so the networks' 187-frame patch covers 3 s. Arrays are (time, mel): frames along the first axis, as the
+networks read them.
+
+No TensorFlow here: this module runs in extraction worker processes.
+"""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+
+from genre_tf.features import _mel_basis
+
+MUSICNN_SAMPLE_RATE = 16000  # Hz
+N_FFT = 512  # samples (32 ms)
+HOP_LENGTH = 256  # samples (16 ms)
+N_MELS = 96
+PATCH_FRAMES = 187  # 187 hops of 16 ms: the 3 s the networks were trained on
+LOG_SCALE = 10000.0  # musicnn's "logC" compression: log10(C * mel power + 1) with C = 10^4
+
+
+def log_mel(y: np.ndarray) -> np.ndarray:
+    """(frames, 96) float32 compressed log-mel of a mono 16 kHz waveform, one frame per 256 samples (centred)."""
+    stft = librosa.stft(np.asarray(y, dtype=np.float32), n_fft=N_FFT, hop_length=HOP_LENGTH, pad_mode="constant")
+    power = np.abs(stft) ** 2
+    mel_power = _mel_basis(MUSICNN_SAMPLE_RATE, N_FFT, N_MELS, 0.0, MUSICNN_SAMPLE_RATE / 2) @ power
+    # The float16 rounding is part of the recipe the networks were trained on; the log is taken in float32
+    # because float16 overflows to inf once 10^4 * power exceeds 65504.
+    rounded = mel_power.T.astype(np.float16).astype(np.float32)
+    return np.log10(np.float32(LOG_SCALE) * rounded + np.float32(1.0))
+
+
+def patches(log_mel: np.ndarray, starts: np.ndarray | list[int], frames: int = PATCH_FRAMES) -> np.ndarray:
+    """(n, frames, 96) patches of a (time, 96) log-mel starting at the given frame indices (16 ms each)."""
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    if starts.size and (starts.min() < 0 or starts.max() + frames > log_mel.shape[0]):
+        raise ValueError(
+            f"patch starts must lie in 0..{log_mel.shape[0] - frames} for {frames}-frame patches "
+            f"of a {log_mel.shape[0]}-frame log-mel, got {starts.min()}..{starts.max()}"
+        )
+    return log_mel[starts[:, None] + np.arange(frames)]

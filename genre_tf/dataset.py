@@ -28,10 +28,6 @@ class Index:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     split_note: str = ""  # which split the tracks got and why, for the run's log and summary
 
-    @property
-    def labels(self) -> list[str]:
-        return sorted(self.tracks.loc[self.tracks.label != "", "label"].unique())
-
 
 def _is_candidate(entry: Path) -> bool:
     # Hidden files (.DS_Store, ._x.wav) are file-system noise, not tracks.

@@ -20,11 +20,10 @@ import bottleneck
 import librosa
 import numpy as np
 import scipy.fft
-import scipy.sparse
 from PIL import Image
 
 from genre_tf.config import FeatureConfig, MelConfig
-from genre_tf.preprocessing import PNG_MAX, db_to_unit, mel_filter_bank, mel_fmax, unit_to_db
+from genre_tf.preprocessing import PNG_MAX, db_to_unit, mel_fmax, sparse_mel_filter_bank, unit_to_db
 
 RECIPE_VERSION = "1"
 
@@ -77,7 +76,9 @@ def analyse_track(
     stft = librosa.stft(y, n_fft=features.n_fft, hop_length=hop, pad_mode=features.pad_mode)
     magnitude = np.abs(stft)
     power = magnitude**2
-    mel_power = _mel_basis(sr, features.n_fft, 128, 0.0, sr / 2) @ power  # librosa.feature.mfcc's mel defaults
+    mel_power = (
+        sparse_mel_filter_bank(sr, features.n_fft, 128, 0.0, sr / 2) @ power
+    )  # librosa.feature.mfcc's mel defaults
     clip = _clip_frames(y, sr, features, stft, magnitude, power, mel_power)
     n_frames = stft.shape[1]
     track_row = _row(clip, slice(None), slice(None), sr, hop)
@@ -139,12 +140,6 @@ def _mean_var(x: np.ndarray) -> np.ndarray:
     if x.shape[-1] == 0:  # a segment past the end of the track has no frames
         return np.zeros((*x.shape[:-1], 2))
     return np.stack([np.mean(x, axis=-1, dtype=np.float64), np.var(x, axis=-1, dtype=np.float64)], axis=-1)
-
-
-@functools.lru_cache(maxsize=32)
-def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> scipy.sparse.csr_array:
-    """The mel filter bank, cached and sparse: each band covers a few FFT bins, so a dense product is ~40x waste."""
-    return scipy.sparse.csr_array(mel_filter_bank(sr, n_fft, n_mels, fmin, fmax))
 
 
 @functools.lru_cache(maxsize=256)
@@ -315,11 +310,11 @@ def _mel_segments(
     fmax = mel_fmax(mel, sr)
     if (mel.n_fft, mel.hop_length) != (features.n_fft, features.hop_length):
         stft = librosa.stft(y, n_fft=mel.n_fft, hop_length=mel.hop_length, pad_mode=features.pad_mode)
-        mel_power = _mel_basis(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ (np.abs(stft) ** 2)
+        mel_power = sparse_mel_filter_bank(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ (np.abs(stft) ** 2)
     elif (mel.n_mels, mel.fmin, fmax) == (128, 0.0, sr / 2):
         mel_power = mfcc_mel_power
     else:
-        mel_power = _mel_basis(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ power
+        mel_power = sparse_mel_filter_bank(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ power
     mel_db = librosa.power_to_db(mel_power, top_db=None)
     silence_db = librosa.power_to_db(np.float32(0.0), top_db=None)
     if not segments:

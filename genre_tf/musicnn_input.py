@@ -14,7 +14,7 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
-from genre_tf.features import _mel_basis
+from genre_tf.preprocessing import sparse_mel_filter_bank
 
 MUSICNN_SAMPLE_RATE = 16000  # Hz
 N_FFT = 512  # samples (32 ms)
@@ -28,7 +28,7 @@ def log_mel(y: np.ndarray) -> np.ndarray:
     """(frames, 96) float32 compressed log-mel of a mono 16 kHz waveform, one frame per 256 samples (centred)."""
     stft = librosa.stft(np.asarray(y, dtype=np.float32), n_fft=N_FFT, hop_length=HOP_LENGTH, pad_mode="constant")
     power = np.abs(stft) ** 2
-    mel_power = _mel_basis(MUSICNN_SAMPLE_RATE, N_FFT, N_MELS, 0.0, MUSICNN_SAMPLE_RATE / 2) @ power
+    mel_power = sparse_mel_filter_bank(MUSICNN_SAMPLE_RATE, N_FFT, N_MELS, 0.0, MUSICNN_SAMPLE_RATE / 2) @ power
     # The float16 rounding is part of the recipe the networks were trained on; the log is taken in float32
     # because float16 overflows to inf once 10^4 * power exceeds 65504.
     rounded = mel_power.T.astype(np.float16).astype(np.float32)

@@ -27,7 +27,7 @@ import pandas as pd
 from genre_tf import models, pipeline
 from genre_tf.cache import atomic_file
 from genre_tf.config import Config, ModelConfig
-from genre_tf.inputs import SplitData, split_data
+from genre_tf.inputs import SplitData, input_column, split_data
 from genre_tf.models.transfer import backbone_name, boundary_layer_name, split_at_boundary
 
 BOUNDARY_VERSION = "1"  # bump when the way activations are computed changes
@@ -45,9 +45,9 @@ class Boundary:
     def layer(self) -> str:
         return self.spec["boundary"]
 
-    def key(self, mel_paths: Sequence[str]) -> str:
-        """Cache key of one split's activations: the spec plus the split's ordered mel PNG paths."""
-        payload = json.dumps({**self.spec, "mel_paths": [str(p) for p in mel_paths]}, sort_keys=True)
+    def key(self, input_paths: Sequence[str]) -> str:
+        """Cache key of one split's activations: the spec plus the split's ordered (content-addressed) input paths."""
+        payload = json.dumps({**self.spec, "mel_paths": [str(p) for p in input_paths]}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -110,7 +110,7 @@ def boundary_split(
 ) -> SplitData:
     """`split_data` for `boundary.top`: element i -> (cached boundary activations, label), same order and tracks."""
     images = split_data(frame, cfg, classes, None)
-    key = boundary.key(frame["mel_path"].tolist())
+    key = boundary.key(frame[input_column(cfg)].tolist())
     activations = boundary_features(boundary.frozen, images, cfg.train.batch_size, cfg.cache.dir, key, progress)
     # table_loader gathers along the first axis only, so (n, H, W, C) activations load like (n, F) rows.
     return SplitData(pipeline.table_loader(activations, images.labels), images.labels, images.track_ids)
@@ -119,8 +119,13 @@ def boundary_split(
 def caches_boundary(cfg: Config) -> bool:
     """Whether training can run on cached boundary activations: a transfer model cut by blocks, caching on.
 
-    Distributed training keeps the plain path: the cached path is not tested under tf.distribute.
+    Distributed training keeps the plain path: the cached path is not tested under tf.distribute. So does a
+    backbone whose BatchNorm trains.
     """
     transfer = cfg.model.transfer
     cut_by_blocks = transfer.cache_boundary and transfer.trainable_layers is None
-    return models.family(cfg.model).has_backbone and cut_by_blocks and cfg.train.distribute == "none"
+    # With BatchNorm learning the backbone trains in training mode, which the cut (inference mode) does not give.
+    frozen_statistics = transfer.batch_norm == "frozen"
+    return (
+        models.family(cfg.model).has_backbone and cut_by_blocks and frozen_statistics and cfg.train.distribute == "none"
+    )

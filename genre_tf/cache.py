@@ -164,6 +164,8 @@ class TrackStore:
         (tmp / "segments.npy").write_bytes(_npy_bytes(analysis.segment_rows))
         for i, image in enumerate(analysis.mel_segments):
             (tmp / f"mel_{i:04d}.png").write_bytes(features.encode_mel_png(image, self.recipe.mel))
+        for i, patch in enumerate(analysis.musicnn_segments):
+            (tmp / f"musicnn_{i:04d}.f16").write_bytes(patch.astype("<f2").tobytes())  # raw: tf.io.decode_raw reads it
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
         try:
             os.rename(tmp, self.entry(digest))
@@ -190,6 +192,10 @@ class TrackStore:
 
     def mel_paths(self, digest: str, n_segments: int) -> list[str]:
         return [str(self.entry(digest) / f"mel_{i:04d}.png") for i in range(n_segments)]
+
+    def musicnn_paths(self, digest: str, n_segments: int) -> list[str]:
+        """Raw little-endian float16 (frames, 96) mel power patches, one per segment."""
+        return [str(self.entry(digest) / f"musicnn_{i:04d}.f16") for i in range(n_segments)]
 
 
 def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:

@@ -119,13 +119,18 @@ class TransferConfig:
     """A pretrained backbone under a new head (`model.kind: transfer`); the backbone's name says where it comes from."""
 
     backbone: str = "ResNet50"  # any keras.applications model name
-    weights: str | None = "imagenet"  # "imagenet", null, or a local .h5 / .weights.h5 path
+    # "pretrained" (ImageNet for keras.applications, the musicnn wheel's for musicnn), "imagenet", null (random),
+    # or a local .h5 / .weights.h5 path
+    weights: str | None = "imagenet"
     trainable_blocks: int = _range(0, 16, default=0)  # counted from the top; 0 = frozen backbone
     trainable_layers: int | None = _range(0, 10000, default=None)  # alternative to trainable_blocks
     head_units: int = _range(0, 8192, default=256)
     dropout: float = _range(0.0, 0.95, default=0.3)
     alpha: float = _range(0.1, 4.0, default=1.0)  # width multiplier of MobileNet-family backbones
     cache_boundary: bool = True  # train above the frozen blocks on activations cached once (genre_tf.boundary)
+    # "frozen": the backbone's BatchNorm keeps its pretrained statistics (inference mode), as fine-tuning wants;
+    # "train": BatchNorm learns in the blocks that train, as a network trained from scratch (weights: null) needs.
+    batch_norm: Literal["frozen", "train"] = "frozen"
 
 
 @dataclass

@@ -22,10 +22,11 @@ import numpy as np
 import scipy.fft
 from PIL import Image
 
+from genre_tf import musicnn_input
 from genre_tf.config import FeatureConfig, MelConfig
 from genre_tf.preprocessing import PNG_MAX, db_to_unit, mel_fmax, sparse_mel_filter_bank, unit_to_db
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: musicnn patches in every entry
 
 HPSS_KERNEL = 31  # librosa.decompose.hpss default, both directions
 TUNING_BAND_HZ = (150.0, 4000.0)  # librosa.piptrack defaults, as used by estimate_tuning
@@ -45,11 +46,13 @@ FEATURE_COLUMNS = feature_columns(20)
 
 @dataclass
 class TrackAnalysis:
-    """What one track yields: its feature-table row, one row per segment, and one log-mel image per segment."""
+    """What one track yields: its feature-table row, one row per segment, a log-mel image and a musicnn patch
+    per segment."""
 
     track_row: np.ndarray  # (n_columns,) float64, features over the whole track
     segment_rows: np.ndarray  # (n_segments, n_columns) float64, the same features per segment
     mel_segments: np.ndarray  # (n_segments, n_mels, frames_per_segment) float32, log-mel dB (ref 1.0 power)
+    musicnn_segments: np.ndarray  # (n_segments, frames, 96) float16 mel power at 16 kHz (genre_tf.musicnn_input)
 
 
 @dataclass
@@ -84,7 +87,9 @@ def analyse_track(
     track_row = _row(clip, slice(None), slice(None), sr, hop)
     segment_rows = [_row(clip, _frame_range(s, e, hop, n_frames), slice(s, e), sr, hop) for s, e in segments]
     segment_rows = np.array(segment_rows, dtype=np.float64).reshape(len(segments), len(track_row))
-    return TrackAnalysis(track_row, segment_rows, _mel_segments(y, sr, features, mel, power, mel_power, segments))
+    mel_images = _mel_segments(y, sr, features, mel, power, mel_power, segments)
+    frames = musicnn_input.patch_frames((segments[0][1] - segments[0][0]) / sr) if segments else 0
+    return TrackAnalysis(track_row, segment_rows, mel_images, musicnn_input.segment_patches(y, sr, segments, frames))
 
 
 def _clip_frames(

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf import models, pipeline
+from genre_tf import models, musicnn_input, pipeline
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.features import feature_columns
@@ -101,12 +101,25 @@ class SplitData:
 
 def split_data(frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None) -> SplitData:
     labels = pipeline.label_ids(frame["label"], classes)
-    if reads_features(cfg):
+    kind = model_input(cfg)
+    if kind == models.FEATURES:
         loader = pipeline.table_loader(scaler.transform(frame), labels)
+    elif kind == models.MUSICNN_PATCH:
+        loader = pipeline.patch_loader(frame[input_column(cfg)].tolist(), labels, *input_shape(cfg, scaler))
     else:
-        loader = pipeline.image_loader(frame["mel_path"].tolist(), labels, cfg.model)
+        loader = pipeline.image_loader(frame[input_column(cfg)].tolist(), labels, cfg.model)
     return SplitData(loader, labels, frame["track_id"].to_numpy())
 
 
+def input_column(cfg: Config) -> str:
+    """The examples' column of cached input files the model reads (its content-addressed paths)."""
+    return {models.MEL_IMAGE: "mel_path", models.MUSICNN_PATCH: "musicnn_path"}[model_input(cfg)]
+
+
 def input_shape(cfg: Config, scaler: FeatureScaler | None) -> tuple[int, ...]:
-    return (len(scaler.columns),) if reads_features(cfg) else pipeline.image_input_shape(cfg.model)
+    kind = model_input(cfg)
+    if kind == models.FEATURES:
+        return (len(scaler.columns),)
+    if kind == models.MUSICNN_PATCH:
+        return (musicnn_input.patch_frames(cfg.audio.segment_seconds), musicnn_input.N_MELS)
+    return pipeline.image_input_shape(cfg.model)

@@ -24,15 +24,43 @@ PATCH_FRAMES = 187  # 187 hops of 16 ms: the 3 s the networks were trained on
 LOG_SCALE = 10000.0  # musicnn's "logC" compression: log10(C * mel power + 1) with C = 10^4
 
 
-def log_mel(y: np.ndarray) -> np.ndarray:
-    """(frames, 96) float32 compressed log-mel of a mono 16 kHz waveform, one frame per 256 samples (centred)."""
+def mel_power(y: np.ndarray) -> np.ndarray:
+    """(frames, 96) mel power of a mono 16 kHz waveform, rounded to float16 as musicnn's recipe does (cached so)."""
     stft = librosa.stft(np.asarray(y, dtype=np.float32), n_fft=N_FFT, hop_length=HOP_LENGTH, pad_mode="constant")
     power = np.abs(stft) ** 2
-    mel_power = sparse_mel_filter_bank(MUSICNN_SAMPLE_RATE, N_FFT, N_MELS, 0.0, MUSICNN_SAMPLE_RATE / 2) @ power
-    # The float16 rounding is part of the recipe the networks were trained on; the log is taken in float32
-    # because float16 overflows to inf once 10^4 * power exceeds 65504.
-    rounded = mel_power.T.astype(np.float16).astype(np.float32)
-    return np.log10(np.float32(LOG_SCALE) * rounded + np.float32(1.0))
+    mel = sparse_mel_filter_bank(MUSICNN_SAMPLE_RATE, N_FFT, N_MELS, 0.0, MUSICNN_SAMPLE_RATE / 2) @ power
+    return mel.T.astype(np.float16)
+
+
+def compress(power: np.ndarray) -> np.ndarray:
+    """musicnn's log10(10^4 x + 1) of (float16-rounded) mel power, in float32.
+
+    The log is taken in float32 because float16 overflows to inf once 10^4 * power exceeds 65504.
+    """
+    return np.log10(np.float32(LOG_SCALE) * power.astype(np.float32) + np.float32(1.0))
+
+
+def log_mel(y: np.ndarray) -> np.ndarray:
+    """(frames, 96) float32 compressed log-mel of a mono 16 kHz waveform, one frame per 256 samples (centred)."""
+    return compress(mel_power(y))
+
+
+def patch_frames(segment_seconds: float) -> int:
+    """Frames of a patch that covers one segment: 187 for musicnn's 3 s."""
+    return int(segment_seconds * MUSICNN_SAMPLE_RATE / HOP_LENGTH)
+
+
+def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], frames: int) -> np.ndarray:
+    """(n_segments, frames, 96) float16 mel power of each segment of a waveform at `sr`, from one 16 kHz pass.
+
+    A segment's patch starts at the first 16 kHz frame centred at or after its start; frames past the end of
+    the track are silent (zero power), as in the mel images.
+    """
+    if sr != MUSICNN_SAMPLE_RATE:
+        y = librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
+    power = np.concatenate([mel_power(y), np.zeros((frames, N_MELS), np.float16)])
+    starts = [-(-start * MUSICNN_SAMPLE_RATE // (sr * HOP_LENGTH)) for start, _ in segments]
+    return patches(power, starts, frames) if starts else np.zeros((0, frames, N_MELS), np.float16)
 
 
 def patches(log_mel: np.ndarray, starts: np.ndarray | list[int], frames: int = PATCH_FRAMES) -> np.ndarray:

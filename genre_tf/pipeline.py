@@ -74,6 +74,17 @@ def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
     return lambda i: (model_input(png_to_unit(tf.io.read_file(tf.gather(ps, i)))), tf.gather(ys, i))
 
 
+def patch_loader(paths: list[str], y: np.ndarray, frames: int, n_mels: int) -> Loader:
+    """Element i -> ((frames, n_mels) float32 mel power of a raw float16 patch file, label)."""
+    ps, ys = tf.constant([str(p) for p in paths]), tf.constant(y, tf.int32)
+
+    def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        raw = tf.io.decode_raw(tf.io.read_file(tf.gather(ps, i)), tf.float16, little_endian=True)
+        return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32), tf.gather(ys, i)
+
+    return load
+
+
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True

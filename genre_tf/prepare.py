@@ -50,6 +50,7 @@ def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) 
         frame.insert(2, "label", track.label)
         frame.insert(3, "split", track.split)
         frame.insert(4, "mel_path", store.mel_paths(track.digest, track.n_segments))
+        frame.insert(5, "musicnn_path", store.musicnn_paths(track.digest, track.n_segments))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["track_id", *columns])
 
@@ -115,7 +116,9 @@ def write_prepared(prepared: Prepared, cfg: Config, out_dir: Path) -> None:
     track_table = prepared.tracks.drop(columns=["path", "digest"])
     write_atomic(out_dir / "index.csv", _csv_bytes(prepared.tracks[["track_id", "path", "label", "split", "digest"]]))
     write_atomic(out_dir / "features_track.csv", _csv_bytes(track_table))
-    write_atomic(out_dir / "features_segment.csv", _csv_bytes(prepared.segments.drop(columns=["mel_path"])))
+    write_atomic(
+        out_dir / "features_segment.csv", _csv_bytes(prepared.segments.drop(columns=["mel_path", "musicnn_path"]))
+    )
     write_atomic(out_dir / "skipped.csv", _csv_bytes(prepared.skipped))
     write_atomic(out_dir / "summary.json", json.dumps(prepared.stats, indent=1).encode())
     save_config(cfg, out_dir / "config.yaml")

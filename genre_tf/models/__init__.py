@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import keras
 
 from genre_tf.config import ConfigError, ModelConfig
-from genre_tf.models.backbone import MEL_IMAGE, WeightsUnavailable
+from genre_tf.models.backbone import MEL_IMAGE, MUSICNN_PATCH, WeightsUnavailable
 from genre_tf.models.cnn import build_cnn, describe_cnn
 from genre_tf.models.mlp import FEATURES, build_mlp, describe_mlp
 from genre_tf.models.transfer import build_transfer, describe_transfer, transfer_input
@@ -25,7 +25,7 @@ class Family:
     section: str
     builder: Callable[..., keras.Model]
     describe: Callable[[ModelConfig], str]  # the parameters that tell its runs apart
-    input: Callable[[ModelConfig], str]  # the input representation: FEATURES, MEL_IMAGE, ...
+    input: Callable[[ModelConfig], str]  # the input representation: FEATURES, MEL_IMAGE or MUSICNN_PATCH
     has_backbone: bool = False  # a pretrained part that can be frozen, fine-tuned by blocks and cut at a boundary
 
     def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
@@ -38,7 +38,16 @@ FAMILIES: dict[str, Family] = {
     "transfer": Family("transfer", build_transfer, describe_transfer, transfer_input, has_backbone=True),
 }
 
-__all__ = ["FAMILIES", "FEATURES", "MEL_IMAGE", "Family", "WeightsUnavailable", "build_model", "family"]
+__all__ = [
+    "FAMILIES",
+    "FEATURES",
+    "MEL_IMAGE",
+    "MUSICNN_PATCH",
+    "Family",
+    "WeightsUnavailable",
+    "build_model",
+    "family",
+]
 
 
 def family(cfg: ModelConfig) -> Family:

@@ -9,12 +9,14 @@ representation it reads. The head, the trainable-block rule and the boundary spl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import keras
 
 from genre_tf.config import ConfigError, TransferConfig
 
 MEL_IMAGE = "mel_image"  # the cached log-mel PNG, scaled to [0, 1], resized, with channels
+MUSICNN_PATCH = "musicnn_patch"  # the cached 16 kHz mel power patch (genre_tf.musicnn_input), float16-rounded
 
 
 class WeightsUnavailable(ConfigError):
@@ -44,3 +46,16 @@ class BackboneSource(ABC):
     @abstractmethod
     def block_pattern(self) -> str | None:
         """Regex whose first group names the block of a backbone layer; None where blocks are not known."""
+
+
+def load_local_weights(backbone: keras.Model, name: str, path: Path) -> None:
+    """Load a local .h5 / .weights.h5 file into a backbone; any problem is one WeightsUnavailable line."""
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file not found: {path}; give a local .h5 path, pretrained or null")
+    if path.suffix != ".h5":
+        raise WeightsUnavailable(f"must be an .h5 or .weights.h5 file, got {path}")
+    try:
+        backbone.load_weights(str(path))
+    except Exception as err:  # shape or layer mismatches arrive as assorted multi-line errors
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsUnavailable(f"could not load {path} into {name}: {first_line}") from None

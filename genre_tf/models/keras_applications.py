@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from genre_tf.config import ConfigError, TransferConfig
-from genre_tf.models.backbone import BackboneSource, WeightsUnavailable
+from genre_tf.models.backbone import BackboneSource, WeightsUnavailable, load_local_weights
 
 DOWNLOAD_TIMEOUT_S = 15.0  # per socket wait: an unreachable host fails in seconds, a slow download still finishes
 
@@ -74,11 +74,11 @@ class KerasApplication(BackboneSource):
             kwargs["alpha"] = cfg.alpha
         elif cfg.alpha != 1.0:
             raise ConfigError("model.transfer.alpha", f"{self.name} has no width multiplier; leave alpha at 1.0")
-        if cfg.weights == "imagenet":
+        if cfg.weights in ("imagenet", "pretrained"):
             return _imagenet_backbone(constructor, self.name, kwargs)
         backbone = constructor(weights=None, **kwargs)
         if cfg.weights is not None:
-            _load_local_weights(backbone, self.name, Path(cfg.weights).expanduser())
+            load_local_weights(backbone, self.name, Path(cfg.weights).expanduser())
         return backbone
 
     def preprocessing(self) -> keras.layers.Layer:
@@ -146,15 +146,3 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _load_local_weights(backbone: keras.Model, name: str, path: Path) -> None:
-    if not path.is_file():
-        raise WeightsUnavailable(f"weights file not found: {path}; give a local .h5 path, imagenet or null")
-    if path.suffix != ".h5":
-        raise WeightsUnavailable(f"must be an .h5 or .weights.h5 file, got {path}")
-    try:
-        backbone.load_weights(str(path))
-    except Exception as err:  # shape or layer mismatches arrive as assorted multi-line errors
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise WeightsUnavailable(f"could not load {path} into {name}: {first_line}") from None

@@ -28,12 +28,15 @@ from pathlib import Path
 
 import keras
 
-from genre_tf.config import ConfigError
-from genre_tf.musicnn_input import N_MELS, PATCH_FRAMES
+from genre_tf.config import TransferConfig
+from genre_tf.models.backbone import MUSICNN_PATCH, BackboneSource, WeightsUnavailable, load_local_weights
+from genre_tf.musicnn_input import LOG_SCALE, N_MELS, PATCH_FRAMES
 
 __all__ = [
     "MUSICNN_BLOCKS",
     "MUSICNN_MODELS",
+    "Musicnn",
+    "MusicnnLogCompression",
     "N_MELS",
     "PATCH_FRAMES",
     "TAGS",
@@ -108,11 +111,8 @@ MTT_TAGS = [
 TAGS: dict[str, list[str]] = {"MSD_musicnn": MSD_TAGS, "MTT_musicnn": MTT_TAGS}
 
 
-class MusicnnWeightsUnavailable(ConfigError):
+class MusicnnWeightsUnavailable(WeightsUnavailable):
     """The musicnn wheel, which holds the checkpoints, is not installed (or lacks the model)."""
-
-    def __init__(self, problem: str):
-        super().__init__("model.transfer.weights", problem)
 
 
 class CheckpointMismatch(ValueError):
@@ -309,3 +309,55 @@ def load_musicnn(model_name: str, cache_dir: Path, frames: int | None = PATCH_FR
     model = build_musicnn(model_name, frames)
     model.load_weights(musicnn_weights(model_name, cache_dir))
     return model
+
+
+def weights_cache_dir() -> Path:
+    """Where converted weights are kept, beside the pretrained weights Keras downloads: $KERAS_HOME/models."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
+
+
+@keras.saving.register_keras_serializable(package="genre_tf")
+class MusicnnLogCompression(keras.layers.Layer):
+    """Cached (float16-rounded) mel power -> musicnn's input, log10(10^4 x + 1) in float32."""
+
+    def __init__(self, backbone: str = "MSD_musicnn", **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, power):
+        return keras.ops.log10(LOG_SCALE * keras.ops.cast(power, "float32") + 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+class Musicnn(BackboneSource):
+    """musicnn (MSD_musicnn, MTT_musicnn) up to its 200-d penultimate features, on 16 kHz mel patches.
+
+    `weights: pretrained` converts the wheel's checkpoint once (cached in $KERAS_HOME/models), null builds it
+    at random, a path loads a `.weights.h5` of `build_musicnn`. Blocks: front-end, mid-end 1-3, back-end.
+    """
+
+    input = MUSICNN_PATCH
+
+    def build(self, cfg: TransferConfig, input_shape: tuple[int, ...]) -> keras.Model:
+        frames = input_shape[0]
+        if cfg.weights == "imagenet":
+            raise WeightsUnavailable(
+                f"{self.name} has no ImageNet weights; give pretrained (the musicnn wheel's), null or a path"
+            )
+        if cfg.weights == "pretrained":
+            network = load_musicnn(self.name, weights_cache_dir(), frames)
+        else:
+            network = build_musicnn(self.name, frames)
+            if cfg.weights is not None:
+                load_local_weights(network, self.name, Path(cfg.weights).expanduser())
+        penultimate = network.get_layer("backend_penultimate_bn").output
+        return keras.Model(network.input, penultimate, name=self.name.lower())
+
+    def preprocessing(self) -> keras.layers.Layer:
+        return MusicnnLogCompression(self.name, name="preprocess")
+
+    @property
+    def block_pattern(self) -> str:
+        return rf"({'|'.join(MUSICNN_BLOCKS)})_"

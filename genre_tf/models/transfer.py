@@ -23,13 +23,14 @@ from pathlib import Path
 import keras
 
 from genre_tf.config import ConfigError, ModelConfig, TransferConfig
-from genre_tf.models.backbone import BackboneSource
+from genre_tf.models.backbone import MEL_IMAGE, BackboneSource
 from genre_tf.models.keras_applications import KerasApplication
+from genre_tf.models.musicnn import MUSICNN_MODELS, Musicnn
 
 
 def backbone_source(name: str) -> BackboneSource:
     """The source of a backbone by its name: the one place that branches on it."""
-    return KerasApplication(name)
+    return Musicnn(name) if name in MUSICNN_MODELS else KerasApplication(name)
 
 
 def build_transfer(cfg: TransferConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
@@ -38,7 +39,7 @@ def build_transfer(cfg: TransferConfig, input_shape: tuple[int, ...], n_classes:
     backbone = source.build(cfg, tuple(input_shape))
     inputs = keras.Input(shape=input_shape, name=source.input)
     x = source.preprocessing()(inputs)
-    x = backbone(x, training=False)
+    x = backbone(x, training=False) if cfg.batch_norm == "frozen" else backbone(x)
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     if cfg.head_units:
         x = keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense")(x)
@@ -52,9 +53,12 @@ def build_transfer(cfg: TransferConfig, input_shape: tuple[int, ...], n_classes:
 def describe_transfer(cfg: ModelConfig) -> str:
     """Backbone, weights, what trains and the input size: what tells transfer runs apart."""
     t = cfg.transfer
-    weights = "random" if t.weights is None else Path(t.weights).name if t.weights != "imagenet" else "imagenet"
+    named = t.weights is None or t.weights in ("imagenet", "pretrained")
+    weights = "random" if t.weights is None else t.weights if named else Path(t.weights).name
     unfrozen = f"{t.trainable_layers} layers" if t.trainable_layers is not None else f"{t.trainable_blocks} blocks"
-    return f"{t.backbone} ({weights}), {unfrozen} trainable, {cfg.image_size[0]}x{cfg.image_size[1]}"
+    size = "" if transfer_input(cfg) != MEL_IMAGE else f", {cfg.image_size[0]}x{cfg.image_size[1]}"
+    batch_norm = ", BatchNorm trained" if t.batch_norm == "train" else ""
+    return f"{t.backbone} ({weights}), {unfrozen} trainable{batch_norm}{size}"
 
 
 def transfer_input(cfg: ModelConfig) -> str:
@@ -102,29 +106,32 @@ def _layers_start(model: keras.Model, n: int) -> int:
     return top + 1 - n
 
 
-def _unfreeze_from(backbone: keras.Model, start: int) -> None:
+def _unfreeze_from(backbone: keras.Model, start: int, train_batch_norm: bool = False) -> None:
     backbone.trainable = True  # per-layer flags only count inside a trainable container
     for i, layer in enumerate(backbone.layers):
-        # BatchNorm stays frozen even in unfrozen blocks: small fine-tuning batches would wreck its statistics.
-        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        # BatchNorm stays frozen even in unfrozen blocks unless asked: small fine-tuning batches would wreck its
+        # pretrained statistics.
+        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and (train_batch_norm or not batch_norm)
 
 
-def set_trainable_blocks(model: keras.Model, n: int) -> None:
-    """Train the head and the top `n` backbone blocks (BatchNorm excepted); compile again afterwards."""
-    _unfreeze_from(get_backbone(model), _block_start(model, n))
+def set_trainable_blocks(model: keras.Model, n: int, train_batch_norm: bool = False) -> None:
+    """Train the head and the top `n` backbone blocks (BatchNorm excepted unless asked); compile again afterwards."""
+    _unfreeze_from(get_backbone(model), _block_start(model, n), train_batch_norm)
 
 
-def set_trainable_layers(model: keras.Model, n: int) -> None:
-    """Train the head and the last `n` entries of backbone.layers (BatchNorm excepted); compile again afterwards."""
-    _unfreeze_from(get_backbone(model), _layers_start(model, n))
+def set_trainable_layers(model: keras.Model, n: int, train_batch_norm: bool = False) -> None:
+    """Train the head and the last `n` entries of backbone.layers (BatchNorm excepted unless asked); compile again."""
+    _unfreeze_from(get_backbone(model), _layers_start(model, n), train_batch_norm)
 
 
 def apply_trainable(model: keras.Model, cfg: TransferConfig) -> None:
     """Set backbone trainability from the config: trainable_layers when set, else trainable_blocks."""
+    train_batch_norm = cfg.batch_norm == "train"
     if cfg.trainable_layers is not None:
-        set_trainable_layers(model, cfg.trainable_layers)
+        set_trainable_layers(model, cfg.trainable_layers, train_batch_norm)
     else:
-        set_trainable_blocks(model, cfg.trainable_blocks)
+        set_trainable_blocks(model, cfg.trainable_blocks, train_batch_norm)
 
 
 def boundary_layer_name(model: keras.Model, trainable_blocks: int) -> str:

@@ -178,3 +178,77 @@ def test_missing_wheel_is_a_one_line_config_error(monkeypatch):
         musicnn.checkpoint_prefix("MSD_musicnn")
     assert isinstance(err.value, ConfigError) and err.value.key == "model.transfer.weights"
     assert "pip install --no-deps musicnn==0.1.0" in str(err.value) and "\n" not in str(err.value)
+
+
+# musicnn as a transfer backbone
+
+
+def musicnn_transfer(**kw) -> keras.Model:
+    from genre_tf.config import ModelConfig, TransferConfig
+    from genre_tf.models import build_model
+
+    transfer = TransferConfig(**{"backbone": "MSD_musicnn", "weights": None, "head_units": 0, **kw})
+    return build_model(ModelConfig(kind="transfer", transfer=transfer), (PATCH_FRAMES, 96), 10)
+
+
+@needs_reference
+@pytest.mark.parametrize("clip", CLIPS[:1])
+def test_cached_patches_give_the_reference_input(clip):
+    """Audio as `prepare` loads it (22050 Hz), patches as the cache stores them, the log in the preprocess layer."""
+    from genre_tf.audio import load_track
+    from genre_tf.config import AudioConfig, FeatureConfig, MelConfig
+    from genre_tf.features import analyse_track
+
+    genre = clip.split(".")[0]
+    y = load_track(SHARED_DATA / "gtzan_mini" / genre / f"{clip}.flac", AudioConfig())
+    # Segments that start on musicnn's own patch grid (0, 187, 374, ... frames of 256 samples at 16 kHz).
+    starts = [int(np.floor(k * PATCH_FRAMES * 256 * 22050 / MUSICNN_SAMPLE_RATE)) for k in range(10)]
+    analysis = analyse_track(y, 22050, FeatureConfig(), MelConfig(), [(s, s + 3 * 22050) for s in starts])
+    assert analysis.musicnn_segments.dtype == np.float16 and analysis.musicnn_segments.shape == (10, 187, 96)
+    ours = musicnn.MusicnnLogCompression()(analysis.musicnn_segments).numpy()
+    np.testing.assert_allclose(ours, reference(clip)["patches"], atol=1e-5)
+
+
+def test_musicnn_blocks_and_boundaries_for_the_transfer_family():
+    from genre_tf.models.transfer import backbone_blocks, boundary_layer_name, get_backbone
+
+    model = musicnn_transfer(trainable_blocks=2)
+    assert backbone_blocks(model) == list(MUSICNN_BLOCKS)
+    assert boundary_layer_name(model, 0) == "backend_penultimate_bn"
+    assert boundary_layer_name(model, 4) == "frontend_features"
+    trainable = {layer.name for layer in get_backbone(model).layers if layer.trainable and layer.weights}
+    assert trainable == {"midend3_conv", "backend_dense"}  # BatchNorm keeps its statistics
+    assert model.get_layer("preprocess").backbone == "MSD_musicnn"
+
+
+def test_random_twin_trains_its_batch_norm():
+    from genre_tf.models.transfer import get_backbone
+
+    model = musicnn_transfer(trainable_blocks=5, batch_norm="train")
+    trainable = [layer for layer in get_backbone(model).layers if layer.trainable and layer.weights]
+    assert {layer.name for layer in trainable} >= {"frontend_input_bn", "midend1_bn", "backend_penultimate_bn"}
+    x = np.abs(np.random.default_rng(0).normal(size=(4, PATCH_FRAMES, 96))).astype(np.float32)
+    bn = get_backbone(model).get_layer("midend1_bn")
+    before = bn.moving_mean.numpy().copy()
+    model(x, training=True)  # BatchNorm in training mode: its moving statistics move
+    assert not np.allclose(bn.moving_mean.numpy(), before)
+
+
+def test_imagenet_weights_for_musicnn_are_a_one_line_error():
+    from genre_tf.models import WeightsUnavailable
+
+    with pytest.raises(WeightsUnavailable, match=r"^model\.transfer\.weights: MSD_musicnn has no ImageNet weights"):
+        musicnn_transfer(weights="imagenet")
+
+
+@needs_wheel
+@needs_reference
+def test_pretrained_transfer_backbone_gives_the_reference_penultimate(monkeypatch, cache_dir):
+    from genre_tf.models.transfer import get_backbone
+
+    monkeypatch.setattr(musicnn, "weights_cache_dir", lambda: cache_dir)
+    backbone = get_backbone(musicnn_transfer(weights="pretrained"))
+    expected = reference("blues.00000")
+    np.testing.assert_allclose(
+        backbone.predict(expected["patches"], verbose=0), expected["MSD_musicnn/penultimate"], atol=1e-4
+    )

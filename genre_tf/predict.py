@@ -62,6 +62,25 @@ def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.nda
     return tracks, total / len(runs), pd.concat(skipped).drop_duplicates(ignore_index=True)
 
 
+def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
+    """Per track, the top-k tags of the run's musicnn backbone (its own pretrained tagger), segments averaged."""
+    from genre_tf.inputs import input_shape, model_input, split_data
+    from genre_tf.models import MUSICNN_PATCH, musicnn
+
+    cfg = run.config
+    if model_input(cfg) != MUSICNN_PATCH:
+        raise SystemExit(f"error: --tags needs a musicnn run; {run.path} uses {cfg.model.transfer.backbone}")
+    name = cfg.model.transfer.backbone
+    data = split_data(examples.frame, cfg, run.classes, None)
+    scores = musicnn.tagger(name, input_shape(cfg, None)[0]).predict(data.batches(cfg.train.batch_size), verbose=0)
+    tracks, mean, _ = aggregate_tracks(data.track_ids, scores)
+    lines = []
+    for track, p in zip(tracks, mean, strict=True):
+        best = np.argsort(p)[::-1][:k]
+        lines.append(f"{track}: {name} tags " + ", ".join(f"{musicnn.TAGS[name][i]} {p[i]:.2f}" for i in best))
+    return lines
+
+
 def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
     table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
     if with_probabilities:
@@ -87,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="write id,class CSV here")
     parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
     args = parser.parse_args(argv)
     runs = [RunDir(path) for path in args.run]
     for run in runs:
@@ -109,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(tracks)} predictions written to {args.output}")
     if not args.output or len(tracks) <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
+    if args.tags:
+        print("\n".join(tag_lines(runs[0], load_inputs(runs[0], args.inputs))))
 
 
 if __name__ == "__main__":

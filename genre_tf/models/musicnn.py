@@ -361,3 +361,11 @@ class Musicnn(BackboneSource):
     @property
     def block_pattern(self) -> str:
         return rf"({'|'.join(MUSICNN_BLOCKS)})_"
+
+
+def tagger(model_name: str, frames: int | None = PATCH_FRAMES) -> keras.Model:
+    """The pretrained network as its authors use it: cached mel power patches -> 50 tag probabilities."""
+    network = load_musicnn(model_name, weights_cache_dir(), frames)
+    power = keras.Input(shape=(frames, N_MELS), name=MUSICNN_PATCH)
+    logits = network(MusicnnLogCompression(model_name)(power), training=False)["logits"]
+    return keras.Model(power, keras.layers.Activation("sigmoid", name="tags")(logits), name=f"{model_name}_tagger")

@@ -97,36 +97,43 @@ def test_evaluation_keeps_what_training_recorded(table_run):
     assert table_run.confusion_png.is_file()
 
 
-@pytest.mark.parametrize("failing", ["loss curves", "report"])
-def test_metrics_json_is_written_last_and_whole(table_run, monkeypatch, failing):
-    """Defect (4e337ea): metrics.json was written first and in place, so a failure after it left a run that looked
-    finished without its report or plots, and a failed re-evaluation replaced the old metrics."""
+@pytest.fixture(params=["loss curves", "report"])
+def break_writer(request, monkeypatch):
+    """break_writer(): from now on, writing the loss curves (or report.md) fails as on a full disk."""
 
     def fail(*args, **kwargs):
-        raise OSError(f"disk full while writing the {failing}")
+        raise OSError(f"disk full while writing the {request.param}")
 
-    def break_writer(patch: pytest.MonkeyPatch) -> None:
-        if failing == "loss curves":
-            patch.setattr(plots, "loss_curves_png", fail)
+    def apply() -> None:
+        if request.param == "loss curves":
+            monkeypatch.setattr(plots, "loss_curves_png", fail)
         else:
-            patch.setattr(evaluate, "markdown_report", fail)
+            monkeypatch.setattr(evaluate, "markdown_report", fail)
 
-    with monkeypatch.context() as patch:
-        break_writer(patch)
-        with pytest.raises(OSError, match="disk full"):
-            evaluate_run(table_run, ["valid"])
-        assert not table_run.finished, "a failed first evaluation leaves the run unfinished"
+    return apply
 
-        patch.undo()
-        evaluate_run(table_run, ["valid"], extra={"epochs": 2})
-        before = table_run.metrics_file.read_bytes()
-        break_writer(patch)
-        with pytest.raises(OSError, match="disk full"):
-            evaluate_run(table_run, ["valid", "test"])  # other splits: other metrics, had they been written
+
+def test_failed_evaluation_leaves_the_run_unfinished(table_run, break_writer):
+    """Defect (4e337ea): metrics.json was written first, so a failure after it left a run that looked finished
+    without its report or plots (and `train` would not evaluate it again)."""
+    break_writer()
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_run(table_run, ["valid"])
+    assert not table_run.finished
+    assert [p.name for p in table_run.path.iterdir() if p.name.startswith(".")] == [], "no temporary files left"
+
+
+def test_failed_re_evaluation_leaves_metrics_json_untouched(table_run, break_writer):
+    """Defect (4e337ea): metrics.json was rewritten in place before the report and plots, so a re-evaluation that
+    failed replaced the finished run's metrics (and a kill during the write could leave half a file)."""
+    evaluate_run(table_run, ["valid"], extra={"epochs": 2})
+    before = table_run.metrics_file.read_bytes()
+    break_writer()
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_run(table_run, ["valid", "test"])  # other splits: other metrics, had they been written
     assert table_run.metrics_file.read_bytes() == before
-    assert list(table_run.metrics()["splits"]) == ["valid"]
-    leftovers = [p.name for p in table_run.path.iterdir() if p.name.startswith(".")]
-    assert leftovers == [], "no temporary files left behind"
+    assert list(table_run.metrics()["splits"]) == ["valid"] and table_run.metrics()["epochs"] == 2
+    assert [p.name for p in table_run.path.iterdir() if p.name.startswith(".")] == [], "no temporary files left"
 
 
 def test_a_run_dir_needs_no_files_to_name_them():

@@ -60,8 +60,8 @@ def write_feature_table() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> Callable[..., Config]:
-    """tiny_config(tmp, *overrides): a validated config, its cache in `tmp`, one extraction process, 0.5 s segments."""
+def make_config() -> Callable[..., Config]:
+    """make_config(tmp, *overrides): a validated config, its cache in `tmp`, one extraction process, 0.5 s segments."""
 
     def make(tmp: Path, *overrides: str) -> Config:
         base = [
@@ -78,7 +78,7 @@ def tiny_config() -> Callable[..., Config]:
 
 
 @pytest.fixture(scope="session")
-def make_table_run(tiny_config) -> Callable[..., Path]:
+def make_table_run(make_config) -> Callable[..., Path]:
     """make_table_run(run_path, table_csv, *overrides): a run directory made by hand, as `train` leaves it, untrained.
 
     An MLP without hidden layers (one softmax layer) with weights drawn from `seed`, over a feature table:
@@ -90,7 +90,7 @@ def make_table_run(tiny_config) -> Callable[..., Path]:
         from genre_tf.inputs import examples_from_table
         from genre_tf.pipeline import FeatureScaler
 
-        cfg = tiny_config(
+        cfg = make_config(
             run_path.parent,
             f"name={run_path.name}",
             f"output_dir={run_path.parent}",

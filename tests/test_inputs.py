@@ -36,31 +36,31 @@ def hand_prepared(n_mfcc: int = 20) -> Prepared:
     return Prepared(tracks, segments, pd.DataFrame(columns=SKIPPED_COLUMNS))
 
 
-def test_track_level_mlp_reads_tracks_every_other_model_segments(tmp_path, tiny_config):
+def test_track_level_mlp_reads_tracks_every_other_model_segments(tmp_path, make_config):
     prepared = hand_prepared()
-    track_mlp = examples_from_prepared(prepared, tiny_config(tmp_path, "model.kind=mlp", "model.level=track"))
+    track_mlp = examples_from_prepared(prepared, make_config(tmp_path, "model.kind=mlp", "model.level=track"))
     assert track_mlp.frame is prepared.tracks
     assert track_mlp.classes == ["jazz", "rock"]
     for overrides in (["model.kind=mlp"], ["model.kind=cnn"], ["model.kind=transfer"]):
-        examples = examples_from_prepared(prepared, tiny_config(tmp_path, *overrides))
+        examples = examples_from_prepared(prepared, make_config(tmp_path, *overrides))
         assert examples.frame is prepared.segments, overrides
         assert examples.split("train").track_id.tolist() == ["a", "a", "b"]
         assert examples.split("valid").empty
-    image = examples_from_prepared(prepared, tiny_config(tmp_path, "model.kind=cnn", "model.level=track"))
+    image = examples_from_prepared(prepared, make_config(tmp_path, "model.kind=cnn", "model.level=track"))
     assert image.frame is prepared.segments, "model.level only concerns feature rows"
     assert image.feature_columns == []
 
 
-def test_model_input_per_family(tmp_path, tiny_config):
-    assert model_input(tiny_config(tmp_path, "model.kind=mlp")) == models.FEATURES == "features"
-    assert model_input(tiny_config(tmp_path, "model.kind=cnn")) == models.MEL_IMAGE == "mel_image"
-    assert model_input(tiny_config(tmp_path, "model.kind=transfer")) == models.MEL_IMAGE
-    assert model_input(tiny_config(tmp_path, "model.kind=resnet50")) == models.MEL_IMAGE  # the old name still loads
+def test_model_input_per_family(tmp_path, make_config):
+    assert model_input(make_config(tmp_path, "model.kind=mlp")) == models.FEATURES == "features"
+    assert model_input(make_config(tmp_path, "model.kind=cnn")) == models.MEL_IMAGE == "mel_image"
+    assert model_input(make_config(tmp_path, "model.kind=transfer")) == models.MEL_IMAGE
+    assert model_input(make_config(tmp_path, "model.kind=resnet50")) == models.MEL_IMAGE  # the old name still loads
 
 
-def test_feature_columns_are_the_published_names_with_n_mfcc_mfccs(tmp_path, tiny_config):
+def test_feature_columns_are_the_published_names_with_n_mfcc_mfccs(tmp_path, make_config):
     for n_mfcc, expected in ((20, 57), (13, 43)):
-        cfg = tiny_config(tmp_path, "model.kind=mlp", f"features.n_mfcc={n_mfcc}")
+        cfg = make_config(tmp_path, "model.kind=mlp", f"features.n_mfcc={n_mfcc}")
         columns = examples_from_prepared(hand_prepared(n_mfcc), cfg).feature_columns
         assert len(columns) == expected == 17 + 2 * n_mfcc
         assert columns[:17] == PUBLISHED_NON_MFCC and columns[16] == "tempo"
@@ -69,8 +69,8 @@ def test_feature_columns_are_the_published_names_with_n_mfcc_mfccs(tmp_path, tin
     assert feature_columns(20) == FEATURE_COLUMNS
 
 
-def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, tiny_config, write_clip):
-    cfg = tiny_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13")
+def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, make_config, write_clip):
+    cfg = make_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13")
     clip = write_clip(tmp_path / "clip.wav", 1.0, 440.0)
     examples = examples_from_prepared(prepare_index(index_paths([clip]), cfg, progress=False), cfg)
     assert examples.feature_columns == feature_columns(13)
@@ -88,7 +88,7 @@ def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, tiny_config, wr
     assert centroid.between(400, 500).all()  # a 440 Hz tone
 
 
-def test_feature_table_and_audio_give_a_13_mfcc_model_the_same_43_columns(tmp_path, tiny_config, write_feature_table):
+def test_feature_table_and_audio_give_a_13_mfcc_model_the_same_43_columns(tmp_path, make_config, write_feature_table):
     """Defect (de75dc4): columns came from whatever the frame held, so a 20-MFCC table fed 57 columns with n_mfcc 13.
 
     A run trained on such a table then could not predict audio, whose prepared rows have 13 MFCCs only. The table's
@@ -97,7 +97,7 @@ def test_feature_table_and_audio_give_a_13_mfcc_model_the_same_43_columns(tmp_pa
     table = pd.read_csv(write_feature_table(tmp_path / "t.csv", ["jazz", "rock"]))
     reordered = tmp_path / "reordered.csv"
     table[["filename", "length", *reversed(feature_columns(20)), "label", "split"]].to_csv(reordered, index=False)
-    cfg = tiny_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13", "data.source=table", f"data.csv={reordered}")
+    cfg = make_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13", "data.source=table", f"data.csv={reordered}")
     from_table = examples_from_table(reordered, cfg)
     assert len(from_table.feature_columns) == 43 and "mfcc14_mean" not in from_table.feature_columns
     assert from_table.feature_columns == feature_columns(13), "the published order, not the table's"
@@ -107,20 +107,20 @@ def test_feature_table_and_audio_give_a_13_mfcc_model_the_same_43_columns(tmp_pa
     assert scaler.transform(from_audio.frame).shape == (3, 43)  # a table run can score prepared audio
 
 
-def test_table_refuses_an_image_model_in_one_line(tmp_path, tiny_config, write_feature_table):
+def test_table_refuses_an_image_model_in_one_line(tmp_path, make_config, write_feature_table):
     csv = write_feature_table(tmp_path / "t.csv", ["jazz", "rock"])
-    cfg = tiny_config(tmp_path, "model.kind=cnn", "data.source=table", f"data.csv={csv}")
+    cfg = make_config(tmp_path, "model.kind=cnn", "data.source=table", f"data.csv={csv}")
     with pytest.raises(ConfigError) as caught:
         examples_from_table(csv, cfg)
     assert caught.value.key == "model.kind"
     assert str(caught.value) == "model.kind: cnn needs audio; a feature table only feeds the mlp"
 
 
-def test_table_names_its_missing_feature_columns(tmp_path, tiny_config, write_feature_table):
+def test_table_names_its_missing_feature_columns(tmp_path, make_config, write_feature_table):
     table = pd.read_csv(write_feature_table(tmp_path / "full.csv", ["jazz", "rock"]))
     csv = tmp_path / "sixteen.csv"
     table.drop(columns=[f"mfcc{i}_{s}" for i in range(17, 21) for s in ("mean", "var")]).to_csv(csv, index=False)
-    cfg = tiny_config(tmp_path, "data.source=table", f"data.csv={csv}")
+    cfg = make_config(tmp_path, "data.source=table", f"data.csv={csv}")
     with pytest.raises(ConfigError) as caught:
         examples_from_table(csv, cfg)
     assert caught.value.key == "data.csv"
@@ -128,13 +128,13 @@ def test_table_names_its_missing_feature_columns(tmp_path, tiny_config, write_fe
         f"data.csv: {csv} lacks feature column(s) mfcc17_mean, mfcc17_var, mfcc18_mean, mfcc18_var, mfcc19_mean"
     )
     fewer = examples_from_table(
-        csv, tiny_config(tmp_path, "features.n_mfcc=16", "data.source=table", f"data.csv={csv}")
+        csv, make_config(tmp_path, "features.n_mfcc=16", "data.source=table", f"data.csv={csv}")
     )
     assert fewer.feature_columns == feature_columns(16)
 
 
-def test_split_data_for_features_scales_rows_and_keeps_tracks(tmp_path, tiny_config):
-    cfg = tiny_config(tmp_path, "model.kind=mlp")
+def test_split_data_for_features_scales_rows_and_keeps_tracks(tmp_path, make_config):
+    cfg = make_config(tmp_path, "model.kind=mlp")
     examples = examples_from_prepared(hand_prepared(), cfg)
     scaler = FeatureScaler.fit(examples.frame, examples.feature_columns)
     frame = examples.frame.assign(label=["jazz", "jazz", "blues"])  # a class the run never saw: -1
@@ -149,8 +149,8 @@ def test_split_data_for_features_scales_rows_and_keeps_tracks(tmp_path, tiny_con
 @pytest.mark.parametrize(
     ("channels", "mode", "expected"), [(1, "repeat", [0.5]), (3, "repeat", [0.5] * 3), (3, "deltas", [0.5, 0, 0])]
 )
-def test_split_data_for_images_reads_mel_pngs(tmp_path, tiny_config, channels, mode, expected):
-    cfg = tiny_config(
+def test_split_data_for_images_reads_mel_pngs(tmp_path, make_config, channels, mode, expected):
+    cfg = make_config(
         tmp_path,
         "model.kind=cnn",
         "model.image_size=[16, 24]",

@@ -53,7 +53,7 @@ def test_optimizer_is_adam_at_the_phase_learning_rate():
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
 
 
-def test_training_reads_label_smoothing(tmp_path, tiny_config, write_feature_table):
+def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_table):
     """Defect (96ac9d4): training compiled plain sparse cross-entropy, whatever train.label_smoothing said.
 
     One epoch of a softmax layer on a tiny table: the valid loss Keras records is the smoothed cross-entropy of the
@@ -61,7 +61,7 @@ def test_training_reads_label_smoothing(tmp_path, tiny_config, write_feature_tab
     """
     classes = ["blues", "jazz", "rock"]
     csv = write_feature_table(tmp_path / "table.csv", classes)
-    cfg = tiny_config(
+    cfg = make_config(
         tmp_path,
         "name=smooth",
         f"output_dir={tmp_path / 'runs'}",

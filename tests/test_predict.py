@@ -111,11 +111,11 @@ def test_load_inputs_leaves_the_runs_config_alone(tmp_path, make_table_run, writ
     assert run.config == RunDir(run.path).config, "the run's config is still what config.yaml says"
 
 
-def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, tiny_config, write_clip, monkeypatch):
+def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, make_config, write_clip, monkeypatch):
     """Defect (4e337ea): predict's short_clips=tile gave another cache key than training's skip, so every training file
     was decoded and analysed again for prediction, into a second copy of the cache."""
     clips = [write_clip(tmp_path / "long.wav", 1.0, 440.0), write_clip(tmp_path / "short.wav", 0.3, 880.0)]
-    cfg = tiny_config(tmp_path)
+    cfg = make_config(tmp_path)
     trained = prepare_index(index_paths(clips), cfg, progress=False)
     assert trained.tracks.track_id.tolist() == ["long"] and trained.skipped.track_id.tolist() == ["short"]
     run = RunDir(tmp_path / "runs" / "run")

@@ -17,7 +17,7 @@ DUPLICATE = ("elsewhere/a.wav", "duplicate track id a (also a.wav)")
 
 
 @pytest.fixture(scope="module")
-def prepared_twice(tmp_path_factory, tiny_config, write_clip):
+def prepared_twice(tmp_path_factory, make_config, write_clip):
     """(config, index, first run, second run) over a 1.5 s tone, a 1.0 s tone and a text file named .wav."""
     tmp = tmp_path_factory.mktemp("prepare")
     a = write_clip(tmp / "jazz" / "a.wav", 1.5, 440.0)
@@ -26,7 +26,7 @@ def prepared_twice(tmp_path_factory, tiny_config, write_clip):
     notes.write_text("these are liner notes, not audio\n" * 4)
     rows = [("a", str(a), "jazz", "train"), ("notes", str(notes), "rock", "train"), ("b", str(b), "rock", "valid")]
     index = Index(pd.DataFrame(rows, columns=INDEX_COLUMNS), [DUPLICATE])
-    cfg = tiny_config(tmp)
+    cfg = make_config(tmp)
     first = prepare_index(index, cfg, progress=False)
     return cfg, index, first, prepare_index(index, cfg, progress=False)
 
@@ -112,14 +112,14 @@ def test_write_prepared_writes_the_documented_files(prepared_twice, tmp_path):
     assert load_config(tmp_path / "out" / "config.yaml") == cfg
 
 
-def test_short_clips_is_a_policy_on_one_cache_entry(tmp_path, tiny_config, write_clip):
+def test_short_clips_is_a_policy_on_one_cache_entry(tmp_path, make_config, write_clip):
     """Defect (4e337ea): short_clips was part of the cache key, so `tile` extracted every file again under a new key.
 
     Now both policies read one entry: the short clip is stored tiled, and `skip` reports it when the entry is read.
     """
     clips = [write_clip(tmp_path / "long.wav", 1.0, 440.0), write_clip(tmp_path / "short.wav", 0.3, 440.0)]
     index = index_paths(clips)
-    skip, tile = tiny_config(tmp_path), tiny_config(tmp_path, "audio.short_clips=tile")
+    skip, tile = make_config(tmp_path), make_config(tmp_path, "audio.short_clips=tile")
     assert (skip.audio.short_clips, tile.audio.short_clips) == ("skip", "tile")
     assert Recipe.from_config(skip).key == Recipe.from_config(tile).key
 

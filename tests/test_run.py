@@ -57,8 +57,8 @@ def test_finished_only_with_metrics_json(tmp_path):
     assert run.finished and run.metrics() == {"splits": {}}
 
 
-def test_config_classes_and_scaler_load_back(tmp_path, tiny_config):
-    cfg = tiny_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13", "train.label_smoothing=0.1")
+def test_config_classes_and_scaler_load_back(tmp_path, make_config):
+    cfg = make_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13", "train.label_smoothing=0.1")
     run = RunDir(tmp_path / "run")
     save_config(cfg, run.config_file)
     run.classes_file.write_text(json.dumps(["jazz", "rock"]))

@@ -1,0 +1,116 @@
+"""Shared tiny inputs: short tone clips, GTZAN-style feature tables, configs and hand-made run directories.
+
+The factories are session-scoped fixtures that write where they are told, so module-scoped fixtures can use them too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from genre_tf.config import Config, load_config, save_config
+from genre_tf.features import feature_columns
+
+SR = 22050
+SEGMENT_SECONDS = 0.5  # tiny segments keep extraction fast: a 1.5 s clip is 3 segments
+
+
+@pytest.fixture(scope="session")
+def write_clip() -> Callable[..., Path]:
+    """write_clip(path, seconds, hz): a mono 16-bit WAV sine tone at 22050 Hz."""
+
+    def write(path: Path, seconds: float, hz: float = 440.0) -> Path:
+        t = np.arange(round(seconds * SR)) / SR
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), SR, subtype="PCM_16")
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def write_feature_table() -> Callable[..., Path]:
+    """write_feature_table(path, classes, rows_per_class): a GTZAN-style table with the published 20-MFCC columns.
+
+    Columns: filename, length, the features (class-dependent values), then label and split unless
+    `labeled=False`. Per class the rows are train, train, ..., valid, test.
+    """
+
+    def write(path: Path, classes: list[str], rows_per_class: int = 4, labeled: bool = True, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        columns = feature_columns(20)
+        rows = []
+        for c, name in enumerate(classes):
+            for i in range(rows_per_class):
+                split = "test" if i == rows_per_class - 1 else "valid" if i == rows_per_class - 2 else "train"
+                values = rng.normal(c, 1.0, len(columns))
+                row = {"filename": f"{name}.{i:05d}.wav", "length": 661794, **dict(zip(columns, values, strict=True))}
+                rows.append({**row, "label": name, "split": split} if labeled else row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., Config]:
+    """make_config(tmp, *overrides): a validated config, its cache in `tmp`, one extraction process, 0.5 s segments."""
+
+    def make(tmp: Path, *overrides: str) -> Config:
+        base = [
+            "data.source=demo",  # a demo root need not exist yet; tests that read audio pass their own files
+            f"data.root={tmp / 'demo'}",
+            f"cache.dir={tmp / 'cache'}",
+            "cache.jobs=1",
+            f"audio.segment_seconds={SEGMENT_SECONDS}",
+            "mel.n_mels=16",
+        ]
+        return load_config(None, [*base, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_table_run(make_config) -> Callable[..., Path]:
+    """make_table_run(run_path, table_csv, *overrides): a run directory made by hand, as `train` leaves it, untrained.
+
+    An MLP without hidden layers (one softmax layer) with weights drawn from `seed`, over a feature table:
+    config.yaml, classes.json, scaler.json (fitted on the train split) and model.keras. No metrics.json yet.
+    """
+
+    def make(run_path: Path, table_csv: Path, *overrides: str, seed: int = 0) -> Path:
+        from genre_tf import models
+        from genre_tf.inputs import examples_from_table
+        from genre_tf.pipeline import FeatureScaler
+
+        cfg = make_config(
+            run_path.parent,
+            f"name={run_path.name}",
+            f"output_dir={run_path.parent}",
+            "data.source=table",
+            f"data.csv={table_csv}",
+            "model.kind=mlp",
+            "model.mlp.hidden_layers=0",
+            f"seed={seed}",
+            *overrides,
+        )
+        examples = examples_from_table(table_csv, cfg)
+        scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
+        model = models.build_model(cfg.model, (len(scaler.columns),), len(examples.classes))
+        rng = np.random.default_rng(seed)
+        model.set_weights([rng.normal(0.0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+        run_path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_path / "config.yaml")
+        (run_path / "classes.json").write_text(json.dumps(examples.classes))
+        scaler.save(run_path / "scaler.json")
+        model.save(run_path / "model.keras")
+        return run_path
+
+    return make

@@ -1,0 +1,91 @@
+"""The loss and optimizer every training path compiles with, and train.label_smoothing reaching the loss."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_tf.config import TrainConfig
+from genre_tf.optimization import SparseSmoothedCrossentropy, build_loss, build_optimizer
+from genre_tf.pipeline import label_ids
+from genre_tf.run import RunDir
+from genre_tf.training import train
+
+LABELS = np.array([0, 2, 1])
+PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.25, 0.5, 0.25]], dtype=np.float32)
+
+
+def smoothed_crossentropy(labels: np.ndarray, probs: np.ndarray, smoothing: float) -> np.ndarray:
+    """Per example: -sum_k t_k log p_k with t = (1 - smoothing) one_hot + smoothing / K, as Keras clips p."""
+    k = probs.shape[1]
+    targets = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
+    return -(targets * np.log(np.clip(probs, 1e-7, 1 - 1e-7))).sum(axis=1)
+
+
+def test_without_smoothing_the_loss_is_sparse_crossentropy():
+    loss = build_loss(TrainConfig())
+    assert isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+    expected = -np.log(PROBS[np.arange(3), LABELS]).mean()
+    assert float(loss(LABELS, PROBS)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.5])
+def test_smoothed_loss_equals_the_hand_computed_value(smoothing):
+    loss = build_loss(TrainConfig(label_smoothing=smoothing))
+    assert isinstance(loss, SparseSmoothedCrossentropy) and loss.label_smoothing == smoothing
+    expected = smoothed_crossentropy(LABELS, PROBS, smoothing)
+    assert float(loss(LABELS, PROBS)) == pytest.approx(expected.mean(), rel=1e-6)
+    assert float(loss(LABELS[:, None], PROBS)) == pytest.approx(expected.mean(), rel=1e-6)  # (batch, 1) labels too
+    per_example = build_loss(TrainConfig(label_smoothing=smoothing), reduction=None)
+    np.testing.assert_allclose(per_example(LABELS, PROBS), expected, rtol=1e-6)
+
+
+def test_smoothed_loss_survives_serialization():
+    loss = build_loss(TrainConfig(label_smoothing=0.2))
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again, SparseSmoothedCrossentropy) and again.label_smoothing == 0.2
+    assert float(again(LABELS, PROBS)) == pytest.approx(float(loss(LABELS, PROBS)), rel=1e-7)
+
+
+def test_optimizer_is_adam_at_the_phase_learning_rate():
+    optimizer = build_optimizer(TrainConfig(learning_rate=0.5), 0.01)
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_table):
+    """Defect (96ac9d4): training compiled plain sparse cross-entropy, whatever train.label_smoothing said.
+
+    One epoch of a softmax layer on a tiny table: the valid loss Keras records is the smoothed cross-entropy of the
+    saved model's valid predictions, and no loss can go below the entropy of the smoothed targets.
+    """
+    classes = ["blues", "jazz", "rock"]
+    csv = write_feature_table(tmp_path / "table.csv", classes)
+    cfg = make_config(
+        tmp_path,
+        "name=smooth",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.source=table",
+        f"data.csv={csv}",
+        "model.kind=mlp",
+        "model.mlp.hidden_layers=0",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.label_smoothing=0.5",
+    )
+    train(cfg, tmp_path / "runs" / "smooth", verbose=0, eval_splits=("valid",))
+    run = RunDir(tmp_path / "runs" / "smooth")
+    (epoch,) = run.history()
+
+    table = pd.read_csv(csv)
+    valid = table[table.split == "valid"]
+    probs = run.load_model().predict(run.scaler.transform(valid), verbose=0)
+    labels = label_ids(valid.label, run.classes)
+    smoothed = smoothed_crossentropy(labels, probs, 0.5).mean()
+    plain = smoothed_crossentropy(labels, probs, 0.0).mean()
+    assert abs(smoothed - plain) > 0.05, "the check needs predictions where smoothing matters"
+    assert epoch["val_loss"] == pytest.approx(smoothed, rel=1e-5)
+
+    targets = np.full(3, 0.5 / 3) + np.eye(3)[0] * 0.5  # 2/3 on the true class, 1/6 on each other
+    entropy = -(targets * np.log(targets)).sum()
+    assert epoch["loss"] >= entropy and epoch["val_loss"] >= entropy

@@ -1,0 +1,133 @@
+"""Prediction with trained runs: submission tables, top-k lines, per-track averaging, ensembles, and inputs made
+with a run's recipe without changing the run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_tf import cache
+from genre_tf.config import save_config
+from genre_tf.dataset import index_paths, track_id_of
+from genre_tf.predict import ensemble, load_inputs, main, predict_frame, submission, top_k_lines
+from genre_tf.prepare import prepare_index
+from genre_tf.run import RunDir
+
+CLASSES = ["blues", "jazz", "rock"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, make_table_run, write_feature_table):
+    """Two hand-made MLP runs over one feature table (the second reads 13 MFCCs), and an unlabeled table to predict."""
+    tmp = tmp_path_factory.mktemp("predict")
+    train_csv = write_feature_table(tmp / "train.csv", CLASSES)
+    a = RunDir(make_table_run(tmp / "runs" / "a", train_csv, seed=0))
+    b = RunDir(make_table_run(tmp / "runs" / "b", train_csv, "features.n_mfcc=13", seed=1))
+    return a, b, write_feature_table(tmp / "unlabeled.csv", CLASSES, rows_per_class=2, labeled=False, seed=7)
+
+
+def own_probabilities(run: RunDir, csv) -> np.ndarray:
+    """What the run's model gives for a table's rows, each run scaling its own columns."""
+    table = pd.read_csv(csv)
+    return run.load_model().predict(run.scaler.transform(table), verbose=0)
+
+
+def test_submission_has_id_class_and_optional_probabilities():
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 1 / 3, 1 / 6]])
+    plain = submission(CLASSES, np.array(["x", "y"]), probs, with_probabilities=False)
+    assert plain.columns.tolist() == ["id", "class"]
+    assert plain.values.tolist() == [["x", "jazz"], ["y", "blues"]]
+    full = submission(CLASSES, np.array(["x", "y"]), probs, with_probabilities=True)
+    assert full.columns.tolist() == ["id", "class", "p_blues", "p_jazz", "p_rock"]
+    assert full.loc[1, ["p_blues", "p_jazz", "p_rock"]].tolist() == [0.5, 0.333333, 0.166667]
+
+
+def test_top_k_lines_list_the_best_classes_first():
+    probs = np.array([[0.1, 0.7, 0.2], [0.6, 0.15, 0.25]])
+    assert top_k_lines(CLASSES, np.array(["x", "y"]), probs, 2) == [
+        "x: jazz 0.700, rock 0.200",
+        "y: blues 0.600, rock 0.250",
+    ]
+    assert top_k_lines(CLASSES, np.array(["x"]), probs[:1], 5) == ["x: jazz 0.700, rock 0.200, blues 0.100"]
+
+
+def test_predict_frame_averages_a_tracks_rows(runs):
+    a, _, csv = runs
+    frame = pd.read_csv(csv)
+    frame["track_id"] = ["t1", "t1", "t2", "t3", "t3", "t3"]  # rows as segments of three tracks
+    frame["label"] = ""
+    tracks, probs = predict_frame(a, frame)
+    rows = own_probabilities(a, csv)
+    assert tracks.tolist() == ["t1", "t2", "t3"]
+    np.testing.assert_allclose(probs, [rows[:2].mean(0), rows[2], rows[3:].mean(0)], rtol=1e-5)
+
+
+def test_ensemble_averages_the_runs_probabilities(runs):
+    a, b, csv = runs
+    tracks, probs, skipped = ensemble([a, b], [csv])
+    assert tracks.tolist() == [track_id_of(f) for f in pd.read_csv(csv).filename]
+    prob_a, prob_b = own_probabilities(a, csv), own_probabilities(b, csv)
+    assert len(b.scaler.columns) == 43 and len(a.scaler.columns) == 57
+    assert not np.allclose(prob_a, prob_b), "two different runs, or the average proves nothing"
+    np.testing.assert_allclose(probs, (prob_a + prob_b) / 2, rtol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert skipped.empty
+    alone_tracks, alone, _ = ensemble([a], [csv])
+    assert alone_tracks.tolist() == tracks.tolist()
+    np.testing.assert_allclose(alone, prob_a, rtol=1e-5)
+
+
+def test_main_refuses_unfinished_runs_and_mixed_classes(runs, tmp_path):
+    a, _, csv = runs
+    with pytest.raises(SystemExit, match="has no model.keras"):
+        main(["--run", str(tmp_path), str(csv)])
+    other = RunDir(tmp_path / "other")
+    other.path.mkdir()
+    (other.path / "model.keras").write_bytes(a.model_file.read_bytes())
+    other.classes_file.write_text(json.dumps(["pop", "rock"]))
+    with pytest.raises(SystemExit, match="different classes"):
+        main(["--run", str(a.path), "--run", str(other.path), str(csv)])
+
+
+def test_load_inputs_leaves_the_runs_config_alone(tmp_path, make_table_run, write_feature_table, write_clip):
+    """Defect (4e337ea): load_inputs set split_file to None and short_clips to tile on the run's own (cached) config,
+    so every later use of the run, such as its next evaluation, saw another config."""
+    csv = write_feature_table(tmp_path / "train.csv", CLASSES)
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("track_id,split\n" + "".join(f"{c}.0000{i},train\n" for c in CLASSES for i in range(4)))
+    run = RunDir(make_table_run(tmp_path / "runs" / "mlp", csv, f"data.split_file={split_file}"))
+    assert (run.config.data.split_file, run.config.audio.short_clips) == (split_file, "skip")
+
+    table_examples = load_inputs(run, [csv])
+    assert len(table_examples.frame) == 12
+    assert run.config.data.split_file == split_file
+
+    short = write_clip(tmp_path / "excerpt.wav", 0.3)  # shorter than the run's 0.5 s segments: tiled, not skipped
+    audio_examples = load_inputs(run, [short])
+    assert audio_examples.frame[["track_id", "segment"]].values.tolist() == [["excerpt", 0]]
+    assert audio_examples.skipped.empty
+    assert run.config.audio.short_clips == "skip"
+    assert run.config == RunDir(run.path).config, "the run's config is still what config.yaml says"
+
+
+def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, make_config, write_clip, monkeypatch):
+    """Defect (4e337ea): predict's short_clips=tile gave another cache key than training's skip, so every training file
+    was decoded and analysed again for prediction, into a second copy of the cache."""
+    clips = [write_clip(tmp_path / "long.wav", 1.0, 440.0), write_clip(tmp_path / "short.wav", 0.3, 880.0)]
+    cfg = make_config(tmp_path)
+    trained = prepare_index(index_paths(clips), cfg, progress=False)
+    assert trained.tracks.track_id.tolist() == ["long"] and trained.skipped.track_id.tolist() == ["short"]
+    run = RunDir(tmp_path / "runs" / "run")
+    save_config(cfg, run.config_file)
+
+    def no_extraction(path, digest, store):
+        raise AssertionError(f"{path} extracted again under recipe {store.recipe.key}")
+
+    monkeypatch.setattr(cache, "extract_track", no_extraction)
+    examples = load_inputs(run, clips)
+    assert examples.frame[["track_id", "segment"]].values.tolist() == [["long", 0], ["long", 1], ["short", 0]]
+    assert examples.skipped.empty
+    long_rows = examples.frame[examples.frame.track_id == "long"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(long_rows, trained.segments)
+    assert len(list((tmp_path / "cache" / "tracks").iterdir())) == 1

@@ -52,7 +52,8 @@ class RunDir:
 
         import genre_tf.models  # noqa: F401  (registers the custom layers the saved model uses)
 
-        return keras.models.load_model(self.model_file)
+        # Uncompiled: a saved run is for predicting, and its training loss may be one this process never imported.
+        return keras.models.load_model(self.model_file, compile=False)
 
     def metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text())

@@ -80,6 +80,7 @@ def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, make_config, wr
         "label",
         "split",
         "mel_path",
+        "musicnn_path",
         *feature_columns(13),
     ]
     rows = examples.frame[examples.feature_columns].to_numpy()

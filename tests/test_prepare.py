@@ -49,7 +49,8 @@ def test_tracks_table_holds_the_usable_tracks_with_their_feature_row(prepared_tw
 def test_segments_table_has_one_row_per_segment(prepared_twice):
     cfg, _, first, _ = prepared_twice
     segments = first.segments
-    assert segments.columns.tolist() == ["track_id", "segment", "label", "split", "mel_path", *feature_columns(20)]
+    columns = ["track_id", "segment", "label", "split", "mel_path", "musicnn_path", *feature_columns(20)]
+    assert segments.columns.tolist() == columns
     assert segments[["track_id", "segment", "label", "split"]].values.tolist() == [
         ["a", 0, "jazz", "train"],
         ["a", 1, "jazz", "train"],
@@ -61,6 +62,8 @@ def test_segments_table_has_one_row_per_segment(prepared_twice):
     digest_a = first.tracks.digest[0]
     assert segments.mel_path[:3].tolist() == [str(store.entry(digest_a) / f"mel_000{i}.png") for i in range(3)]
     assert all(Path(p).is_file() for p in segments.mel_path)
+    assert segments.musicnn_path[0] == str(store.entry(digest_a) / "musicnn_0000.f16")
+    assert all(Path(p).stat().st_size == 2 * 96 * 31 for p in segments.musicnn_path)  # 0.5 s: 31 float16 frames
     np.testing.assert_array_equal(segments[feature_columns(20)][:3], store.segment_rows(digest_a))
 
 

@@ -139,3 +139,23 @@ def test_failed_re_evaluation_leaves_metrics_json_untouched(table_run, break_wri
 def test_a_run_dir_needs_no_files_to_name_them():
     run = RunDir(Path("saved_models") / "nothing_here")
     assert not run.finished and run.history() == [] and run.scaler is None
+
+
+def test_a_model_trained_with_label_smoothing_loads_in_a_fresh_process(tmp_path):
+    """Its saved loss is registered by genre_tf.optimization, which evaluate and predict never import."""
+    import subprocess
+    import sys
+
+    import keras
+
+    from genre_tf.config import TrainConfig
+    from genre_tf.optimization import build_loss
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(optimizer="adam", loss=build_loss(TrainConfig(label_smoothing=0.3)))
+    model.save(tmp_path / "model.keras")
+    load = f"import pathlib, genre_tf.run as r; print(r.RunDir(pathlib.Path({str(tmp_path)!r})).load_model().name)"
+    proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1]
+    assert proc.stdout.strip() == model.name

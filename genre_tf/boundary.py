@@ -112,8 +112,23 @@ def boundary_split(
     images = split_data(frame, cfg, classes, None)
     key = boundary.key(frame[input_column(cfg)].tolist())
     activations = boundary_features(boundary.frozen, images, cfg.train.batch_size, cfg.cache.dir, key, progress)
+    labels, track_ids = images.labels, images.track_ids
+    if models.family(cfg.model).track_level(cfg.model):  # the probe: one mean embedding per track
+        activations, labels, track_ids = track_means(activations, labels, track_ids)
     # table_loader gathers along the first axis only, so (n, H, W, C) activations load like (n, F) rows.
-    return SplitData(pipeline.table_loader(activations, images.labels), images.labels, images.track_ids)
+    return SplitData(pipeline.table_loader(activations, labels), labels, track_ids)
+
+
+def track_means(
+    activations: np.ndarray, labels: np.ndarray, track_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each track's mean activation, label and id, tracks in first-seen order."""
+    tracks, first, inverse = np.unique(track_ids, return_index=True, return_inverse=True)
+    sums = np.zeros((len(tracks), *activations.shape[1:]), dtype=np.float64)
+    np.add.at(sums, inverse, activations)
+    means = sums / np.bincount(inverse, minlength=len(tracks)).reshape(-1, *[1] * (activations.ndim - 1))
+    order = np.argsort(first)
+    return means[order].astype(activations.dtype), labels[first[order]], tracks[order]
 
 
 def caches_boundary(cfg: Config) -> bool:

@@ -124,8 +124,9 @@ class TransferConfig:
     weights: str | None = "imagenet"
     trainable_blocks: int = _range(0, 16, default=0)  # counted from the top; 0 = frozen backbone
     trainable_layers: int | None = _range(0, 10000, default=None)  # alternative to trainable_blocks
-    head_units: int = _range(0, 8192, default=256)
+    head_units: int = _range(0, 8192, default=256)  # 0: the softmax layer sits on the backbone's features
     dropout: float = _range(0.0, 0.95, default=0.3)
+    l2: float = _range(0.0, 10.0, default=0.0)  # L2 penalty on the head's kernels
     alpha: float = _range(0.1, 4.0, default=1.0)  # width multiplier of MobileNet-family backbones
     cache_boundary: bool = True  # train above the frozen blocks on activations cached once (genre_tf.boundary)
     # "frozen": the backbone's BatchNorm keeps its pretrained statistics (inference mode), as fine-tuning wants;
@@ -136,7 +137,9 @@ class TransferConfig:
 @dataclass
 class ModelConfig:
     kind: Literal["mlp", "cnn", "transfer"] = "mlp"
-    level: Literal["segment", "track"] = "segment"  # mlp rows: per segment or per whole track
+    # mlp: rows per segment or per whole track; transfer: "track" is the linear probe, a softmax layer on the
+    # track's mean embedding (segments' frozen-backbone features averaged)
+    level: Literal["segment", "track"] = "segment"
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # height, width of image inputs
     channels: Literal[1, 3] = 1
     channel_mode: Literal["repeat", "deltas"] = "repeat"  # how 3 channels are made from one mel image

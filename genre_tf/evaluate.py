@@ -106,13 +106,35 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def predict_split(run: RunDir, model, frame: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for every example of a frame, and their labels as class indices."""
+def predict_split(
+    run: RunDir, model, frame: pd.DataFrame, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(track ids, probabilities, labels as class indices) of every example of a frame.
+
+    A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
+    layer applied to the track's mean embedding.
+    """
+    from genre_tf import models
     from genre_tf.inputs import split_data
 
     data = split_data(frame, run.config, run.classes, run.scaler)
     probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
-    return probs, data.labels
+    if not models.family(run.config.model).track_level(run.config.model):
+        return data.track_ids, probs, data.labels
+    return pool_logits(data.track_ids, probs, data.labels)
+
+
+def pool_logits(
+    track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
+    frame = pd.DataFrame(np.log(np.maximum(probs, 1e-30)))
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean_logits = groups.mean().to_numpy()
+    pooled = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
+    first_label = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first()
+    return groups.mean().index.to_numpy(), pooled / pooled.sum(axis=1, keepdims=True), first_label.to_numpy()
 
 
 def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extra: dict | None = None) -> dict:
@@ -130,8 +152,8 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
         frame = examples.split(split)
         if frame.empty:
             continue
-        probs, labels = predict_split(run, model, frame, cfg.train.batch_size)
-        result = evaluate_predictions(frame["track_id"].to_numpy(), labels, probs, run.classes)
+        track_ids, probs, labels = predict_split(run, model, frame, cfg.train.batch_size)
+        result = evaluate_predictions(track_ids, labels, probs, run.classes)
         metrics["splits"][split] = result
         level = "track_mean" if "track_mean" in result else "segment"
         suffix = "" if split == "test" else f"_{split}"

@@ -29,8 +29,8 @@ def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndar
     from genre_tf.evaluate import predict_split
 
     model = model or run.load_model()
-    probs, _ = predict_split(run, model, frame, run.config.train.batch_size)
-    tracks, mean, _ = aggregate_tracks(frame["track_id"].to_numpy(), probs)
+    track_ids, probs, _ = predict_split(run, model, frame, run.config.train.batch_size)
+    tracks, mean, _ = aggregate_tracks(track_ids, probs)
     return tracks, mean
 
 

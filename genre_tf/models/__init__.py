@@ -15,7 +15,7 @@ from genre_tf.config import ConfigError, ModelConfig
 from genre_tf.models.backbone import MEL_IMAGE, MUSICNN_PATCH, WeightsUnavailable
 from genre_tf.models.cnn import build_cnn, describe_cnn
 from genre_tf.models.mlp import FEATURES, build_mlp, describe_mlp
-from genre_tf.models.transfer import build_transfer, describe_transfer, transfer_input
+from genre_tf.models.transfer import build_transfer, check_transfer, describe_transfer, transfer_input
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,21 @@ class Family:
     describe: Callable[[ModelConfig], str]  # the parameters that tell its runs apart
     input: Callable[[ModelConfig], str]  # the input representation: FEATURES, MEL_IMAGE or MUSICNN_PATCH
     has_backbone: bool = False  # a pretrained part that can be frozen, fine-tuned by blocks and cut at a boundary
+    check: Callable[[ModelConfig], None] = lambda cfg: None  # raises ConfigError for settings the family refuses
 
     def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
+        self.check(cfg)
         return self.builder(getattr(cfg, self.section), tuple(input_shape), n_classes)
+
+    def track_level(self, cfg: ModelConfig) -> bool:
+        """Whether a model of this config predicts whole tracks from its segments' pooled features (a probe)."""
+        return self.has_backbone and cfg.level == "track"
 
 
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", build_mlp, describe_mlp, lambda cfg: FEATURES),
     "cnn": Family("cnn", build_cnn, describe_cnn, lambda cfg: MEL_IMAGE),
-    "transfer": Family("transfer", build_transfer, describe_transfer, transfer_input, has_backbone=True),
+    "transfer": Family("transfer", build_transfer, describe_transfer, transfer_input, True, check_transfer),
 }
 
 __all__ = [

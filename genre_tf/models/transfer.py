@@ -41,13 +41,29 @@ def build_transfer(cfg: TransferConfig, input_shape: tuple[int, ...], n_classes:
     x = source.preprocessing()(inputs)
     x = backbone(x, training=False) if cfg.batch_norm == "frozen" else backbone(x)
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    l2 = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     if cfg.head_units:
-        x = keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense")(x)
+        x = keras.layers.Dense(cfg.head_units, activation="relu", kernel_regularizer=l2, name="head_dense")(x)
         x = keras.layers.Dropout(cfg.dropout, name="head_dense_dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = keras.layers.Dense(
+        n_classes, activation="softmax", dtype="float32", kernel_regularizer=l2, name="predictions"
+    )(x)
     model = keras.Model(inputs, outputs, name=f"transfer_{cfg.backbone.lower()}")
     apply_trainable(model, cfg)
     return model
+
+
+def check_transfer(cfg: ModelConfig) -> None:
+    """Track level is the linear probe: a softmax layer on the mean of a frozen backbone's cached features."""
+    t = cfg.transfer
+    if cfg.level != "track":
+        return
+    frozen = t.trainable_blocks == 0 and t.trainable_layers is None and t.batch_norm == "frozen"
+    if not (frozen and t.head_units == 0 and t.cache_boundary):
+        raise ConfigError(
+            "model.level",
+            "track for transfer is the linear probe: needs trainable_blocks 0, head_units 0, cache_boundary true",
+        )
 
 
 def describe_transfer(cfg: ModelConfig) -> str:
@@ -58,7 +74,8 @@ def describe_transfer(cfg: ModelConfig) -> str:
     unfrozen = f"{t.trainable_layers} layers" if t.trainable_layers is not None else f"{t.trainable_blocks} blocks"
     size = "" if transfer_input(cfg) != MEL_IMAGE else f", {cfg.image_size[0]}x{cfg.image_size[1]}"
     batch_norm = ", BatchNorm trained" if t.batch_norm == "train" else ""
-    return f"{t.backbone} ({weights}), {unfrozen} trainable{batch_norm}{size}"
+    probe = "linear probe on the track's mean embedding, " if cfg.level == "track" else ""
+    return f"{probe}{t.backbone} ({weights}), {unfrozen} trainable{batch_norm}{size}"
 
 
 def transfer_input(cfg: ModelConfig) -> str:

@@ -197,6 +197,18 @@ def test_chain_backbones_hand_over_the_output_of_the_layer_below_the_lowest_trai
         assert boundary_layer_name(model, blocks) == below.name
 
 
+def test_operations_that_are_not_layers_fall_on_one_side_of_the_cut(tmp_path):
+    # MobileNetV3's hard-swish (`x + 3.0`, `* (1 / 6)`) puts keras.ops operations between its layers.
+    cfg = ModelConfig(kind="transfer", transfer=TransferConfig(backbone="MobileNetV3Small", weights=None, head_units=8))
+    model = build_model(cfg, (32, 32, 3), len(CLASSES))
+    backbone = get_backbone(model)
+    assert len(backbone.operations) > len(backbone.layers)
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    for blocks in (1, 5, len(backbone_blocks(model))):
+        assert len(boundary_tensors(model, blocks)) == 1
+        assert_top_of_frozen_is_the_model(model, blocks, x)
+
+
 def test_several_boundary_tensors_are_cached_in_one_file_then_loaded(tmp_path, frame, monkeypatch):
     cfg = make_cfg(tmp_path, "MSD_musicnn", trainable_blocks=2)
     model = build(cfg)

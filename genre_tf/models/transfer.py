@@ -11,6 +11,10 @@ them), so layers above the last block such as ResNetV2's `post_bn` go with the t
 ones (ReLU, Add, padding, pooling) included, as in the TensorFlow fine-tuning tutorial's `fine_tune_at`; when
 set it overrides `trainable_blocks`.
 
+The boundary between the frozen bottom and the trainable top (`split_at_boundary`, whose activations
+genre_tf.boundary caches) is every tensor a frozen layer produces and a trainable one reads: one for a chain
+backbone, several for a DAG one such as musicnn, whose back-end reads the front-end and each mid-end.
+
 Two-phase schedule for the trainer: `set_trainable_blocks(model, 0)`, compile, fit the head; then
 `apply_trainable(model, cfg)`, compile again at a lower learning rate (Keras reads `trainable` when compiling), fit.
 """
@@ -136,15 +140,19 @@ def boundary_tensors(model: keras.Model, trainable_blocks: int) -> list[keras.Ke
     """
     backbone = get_backbone(model)
     start = _block_start(model, trainable_blocks)
-    index = {id(layer): i for i, layer in enumerate(backbone.layers)}  # topological: producers before consumers
+    # backbone.layers is backbone.operations (topological: producers before consumers) less the operations that
+    # are not layers, such as the `x + 3.0` of MobileNetV3's hard-swish; those go with the layers they follow.
+    operations = backbone.operations
+    cut = operations.index(backbone.layers[start]) if start < len(backbone.layers) else len(operations)
+    index = {id(operation): i for i, operation in enumerate(operations)}
     # Keras 3 keeps a functional model's call events (Node: operation, input tensors) by depth, and each tensor's
     # producer in `_keras_history`; there is no public API for either.
     nodes = [node for depth in backbone._nodes_by_depth.values() for node in depth]
-    read_above = [tensor for node in nodes if index[id(node.operation)] >= start for tensor in node.input_tensors]
+    read_above = [tensor for node in nodes if index[id(node.operation)] >= cut for tensor in node.input_tensors]
     crossing = {}
     for tensor in [*read_above, *backbone.outputs]:  # an output computed below the cut is handed over too
         producer, node_index, tensor_index = tensor._keras_history
-        if index[id(producer)] < start:
+        if index[id(producer)] < cut:
             crossing[(index[id(producer)], node_index, tensor_index)] = tensor
     return [crossing[position] for position in sorted(crossing)]
 
@@ -157,8 +165,7 @@ def _tensor_name(tensor: keras.KerasTensor) -> str:
 
 
 def boundary_layer_name(model: keras.Model, trainable_blocks: int) -> str:
-    """Where frozen activations can be cached: the layer whose output feeds the lowest trainable block, or the
-    names of every layer whose output crosses the cut joined by "+" ("frontend_features+midend1_bn+...")."""
+    """The name of the cut: the boundary tensors' producing layers, joined by "+" where there are several."""
     return "+".join(_tensor_name(tensor) for tensor in boundary_tensors(model, trainable_blocks))
 
 

@@ -1,12 +1,16 @@
 """Frozen-boundary cache for the transfer family: compute the frozen backbone's activations once, train above them.
 
 With the bottom of the backbone frozen (its BatchNorm in inference mode) and no augmentation, the activations at
-the boundary, the output of the last frozen layer, are the same every epoch. They are computed once per split,
-saved as `<cache.dir>/boundary/<key>.npy` and the trainable top (the unfrozen blocks and the head) fits on them.
-The key hashes everything that decides the activations: the backbone, a digest of the frozen weights (ImageNet,
-a local file and a seeded random init alike), the boundary layer, the input recipe (size, channels, channel mode)
-and the ordered mel PNG paths of the split, which the feature cache makes content-addressed. The head is not in
-the key, so epochs, resumed runs and tuner trials that share the boundary share the file.
+the boundary are the same every epoch. The boundary is every frozen tensor the trainable part reads: for a chain
+backbone (ResNet, MobileNet) the output of the last frozen layer, for a DAG one such as musicnn, whose back-end
+reads the front-end and every mid-end, several tensors (`transfer.boundary_tensors`). They are computed once per
+split and saved as `<cache.dir>/boundary/<key>.npy` (one tensor) or `<key>.npz` (several, `arr_0`, `arr_1`, ...
+in boundary order, one file so that an entry appears whole), and the trainable top (the unfrozen blocks and the
+head) fits on them. The key hashes everything that decides the activations: the backbone, a digest of the frozen
+weights (ImageNet, a local file and a seeded random init alike), the boundary layer(s), the input recipe (size,
+channels, channel mode) and the ordered mel PNG paths of the split, which the feature cache makes
+content-addressed. The head is not in the key, so epochs, resumed runs and tuner trials that share the boundary
+share the file.
 
 `top` shares its weights with the full model, so what it learns is the full model's: save and evaluate that.
 """
@@ -37,8 +41,8 @@ BOUNDARY_VERSION = "1"  # bump when the way activations are computed changes
 class Boundary:
     """A transfer model cut where its frozen part ends; `spec` is what, besides the data, decides the activations."""
 
-    frozen: keras.Model  # image -> boundary activations, no trainable weights
-    top: keras.Model  # boundary activations -> probabilities, weights shared with the full model
+    frozen: keras.Model  # image -> boundary activations (a list where several), no trainable weights
+    top: keras.Model  # boundary activations (one input each) -> probabilities, weights shared with the full model
     spec: dict
 
     @property
@@ -73,21 +77,25 @@ def cut_at_boundary(model: keras.Model, trainable_blocks: int, model_cfg: ModelC
         "image_size": list(model_cfg.image_size),
         "channels": model_cfg.channels,
         "channel_mode": model_cfg.channel_mode,
-        "dtype": str(frozen.output.dtype),
+        "dtype": ",".join(str(tensor.dtype) for tensor in frozen.outputs),
     }
     return Boundary(frozen, top, spec)
 
 
 def boundary_features(
     frozen: keras.Model, data: SplitData, batch_size: int, cache_dir: Path, key: str, progress: bool = True
-) -> np.ndarray:
-    """The frozen model's activations for every element of `data`, in order: loaded if cached, else computed once."""
-    path = Path(cache_dir) / "boundary" / f"{key}.npy"
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The frozen model's activations for every element of `data`, in order: loaded if cached, else computed once.
+
+    One array per output of `frozen`, as a tuple where it has several.
+    """
+    several = len(frozen.outputs) > 1
+    path = Path(cache_dir) / "boundary" / f"{key}.{'npz' if several else 'npy'}"
     if path.is_file():
-        return np.load(path)
+        return _load_activations(path)
     from tqdm import tqdm
 
-    activations = np.empty((len(data), *frozen.output.shape[1:]), dtype=frozen.output.dtype)
+    activations = [np.empty((len(data), *t.shape[1:]), dtype=t.dtype) for t in frozen.outputs]
     batches = tqdm(
         data.batches(batch_size) if len(data) else [],  # image_loader cannot be traced over no paths
         total=math.ceil(len(data) / batch_size),
@@ -97,18 +105,33 @@ def boundary_features(
     )
     start = 0
     for images, _ in batches:
-        batch = keras.ops.convert_to_numpy(frozen.predict_on_batch(images))
-        activations[start : start + len(batch)] = batch
-        start += len(batch)
+        outputs = frozen.predict_on_batch(images)
+        batch = [keras.ops.convert_to_numpy(output) for output in (outputs if several else [outputs])]
+        for array, rows in zip(activations, batch, strict=True):
+            array[start : start + len(rows)] = rows
+        start += len(batch[0])
     with atomic_file(path) as f:  # streamed: no second in-memory copy of a large array
-        np.save(f, activations, allow_pickle=False)
-    return activations
+        if several:
+            np.savez(f, *activations)
+        else:
+            np.save(f, activations[0], allow_pickle=False)
+    return tuple(activations) if several else activations[0]
+
+
+def _load_activations(path: Path) -> np.ndarray | tuple[np.ndarray, ...]:
+    if path.suffix == ".npy":
+        return np.load(path)
+    with np.load(path) as arrays:
+        return tuple(arrays[f"arr_{i}"] for i in range(len(arrays.files)))
 
 
 def boundary_split(
     boundary: Boundary, frame: pd.DataFrame, cfg: Config, classes: list[str], progress: bool = True
 ) -> SplitData:
-    """`split_data` for `boundary.top`: element i -> (cached boundary activations, label), same order and tracks."""
+    """`split_data` for `boundary.top`: element i -> (cached boundary activations, label), same order and tracks.
+
+    Where the boundary is several tensors, element i holds the tuple of their activations, `top`'s inputs.
+    """
     images = split_data(frame, cfg, classes, None)
     key = boundary.key(frame[input_column(cfg)].tolist())
     activations = boundary_features(boundary.frozen, images, cfg.train.batch_size, cfg.cache.dir, key, progress)

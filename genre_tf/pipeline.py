@@ -61,10 +61,11 @@ def label_ids(labels: pd.Series, classes: list[str]) -> np.ndarray:
 Loader = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
-def table_loader(x: np.ndarray, y: np.ndarray) -> Loader:
-    """Element i -> (row i of `x`, label): scaled feature rows, or any (n, ...) array such as activations."""
-    xs, ys = tf.constant(x, tf.float32), tf.constant(y, tf.int32)
-    return lambda i: (tf.gather(xs, i), tf.gather(ys, i))
+def table_loader(x: np.ndarray | tuple[np.ndarray, ...], y: np.ndarray) -> Loader:
+    """Element i -> (row i of `x`, label): scaled feature rows, or any (n, ...) array such as activations; a tuple
+    of such arrays (the inputs of a multi-input model) gives the tuple of their rows i."""
+    xs, ys = tf.nest.map_structure(lambda a: tf.constant(a, tf.float32), x), tf.constant(y, tf.int32)
+    return lambda i: (tf.nest.map_structure(lambda a: tf.gather(a, i), xs), tf.gather(ys, i))
 
 
 def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:

@@ -11,6 +11,10 @@ them), so layers above the last block such as ResNetV2's `post_bn` go with the t
 ones (ReLU, Add, padding, pooling) included, as in the TensorFlow fine-tuning tutorial's `fine_tune_at`; when
 set it overrides `trainable_blocks`.
 
+The boundary between the frozen bottom and the trainable top (`split_at_boundary`, whose activations
+genre_tf.boundary caches) is every tensor a frozen layer produces and a trainable one reads: one for a chain
+backbone, several for a DAG one such as musicnn, whose back-end reads the front-end and each mid-end.
+
 Two-phase schedule for the trainer: `set_trainable_blocks(model, 0)`, compile, fit the head; then
 `apply_trainable(model, cfg)`, compile again at a lower learning rate (Keras reads `trainable` when compiling), fit.
 """
@@ -151,22 +155,63 @@ def apply_trainable(model: keras.Model, cfg: TransferConfig) -> None:
         set_trainable_blocks(model, cfg.trainable_blocks, train_batch_norm)
 
 
+def boundary_tensors(model: keras.Model, trainable_blocks: int) -> list[keras.KerasTensor]:
+    """Backbone tensors that the top `trainable_blocks` blocks read from the frozen part, in backbone layer order.
+
+    A chain backbone (ResNet, MobileNet) hands one tensor over, the output of the layer below the lowest trainable
+    block; a DAG backbone such as musicnn, whose back-end reads the front-end and every mid-end, hands several.
+    With no block trainable the cut is at the backbone's (pooled) output.
+    """
+    backbone = get_backbone(model)
+    start = _block_start(model, trainable_blocks)
+    # backbone.layers is backbone.operations (topological: producers before consumers) less the operations that
+    # are not layers, such as the `x + 3.0` of MobileNetV3's hard-swish; those go with the layers they follow.
+    operations = backbone.operations
+    cut = operations.index(backbone.layers[start]) if start < len(backbone.layers) else len(operations)
+    index = {id(operation): i for i, operation in enumerate(operations)}
+    # Keras 3 keeps a functional model's call events (Node: operation, input tensors) by depth, and each tensor's
+    # producer in `_keras_history`; there is no public API for either.
+    nodes = [node for depth in backbone._nodes_by_depth.values() for node in depth]
+    read_above = [tensor for node in nodes if index[id(node.operation)] >= cut for tensor in node.input_tensors]
+    crossing = {}
+    for tensor in [*read_above, *backbone.outputs]:  # an output computed below the cut is handed over too
+        producer, node_index, tensor_index = tensor._keras_history
+        if index[id(producer)] < cut:
+            crossing[(index[id(producer)], node_index, tensor_index)] = tensor
+    return [crossing[position] for position in sorted(crossing)]
+
+
+def _tensor_name(tensor: keras.KerasTensor) -> str:
+    """The producing layer's name, with the output index where that layer has several outputs."""
+    producer, node_index, tensor_index = tensor._keras_history
+    several = len(producer._inbound_nodes[node_index].outputs) > 1
+    return f"{producer.name}:{tensor_index}" if several else producer.name
+
+
 def boundary_layer_name(model: keras.Model, trainable_blocks: int) -> str:
-    """Backbone layer whose output feeds the lowest trainable block: where frozen activations can be cached."""
-    return get_backbone(model).layers[_block_start(model, trainable_blocks) - 1].name
+    """The name of the cut: the boundary tensors' producing layers, joined by "+" where there are several."""
+    return "+".join(_tensor_name(tensor) for tensor in boundary_tensors(model, trainable_blocks))
 
 
 def split_at_boundary(model: keras.Model, trainable_blocks: int) -> tuple[keras.Model, keras.Model]:
-    """(frozen, top): input -> boundary activations, and boundary activations -> probabilities; weights shared."""
+    """(frozen, top): input -> boundary activations, and boundary activations -> probabilities; weights shared.
+
+    Like any Keras model, `frozen` outputs a single tensor where the boundary is one and a list where it is
+    several, and `top` then takes one input per boundary tensor, in `boundary_tensors` order.
+    """
     backbone = get_backbone(model)
-    boundary = backbone.get_layer(boundary_layer_name(model, trainable_blocks))
+    tensors = boundary_tensors(model, trainable_blocks)
+    crossing = tensors[0] if len(tensors) == 1 else tensors
     images = keras.Input(shape=model.input_shape[1:], name=model.input.name)
-    below = keras.Model(backbone.input, boundary.output, name=f"{backbone.name}_frozen")
+    below = keras.Model(backbone.input, crossing, name=f"{backbone.name}_frozen")
     frozen = keras.Model(images, below(model.get_layer("preprocess")(images), training=False), name="frozen")
-    activations = keras.Input(shape=boundary.output.shape[1:], name="boundary_activations")
+    if len(tensors) == 1:
+        activations = keras.Input(shape=tensors[0].shape[1:], name="boundary_activations")
+    else:
+        activations = [keras.Input(shape=t.shape[1:], name=f"boundary_activations_{i}") for i, t in enumerate(tensors)]
     x = activations
     if trainable_blocks:
-        above = keras.Model(boundary.output, backbone.output, name=f"{backbone.name}_top")
+        above = keras.Model(crossing, backbone.output, name=f"{backbone.name}_top")
         x = above(x, training=False)
     for layer in model.layers[model.layers.index(backbone) + 1 :]:  # the head is a plain chain
         x = layer(x)

@@ -252,3 +252,12 @@ def test_pretrained_transfer_backbone_gives_the_reference_penultimate(monkeypatc
     np.testing.assert_allclose(
         backbone.predict(expected["patches"], verbose=0), expected["MSD_musicnn/penultimate"], atol=1e-4
     )
+
+
+def test_frozen_musicnn_backbone_has_no_live_dropout_under_fit():
+    """Keras 3 passes fit's training=True into the nested backbone; its back-end dropout must not fire there."""
+    model = musicnn_transfer(dropout=0.0)
+    x = np.abs(np.random.default_rng(1).normal(size=(2, PATCH_FRAMES, 96))).astype(np.float32)
+    np.testing.assert_array_equal(model(x, training=True), model(x, training=True))
+    twin = musicnn_transfer(dropout=0.0, trainable_blocks=5, batch_norm="train")
+    assert twin.get_layer("msd_musicnn").get_layer("backend_pool_dropout").rate == 0.5  # trained whole, as published

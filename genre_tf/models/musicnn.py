@@ -119,13 +119,17 @@ class CheckpointMismatch(ValueError):
     """A checkpoint whose variables do not fit the Keras model one to one."""
 
 
-def build_musicnn(model_name: str, frames: int | None = PATCH_FRAMES) -> keras.Model:
-    """Random-initialised musicnn on (frames, 96) log-mel patches; outputs logits, penultimate, mean_pool, max_pool."""
+def build_musicnn(model_name: str, frames: int | None = PATCH_FRAMES, dropout: float = DROPOUT) -> keras.Model:
+    """Random-initialised musicnn on (frames, 96) log-mel patches; outputs logits, penultimate, mean_pool, max_pool.
+
+    `dropout` is the back-end's rate in training (0.5 as trained); 0 for a backbone that must stay deterministic.
+    """
     _check_name(model_name)
     patch = keras.Input(shape=(frames, N_MELS), name="log_mel")
     frontend_features = _frontend(patch)
     midend_features = _midend(frontend_features)
-    outputs = _backend(keras.layers.Concatenate(name="backend_features")([frontend_features, *midend_features]))
+    features = keras.layers.Concatenate(name="backend_features")([frontend_features, *midend_features])
+    outputs = _backend(features, dropout)
     return keras.Model(patch, outputs, name=model_name.lower())
 
 
@@ -171,7 +175,7 @@ def _midend(frontend_features: keras.KerasTensor) -> list[keras.KerasTensor]:
     return outputs
 
 
-def _backend(features: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
+def _backend(features: keras.KerasTensor, dropout: float) -> dict[str, keras.KerasTensor]:
     """Max and mean over time, BatchNorm, dense 200 + BatchNorm (penultimate), dense 50 (logits)."""
     max_pool = keras.layers.GlobalMaxPooling1D(name="backend_max_pool")(features)
     mean_pool = keras.layers.GlobalAveragePooling1D(name="backend_mean_pool")(features)
@@ -184,10 +188,10 @@ def _backend(features: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
     ]
     x = keras.layers.Flatten(name="backend_pool_flatten")(keras.layers.Concatenate(name="backend_pool_pairs")(pairs))
     x = keras.layers.BatchNormalization(name="backend_pool_bn")(x)
-    x = keras.layers.Dropout(DROPOUT, name="backend_pool_dropout")(x)
+    x = keras.layers.Dropout(dropout, name="backend_pool_dropout")(x)
     x = keras.layers.Dense(BACKEND_UNITS, activation="relu", name="backend_dense")(x)
     penultimate = keras.layers.BatchNormalization(name="backend_penultimate_bn")(x)
-    x = keras.layers.Dropout(DROPOUT, name="backend_penultimate_dropout")(penultimate)
+    x = keras.layers.Dropout(dropout, name="backend_penultimate_dropout")(penultimate)
     logits = keras.layers.Dense(N_TAGS, name="backend_logits")(x)
     return {"logits": logits, "penultimate": penultimate, "mean_pool": mean_pool, "max_pool": max_pool}
 
@@ -304,9 +308,11 @@ def _checkpoint_digest(prefix: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_musicnn(model_name: str, cache_dir: Path, frames: int | None = PATCH_FRAMES) -> keras.Model:
+def load_musicnn(
+    model_name: str, cache_dir: Path, frames: int | None = PATCH_FRAMES, dropout: float = DROPOUT
+) -> keras.Model:
     """musicnn with the wheel's trained weights (converted and cached on first use)."""
-    model = build_musicnn(model_name, frames)
+    model = build_musicnn(model_name, frames, dropout)
     model.load_weights(musicnn_weights(model_name, cache_dir))
     return model
 
@@ -342,14 +348,17 @@ class Musicnn(BackboneSource):
 
     def build(self, cfg: TransferConfig, input_shape: tuple[int, ...]) -> keras.Model:
         frames = input_shape[0]
+        # Keras 3 lets the outer model's `training` reach a nested model called with training=False, so the
+        # back-end's dropout would be live under fit; it belongs only to a network trained whole (BatchNorm too).
+        dropout = DROPOUT if cfg.batch_norm == "train" else 0.0
         if cfg.weights == "imagenet":
             raise WeightsUnavailable(
                 f"{self.name} has no ImageNet weights; give pretrained (the musicnn wheel's), null or a path"
             )
         if cfg.weights == "pretrained":
-            network = load_musicnn(self.name, weights_cache_dir(), frames)
+            network = load_musicnn(self.name, weights_cache_dir(), frames, dropout)
         else:
-            network = build_musicnn(self.name, frames)
+            network = build_musicnn(self.name, frames, dropout)
             if cfg.weights is not None:
                 load_local_weights(network, self.name, Path(cfg.weights).expanduser())
         penultimate = network.get_layer("backend_penultimate_bn").output

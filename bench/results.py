@@ -1,6 +1,6 @@
 """Every number of the README's Results section, from the shared GTZAN material, in one command.
 
-    .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4]
+    .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4] [--models name,name]
 
 1. Feature table: a KerasTuner search for the MLP on the published table (fault-filtered split,
    valid only), the best config retrained with 5 seeds, and the 290-row submission of the seed
@@ -8,8 +8,10 @@
 2. Audio: grouped 5-fold cross-validation on the 100 clips of gtzan_mini for the MLP on 30 s
    features, the MLP on 3 s segment features, the CNN on log-mel segments, ResNet50 (random
    weights, frozen: its ImageNet weights cannot be had here) and MobileNet 0.25 (ImageNet weights
-   from ../shared vs random), frozen and with the top 3 blocks fine-tuned; scikit-learn SVM and
-   logistic regression on the 30 s features as references.
+   from ../shared vs random), frozen and with the top 3 blocks fine-tuned; musicnn (MSD and MTT weights
+   from the musicnn wheel): linear probe on the track's mean embedding, frozen with a new head, and the
+   mid-end and back-end fine-tuned; scikit-learn SVM and logistic regression on the 30 s features as
+   references.
    Prints mean and spread over folds at segment and track level.
 
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an
@@ -35,6 +37,12 @@ IMAGES = ["model.channels=3", "model.image_size=[128, 128]"]
 TRANSFER = [*IMAGES, "model.kind=transfer", "model.transfer.head_units=128", "model.transfer.dropout=0.5"]
 MOBILENET_BASE = [*TRANSFER, "model.transfer.backbone=MobileNet", "model.transfer.alpha=0.25"]
 FINE_TUNE = ["train.epochs=30", "train.fine_tune_epochs=20", "train.fine_tune_learning_rate=0.0001"]
+MUSICNN = ["model.kind=transfer", "model.transfer.weights=pretrained"]
+MSD, MTT = "model.transfer.backbone=MSD_musicnn", "model.transfer.backbone=MTT_musicnn"
+HEAD = ["model.transfer.head_units=128", "model.transfer.dropout=0.5", "train.epochs=60", "train.patience=10"]
+# The linear probe of MIR benchmarks: an L2-regularised softmax layer on each track's mean embedding.
+PROBE = ["model.level=track", "model.transfer.head_units=0", "model.transfer.dropout=0", "model.transfer.l2=0.001",
+         "train.batch_size=20", "train.learning_rate=0.01", "train.epochs=300", "train.patience=40"]  # fmt: skip
 
 # name -> overrides of configs/gtzan_mini.yaml
 EXPERIMENTS = {
@@ -51,7 +59,13 @@ EXPERIMENTS = {
     "mobilenet_random_frozen": [*MOBILENET_BASE, "model.transfer.weights=null", "train.epochs=60"],
     "mobilenet_random_top3": [*MOBILENET_BASE, "model.transfer.weights=null", "model.transfer.trainable_blocks=3",
                               *FINE_TUNE],
+    "musicnn_msd_probe": [*MUSICNN, MSD, *PROBE],
+    "musicnn_mtt_probe": [*MUSICNN, MTT, *PROBE],
+    "musicnn_msd_frozen": [*MUSICNN, MSD, *HEAD],
+    "musicnn_mtt_frozen": [*MUSICNN, MTT, *HEAD],
+    "musicnn_msd_top4": [*MUSICNN, MSD, *HEAD, "model.transfer.trainable_blocks=4", *FINE_TUNE],
 }  # fmt: skip
+TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
 
 
 def run_fold(name: str, overrides: list[str], fold: int) -> dict:
@@ -86,12 +100,20 @@ def sklearn_fold(fold: int) -> dict:
     return scores
 
 
-def cross_validation(folds: list[int]) -> pd.DataFrame:
-    rows = []
+def cross_validation(folds: list[int], names: list[str]) -> pd.DataFrame:
+    """Every fold of the named experiments (and the scikit-learn references), merged into bench/results/cv_folds.csv."""
+    kept = pd.read_csv(SUMMARY / "cv_folds.csv") if (SUMMARY / "cv_folds.csv").is_file() else pd.DataFrame()
+    with_sklearn = names == list(EXPERIMENTS)
+    if not kept.empty:
+        redone = kept.model.isin(names) | (with_sklearn & kept.model.str.startswith("sklearn_"))
+        kept = kept[~(redone & kept.fold.isin(folds))]
+    rows = kept.to_dict("records")
     for fold in folds:
-        for name, score in sklearn_fold(fold).items():
-            rows.append({"model": name, "fold": fold, "segment_accuracy": np.nan, "track_accuracy": score})
-        for name, overrides in EXPERIMENTS.items():
+        if with_sklearn:
+            for name, score in sklearn_fold(fold).items():
+                rows.append({"model": name, "fold": fold, "segment_accuracy": np.nan, "track_accuracy": score})
+        for name in names:
+            overrides = EXPERIMENTS[name]
             print(f"fold {fold}: {name}", flush=True)
             metrics = run_fold(name, overrides, fold)
             head = metrics["headline"]["test"]
@@ -99,7 +121,7 @@ def cross_validation(folds: list[int]) -> pd.DataFrame:
                 {
                     "model": name,
                     "fold": fold,
-                    "segment_accuracy": head["segment_accuracy"] if name != "mlp_30s" else np.nan,
+                    "segment_accuracy": head["segment_accuracy"] if name not in TRACK_LEVEL else np.nan,
                     "track_accuracy": head["track_accuracy"],
                     "track_vote_accuracy": head["track_vote_accuracy"],
                     "macro_f1": head["macro_f1"],
@@ -162,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["table", "cv"])
     parser.add_argument("--folds", default="0,1,2,3,4")
+    parser.add_argument("--models", help="comma-separated experiments to (re)run; the others keep their rows")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"error: the shared GTZAN material is not at {SHARED}")
@@ -175,7 +198,11 @@ def main() -> None:
         print("GTZAN feature table, fault-filtered valid split (197 tracks):")
         print(to_markdown(table))
     if args.only in (None, "cv"):
-        folds = cross_validation([int(f) for f in args.folds.split(",")])
+        names = args.models.split(",") if args.models else list(EXPERIMENTS)
+        unknown = [n for n in names if n not in EXPERIMENTS]
+        if unknown:
+            raise SystemExit(f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+        folds = cross_validation([int(f) for f in args.folds.split(",")], names)
         summary = summarise_cv(folds)
         summary.to_csv(SUMMARY / "cv.csv", index=False)
         (SUMMARY / "cv.md").write_text(to_markdown(summary) + "\n")

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genre_tf.musicnn_input import PATCH_FRAMES
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 OUT = REPO / "saved_models" / "results"  # run directories (git ignores them)
@@ -76,8 +78,24 @@ def run_fold(name: str, overrides: list[str], fold: int) -> dict:
     return train(cfg, OUT / f"{name}_fold{fold}", verbose=0)
 
 
-def sklearn_fold(fold: int) -> dict:
-    """SVM and logistic regression on standardised 30 s features, same folds (fit on train only)."""
+def musicnn_embeddings() -> pd.DataFrame:
+    """Each gtzan_mini track's mean MSD_musicnn embedding (200-d penultimate of its 3 s segments), by track id."""
+    from genre_tf.config import load_config
+    from genre_tf.inputs import load_examples, split_data
+    from genre_tf.models import build_model
+    from genre_tf.models.transfer import split_at_boundary
+
+    cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*MUSICNN, MSD])
+    segments = load_examples(cfg, progress=False).frame
+    data = split_data(segments, cfg, sorted(segments.label.unique()), None)
+    embed, _ = split_at_boundary(build_model(cfg.model, (PATCH_FRAMES, 96), 10), 0)  # patch -> penultimate
+    embeddings = embed.predict(data.batches(64), verbose=0)
+    return pd.DataFrame(embeddings, index=segments.track_id).groupby(level=0).mean()
+
+
+def sklearn_fold(fold: int, embeddings: pd.DataFrame) -> dict:
+    """SVM and logistic regression on standardised 30 s features, and logistic regression on the tracks' mean
+    musicnn embeddings, same folds (fit on train, or train + valid, only)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -97,20 +115,27 @@ def sklearn_fold(fold: int) -> dict:
         for folds, train in training.items():
             fitted = make_pipeline(StandardScaler(), model).fit(train[FEATURE_COLUMNS], train.label)
             scores[f"sklearn_{name} ({folds})"] = float((fitted.predict(test[FEATURE_COLUMNS]) == test.label).mean())
+    for folds, train in training.items():
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+        fitted = model.fit(embeddings.loc[train.track_id], train.label)
+        correct = fitted.predict(embeddings.loc[test.track_id]) == test.label.to_numpy()
+        scores[f"sklearn_logreg_musicnn ({folds})"] = float(correct.mean())
     return scores
 
 
 def cross_validation(folds: list[int], names: list[str]) -> pd.DataFrame:
     """Every fold of the named experiments (and the scikit-learn references), merged into bench/results/cv_folds.csv."""
     kept = pd.read_csv(SUMMARY / "cv_folds.csv") if (SUMMARY / "cv_folds.csv").is_file() else pd.DataFrame()
-    with_sklearn = names == list(EXPERIMENTS)
+    with_sklearn = "sklearn" in names or names == list(EXPERIMENTS)
+    names = [name for name in names if name != "sklearn"]
+    embeddings = musicnn_embeddings() if with_sklearn else None
     if not kept.empty:
         redone = kept.model.isin(names) | (with_sklearn & kept.model.str.startswith("sklearn_"))
         kept = kept[~(redone & kept.fold.isin(folds))]
     rows = kept.to_dict("records")
     for fold in folds:
         if with_sklearn:
-            for name, score in sklearn_fold(fold).items():
+            for name, score in sklearn_fold(fold, embeddings).items():
                 rows.append({"model": name, "fold": fold, "segment_accuracy": np.nan, "track_accuracy": score})
         for name in names:
             overrides = EXPERIMENTS[name]
@@ -134,7 +159,8 @@ def cross_validation(folds: list[int], names: list[str]) -> pd.DataFrame:
 
 
 def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
-    order = [f"sklearn_{m} ({n} folds)" for m in ("svm", "logreg") for n in (4, 3)] + list(EXPERIMENTS)
+    sklearn = ("svm", "logreg", "logreg_musicnn")
+    order = [f"sklearn_{m} ({n} folds)" for m in sklearn for n in (4, 3)] + list(EXPERIMENTS)
     stats = folds.groupby("model").agg(
         folds=("fold", "count"),
         segment_mean=("segment_accuracy", "mean"),
@@ -184,7 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["table", "cv"])
     parser.add_argument("--folds", default="0,1,2,3,4")
-    parser.add_argument("--models", help="comma-separated experiments to (re)run; the others keep their rows")
+    parser.add_argument(
+        "--models", help="comma-separated experiments to (re)run, `sklearn` for the references; others keep their rows"
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"error: the shared GTZAN material is not at {SHARED}")
@@ -199,7 +227,7 @@ def main() -> None:
         print(to_markdown(table))
     if args.only in (None, "cv"):
         names = args.models.split(",") if args.models else list(EXPERIMENTS)
-        unknown = [n for n in names if n not in EXPERIMENTS]
+        unknown = [n for n in names if n not in EXPERIMENTS and n != "sklearn"]
         if unknown:
             raise SystemExit(f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
         folds = cross_validation([int(f) for f in args.folds.split(",")], names)

@@ -58,11 +58,15 @@ def segment_samples(cfg: AudioConfig) -> int:
     return round(cfg.segment_seconds * cfg.sample_rate)
 
 
+def segment_hop_samples(cfg: AudioConfig) -> int:
+    """Samples from one segment's start to the next one's: segment k starts at k times this."""
+    return round((cfg.segment_hop or cfg.segment_seconds) * cfg.sample_rate)
+
+
 def segment_bounds(n_samples: int, cfg: AudioConfig) -> list[tuple[int, int]]:
     """(start, end) sample ranges of equal-length segments; [] when the track is shorter than one segment."""
     length = segment_samples(cfg)
-    hop = round((cfg.segment_hop or cfg.segment_seconds) * cfg.sample_rate)
-    return [(start, start + length) for start in range(0, n_samples - length + 1, hop)]
+    return [(start, start + length) for start in range(0, n_samples - length + 1, segment_hop_samples(cfg))]
 
 
 def tile_to_segment(waveform: np.ndarray, cfg: AudioConfig) -> np.ndarray:

@@ -162,6 +162,32 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation (genre_tf.augment), every item off by default; evaluation never augments.
+
+    Drawn per (seed, epoch, element), so a resumed run sees the same draws. Masks, gain and time shift apply to
+    mel images and musicnn patches, feature_noise to feature-table rows, mixup to both.
+    """
+
+    time_masks: int = _range(0, 16, default=0)  # SpecAugment time masks per example
+    time_mask_frames: int = _range(0, 10000, default=0)  # each time mask is 0..this many frames wide
+    freq_masks: int = _range(0, 16, default=0)  # SpecAugment frequency masks per example
+    freq_mask_bands: int = _range(0, 512, default=0)  # each frequency mask is 0..this many mel bands wide
+    gain_db: float = _range(0.0, 60.0, default=0.0)  # a random gain of -gain_db..gain_db dB per example
+    # random time crop: the segment's window moves later by up to this fraction of the segment hop, into the
+    # track's next segment (0: the fixed segment positions)
+    time_shift: float = _range(0.0, 1.0, default=0.0)
+    mixup_alpha: float = _range(0.0, 10.0, default=0.0)  # mixup with weights from Beta(alpha, alpha); 0: off
+    feature_noise: float = _range(0.0, 10.0, default=0.0)  # Gaussian noise std on standardised feature rows
+
+    @property
+    def active(self) -> bool:
+        """Whether anything here changes a training input."""
+        masks = (self.time_masks and self.time_mask_frames) or (self.freq_masks and self.freq_mask_bands)
+        return bool(masks or self.gain_db or self.time_shift or self.mixup_alpha or self.feature_noise)
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 42
@@ -173,6 +199,7 @@ class Config:
     mel: MelConfig = field(default_factory=MelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 # Names from before the transfer family held more than ResNet50. Old config files, saved run directories, `--set`
@@ -299,6 +326,9 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("model.image_size", f"must be [height, width] of at least 8, got {cfg.model.image_size}")
     if cfg.mel.db_floor >= cfg.mel.db_ceiling:
         raise ConfigError("mel.db_floor", "must be below mel.db_ceiling")
+    if cfg.augment.time_shift and (cfg.audio.segment_hop or 0) > cfg.audio.segment_seconds:
+        problem = "needs audio.segment_hop <= audio.segment_seconds: the audio between segments is not cached"
+        raise ConfigError("augment.time_shift", problem)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -70,6 +70,11 @@ def mel_frames_per_segment(segment_samples: int, mel: MelConfig) -> int:
     return 1 + segment_samples // mel.hop_length
 
 
+def mel_first_frame(start: int, mel: MelConfig) -> int:
+    """The clip's first mel frame centred at or after sample `start`: where a segment's mel image begins."""
+    return -(-start // mel.hop_length)
+
+
 def analyse_track(
     y: np.ndarray, sr: int, features: FeatureConfig, mel: MelConfig, segments: list[tuple[int, int]]
 ) -> TrackAnalysis:
@@ -327,7 +332,7 @@ def _mel_segments(
     n_frames = mel_frames_per_segment(segments[0][1] - segments[0][0], mel)
     images = np.full((len(segments), mel.n_mels, n_frames), silence_db, dtype=np.float32)
     for image, (start, _) in zip(images, segments, strict=True):
-        first = -(-start // mel.hop_length)
+        first = mel_first_frame(start, mel)
         frames = mel_db[:, first : first + n_frames]  # frames past the end of the track stay silent
         image[:, : frames.shape[1]] = frames
     return images

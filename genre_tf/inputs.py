@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf import models, musicnn_input, pipeline
+from genre_tf import augment, models, musicnn_input, pipeline
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.features import feature_columns
@@ -86,11 +86,15 @@ def examples_for_index(index: Index, cfg: Config, progress: bool = True) -> Exam
 
 @dataclass
 class SplitData:
-    """One split as a model sees it: a loader per element, labels and the track of each element."""
+    """One split as a model sees it: a loader per element, labels and the track of each element.
+
+    The training split also carries its augmentation for `pipeline.train_dataset`; `batches` never augments.
+    """
 
     loader: pipeline.Loader
     labels: np.ndarray
     track_ids: np.ndarray
+    augmentation: pipeline.Augmentation | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,16 +103,21 @@ class SplitData:
         return pipeline.eval_dataset(self.loader, len(self), batch_size)
 
 
-def split_data(frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None) -> SplitData:
+def split_data(
+    frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None, train: bool = False
+) -> SplitData:
+    """The examples of `frame` as the model reads them; `train`: with cfg.augment's augmentation for training."""
     labels = pipeline.label_ids(frame["label"], classes)
     kind = model_input(cfg)
     if kind == models.FEATURES:
-        loader = pipeline.table_loader(scaler.transform(frame), labels)
+        read, to_input = pipeline.table_reader(scaler.transform(frame)), None
     elif kind == models.MUSICNN_PATCH:
-        loader = pipeline.patch_loader(frame[input_column(cfg)].tolist(), labels, *input_shape(cfg, scaler))
+        read, to_input = pipeline.patch_reader(frame[input_column(cfg)].tolist(), *input_shape(cfg, scaler)), None
     else:
-        loader = pipeline.image_loader(frame[input_column(cfg)].tolist(), labels, cfg.model)
-    return SplitData(loader, labels, frame["track_id"].to_numpy())
+        read, to_input = pipeline.mel_reader(frame[input_column(cfg)].tolist()), pipeline.mel_model_input(cfg.model)
+    loader = pipeline.reading_loader(read, labels, to_input)
+    augmented = augment.augmentation(frame, cfg, kind, read, to_input, labels, len(classes)) if train else None
+    return SplitData(loader, labels, frame["track_id"].to_numpy(), augmented)
 
 
 def input_column(cfg: Config) -> str:

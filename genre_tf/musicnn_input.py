@@ -50,6 +50,11 @@ def patch_frames(segment_seconds: float) -> int:
     return int(segment_seconds * MUSICNN_SAMPLE_RATE / HOP_LENGTH)
 
 
+def first_frame(start: int, sr: int) -> int:
+    """The first 16 kHz frame centred at or after sample `start` of audio at `sr`: where a segment's patch begins."""
+    return -(-start * MUSICNN_SAMPLE_RATE // (sr * HOP_LENGTH))
+
+
 def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], frames: int) -> np.ndarray:
     """(n_segments, frames, 96) float16 mel power of each segment of a waveform at `sr`, from one 16 kHz pass.
 
@@ -59,7 +64,7 @@ def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], fra
     if sr != MUSICNN_SAMPLE_RATE:
         y = librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
     power = np.concatenate([mel_power(y), np.zeros((frames, N_MELS), np.float16)])
-    starts = [-(-start * MUSICNN_SAMPLE_RATE // (sr * HOP_LENGTH)) for start, _ in segments]
+    starts = [first_frame(start, sr) for start, _ in segments]
     return patches(power, starts, frames) if starts else np.zeros((0, frames, N_MELS), np.float16)
 
 

@@ -34,6 +34,11 @@ def build_loss(train: TrainConfig, reduction: str | None = "sum_over_batch_size"
     return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
 
 
+def build_soft_loss(train: TrainConfig, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+    """Cross-entropy over one-hot or soft targets (mixup's), smoothed by train.label_smoothing."""
+    return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing, reduction=reduction)
+
+
 def build_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
     """The optimizer of one training phase at its learning rate."""
     return keras.optimizers.Adam(learning_rate)

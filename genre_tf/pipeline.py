@@ -1,7 +1,8 @@
 """tf.data pipelines: feature-table rows and mel images to (input, label) batches.
 
 Every dataset comes with the track id of each element, in element order (evaluation sets are never
-shuffled), so predictions can be aggregated per track afterwards.
+shuffled), so predictions can be aggregated per track afterwards. A loader reads an element as cached
+(a `Reader`), then makes it the model's input; training augmentation (genre_tf.augment) works between the two.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,31 +61,77 @@ def label_ids(labels: pd.Series, classes: list[str]) -> np.ndarray:
 
 
 Loader = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+Reader = Callable[[tf.Tensor], Any]  # element index -> the element as cached (a tensor, or a tuple of them)
+
+
+def table_reader(x: np.ndarray | tuple[np.ndarray, ...]) -> Reader:
+    """Element i -> row i of `x`: scaled feature rows, or any (n, ...) array such as activations; a tuple of such
+    arrays (the inputs of a multi-input model) gives the tuple of their rows i."""
+    xs = tf.nest.map_structure(lambda a: tf.constant(a, tf.float32), x)
+    return lambda i: tf.nest.map_structure(lambda a: tf.gather(a, i), xs)
+
+
+def mel_reader(paths: list[str]) -> Reader:
+    """Element i -> its cached mel PNG as float32 (n_mels, frames, 1) in [0, 1]."""
+    ps = tf.constant([str(p) for p in paths])
+    return lambda i: png_to_unit(tf.io.read_file(tf.gather(ps, i)))
+
+
+def patch_reader(paths: list[str], frames: int, n_mels: int) -> Reader:
+    """Element i -> (frames, n_mels) float32 mel power of its raw float16 patch file."""
+    ps = tf.constant([str(p) for p in paths])
+
+    def read(i: tf.Tensor) -> tf.Tensor:
+        raw = tf.io.decode_raw(tf.io.read_file(tf.gather(ps, i)), tf.float16, little_endian=True)
+        return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32)
+
+    return read
+
+
+def reading_loader(read: Reader, y: np.ndarray, model_input: Callable | None = None) -> Loader:
+    """Element i -> (model_input(read(i)), label i); without `model_input` the element is the input as read."""
+    ys = tf.constant(y, tf.int32)
+    if model_input is None:
+        return lambda i: (read(i), tf.gather(ys, i))
+    return lambda i: (model_input(read(i)), tf.gather(ys, i))
+
+
+def mel_model_input(model: ModelConfig) -> MelImage:
+    """What makes a [0, 1] mel image the model's input: its size and channels."""
+    return MelImage(model.image_size, model.channels, model.channel_mode)
 
 
 def table_loader(x: np.ndarray | tuple[np.ndarray, ...], y: np.ndarray) -> Loader:
-    """Element i -> (row i of `x`, label): scaled feature rows, or any (n, ...) array such as activations; a tuple
-    of such arrays (the inputs of a multi-input model) gives the tuple of their rows i."""
-    xs, ys = tf.nest.map_structure(lambda a: tf.constant(a, tf.float32), x), tf.constant(y, tf.int32)
-    return lambda i: (tf.nest.map_structure(lambda a: tf.gather(a, i), xs), tf.gather(ys, i))
+    """Element i -> (row i of `x`, label); see `table_reader`."""
+    return reading_loader(table_reader(x), y)
 
 
 def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
     """Element i -> (mel image at the model's input size and channels, label)."""
-    ps, ys = tf.constant([str(p) for p in paths]), tf.constant(y, tf.int32)
-    model_input = MelImage(model.image_size, model.channels, model.channel_mode)
-    return lambda i: (model_input(png_to_unit(tf.io.read_file(tf.gather(ps, i)))), tf.gather(ys, i))
+    return reading_loader(mel_reader(paths), y, mel_model_input(model))
 
 
 def patch_loader(paths: list[str], y: np.ndarray, frames: int, n_mels: int) -> Loader:
     """Element i -> ((frames, n_mels) float32 mel power of a raw float16 patch file, label)."""
-    ps, ys = tf.constant([str(p) for p in paths]), tf.constant(y, tf.int32)
+    return reading_loader(patch_reader(paths, frames, n_mels), y)
 
-    def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        raw = tf.io.decode_raw(tf.io.read_file(tf.gather(ps, i)), tf.float16, little_endian=True)
-        return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32), tf.gather(ys, i)
 
-    return load
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-only changes to the inputs (genre_tf.augment), drawn from each element's seed.
+
+    `load` takes the place of the split's loader; `mix`, where set, runs on each batch (mixup), which it gets with
+    the seeds of its elements, and returns the batch's inputs and soft labels.
+    """
+
+    load: Callable[[tf.Tensor, tf.Tensor], tuple[Any, tf.Tensor]]  # (element index, seed) -> (input, label)
+    mix: Callable[[Any, tf.Tensor, tf.Tensor], tuple[Any, tf.Tensor]] | None = None
+
+
+def element_seed(seed: int, epoch: tf.Tensor, element: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of one element in one epoch: a function of (seed, epoch, element index) alone."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(epoch_seed, tf.cast(element, tf.int64))
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -101,23 +149,44 @@ def eval_dataset(loader: Loader, n: int, batch_size: int) -> tf.data.Dataset:
 
 
 def train_dataset(
-    loader: Loader, n: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+    loader: Loader,
+    n: int,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    augmentation: Augmentation | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Shuffled training batches for epochs [first_epoch, epochs) and the steps per epoch.
 
     Epoch e's order is a stateless function of (seed, e), so a run resumed at epoch e sees exactly
     the batches an uninterrupted run sees there. Each epoch is cut to whole batches (the few
-    elements left over differ from epoch to epoch), so no batch spans two epochs.
+    elements left over differ from epoch to epoch), so no batch spans two epochs. With `augmentation`,
+    element i of epoch e is loaded by `augmentation.load(i, element_seed(seed, e, i))` instead: the
+    draws are stateless too, so a resumed run needs no saved state to repeat them.
     """
     batch_size = min(batch_size, n)
     steps = n // batch_size
 
     def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
         keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[: steps * batch_size])
+        order = tf.argsort(keys)[: steps * batch_size]
+        if augmentation is None:
+            return tf.data.Dataset.from_tensor_slices(order)
+        return tf.data.Dataset.from_tensor_slices((order, tf.fill(tf.shape(order), epoch)))
 
     ds = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch)).flat_map(epoch_order)
-    ds = ds.map(loader, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    if augmentation is None:
+        ds = ds.map(loader, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    else:
+
+        def load(i: tf.Tensor, epoch: tf.Tensor) -> tuple:
+            element = element_seed(seed, epoch, i)
+            return (*augmentation.load(i, element), element)
+
+        mix = augmentation.mix or (lambda x, y, seeds: (x, y))
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+        ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
     return _deterministic(ds.prefetch(AUTOTUNE)), steps
 
 

@@ -20,14 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from genre_tf import boundary, models
+from genre_tf import augment, boundary, models
 from genre_tf.cache import write_atomic
 from genre_tf.config import Config, ConfigError, save_config, to_dict
 from genre_tf.evaluate import evaluate_run
 from genre_tf.inputs import Examples, SplitData, input_shape, load_examples, reads_features, split_data
 from genre_tf.models import transfer
 from genre_tf.multi_worker import fit_multi_worker, is_chief, make_strategy, worker_run_dir
-from genre_tf.optimization import build_loss, build_optimizer
+from genre_tf.optimization import build_loss, build_optimizer, build_soft_loss
 from genre_tf.pipeline import FeatureScaler, train_dataset
 from genre_tf.run import RunDir
 
@@ -239,7 +239,9 @@ def fit_phases(
     """Run every phase not yet finished; returns what the run record needs (epochs, time, parameters)."""
     classes = run.classes
     frames = {split: examples.split(split) for split in ("train", "valid")}
-    data = {split: split_data(frame, cfg, classes, scaler) for split, frame in frames.items()}
+    data = {split: split_data(frame, cfg, classes, scaler, train=split == "train") for split, frame in frames.items()}
+    if note := boundary.cache_off_note(cfg):
+        print(note)
     log = PhaseLog.load(run)
     with strategy.scope():
         model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
@@ -251,7 +253,7 @@ def fit_phases(
             inputs = _phase_inputs(run, cfg, phase, model, frames, data)
             inputs.model.compile(
                 optimizer=build_optimizer(cfg.train, phase.learning_rate),
-                loss=build_loss(cfg.train),
+                loss=build_soft_loss(cfg.train) if cfg.augment.mixup_alpha else build_loss(cfg.train),
                 metrics=["accuracy"],
             )
         _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
@@ -278,7 +280,10 @@ def _phase_inputs(
         model.load_weights(run.model_file)
     batch_size = cfg.train.batch_size
     if not boundary.caches_boundary(cfg):
-        return PhaseInputs(model, data["train"], data["valid"].batches(batch_size))
+        valid = data["valid"].batches(batch_size)
+        if cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels, so the valid split's labels become one-hot
+            valid = valid.map(lambda x, y: (x, tf.one_hot(y, len(run.classes))))
+        return PhaseInputs(model, data["train"], valid)
     # The frozen bottom runs once, not every epoch; the top shares its weights with `model`.
     blocks = 0 if phase.backbone == "frozen" else cfg.model.transfer.trainable_blocks
     cut = boundary.cut_at_boundary(model, blocks, cfg.model)
@@ -302,7 +307,8 @@ def _fit_phase(
     start_epoch = backup.restore(inputs.model) or first_epoch
     last_epoch = first_epoch + phase.epochs
     batch_size = cfg.train.batch_size
-    ds, steps = train_dataset(inputs.train.loader, len(inputs.train), batch_size, cfg.seed, start_epoch, last_epoch)
+    data = inputs.train
+    ds, steps = train_dataset(data.loader, len(data), batch_size, cfg.seed, start_epoch, last_epoch, data.augmentation)
     tracker = Tracker(run, phase, cfg, start_epoch, model)
     callbacks = [tracker, backup]  # history before backup: see Tracker
     if is_chief():
@@ -348,6 +354,7 @@ def train(
     """
     run = RunDir(worker_run_dir(Path(run_dir)))
     _check_run_dir(run, cfg, overwrite)
+    augment.check_augment(cfg)
     if run.finished:
         print(f"{run.path} is already finished; pass --overwrite to train it again")
         return run.metrics()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from genre_tf import boundary
+from genre_tf import boundary, training
 from genre_tf.boundary import boundary_features, boundary_split, caches_boundary, cut_at_boundary
-from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
+from genre_tf.config import AugmentConfig, CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features import encode_mel_png
-from genre_tf.inputs import split_data
+from genre_tf.inputs import Examples, split_data
 from genre_tf.models import build_model
 from genre_tf.pipeline import image_input_shape, train_dataset
+from genre_tf.run import RunDir
 
 CLASSES = ["blues", "jazz", "rock"]
 N_IMAGES = 12
@@ -104,6 +108,40 @@ def test_caching_applies_to_transfer_models_cut_by_blocks(tmp_path):
     assert not caches_boundary(make_cfg(tmp_path, cache_boundary=False))
     assert not caches_boundary(make_cfg(tmp_path, trainable_layers=10))  # a cut inside a block has no closed top
     assert not caches_boundary(Config(model=ModelConfig(kind="cnn")))
+
+
+def test_augmentation_turns_the_cache_off_and_training_says_so(tmp_path, frame, capsys, monkeypatch):
+    """Every augmentation changes what the frozen backbone sees, so its activations cannot be cached once."""
+    cached = make_cfg(tmp_path)
+    augmented = replace(cached, augment=AugmentConfig(gain_db=3.0))
+    for item in ({"mixup_alpha": 0.2}, {"time_shift": 0.5}, {"freq_masks": 1, "freq_mask_bands": 4}):
+        assert not caches_boundary(replace(cached, augment=AugmentConfig(**item))), item
+    assert caches_boundary(replace(cached, augment=AugmentConfig(time_masks=2))), "a mask of width 0 is no mask"
+    assert boundary.cache_off_note(cached) is None
+    assert (
+        boundary.cache_off_note(augmented) == "boundary cache off: augmentation changes what the frozen backbone sees"
+    )
+    assert boundary.cache_off_note(replace(augmented, model=ModelConfig(kind="cnn"))) is None  # it never caches
+
+    fitted = {}
+    monkeypatch.setattr(
+        training, "_fit_phase", lambda run, cfg, phase, model, inputs, *rest: fitted.update(inputs=inputs)
+    )
+    examples = Examples(frame.assign(split=["train"] * 8 + ["valid"] * 4), [], pd.DataFrame())
+    for name, cfg in (("augmented", augmented), ("cached", cached)):
+        run = RunDir(tmp_path / name)
+        run.path.mkdir()
+        run.classes_file.write_text(json.dumps(CLASSES))
+        training.fit_phases(run, cfg, examples, None, tf.distribute.get_strategy(), verbose=0)
+        lines = capsys.readouterr().out.splitlines()
+        if name == "augmented":  # the whole model fits on augmented images; nothing was cached
+            assert lines == ["boundary cache off: augmentation changes what the frozen backbone sees"]
+            assert fitted["inputs"].model.name == "transfer_resnet50"
+            assert fitted["inputs"].train.augmentation is not None
+            assert not (cfg.cache.dir / "boundary").exists()
+        else:
+            assert "boundary cache off" not in "\n".join(lines)
+            assert fitted["inputs"].model.name == "top" and len(list((cfg.cache.dir / "boundary").iterdir())) == 2
 
 
 def test_key_follows_weights_data_boundary_and_input_but_not_the_head(tmp_path, frame):

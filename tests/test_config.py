@@ -34,6 +34,8 @@ def test_int_accepted_where_float_expected():
         ("model.mlp.batch_norm=maybe", "model.mlp.batch_norm: must be true or false"),
         ("data.valid_fraction=0.9", "data.test_fraction: valid_fraction + test_fraction must be below 1"),
         ("train=3", "train: must be a mapping"),
+        ("augment.mixup_alpha=-1", "augment.mixup_alpha: must be 0.0..10.0, got -1.0"),
+        ("augment.time_shift=1.5", "augment.time_shift: must be 0.0..1.0, got 1.5"),
     ],
 )
 def test_errors_name_the_key(override, message):
@@ -66,6 +68,19 @@ def test_yaml_file_and_round_trip(tmp_path):
     assert cfg.model.transfer.weights is None and cfg.model.transfer.trainable_blocks == 3
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_augmentation_keys_default_off_and_round_trip(tmp_path):
+    """The augment section is off unless set, and is saved with the run like every other section."""
+    assert not load_config(None, DEMO).augment.active
+    cfg = load_config(None, [*DEMO, "augment.time_masks=2", "augment.time_mask_frames=10", "augment.mixup_alpha=0.2"])
+    assert (cfg.augment.time_masks, cfg.augment.time_mask_frames, cfg.augment.mixup_alpha) == (2, 10, 0.2)
+    assert cfg.augment.active and cfg.augment.gain_db == 0.0
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    old = tmp_path / "old.yaml"  # a run saved before the section existed loads with it off
+    old.write_text("data: {source: demo, root: d}\n")
+    assert load_config(old).augment == load_config(None, DEMO).augment
 
 
 def test_old_resnet50_names_load_as_transfer(tmp_path):

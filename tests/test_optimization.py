@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from genre_tf.config import TrainConfig
-from genre_tf.optimization import SparseSmoothedCrossentropy, build_loss, build_optimizer
+from genre_tf.optimization import SparseSmoothedCrossentropy, build_loss, build_optimizer, build_soft_loss
 from genre_tf.pipeline import label_ids
 from genre_tf.run import RunDir
 from genre_tf.training import train
@@ -45,6 +45,22 @@ def test_smoothed_loss_survives_serialization():
     again = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(again, SparseSmoothedCrossentropy) and again.label_smoothing == 0.2
     assert float(again(LABELS, PROBS)) == pytest.approx(float(loss(LABELS, PROBS)), rel=1e-7)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_loss_takes_one_hot_and_mixed_targets(smoothing):
+    """mixup's loss: on one-hot targets it is the integer-label loss; on soft ones, -sum_k t_k log p_k, smoothed."""
+    loss = build_soft_loss(TrainConfig(label_smoothing=smoothing))
+    one_hot = np.eye(3)[LABELS]
+    assert float(loss(one_hot, PROBS)) == pytest.approx(
+        float(build_loss(TrainConfig(label_smoothing=smoothing))(LABELS, PROBS)), rel=1e-6
+    )
+    soft = 0.7 * one_hot + 0.3 * one_hot[::-1]
+    targets = soft * (1 - smoothing) + smoothing / 3
+    expected = -(targets * np.log(np.clip(PROBS, 1e-7, 1 - 1e-7))).sum(axis=1)
+    assert float(loss(soft, PROBS)) == pytest.approx(expected.mean(), rel=1e-6)
+    per_example = build_soft_loss(TrainConfig(label_smoothing=smoothing), reduction=None)
+    np.testing.assert_allclose(per_example(soft, PROBS), expected, rtol=1e-6)
 
 
 def test_optimizer_is_adam_at_the_phase_learning_rate():
@@ -89,3 +105,32 @@ def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_tab
     targets = np.full(3, 0.5 / 3) + np.eye(3)[0] * 0.5  # 2/3 on the true class, 1/6 on each other
     entropy = -(targets * np.log(targets)).sum()
     assert epoch["loss"] >= entropy and epoch["val_loss"] >= entropy
+
+
+def test_training_with_mixup_fits_soft_labels_and_validates_on_one_hot_ones(tmp_path, make_config, write_feature_table):
+    """With augment.mixup_alpha the loss is categorical cross-entropy: on mixed targets in training, and on the valid
+    split's labels made one-hot, where it equals the plain cross-entropy of the saved model's valid predictions."""
+    classes = ["blues", "jazz", "rock"]
+    csv = write_feature_table(tmp_path / "table.csv", classes, rows_per_class=6)
+    cfg = make_config(
+        tmp_path,
+        "name=mixup",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.source=table",
+        f"data.csv={csv}",
+        "model.kind=mlp",
+        "model.mlp.hidden_layers=0",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "augment.mixup_alpha=0.4",
+        "augment.feature_noise=0.1",
+    )
+    train(cfg, tmp_path / "runs" / "mixup", verbose=0, eval_splits=("valid",))
+    run = RunDir(tmp_path / "runs" / "mixup")
+    (epoch,) = run.history()
+    table = pd.read_csv(csv)
+    valid = table[table.split == "valid"]
+    probs = run.load_model().predict(run.scaler.transform(valid), verbose=0)
+    plain = smoothed_crossentropy(label_ids(valid.label, run.classes), probs, 0.0).mean()
+    assert epoch["val_loss"] == pytest.approx(plain, rel=1e-5)
+    assert 0.0 <= epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])

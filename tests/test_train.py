@@ -134,6 +134,48 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert sorted(p.name for p in killed.path.iterdir()) == sorted(p.name for p in clean.path.iterdir())
 
 
+# `python -m genre_tf.train` that kills itself (SIGKILL, nothing cleaned up) in the middle of its third epoch.
+TRAIN_KILLED_IN_EPOCH_3 = """
+import os, runpy, signal
+from genre_tf import training
+
+def on_train_batch_end(self, batch, logs=None):
+    if len(self.history) == 2 and batch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+training.Tracker.on_train_batch_end = on_train_batch_end
+runpy.run_module("genre_tf.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path):
+    """Every image augmentation and mixup on: the draws are stateless, so the resumed epochs repeat them."""
+    augment = "{time_masks: 1, time_mask_frames: 8, freq_masks: 1, freq_mask_bands: 6, gain_db: 6, time_shift: 1,"
+    lines = [
+        "model: {kind: cnn, image_size: [32, 32], cnn: {conv_blocks: 2, filters: 8}}",
+        "train: {epochs: 4, batch_size: 8}",
+        f"augment: {augment} mixup_alpha: 0.4}}",
+    ]
+    config = tiny_config_file(tmp_path, "aug", *lines)
+    run_cli("genre_tf.prepare", "--config", str(config))
+    killed = subprocess.run(
+        [sys.executable, "-c", TRAIN_KILLED_IN_EPOCH_3, "--config", str(config), "--name", "killed"],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    killed_run, clean_run = RunDir(tmp_path / "runs" / "killed"), RunDir(tmp_path / "runs" / "clean")
+    assert len(killed_run.history()) == 2 and not killed_run.metrics_file.exists()
+    assert killed_run.config.augment.mixup_alpha == 0.4
+    run_cli("genre_tf.train", "--config", str(config), "--name", "killed")
+    run_cli("genre_tf.train", "--config", str(config), "--name", "clean")
+    assert [h["epoch"] for h in killed_run.history()] == list(range(4))
+    for a, b in zip(killed_run.history(), clean_run.history(), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), (a, b)
+    assert killed_run.metrics()["splits"] == clean_run.metrics()["splits"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from genre_tf.config import ConfigError, load_config
-from genre_tf.tune import read_space
+from genre_tf.tune import read_space, trial_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +48,7 @@ def tune(tmp_path: Path, *args: str, env: dict | None = None, wait: bool = True)
         ("model.mlp.units: [1, 2]", "model.mlp.units: give exactly one of int, float, choice, bool"),
         ("model.mlp.dropout: {float: [0.0, 2.0]}", "model.mlp.dropout: must be 0.0..0.95, got 2.0"),
         ("model.mlp.widht: {int: [1, 4]}", "model.mlp.widht: unknown key"),
+        ("augment.time_shift: {float: [0.0, 2.0]}", "augment.time_shift: must be 0.0..1.0, got 2.0"),
     ],
 )
 def test_space_errors_name_the_key(tmp_path, space, message):
@@ -56,6 +57,26 @@ def test_space_errors_name_the_key(tmp_path, space, message):
     with pytest.raises(ConfigError) as err:
         read_space(path, load_config(None, ["data.source=demo", "data.root=x"]))
     assert str(err.value).startswith(message)
+
+
+def test_augmentation_keys_are_search_dimensions(tmp_path):
+    import keras_tuner
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "augment.mixup_alpha: {choice: [0.0, 0.2, 0.4]}\naugment.time_masks: {int: [0, 2]}\n"
+        "augment.time_mask_frames: {int: [4, 16], step: 4}\naugment.gain_db: {float: [0.0, 6.0]}\n"
+    )
+    cfg = load_config(None, ["data.source=demo", "data.root=x", "model.kind=cnn"])
+    params = read_space(space, cfg)
+    hp = keras_tuner.HyperParameters()  # what the tuner picked: these two; the others at their minimum
+    hp.Fixed("augment.mixup_alpha", 0.4)
+    hp.Fixed("augment.time_masks", 2)
+    trial = trial_config(cfg, params, hp, "t")
+    keys = ["augment.mixup_alpha", "augment.time_masks", "augment.time_mask_frames", "augment.gain_db"]
+    assert [p.key for p in params] == keys
+    assert (trial.augment.mixup_alpha, trial.augment.time_masks, trial.augment.time_mask_frames) == (0.4, 2, 4)
+    assert trial.augment.gain_db == 0.0 and trial.augment.active
 
 
 def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path):

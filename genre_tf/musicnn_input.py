@@ -63,9 +63,12 @@ def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], fra
     """
     if sr != MUSICNN_SAMPLE_RATE:
         y = librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
-    power = np.concatenate([mel_power(y), np.zeros((frames, N_MELS), np.float16)])
     starts = [first_frame(start, sr) for start, _ in segments]
-    return patches(power, starts, frames) if starts else np.zeros((0, frames, N_MELS), np.float16)
+    if not starts:
+        return np.zeros((0, frames, N_MELS), np.float16)
+    power = mel_power(y)
+    silence = np.zeros((max(0, max(starts) + frames - len(power)), N_MELS), np.float16)
+    return patches(np.concatenate([power, silence]), starts, frames)
 
 
 def patches(log_mel: np.ndarray, starts: np.ndarray | list[int], frames: int = PATCH_FRAMES) -> np.ndarray:

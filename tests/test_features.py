@@ -146,6 +146,7 @@ def test_silence_and_tiny_segments_stay_finite():
     assert analysis.mel_segments.shape == (3, MEL.n_mels, 2)
     # 10 log10(amin) = -100 dB: silence, inside the track or past its end
     np.testing.assert_allclose(analysis.mel_segments, -100.0, atol=1e-3)
+    assert analysis.musicnn_segments.shape[0] == 3 and not analysis.musicnn_segments.any()  # zero power
 
     noisy = analyse_track(noise(SR), SR, FEATURES, MEL, segments)
     assert np.isfinite(noisy.segment_rows).all()

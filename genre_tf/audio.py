@@ -40,6 +40,8 @@ def load_track(path: Path | str, cfg: AudioConfig) -> np.ndarray:
             raise AudioError(f"corrupt {f.format} data: {_libsndfile_reason(err)}") from None
     if frames.size == 0:
         raise AudioError("no audio frames")
+    if len(frames) < cfg.min_seconds * native_rate:  # a fragment gives no genre worth a confident answer
+        raise AudioError(f"too short ({len(frames) / native_rate:.2f} s < audio.min_seconds {cfg.min_seconds:g} s)")
     if not np.isfinite(frames).all():
         raise AudioError("contains NaN or inf samples")
     waveform = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)  # mono: a view, not a copy

@@ -72,6 +72,7 @@ class AudioConfig:
     segment_hop: float | None = _range(0.05, 600.0, default=None)  # None: segment_seconds (no overlap)
     silence_rms: float = _range(0.0, 1.0, default=1e-4)  # quieter tracks are skipped as silent
     short_clips: Literal["skip", "tile"] = "skip"  # shorter than one segment: skip, or repeat to fill one
+    min_seconds: float = _range(0.0, 600.0, default=0.5)  # shorter files are reported as too short, never predicted
 
 
 @dataclass

@@ -70,6 +70,7 @@ def make_config() -> Callable[..., Config]:
             f"cache.dir={tmp / 'cache'}",
             "cache.jobs=1",
             f"audio.segment_seconds={SEGMENT_SECONDS}",
+            "audio.min_seconds=0.1",  # clips shorter than a 0.5 s segment are tested; fragments below 0.1 s are not
             "mel.n_mels=16",
         ]
         return load_config(None, [*base, *overrides])

@@ -248,6 +248,13 @@ def test_short_track_loads_but_has_no_segments(tmp_path):
     assert segment_bounds(len(waveform), CFG) == []
 
 
+def test_fragment_below_min_seconds_is_too_short(tmp_path):
+    sf.write(tmp_path / "fragment.wav", tone(440, 0.07, 22050), 22050)
+    with pytest.raises(AudioError, match=r"^too short \(0\.07 s < audio\.min_seconds 0\.5 s\)$"):
+        load_track(tmp_path / "fragment.wav", CFG)
+    assert len(load_track(tmp_path / "fragment.wav", AudioConfig(min_seconds=0.05))) == round(0.07 * 22050)
+
+
 def test_segments_without_overlap():
     cfg = AudioConfig(sample_rate=1000, segment_seconds=3.0)
     assert segment_bounds(10_000, cfg) == [(0, 3000), (3000, 6000), (6000, 9000)]

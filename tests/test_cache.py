@@ -69,15 +69,18 @@ def test_bad_files_are_skipped_with_reasons_and_cached(tmp_path):
     text = tmp_path / "notes.wav"
     text.write_text("not audio at all\n" * 10)
     short = tmp_path / "short.wav"
-    sf.write(short, np.random.default_rng(1).normal(0, 0.1, 2000).astype(np.float32), 22050)
+    sf.write(short, np.random.default_rng(1).normal(0, 0.1, 15435).astype(np.float32), 22050)
     folder = tmp_path / "folder.wav"
     folder.mkdir()
-    paths = [str(good), str(text), str(short), str(folder)]
+    fragment = tmp_path / "fragment.wav"
+    sf.write(fragment, np.random.default_rng(2).normal(0, 0.1, 2000).astype(np.float32), 22050)
+    paths = [str(good), str(text), str(short), str(folder), str(fragment)]
     results = extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), jobs=1, progress=False)
-    assert [r.ok for r in results] == [True, False, False, False]
+    assert [r.ok for r in results] == [True, False, False, False, False]
     assert results[1].reason.startswith("not an audio file")
-    assert results[2].reason.startswith("shorter than one segment (0.09 s < 1.0 s)")
+    assert results[2].reason == "shorter than one segment (0.70 s < 1.0 s)"
     assert results[3].reason == "is a directory"
+    assert results[4].reason == "too short (0.09 s < audio.min_seconds 0.5 s)"
     again = extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), jobs=1, progress=False)
     assert [r.hit for r in again[:3]] == [True, True, True]
     assert again[1].reason == results[1].reason

@@ -131,3 +131,16 @@ def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, ma
     long_rows = examples.frame[examples.frame.track_id == "long"].reset_index(drop=True)
     pd.testing.assert_frame_equal(long_rows, trained.segments)
     assert len(list((tmp_path / "cache" / "tracks").iterdir())) == 1
+
+
+def test_a_fragment_is_reported_too_short_not_predicted(tmp_path, make_config, write_clip):
+    """A clip under audio.min_seconds gets no genre: its one-line reason goes to the submission's skipped.csv."""
+    cfg = make_config(tmp_path, "audio.min_seconds=0.5")
+    run = RunDir(tmp_path / "runs" / "run")
+    save_config(cfg, run.config_file)
+    clips = [write_clip(tmp_path / "song.wav", 1.0, 440.0), write_clip(tmp_path / "fragment.wav", 0.07, 880.0)]
+    examples = load_inputs(run, clips)
+    assert examples.frame.track_id.unique().tolist() == ["song"]
+    assert examples.skipped[["track_id", "reason"]].values.tolist() == [
+        ["fragment", "too short (0.07 s < audio.min_seconds 0.5 s)"]
+    ]

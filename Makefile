@@ -38,7 +38,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/transfer.py
-	$(PY) bench/musicnn.py
+	$(PY) bench/musicnn_speed.py
 
 # Every number of the README's Results section, from ../shared/data (about an hour on 2 cores; resumable).
 results: $(STAMP)

@@ -11,7 +11,7 @@ For each 30 s gtzan_mini clip, single process, the recipes alternating clip by c
 The package's own embedding runs in a TF1 session, which this process cannot open; the port's agreement with
 it is tested in tests/test_musicnn.py.
 
-    .venv/bin/python bench/musicnn.py --clips 20
+    .venv/bin/python bench/musicnn_speed.py --clips 20
 """
 
 from __future__ import annotations

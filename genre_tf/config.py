@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -201,6 +202,9 @@ def upgrade_values(values: dict, prefix: str = "") -> dict:
     return _merge(old, new)
 
 
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the type hint `hint`, converting YAML scalars where it is unambiguous."""
     origin = typing.get_origin(hint)
@@ -233,6 +237,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, f"must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and FLOAT_LITERAL.fullmatch(value):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"must be a number, got {value!r}")
         return float(value)

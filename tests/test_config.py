@@ -21,6 +21,16 @@ def test_int_accepted_where_float_expected():
     assert load_config(None, [*DEMO, "train.learning_rate=1"]).train.learning_rate == 1.0
 
 
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 (PyYAML) reads 1e-4 as the string '1e-4'; where the config wants a float, it is the number."""
+    cfg = load_config(None, [*DEMO, "train.learning_rate=1e-4", "audio.silence_rms=-0E+0"])
+    assert (cfg.train.learning_rate, cfg.audio.silence_rms) == (1e-4, 0.0)
+    with pytest.raises(ConfigError, match="must be a number, got '1e-4x'"):
+        load_config(None, [*DEMO, "train.learning_rate=1e-4x"])
+    with pytest.raises(ConfigError, match="must be an integer, got '1e3'"):
+        load_config(None, [*DEMO, "train.epochs=1e3"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -159,6 +159,13 @@ class TrainConfig:
     patience: int = _range(0, 10000, default=8)  # early stopping on the valid split; 0 = never stop early
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"  # picks the checkpoint and stops early
     label_smoothing: float = _range(0.0, 0.5, default=0.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = _range(0.0, 1.0, default=0.004)  # adamw's decoupled weight decay (Keras' default); adam: none
+    # Learning rate over each phase's steps: "constant", or "cosine" decay to min_learning_rate at the phase's end.
+    # Either starts with a linear warm-up from 0 over warmup_epochs epochs (fractions allowed) when that is above 0.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = _range(0.0, 10000.0, default=0.0)
+    min_learning_rate: float = _range(0.0, 10.0, default=0.0)  # cosine's floor, capped at each phase's learning rate
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 

@@ -99,6 +99,10 @@ class EpochBackup(keras.callbacks.Callback):
             if not old.name.startswith(stem):
                 old.unlink()
 
+    def epoch(self) -> int | None:
+        """The epoch the last backup continues from, or None."""
+        return json.loads(self.pointer.read_text())["epoch"] if self.pointer.is_file() else None
+
     def restore(self, model: keras.Model) -> int | None:
         """Load the last backup into a compiled model; the epoch to continue from, or None."""
         if not self.pointer.is_file():
@@ -139,7 +143,8 @@ class Tracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, "phase": self.phase.name, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["learning_rate"] = self.phase.learning_rate
+        # What the schedule gives at the step count the epoch ended on; a float32, so 7 digits say all of it.
+        row["learning_rate"] = float(f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.7g}")
         monitor = self.cfg.train.monitor
         if _improved(row[monitor], self.best, monitor):
             self.best, self.wait = row[monitor], 0
@@ -249,11 +254,6 @@ def fit_phases(
         started = time.perf_counter()
         with strategy.scope():
             inputs = _phase_inputs(run, cfg, phase, model, frames, data)
-            inputs.model.compile(
-                optimizer=build_optimizer(cfg.train, phase.learning_rate),
-                loss=build_loss(cfg.train),
-                metrics=["accuracy"],
-            )
         _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
         log.finish(run, phase, time.perf_counter() - started)
         shutil.rmtree(run.backup_dir / phase.name, ignore_errors=True)
@@ -299,10 +299,14 @@ def _fit_phase(
     """Fit one phase from where it stopped (its epoch backup), keeping the best model on valid in the run."""
     first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
     backup = EpochBackup(run.backup_dir / phase.name)
-    start_epoch = backup.restore(inputs.model) or first_epoch
+    start_epoch = backup.epoch() or first_epoch
     last_epoch = first_epoch + phase.epochs
     batch_size = cfg.train.batch_size
     ds, steps = train_dataset(inputs.train.loader, len(inputs.train), batch_size, cfg.seed, start_epoch, last_epoch)
+    with strategy.scope():  # the schedule needs the steps per epoch, which the dataset decides
+        optimizer = build_optimizer(cfg.train, phase.learning_rate, steps, phase.epochs)
+        inputs.model.compile(optimizer=optimizer, loss=build_loss(cfg.train), metrics=["accuracy"])
+    backup.restore(inputs.model)
     tracker = Tracker(run, phase, cfg, start_epoch, model)
     callbacks = [tracker, backup]  # history before backup: see Tracker
     if is_chief():

@@ -5,6 +5,7 @@ The factories are session-scoped fixtures that write where they are told, so mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -114,3 +115,26 @@ def make_table_run(make_config) -> Callable[..., Path]:
         return run_path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
+    """`with killed_after(epoch, refit=False):` training raises RuntimeError right after the backup of that epoch
+    (counted from 1, over all phases) of the first fit, or of the refit: what a kill -9 there leaves on disk."""
+
+    @contextlib.contextmanager
+    def killed(epoch: int, refit: bool = False):
+        from genre_tf.training import EpochBackup
+
+        backup = EpochBackup.on_epoch_end
+
+        def on_epoch_end(self, index, logs=None):
+            backup(self, index, logs)
+            if index + 1 == epoch and (self.folder.parent.parent.name == "refit") == refit:
+                raise RuntimeError(f"killed after epoch {epoch}")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(EpochBackup, "on_epoch_end", on_epoch_end)
+            yield
+
+    return killed

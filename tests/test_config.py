@@ -44,6 +44,9 @@ def test_exponent_without_a_dot_is_a_number():
         ("model.mlp.batch_norm=maybe", "model.mlp.batch_norm: must be true or false"),
         ("data.valid_fraction=0.9", "data.test_fraction: valid_fraction + test_fraction must be below 1"),
         ("train=3", "train: must be a mapping"),
+        ("train.schedule=linear", "train.schedule: must be one of constant, cosine, got 'linear'"),
+        ("train.optimizer=sgd", "train.optimizer: must be one of adam, adamw, got 'sgd'"),
+        ("train.weight_decay=2", "train.weight_decay: must be 0.0..1.0, got 2.0"),
     ],
 )
 def test_errors_name_the_key(override, message):

@@ -104,6 +104,9 @@ class MlpConfig:
     units: int = _range(1, 8192, default=256)
     dropout: float = _range(0.0, 0.95, default=0.3)
     batch_norm: bool = True
+    # How feature columns are scaled, fitted on the training rows only: "standard" (mean 0, std 1) or "quantile"
+    # (rank-Gauss: each column through its empirical quantiles onto a standard normal, robust to outliers and skew).
+    scaler: Literal["standard", "quantile"] = "standard"
 
 
 @dataclass

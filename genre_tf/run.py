@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from genre_tf.config import Config, load_config
-from genre_tf.pipeline import FeatureScaler
+from genre_tf.scaling import Scaler, load_scaler
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class RunDir:
         return json.loads(self.classes_file.read_text())
 
     @cached_property
-    def scaler(self) -> FeatureScaler | None:
-        return FeatureScaler.load(self.scaler_file) if self.scaler_file.is_file() else None
+    def scaler(self) -> Scaler | None:
+        return load_scaler(self.scaler_file) if self.scaler_file.is_file() else None
 
     def load_model(self):
         import keras

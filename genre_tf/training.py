@@ -28,8 +28,9 @@ from genre_tf.inputs import Examples, SplitData, input_shape, load_examples, rea
 from genre_tf.models import transfer
 from genre_tf.multi_worker import fit_multi_worker, is_chief, make_strategy, worker_run_dir
 from genre_tf.optimization import build_loss, build_optimizer
-from genre_tf.pipeline import FeatureScaler, train_dataset
+from genre_tf.pipeline import train_dataset
 from genre_tf.run import RunDir
+from genre_tf.scaling import Scaler, fit_scaler
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def fit_phases(
     run: RunDir,
     cfg: Config,
     examples: Examples,
-    scaler: FeatureScaler | None,
+    scaler: Scaler | None,
     strategy: tf.distribute.Strategy,
     verbose: int,
 ) -> dict:
@@ -337,6 +338,15 @@ def _write_history_csv(run: RunDir) -> None:
     pd.DataFrame(run.history()).to_csv(run.history_csv, index=False)
 
 
+def _fit_run_scaler(run: RunDir, cfg: Config, examples: Examples) -> Scaler | None:
+    """The feature scaler of a features model, fitted on the examples' train split only and saved in the run."""
+    if not reads_features(cfg):
+        return None
+    scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns, cfg.seed)
+    scaler.save(run.scaler_file)
+    return scaler
+
+
 def train(
     cfg: Config,
     run_dir: Path,
@@ -366,10 +376,7 @@ def train(
             raise ConfigError("data", f"the {split} split is empty; check the split settings")
     classes = examples.classes
     write_atomic(run.classes_file, json.dumps(classes).encode())
-    scaler = None
-    if reads_features(cfg):
-        scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
-        scaler.save(run.scaler_file)
+    scaler = _fit_run_scaler(run, cfg, examples)
     if is_chief():
         _log_hparams(run, cfg)
     record = fit_phases(run, cfg, examples, scaler, strategy, verbose)

@@ -82,14 +82,15 @@ def make_config() -> Callable[..., Config]:
 def make_table_run(make_config) -> Callable[..., Path]:
     """make_table_run(run_path, table_csv, *overrides): a run directory made by hand, as `train` leaves it, untrained.
 
-    An MLP without hidden layers (one softmax layer) with weights drawn from `seed`, over a feature table:
-    config.yaml, classes.json, scaler.json (fitted on the train split) and model.keras. No metrics.json yet.
+    An MLP without hidden layers (one softmax layer) unless overridden, with weights drawn from `seed`, over a
+    feature table: config.yaml, classes.json, scaler.json (model.mlp.scaler, fitted on the train split) and
+    model.keras. No metrics.json yet.
     """
 
     def make(run_path: Path, table_csv: Path, *overrides: str, seed: int = 0) -> Path:
         from genre_tf import models
         from genre_tf.inputs import examples_from_table
-        from genre_tf.pipeline import FeatureScaler
+        from genre_tf.scaling import fit_scaler
 
         cfg = make_config(
             run_path.parent,
@@ -103,7 +104,7 @@ def make_table_run(make_config) -> Callable[..., Path]:
             *overrides,
         )
         examples = examples_from_table(table_csv, cfg)
-        scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
+        scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns)
         model = models.build_model(cfg.model, (len(scaler.columns),), len(examples.classes))
         rng = np.random.default_rng(seed)
         model.set_weights([rng.normal(0.0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])

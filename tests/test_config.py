@@ -47,6 +47,7 @@ def test_exponent_without_a_dot_is_a_number():
         ("train.schedule=linear", "train.schedule: must be one of constant, cosine, got 'linear'"),
         ("train.optimizer=sgd", "train.optimizer: must be one of adam, adamw, got 'sgd'"),
         ("train.weight_decay=2", "train.weight_decay: must be 0.0..1.0, got 2.0"),
+        ("model.mlp.scaler=minmax", "model.mlp.scaler: must be one of standard, quantile, got 'minmax'"),
     ],
 )
 def test_errors_name_the_key(override, message):

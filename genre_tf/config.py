@@ -169,6 +169,9 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = _range(0.0, 10000.0, default=0.0)
     min_learning_rate: float = _range(0.0, 10.0, default=0.0)  # cosine's floor, capped at each phase's learning rate
+    # After the epochs are chosen on valid, train again on train + valid for exactly those epochs (per phase) and
+    # make that the run's model (genre_tf.training); the valid figures stay those of the chosen model.
+    refit: bool = False
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 

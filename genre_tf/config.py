@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -104,6 +105,9 @@ class MlpConfig:
     units: int = _range(1, 8192, default=256)
     dropout: float = _range(0.0, 0.95, default=0.3)
     batch_norm: bool = True
+    # How feature columns are scaled, fitted on the training rows only: "standard" (mean 0, std 1) or "quantile"
+    # (rank-Gauss: each column through its empirical quantiles onto a standard normal, robust to outliers and skew).
+    scaler: Literal["standard", "quantile"] = "standard"
 
 
 @dataclass
@@ -159,6 +163,16 @@ class TrainConfig:
     patience: int = _range(0, 10000, default=8)  # early stopping on the valid split; 0 = never stop early
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"  # picks the checkpoint and stops early
     label_smoothing: float = _range(0.0, 0.5, default=0.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = _range(0.0, 1.0, default=0.004)  # adamw's decoupled weight decay (Keras' default); adam: none
+    # Learning rate over each phase's steps: "constant", or "cosine" decay to min_learning_rate at the phase's end.
+    # Either starts with a linear warm-up from 0 over warmup_epochs epochs (fractions allowed) when that is above 0.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = _range(0.0, 10000.0, default=0.0)
+    min_learning_rate: float = _range(0.0, 10.0, default=0.0)  # cosine's floor, capped at each phase's learning rate
+    # After the epochs are chosen on valid, train again on train + valid for exactly those epochs (per phase) and
+    # make that the run's model (genre_tf.training); the valid figures stay those of the chosen model.
+    refit: bool = False
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 
@@ -229,6 +243,9 @@ def upgrade_values(values: dict, prefix: str = "") -> dict:
     return _merge(old, new)
 
 
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the type hint `hint`, converting YAML scalars where it is unambiguous."""
     origin = typing.get_origin(hint)
@@ -261,6 +278,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, f"must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and FLOAT_LITERAL.fullmatch(value):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"must be a number, got {value!r}")
         return float(value)

@@ -3,7 +3,9 @@
     python -m genre_tf.evaluate --run saved_models/demo_cnn [--split test]
 
 Track level aggregates a track's segments twice: by mean probability and by majority vote.
-Writes metrics.json, report.md and confusion_matrix.png into the run directory.
+Writes metrics.json, report.md and confusion_matrix.png into the run directory. In a refitted run (`train.refit`)
+the valid split is judged with the model chosen on it before the refit (`chosen/`), since the refitted model
+trained on valid; every other split with the run's (refitted) model.
 """
 
 from __future__ import annotations
@@ -83,9 +85,24 @@ def headline(result: dict) -> dict:
     }
 
 
+def refit_sentence(refit: dict) -> str:
+    """What report.md says of a refitted run's model and of which model each split's figures are."""
+    per_phase = ", ".join(f"{phase} {epochs}" for phase, epochs in refit["epochs"].items())
+    total = sum(refit["epochs"].values())
+    return (
+        f"The final model was refitted on train + valid ({refit['tracks']} tracks, {refit['examples']} examples) "
+        f"for the {total} epoch{'s' * (total != 1)} chosen on valid (per phase: {per_phase}). The valid figures are "
+        "those of the model chosen on valid before the refit (chosen/model.keras); the other splits' are the "
+        "refitted model's."
+    )
+
+
 def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     """report.md: headline table per split and level, then per-class figures at track level."""
-    lines = [f"# Run {name}", "", "| split | level | n | accuracy | macro P | macro R | macro F1 |", "|---" * 7 + "|"]
+    lines = [f"# Run {name}", ""]
+    if "refit" in metrics:
+        lines += [refit_sentence(metrics["refit"]), ""]
+    lines += ["| split | level | n | accuracy | macro P | macro R | macro F1 |", "|---" * 7 + "|"]
     for split, result in metrics["splits"].items():
         for level in LEVELS:
             if level in result:
@@ -138,11 +155,15 @@ def pool_logits(
 
 
 def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extra: dict | None = None) -> dict:
-    """Evaluate a run's best model on the given splits and write metrics.json, report.md, PNGs."""
+    """Evaluate a run's model on the given splits (valid: the chosen model of a refitted run) and write metrics.json,
+    report.md, PNGs."""
     from genre_tf.inputs import load_examples
 
     cfg = run.config
     model = model or run.load_model()
+    judges = {split: (run, model) for split in splits}
+    if run.refitted and "valid" in splits:  # its own scaler too: the chosen model's was fitted on train alone
+        judges["valid"] = (run.chosen, run.chosen.load_model())
     examples = examples or load_examples(cfg, progress=False)
     metrics = {"run": run.path.name, "model": cfg.model.kind, "classes": run.classes, "splits": {}}
     if run.metrics_file.is_file():  # keep what training recorded (epochs, time, parameters)
@@ -152,7 +173,7 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
         frame = examples.split(split)
         if frame.empty:
             continue
-        track_ids, probs, labels = predict_split(run, model, frame, cfg.train.batch_size)
+        track_ids, probs, labels = predict_split(*judges[split], frame, cfg.train.batch_size)
         result = evaluate_predictions(track_ids, labels, probs, run.classes)
         metrics["splits"][split] = result
         level = "track_mean" if "track_mean" in result else "segment"

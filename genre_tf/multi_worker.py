@@ -47,7 +47,7 @@ def fit_multi_worker(
     train_cfg: TrainConfig,
     strategy: tf.distribute.Strategy,
     ds: tf.data.Dataset,
-    valid: tf.data.Dataset,
+    valid: tf.data.Dataset | None,
     steps: int,
     global_batch: int,
     epochs: range,
@@ -88,13 +88,10 @@ def fit_multi_worker(
         for _ in range(steps):
             step_loss, step_correct = train_step(*next(batches))
             loss, correct = loss + float(step_loss), correct + float(step_correct)
-        val = np.sum([[*map(float, valid_step(x, y)), len(y)] for x, y in valid], axis=0)
-        logs = {
-            "accuracy": correct / (steps * global_batch),
-            "loss": loss / steps,
-            "val_accuracy": val[1] / val[2],
-            "val_loss": val[0] / val[2],
-        }
+        logs = {"accuracy": correct / (steps * global_batch), "loss": loss / steps}
+        if valid is not None:  # None in a refit, which trains on the valid split
+            val = np.sum([[*map(float, valid_step(x, y)), len(y)] for x, y in valid], axis=0)
+            logs.update(val_accuracy=val[1] / val[2], val_loss=val[0] / val[2])
         print(f"epoch {epoch + 1}/{epochs.stop}: " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
         hooks.on_epoch_end(epoch, logs)
         if model.stop_training:

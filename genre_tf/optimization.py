@@ -1,4 +1,8 @@
-"""What a model is compiled with: the loss and the optimizer, built once from the config for every training path."""
+"""What a model is compiled with: the loss and the optimizer, built once from the config for every training path.
+
+The learning rate schedule is a function of the optimizer's iteration count, which the epoch backup saves and
+restores with the optimizer's other variables, so a resumed phase continues on the same curve.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,34 @@ def build_soft_loss(train: TrainConfig, reduction: str | None = "sum_over_batch_
     return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing, reduction=reduction)
 
 
-def build_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
-    """The optimizer of one training phase at its learning rate."""
-    return keras.optimizers.Adam(learning_rate)
+def build_schedule(
+    train: TrainConfig, learning_rate: float, steps_per_epoch: int, epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate over one phase of `epochs` x `steps_per_epoch` steps, as train.schedule says.
+
+    A warm-up rises linearly from 0 to `learning_rate` over train.warmup_epochs (cut to the phase); then "cosine"
+    decays to train.min_learning_rate (at most `learning_rate`) at the phase's last step, and "constant" stays.
+    Without a warm-up, "constant" is the plain number, as before schedules existed.
+    """
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = min(round(train.warmup_epochs * steps_per_epoch), total)
+    if train.schedule == "constant" and warmup == 0:
+        return learning_rate
+    floor = min(train.min_learning_rate / learning_rate, 1.0) if learning_rate > 0 else 0.0
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total - warmup, 1),
+        alpha=1.0 if train.schedule == "constant" else floor,  # alpha 1: the cosine stays at its start
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def build_optimizer(
+    train: TrainConfig, learning_rate: float, steps_per_epoch: int, epochs: int
+) -> keras.optimizers.Optimizer:
+    """The optimizer of one training phase: `learning_rate` scheduled over its `epochs` of `steps_per_epoch`."""
+    schedule = build_schedule(train, learning_rate, steps_per_epoch, epochs)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
+    return keras.optimizers.Adam(schedule)

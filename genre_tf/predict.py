@@ -7,7 +7,9 @@
 
 The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
 size), so predictions are made exactly as in training. A track's segments are aggregated by mean
-probability.
+probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one
+feature table, a CNN and a transfer model on audio): each run prepares the inputs its own way, and
+the per-track probabilities are matched by track id before they are averaged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genre_tf.config import ConfigError
 from genre_tf.evaluate import aggregate_tracks
 from genre_tf.run import RunDir
 
@@ -50,16 +53,30 @@ def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.nda
     """Per-track probabilities averaged over runs (each run preprocesses the inputs its own way)."""
     tracks, total, skipped = None, None, []
     for run in runs:
-        examples = load_inputs(run, inputs)
+        try:
+            examples = load_inputs(run, inputs)
+        except ConfigError as err:  # a feature table given to a run that reads audio
+            raise SystemExit(f"error: {run.path} cannot read these inputs: {err}") from None
         skipped.append(examples.skipped)
         if examples.frame.empty:
             raise SystemExit("error: nothing to predict (every input was skipped)")
         run_tracks, probs = predict_frame(run, examples.frame)
         if tracks is None:
             tracks, total = run_tracks, probs
-        else:  # the same tracks, in the first run's order
-            total = total + pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
+        else:
+            total = total + in_track_order(tracks, run_tracks, probs, run)
     return tracks, total / len(runs), pd.concat(skipped).drop_duplicates(ignore_index=True)
+
+
+def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray, run: RunDir) -> np.ndarray:
+    """A run's per-track probabilities (rows in `run_tracks` order) reordered to `tracks`, the first run's order."""
+    if set(run_tracks) != set(tracks):
+        differ = sorted(set(run_tracks) ^ set(tracks))
+        raise SystemExit(
+            f"error: {run.path} predicted other tracks than the first run ({', '.join(map(str, differ[:5]))} "
+            "differ): its recipe skipped or found other inputs, so the runs cannot be averaged"
+        )
+    return pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
 
 
 def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:

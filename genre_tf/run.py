@@ -1,4 +1,9 @@
-"""A run directory `saved_models/<run>/`: where each artefact lives, and loading them back."""
+"""A run directory `saved_models/<run>/`: where each artefact lives, and loading them back.
+
+A refitted run (`train.refit`) holds two more run directories: `chosen/`, the model chosen on valid before the refit
+(with its config, classes and scaler), and `refit/`, the second run of the phases on train + valid whose model became
+the run's model.keras.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from genre_tf.config import Config, load_config
-from genre_tf.pipeline import FeatureScaler
+from genre_tf.scaling import Scaler, load_scaler
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,23 @@ class RunDir:
         return json.loads(self.classes_file.read_text())
 
     @cached_property
-    def scaler(self) -> FeatureScaler | None:
-        return FeatureScaler.load(self.scaler_file) if self.scaler_file.is_file() else None
+    def scaler(self) -> Scaler | None:
+        return load_scaler(self.scaler_file) if self.scaler_file.is_file() else None
+
+    @property
+    def chosen(self) -> RunDir:
+        """Where a refitted run keeps the model chosen on valid: the one that valid figures judge."""
+        return RunDir(self.path / "chosen")
+
+    @property
+    def refit(self) -> RunDir:
+        """Where a refitted run trains again on train + valid."""
+        return RunDir(self.path / "refit")
+
+    @property
+    def refitted(self) -> bool:
+        """Whether the run's model is a refit (its chosen model was set aside for the valid figures)."""
+        return self.chosen.model_file.is_file()
 
     def load_model(self):
         import keras

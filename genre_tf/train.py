@@ -5,7 +5,9 @@
 The run directory `<output_dir>/<run>/` gets config.yaml, model.keras (best epoch on the valid
 split), history.csv, metrics.json, report.md, confusion_matrix.png, loss_curves.png, skipped.csv
 and TensorBoard logs (`tensorboard --logdir saved_models`). Killed and started again with the same
-command, a run resumes after its last completed epoch.
+command, a run resumes after its last completed epoch. With `train.refit: true` the final model.keras is
+retrained on train + valid for the epochs chosen on valid; chosen/ keeps the chosen model, refit/ the refit's
+history (genre_tf.training).
 """
 
 from __future__ import annotations

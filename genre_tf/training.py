@@ -5,6 +5,19 @@ metrics.json, report.md, confusion_matrix.png, loss_curves.png, skipped.csv and 
 Killed and started again, a run resumes after its last completed epoch (an epoch backup of the
 weights, optimizer and dropout random state; history.json for the choices made so far). The test split is used once,
 after training, for the final report.
+
+Refit (`train.refit`). The first fit chooses the model on valid: per phase, the epochs up to the last one that
+improved the monitored valid figure (0 for a phase that never improved on the phase before it). Then:
+  1. the chosen model moves to `chosen/` with a copy of the run's config, classes and train-fitted scaler;
+  2. the phases run a second time into `refit/`, a run directory of its own (history.json, phases.json, epoch
+     backups, TensorBoard logs), on train + valid, for exactly the chosen epochs of each phase, with no early
+     stopping and no choice: each epoch's model replaces the last. The scaler is fitted on train + valid, the model
+     starts from the same seeded initial weights as the first fit, and the learning rate schedule spans the phase's
+     configured epochs, so the refit follows the first fit's learning rate curve up to the chosen epoch;
+  3. the refit's scaler is copied and its model moved (one rename) onto the run's scaler.json and model.keras.
+Each step is done once and skipped when found done, so a kill anywhere resumes (inside step 2 from the refit's epoch
+backup). The report judges valid with the chosen model (valid trained the refitted one) and test with the refitted
+model, and says how many tracks, examples and epochs the refit trained on.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -28,8 +41,9 @@ from genre_tf.inputs import Examples, SplitData, input_shape, load_examples, rea
 from genre_tf.models import transfer
 from genre_tf.multi_worker import fit_multi_worker, is_chief, make_strategy, worker_run_dir
 from genre_tf.optimization import build_loss, build_optimizer, build_soft_loss
-from genre_tf.pipeline import FeatureScaler, train_dataset
+from genre_tf.pipeline import train_dataset
 from genre_tf.run import RunDir
+from genre_tf.scaling import Scaler, fit_scaler
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,9 @@ class Phase:
     epochs: int
     learning_rate: float
     backbone: str | None = None  # None: no backbone; "frozen"; "configured": as trainable_blocks / _layers say
+    schedule_epochs: int | None = None  # the epochs the learning rate schedule spans; None: `epochs`
+    # False in a refit: no valid split, so no early stopping and no choice; every epoch's model replaces the last.
+    validates: bool = True
 
 
 def plan_phases(cfg: Config) -> list[Phase]:
@@ -99,6 +116,10 @@ class EpochBackup(keras.callbacks.Callback):
             if not old.name.startswith(stem):
                 old.unlink()
 
+    def epoch(self) -> int | None:
+        """The epoch the last backup continues from, or None."""
+        return json.loads(self.pointer.read_text())["epoch"] if self.pointer.is_file() else None
+
     def restore(self, model: keras.Model) -> int | None:
         """Load the last backup into a compiled model; the epoch to continue from, or None."""
         if not self.pointer.is_file():
@@ -127,7 +148,7 @@ class Tracker(keras.callbacks.Callback):
         self.history = [h for h in run.history() if h["epoch"] < start_epoch]
         monitor = self.cfg.train.monitor
         self.best, self.wait = None, 0
-        for h in self.history:
+        for h in self.history if phase.validates else []:
             better = _improved(h[monitor], self.best, monitor)
             self.best = h[monitor] if better else self.best
             if h["phase"] == self.phase.name:
@@ -139,19 +160,27 @@ class Tracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, "phase": self.phase.name, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["learning_rate"] = self.phase.learning_rate
-        monitor = self.cfg.train.monitor
-        if _improved(row[monitor], self.best, monitor):
-            self.best, self.wait = row[monitor], 0
+        # What the schedule gives at the step count the epoch ended on; a float32, so 7 digits say all of it.
+        row["learning_rate"] = float(f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.7g}")
+        if self._keeps(row):
             tmp = self.run.path / ".tmp-model.keras"
             self.full_model.save(tmp)
             os.replace(tmp, self.run.model_file)
-        else:
-            self.wait += 1
         self.history.append(row)
         write_atomic(self.run.history_json, json.dumps(self.history, indent=1).encode())
         if self.patience_exhausted:
             self.model.stop_training = True
+
+    def _keeps(self, row: dict) -> bool:
+        """Whether this epoch's model becomes model.keras: the best on valid so far, or in a refit, every epoch's."""
+        if not self.phase.validates:
+            return True
+        monitor = self.cfg.train.monitor
+        if _improved(row[monitor], self.best, monitor):
+            self.best, self.wait = row[monitor], 0
+            return True
+        self.wait += 1
+        return False
 
 
 def _check_run_dir(run: RunDir, cfg: Config, overwrite: bool) -> None:
@@ -207,7 +236,7 @@ class PhaseInputs:
 
     model: keras.Model
     train: SplitData
-    valid: tf.data.Dataset
+    valid: tf.data.Dataset | None  # None in a refit
 
 
 @dataclass
@@ -232,30 +261,30 @@ def fit_phases(
     run: RunDir,
     cfg: Config,
     examples: Examples,
-    scaler: FeatureScaler | None,
+    scaler: Scaler | None,
     strategy: tf.distribute.Strategy,
     verbose: int,
+    phases: list[Phase] | None = None,
 ) -> dict:
-    """Run every phase not yet finished; returns what the run record needs (epochs, time, parameters)."""
+    """Run every phase not yet finished (those of plan_phases unless given); returns what the run record needs
+    (epochs, time, parameters). Phases that do not validate (a refit) read the train split alone."""
+    phases = plan_phases(cfg) if phases is None else phases
     classes = run.classes
-    frames = {split: examples.split(split) for split in ("train", "valid")}
+    splits = ("train", "valid") if all(phase.validates for phase in phases) else ("train",)
+    frames = {split: examples.split(split) for split in splits}
     data = {split: split_data(frame, cfg, classes, scaler, train=split == "train") for split, frame in frames.items()}
     if note := boundary.cache_off_note(cfg):
         print(note)
     log = PhaseLog.load(run)
+    keras.utils.set_random_seed(cfg.seed)  # the initial weights depend on the seed alone: a refit starts from them too
     with strategy.scope():
         model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
-    for phase in plan_phases(cfg):
+    for phase in phases:
         if phase.name in log.done:
             continue
         started = time.perf_counter()
         with strategy.scope():
             inputs = _phase_inputs(run, cfg, phase, model, frames, data)
-            inputs.model.compile(
-                optimizer=build_optimizer(cfg.train, phase.learning_rate),
-                loss=build_soft_loss(cfg.train) if cfg.augment.mixup_alpha else build_loss(cfg.train),
-                metrics=["accuracy"],
-            )
         _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
         log.finish(run, phase, time.perf_counter() - started)
         shutil.rmtree(run.backup_dir / phase.name, ignore_errors=True)
@@ -280,15 +309,17 @@ def _phase_inputs(
         model.load_weights(run.model_file)
     batch_size = cfg.train.batch_size
     if not boundary.caches_boundary(cfg):
-        valid = data["valid"].batches(batch_size)
-        if cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels, so the valid split's labels become one-hot
+        valid = data["valid"].batches(batch_size) if "valid" in data else None
+        if valid is not None and cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels: valid goes one-hot
             valid = valid.map(lambda x, y: (x, tf.one_hot(y, len(run.classes))))
         return PhaseInputs(model, data["train"], valid)
     # The frozen bottom runs once, not every epoch; the top shares its weights with `model`.
     blocks = 0 if phase.backbone == "frozen" else cfg.model.transfer.trainable_blocks
     cut = boundary.cut_at_boundary(model, blocks, cfg.model)
     train = boundary.boundary_split(cut, frames["train"], cfg, run.classes)
-    valid = boundary.boundary_split(cut, frames["valid"], cfg, run.classes).batches(batch_size)
+    valid = None
+    if "valid" in frames:
+        valid = boundary.boundary_split(cut, frames["valid"], cfg, run.classes).batches(batch_size)
     return PhaseInputs(cut.top, train, valid)
 
 
@@ -304,16 +335,22 @@ def _fit_phase(
     """Fit one phase from where it stopped (its epoch backup), keeping the best model on valid in the run."""
     first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
     backup = EpochBackup(run.backup_dir / phase.name)
-    start_epoch = backup.restore(inputs.model) or first_epoch
+    start_epoch = backup.epoch() or first_epoch
     last_epoch = first_epoch + phase.epochs
     batch_size = cfg.train.batch_size
     data = inputs.train
     ds, steps = train_dataset(data.loader, len(data), batch_size, cfg.seed, start_epoch, last_epoch, data.augmentation)
+    with strategy.scope():  # the schedule needs the steps per epoch, which the dataset decides
+        optimizer = build_optimizer(cfg.train, phase.learning_rate, steps, phase.schedule_epochs or phase.epochs)
+        loss = build_soft_loss(cfg.train) if cfg.augment.mixup_alpha else build_loss(cfg.train)
+        inputs.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    backup.restore(inputs.model)
     tracker = Tracker(run, phase, cfg, start_epoch, model)
     callbacks = [tracker, backup]  # history before backup: see Tracker
     if is_chief():
         callbacks.append(keras.callbacks.TensorBoard(str(run.logs_dir), write_graph=False))
-    print(f"phase {phase.name}: {phase.epochs} epochs at learning rate {phase.learning_rate:g}")
+    note = "" if phase.validates else " (refit on train + valid)"
+    print(f"phase {phase.name}: {phase.epochs} epochs at learning rate {phase.learning_rate:g}{note}")
     if tracker.patience_exhausted:  # it stopped early just before a kill: nothing left to fit
         return
     if cfg.train.distribute == "multi_worker":
@@ -337,6 +374,86 @@ def _write_history_csv(run: RunDir) -> None:
     import pandas as pd
 
     pd.DataFrame(run.history()).to_csv(run.history_csv, index=False)
+
+
+def _fit_run_scaler(run: RunDir, cfg: Config, examples: Examples) -> Scaler | None:
+    """The feature scaler of a features model, fitted on the examples' train split only and saved in the run."""
+    if not reads_features(cfg):
+        return None
+    scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns, cfg.seed)
+    scaler.save(run.scaler_file)
+    return scaler
+
+
+def chosen_epochs(history: list[dict], monitor: str) -> dict[str, int]:
+    """Per phase, how many of its epochs led to the run's model: up to its last epoch that improved on the best so far
+    (as Tracker judged it), 0 for a phase that never did. A later phase starts from the best model before it."""
+    chosen, best, seen = {}, None, {}
+    for row in history:
+        phase = row["phase"]
+        seen[phase] = seen.get(phase, 0) + 1
+        chosen.setdefault(phase, 0)
+        if _improved(row[monitor], best, monitor):
+            best, chosen[phase] = row[monitor], seen[phase]
+    return chosen
+
+
+def refit_examples(examples: Examples) -> Examples:
+    """What a refit trains on: the valid split joined to train (the test split stays apart)."""
+    frame = examples.frame.assign(split=examples.frame["split"].replace("valid", "train"))
+    return Examples(frame, examples.feature_columns, examples.skipped)
+
+
+def _keep_chosen(run: RunDir) -> None:
+    """Move the model chosen on valid to chosen/, with the config, classes and scaler it goes with; once only."""
+    chosen = run.chosen
+    if chosen.model_file.is_file():  # moved already: run/model.keras may be the refit's by now
+        return
+    chosen.path.mkdir(parents=True, exist_ok=True)
+    for part in ("config_file", "classes_file", "scaler_file"):
+        if getattr(run, part).is_file():  # no scaler for image models
+            write_atomic(getattr(chosen, part), getattr(run, part).read_bytes())
+    os.replace(run.model_file, chosen.model_file)  # last: its presence says chosen/ is complete
+
+
+def _promote(run: RunDir, refit_run: RunDir) -> None:
+    """Make the refit the run's model: its scaler copied over the run's, then its model moved onto model.keras.
+
+    Done again on every resume: train() writes the train-fitted scaler to the run before it gets here.
+    """
+    if refit_run.scaler_file.is_file():
+        write_atomic(run.scaler_file, refit_run.scaler_file.read_bytes())
+    if refit_run.model_file.is_file():  # else moved already
+        os.replace(refit_run.model_file, run.model_file)
+
+
+def refit(run: RunDir, cfg: Config, examples: Examples, strategy: tf.distribute.Strategy, verbose: int) -> dict:
+    """Train the run's recipe again on train + valid for the epochs chosen on valid, and make that the run's model
+    (the module docstring gives the steps); returns what the report says of the refit."""
+    epochs = chosen_epochs(run.history(), cfg.train.monitor)
+    phases = [
+        replace(phase, epochs=epochs[phase.name], schedule_epochs=phase.epochs, validates=False)
+        for phase in plan_phases(cfg)
+        if epochs.get(phase.name)
+    ]
+    _keep_chosen(run)
+    target = run.refit
+    target.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, target.config_file)
+    write_atomic(target.classes_file, run.classes_file.read_bytes())
+    merged = refit_examples(examples)
+    scaler = _fit_run_scaler(target, cfg, merged)
+    record = fit_phases(target, cfg, merged, scaler, strategy, verbose, phases)
+    shutil.rmtree(target.backup_dir, ignore_errors=True)
+    _write_history_csv(target)
+    _promote(run, target)
+    rows = merged.split("train")
+    return {
+        "tracks": int(rows["track_id"].nunique()),
+        "examples": len(rows),
+        "epochs": {p.name: p.epochs for p in phases},
+        "train_seconds": record["train_seconds"],
+    }
 
 
 def train(
@@ -369,13 +486,12 @@ def train(
             raise ConfigError("data", f"the {split} split is empty; check the split settings")
     classes = examples.classes
     write_atomic(run.classes_file, json.dumps(classes).encode())
-    scaler = None
-    if reads_features(cfg):
-        scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
-        scaler.save(run.scaler_file)
+    scaler = _fit_run_scaler(run, cfg, examples)
     if is_chief():
         _log_hparams(run, cfg)
     record = fit_phases(run, cfg, examples, scaler, strategy, verbose)
+    if cfg.train.refit:
+        record["refit"] = refit(run, cfg, examples, strategy, verbose)
     if not is_chief():  # the chief keeps the artefacts; a worker's scratch folder goes
         shutil.rmtree(run.path, ignore_errors=True)
         return record

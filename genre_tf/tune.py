@@ -9,6 +9,8 @@ trials.md (one row per trial: hyperparameters, objective, epochs, seconds, peak 
 (the best trial as a config: `python -m genre_tf.train --config tuning/<name>/best.yaml`), and one
 run directory per trial under trials/ (TensorBoard: `tensorboard --logdir tuning/<name>`, HParams
 tab). Started again, a search continues: finished trials are kept and an interrupted one resumes.
+Trials never refit (valid judges them, and a refitted model trained on valid); best.yaml keeps the config's
+`train.refit`, so training the best config refits it when asked to.
 
 Distributed search (KerasTuner chief / worker mode): run the same command on every machine with
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT pointing at the chief, and KERASTUNER_TUNER_ID set
@@ -76,6 +78,8 @@ def read_space(path: Path, cfg: Config) -> list[Param]:
     for key, spec in entries.items():
         if key.startswith(FIXED_PREFIXES):
             raise ConfigError(key, "cannot be searched: it changes the examples every trial shares")
+        if key == "train.refit":
+            raise ConfigError(key, "cannot be searched: trials are judged on valid, which a refit trains on")
         kinds = [k for k in KINDS if isinstance(spec, dict) and k in spec]
         if len(kinds) != 1:
             raise ConfigError(key, f"give exactly one of {', '.join(KINDS)}, e.g. {{int: [1, 4]}}")
@@ -176,6 +180,7 @@ def make_tuner(kind: str, cfg: Config, params: list[Param], out_dir: Path, max_t
             run_dir = trial_dir(out_dir, trial.trial_id)
             trial_cfg = trial_config(cfg, params, trial.hyperparameters, run_dir.name)
             trial_cfg.output_dir = run_dir.parent
+            trial_cfg.train.refit = False  # valid judges the trial's first fit; a refit would be time lost
             run_trial_process(trial_cfg, run_dir)
             history = [h[metric] for h in RunDir(run_dir).history()]
             return {metric: max(history) if direction == "max" else min(history)}

@@ -5,6 +5,7 @@ The factories are session-scoped fixtures that write where they are told, so mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -82,14 +83,15 @@ def make_config() -> Callable[..., Config]:
 def make_table_run(make_config) -> Callable[..., Path]:
     """make_table_run(run_path, table_csv, *overrides): a run directory made by hand, as `train` leaves it, untrained.
 
-    An MLP without hidden layers (one softmax layer) with weights drawn from `seed`, over a feature table:
-    config.yaml, classes.json, scaler.json (fitted on the train split) and model.keras. No metrics.json yet.
+    An MLP without hidden layers (one softmax layer) unless overridden, with weights drawn from `seed`, over a
+    feature table: config.yaml, classes.json, scaler.json (model.mlp.scaler, fitted on the train split) and
+    model.keras. No metrics.json yet.
     """
 
     def make(run_path: Path, table_csv: Path, *overrides: str, seed: int = 0) -> Path:
         from genre_tf import models
         from genre_tf.inputs import examples_from_table
-        from genre_tf.pipeline import FeatureScaler
+        from genre_tf.scaling import fit_scaler
 
         cfg = make_config(
             run_path.parent,
@@ -103,7 +105,7 @@ def make_table_run(make_config) -> Callable[..., Path]:
             *overrides,
         )
         examples = examples_from_table(table_csv, cfg)
-        scaler = FeatureScaler.fit(examples.split("train"), examples.feature_columns)
+        scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns)
         model = models.build_model(cfg.model, (len(scaler.columns),), len(examples.classes))
         rng = np.random.default_rng(seed)
         model.set_weights([rng.normal(0.0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
@@ -115,3 +117,26 @@ def make_table_run(make_config) -> Callable[..., Path]:
         return run_path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
+    """`with killed_after(epoch, refit=False):` training raises RuntimeError right after the backup of that epoch
+    (counted from 1, over all phases) of the first fit, or of the refit: what a kill -9 there leaves on disk."""
+
+    @contextlib.contextmanager
+    def killed(epoch: int, refit: bool = False):
+        from genre_tf.training import EpochBackup
+
+        backup = EpochBackup.on_epoch_end
+
+        def on_epoch_end(self, index, logs=None):
+            backup(self, index, logs)
+            if index + 1 == epoch and (self.folder.parent.parent.name == "refit") == refit:
+                raise RuntimeError(f"killed after epoch {epoch}")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(EpochBackup, "on_epoch_end", on_epoch_end)
+            yield
+
+    return killed

@@ -21,6 +21,16 @@ def test_int_accepted_where_float_expected():
     assert load_config(None, [*DEMO, "train.learning_rate=1"]).train.learning_rate == 1.0
 
 
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 (PyYAML) reads 1e-4 as the string '1e-4'; where the config wants a float, it is the number."""
+    cfg = load_config(None, [*DEMO, "train.learning_rate=1e-4", "audio.silence_rms=-0E+0"])
+    assert (cfg.train.learning_rate, cfg.audio.silence_rms) == (1e-4, 0.0)
+    with pytest.raises(ConfigError, match="must be a number, got '1e-4x'"):
+        load_config(None, [*DEMO, "train.learning_rate=1e-4x"])
+    with pytest.raises(ConfigError, match="must be an integer, got '1e3'"):
+        load_config(None, [*DEMO, "train.epochs=1e3"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -36,6 +46,10 @@ def test_int_accepted_where_float_expected():
         ("train=3", "train: must be a mapping"),
         ("augment.mixup_alpha=-1", "augment.mixup_alpha: must be 0.0..10.0, got -1.0"),
         ("augment.time_shift=1.5", "augment.time_shift: must be 0.0..1.0, got 1.5"),
+        ("train.schedule=linear", "train.schedule: must be one of constant, cosine, got 'linear'"),
+        ("train.optimizer=sgd", "train.optimizer: must be one of adam, adamw, got 'sgd'"),
+        ("train.weight_decay=2", "train.weight_decay: must be 0.0..1.0, got 2.0"),
+        ("model.mlp.scaler=minmax", "model.mlp.scaler: must be one of standard, quantile, got 'minmax'"),
     ],
 )
 def test_errors_name_the_key(override, message):

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from genre_tf.config import TrainConfig
-from genre_tf.optimization import SparseSmoothedCrossentropy, build_loss, build_optimizer, build_soft_loss
+from genre_tf.optimization import (
+    SparseSmoothedCrossentropy,
+    build_loss,
+    build_optimizer,
+    build_schedule,
+    build_soft_loss,
+)
 from genre_tf.pipeline import label_ids
 from genre_tf.run import RunDir
 from genre_tf.training import train
@@ -64,9 +70,50 @@ def test_soft_loss_takes_one_hot_and_mixed_targets(smoothing):
 
 
 def test_optimizer_is_adam_at_the_phase_learning_rate():
-    optimizer = build_optimizer(TrainConfig(learning_rate=0.5), 0.01)
-    assert isinstance(optimizer, keras.optimizers.Adam)
+    optimizer = build_optimizer(TrainConfig(learning_rate=0.5), 0.01, steps_per_epoch=10, epochs=3)
+    assert type(optimizer) is keras.optimizers.Adam
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    assert build_schedule(TrainConfig(), 0.01, steps_per_epoch=10, epochs=3) == 0.01, "constant: a plain number"
+
+
+def one_step(train: TrainConfig, weight: float, gradient: float) -> float:
+    """The weight after one step of the configured optimizer at learning rate 0.5."""
+    variable = keras.Variable(weight)
+    build_optimizer(train, 0.5, steps_per_epoch=1, epochs=1).apply_gradients([(keras.ops.array(gradient), variable)])
+    return float(variable)
+
+
+def test_adamw_decays_weights_apart_from_the_gradient_and_adam_does_not():
+    """AdamW's decay is decoupled: w <- w - lr * weight_decay * w, even where Adam's own step is 0 (zero gradient)."""
+    adamw = TrainConfig(optimizer="adamw", weight_decay=0.1)
+    assert isinstance(build_optimizer(adamw, 0.5, 1, 1), keras.optimizers.AdamW)
+    assert one_step(adamw, 2.0, 0.0) == pytest.approx(2.0 - 0.5 * 0.1 * 2.0)
+    assert one_step(TrainConfig(optimizer="adam", weight_decay=0.1), 2.0, 0.0) == 2.0, "weight_decay is adamw's"
+    # With a gradient, Adam's first step is lr * sign(g); AdamW's decay comes on top.
+    assert one_step(adamw, 2.0, 3.0) == pytest.approx(2.0 - 0.5 * 0.1 * 2.0 - 0.5, rel=1e-5)
+
+
+def schedule_at(train: TrainConfig, learning_rate: float, steps: list[int]) -> list[float]:
+    schedule = build_schedule(train, learning_rate, steps_per_epoch=10, epochs=5)  # 50 steps
+    return [float(schedule(step)) for step in steps]
+
+
+def test_cosine_warms_up_linearly_then_decays_to_the_floor_at_the_phase_end():
+    train = TrainConfig(schedule="cosine", warmup_epochs=1, min_learning_rate=0.1)
+    # 10 warm-up steps from 0, then 40 of cosine from 1.0 to 0.1: halfway (step 30) is 0.1 + 0.9 / 2.
+    values = schedule_at(train, 1.0, [0, 5, 10, 30, 50, 80])
+    assert values == pytest.approx([0.0, 0.5, 1.0, 0.55, 0.1, 0.1], abs=1e-6)
+    no_warmup = schedule_at(TrainConfig(schedule="cosine"), 2.0, [0, 25, 50])
+    assert no_warmup == pytest.approx([2.0, 1.0, 0.0], abs=1e-6)
+    # The floor is capped at the phase's rate: a fine-tune phase at 1e-5 under a floor of 1e-4 stays at 1e-5.
+    assert schedule_at(TrainConfig(schedule="cosine", min_learning_rate=1e-4), 1e-5, [0, 50]) == pytest.approx(
+        [1e-5, 1e-5]
+    )
+
+
+def test_constant_with_warmup_and_a_warmup_longer_than_the_phase():
+    assert schedule_at(TrainConfig(warmup_epochs=0.5), 1.0, [0, 1, 5, 20, 50]) == pytest.approx([0, 0.2, 1, 1, 1])
+    assert schedule_at(TrainConfig(warmup_epochs=10), 1.0, [0, 25, 50]) == pytest.approx([0, 0.5, 1.0])
 
 
 def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_table):
@@ -134,3 +181,45 @@ def test_training_with_mixup_fits_soft_labels_and_validates_on_one_hot_ones(tmp_
     plain = smoothed_crossentropy(label_ids(valid.label, run.classes), probs, 0.0).mean()
     assert epoch["val_loss"] == pytest.approx(plain, rel=1e-5)
     assert 0.0 <= epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])
+
+
+def test_the_history_logs_the_scheduled_rate_and_a_killed_run_resumes_on_the_same_curve(
+    tmp_path, make_config, write_feature_table, killed_after
+):
+    """Cosine with warm-up under AdamW, an MLP with dropout and BatchNorm: the learning rate in history.json is the
+    schedule's at each epoch's last step, and a run killed after epoch 2 resumes (the optimizer's step count comes
+    back with the epoch backup) to the same history and weights as a run left alone."""
+    csv = write_feature_table(tmp_path / "table.csv", ["blues", "jazz", "rock"], rows_per_class=6)  # 12 train rows
+    recipe = ["train.schedule=cosine", "train.warmup_epochs=1", "train.min_learning_rate=1e-4", "train.optimizer=adamw"]
+    runs = {}
+    for name in ("clean", "killed"):
+        cfg = make_config(
+            tmp_path,
+            f"name={name}",
+            f"output_dir={tmp_path / 'runs'}",
+            "data.source=table",
+            f"data.csv={csv}",
+            "model.mlp.hidden_layers=1",
+            "model.mlp.units=8",
+            "train.epochs=4",
+            "train.batch_size=4",  # 3 steps per epoch
+            "train.patience=0",
+            *recipe,
+        )
+        runs[name] = RunDir(tmp_path / "runs" / name)
+        if name == "killed":
+            with killed_after(2), pytest.raises(RuntimeError, match="killed after epoch 2"):
+                train(cfg, runs[name].path, verbose=0, eval_splits=("valid",))
+            assert len(runs[name].history()) == 2 and not runs[name].finished
+        train(cfg, runs[name].path, verbose=0, eval_splits=("valid",))
+    clean, killed = runs["clean"].history(), runs["killed"].history()
+
+    schedule = build_schedule(runs["clean"].config.train, 1e-3, steps_per_epoch=3, epochs=4)
+    expected = [float(schedule(3 * epoch)) for epoch in (1, 2, 3, 4)]
+    assert expected[0] == pytest.approx(1e-3) and expected[-1] == pytest.approx(1e-4)  # warmed up; at the floor
+    assert [h["learning_rate"] for h in clean] == pytest.approx(expected, rel=1e-6)
+    for a, b in zip(clean, killed, strict=True):
+        assert a.pop("phase") == b.pop("phase") == "train"
+        assert a == pytest.approx(b, rel=1e-6), (a, b)
+    for a, b in zip(runs["clean"].load_model().weights, runs["killed"].load_model().weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, err_msg=a.path)

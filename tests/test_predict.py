@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from genre_tf import cache
 from genre_tf.config import save_config
 from genre_tf.dataset import index_paths, track_id_of
-from genre_tf.predict import ensemble, load_inputs, main, predict_frame, submission, top_k_lines
+from genre_tf.predict import ensemble, in_track_order, load_inputs, main, predict_frame, submission, top_k_lines
 from genre_tf.prepare import prepare_index
 from genre_tf.run import RunDir
 
@@ -76,6 +77,69 @@ def test_ensemble_averages_the_runs_probabilities(runs):
     alone_tracks, alone, _ = ensemble([a], [csv])
     assert alone_tracks.tolist() == tracks.tolist()
     np.testing.assert_allclose(alone, prob_a, rtol=1e-5)
+
+
+def test_ensemble_of_an_mlp_and_a_linear_model_each_preprocessing_its_own_way(
+    tmp_path, make_table_run, write_feature_table
+):
+    """Two families on one feature table: an MLP (two hidden layers, standard scaling, 20 MFCCs) and a linear model
+    (no hidden layer, rank-Gauss scaling, 13 MFCCs). Each run's probabilities are what its own preprocessing, redone
+    here with sklearn from the training rows, gives its model; the ensemble is their mean, track by track."""
+    train_csv = write_feature_table(tmp_path / "train.csv", CLASSES)
+    mlp = RunDir(
+        make_table_run(
+            tmp_path / "runs" / "mlp",
+            train_csv,
+            "model.mlp.hidden_layers=2",
+            "model.mlp.units=8",
+            "model.mlp.batch_norm=false",
+            seed=3,
+        )
+    )
+    linear = RunDir(
+        make_table_run(tmp_path / "runs" / "linear", train_csv, "model.mlp.scaler=quantile", "features.n_mfcc=13")
+    )
+    unlabeled = write_feature_table(tmp_path / "unlabeled.csv", CLASSES, rows_per_class=2, labeled=False, seed=7)
+    table, train_rows = pd.read_csv(unlabeled), pd.read_csv(train_csv).query("split == 'train'")
+    expected = []
+    for run, scaler in [
+        (mlp, StandardScaler()),
+        (linear, QuantileTransformer(n_quantiles=6, output_distribution="normal")),
+    ]:
+        columns = run.scaler.columns
+        scaler.fit(train_rows[columns].to_numpy())
+        expected.append(run.load_model().predict(scaler.transform(table[columns].to_numpy()), verbose=0))
+    assert (len(mlp.scaler.columns), len(linear.scaler.columns)) == (57, 43)
+    dense = [[layer.name for layer in run.load_model().layers if "dense" in layer.name] for run in (mlp, linear)]
+    assert dense == [["dense_0", "dense_1"], []]
+    assert not np.allclose(*expected, atol=0.05), "two different runs, or the average proves nothing"
+
+    tracks, probs, skipped = ensemble([mlp, linear], [unlabeled])
+    assert tracks.tolist() == [track_id_of(f) for f in table.filename] and skipped.empty
+    np.testing.assert_allclose(probs, (expected[0] + expected[1]) / 2, rtol=1e-5, atol=1e-6)
+    reversed_tracks, reversed_probs, _ = ensemble([linear, mlp], [unlabeled])
+    assert reversed_tracks.tolist() == tracks.tolist()
+    np.testing.assert_allclose(reversed_probs, probs, rtol=1e-5, atol=1e-6)
+    output = tmp_path / "sub.csv"
+    main(["--run", str(mlp.path), "--run", str(linear.path), str(unlabeled), "--output", str(output)])
+    assert pd.read_csv(output)["class"].tolist() == [CLASSES[i] for i in probs.argmax(axis=1)]
+
+
+def test_runs_are_matched_by_track_and_must_predict_the_same_tracks(runs):
+    a, _, _ = runs
+    probs = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    aligned = in_track_order(np.array(["x", "y", "z"]), np.array(["z", "x", "y"]), probs, a)
+    np.testing.assert_array_equal(aligned, probs[[1, 2, 0]])
+    with pytest.raises(SystemExit, match="predicted other tracks than the first run .w, z differ."):
+        in_track_order(np.array(["x", "y", "z"]), np.array(["x", "y", "w"]), probs, a)
+
+
+def test_an_audio_run_given_a_feature_table_is_one_error_line(runs, tmp_path, make_config):
+    a, _, csv = runs
+    cnn = RunDir(tmp_path / "cnn")
+    save_config(make_config(tmp_path, "model.kind=cnn"), cnn.config_file)
+    with pytest.raises(SystemExit, match=r"cnn cannot read these inputs: model.kind: cnn needs audio"):
+        ensemble([a, cnn], [csv])
 
 
 def test_main_refuses_unfinished_runs_and_mixed_classes(runs, tmp_path):

@@ -1,4 +1,4 @@
-"""End to end: train -> evaluate -> predict -> compare, resume after kill -9, two-worker training."""
+"""End to end: train -> evaluate -> predict -> compare, resume after kill -9, two-worker training, refit."""
 
 import json
 import os
@@ -9,13 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
+from genre_tf import training
 from genre_tf.config import load_config
+from genre_tf.evaluate import evaluate_run
+from genre_tf.pipeline import label_ids
 from genre_tf.run import RunDir
-from genre_tf.training import plan_phases, train
+from genre_tf.training import chosen_epochs, plan_phases, train
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +214,137 @@ def test_demo_mlp_and_cnn_reach_090_test_accuracy(tmp_path):
         test = metrics["headline"]["test"]
         assert test["track_accuracy"] >= 0.9, (name, test)
         assert test["segment_accuracy"] >= 0.9, (name, test)
+
+
+def test_chosen_epochs_per_phase_follow_the_best_model_so_far():
+    """A later phase starts from the best model before it, so it counts only up to its last improvement on that."""
+    rows = [("head", 0.9), ("head", 0.7), ("head", 0.8), ("fine_tune", 0.75), ("fine_tune", 0.6), ("fine_tune", 0.65)]
+    history = [{"phase": phase, "val_loss": loss, "val_accuracy": 1 - loss} for phase, loss in rows]
+    assert chosen_epochs(history, "val_loss") == {"head": 2, "fine_tune": 2}
+    assert chosen_epochs(history[:4], "val_loss") == {"head": 2, "fine_tune": 0}  # fine-tuning never beat the head
+    ties = [{"phase": "train", "val_accuracy": a} for a in (0.5, 0.8, 0.8, 0.7)]
+    assert chosen_epochs(ties, "val_accuracy") == {"train": 2}  # a tie is no improvement, as in Tracker
+
+
+REFIT_EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def refitted(tmp_path_factory, make_config, write_feature_table, killed_after):
+    """A refitted MLP run on a feature table (18 train, 3 valid, 3 test rows) and the same run killed after its refit's
+    second epoch and started again; the arguments of the train_dataset calls of each (after the kill for the latter)."""
+    tmp = tmp_path_factory.mktemp("refit")
+    csv = write_feature_table(tmp / "table.csv", ["blues", "jazz", "rock"], rows_per_class=8)
+    calls = []
+
+    def spy(loader, n, batch_size, seed, first_epoch, epochs):
+        ds, steps = train_dataset(loader, n, batch_size, seed, first_epoch, epochs)
+        calls.append({"n": n, "epochs": (first_epoch, epochs), "steps": steps})
+        return ds, steps
+
+    train_dataset = training.train_dataset
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "train_dataset", spy)
+        for name in ("clean", "killed"):
+            cfg = make_config(
+                tmp,
+                f"name={name}",
+                f"output_dir={tmp / 'runs'}",
+                "data.source=table",
+                f"data.csv={csv}",
+                "model.mlp.hidden_layers=1",
+                "model.mlp.units=8",
+                f"train.epochs={REFIT_EPOCHS}",
+                "train.batch_size=4",
+                "train.patience=0",
+                "train.learning_rate=0.01",  # valid loss is lowest at epoch 4 of 6 (0.30 there, 0.34 at 6)
+                "train.schedule=cosine",
+                "train.warmup_epochs=1",
+                "train.refit=true",
+            )
+            run = runs[name] = RunDir(tmp / "runs" / name)
+            if name == "killed":
+                with killed_after(2, refit=True), pytest.raises(RuntimeError, match="killed after epoch 2"):
+                    train(cfg, run.path, verbose=0)
+                assert len(run.refit.history()) == 2 and not run.finished
+                assert run.chosen.model_file.is_file() and not run.model_file.exists()
+                calls.clear()
+            train(cfg, run.path, verbose=0)
+            runs[f"{name}_calls"] = list(calls)
+            calls.clear()
+    return runs, pd.read_csv(csv)
+
+
+def test_refit_trains_on_train_and_valid_for_exactly_the_chosen_epochs(refitted):
+    runs, table = refitted
+    run = runs["clean"]
+    losses = [h["val_loss"] for h in run.history()]
+    chosen = int(np.argmin(losses)) + 1
+    assert len(losses) == REFIT_EPOCHS and 2 < chosen < REFIT_EPOCHS, "the refit must stop before the first fit did"
+    refit_history = run.refit.history()
+    assert [h["epoch"] for h in refit_history] == list(range(chosen))
+    assert all(h["phase"] == "train" and "val_loss" not in h for h in refit_history)
+    first_fit, refit_call = runs["clean_calls"]
+    assert first_fit == {"n": 18, "epochs": (0, REFIT_EPOCHS), "steps": 4}
+    assert refit_call == {"n": 21, "epochs": (0, chosen), "steps": 5}  # train + valid: 5 batches of 4 per epoch
+    # The schedule spans the phase's configured epochs, so each refit epoch ends at the first fit's rate.
+    first_rates = [h["learning_rate"] for h in run.history()[:chosen]]
+    assert [h["learning_rate"] for h in refit_history] == pytest.approx(first_rates, rel=1e-5)
+    assert run.metrics()["refit"] == {
+        "tracks": 21,
+        "examples": 21,
+        "epochs": {"train": chosen},
+        "train_seconds": run.metrics()["refit"]["train_seconds"],
+    }
+    fitted = table[table.split.isin(["train", "valid"])][run.scaler.columns]
+    np.testing.assert_allclose(run.scaler.mean, fitted.mean().to_numpy())  # the final model's scaler: train + valid
+    np.testing.assert_allclose(run.refit.scaler.mean, fitted.mean().to_numpy())
+    train_only = table[table.split == "train"][run.scaler.columns]
+    np.testing.assert_allclose(run.chosen.scaler.mean, train_only.mean().to_numpy())  # the chosen model's: train
+
+
+def probabilities(run: RunDir, rows: pd.DataFrame) -> np.ndarray:
+    return run.load_model().predict(run.scaler.transform(rows), verbose=0)
+
+
+def test_refit_report_gives_valid_figures_of_the_chosen_model_and_test_figures_of_the_refitted_one(refitted):
+    runs, table = refitted
+    run = runs["clean"]
+    metrics = run.metrics()
+    valid, test = table[table.split == "valid"], table[table.split == "test"]
+    chosen_valid, final_valid = probabilities(run.chosen, valid), probabilities(run, valid)
+    assert not np.allclose(chosen_valid, final_valid), "two different models, or the check proves nothing"
+    for split, rows, probs in [("valid", valid, chosen_valid), ("test", test, probabilities(run, test))]:
+        labels, predicted = label_ids(rows.label, run.classes), probs.argmax(axis=1)
+        result = metrics["splits"][split]["segment"]
+        assert result["accuracy"] == pytest.approx(float(np.mean(labels == predicted))), split
+        confusion = np.zeros((3, 3), int)
+        np.add.at(confusion, (labels, predicted), 1)
+        assert result["confusion"] == confusion.tolist(), split
+    chosen = metrics["refit"]["epochs"]["train"]
+    assert (
+        f"The final model was refitted on train + valid (21 tracks, 21 examples) for the {chosen} epochs chosen on "
+        f"valid (per phase: train {chosen}). The valid figures are those of the model chosen on valid"
+    ) in run.report_file.read_text()
+    again = evaluate_run(run, ["valid", "test"])  # `evaluate --run` judges valid with the chosen model too
+    assert again["splits"] == metrics["splits"] and again["refit"] == metrics["refit"]
+
+
+def test_refit_killed_midway_resumes_to_the_same_run(refitted):
+    runs, _ = refitted
+    clean, killed = runs["clean"], runs["killed"]
+    assert runs["killed_calls"] == [{"n": 21, "epochs": (2, clean.metrics()["refit"]["epochs"]["train"]), "steps": 5}]
+    assert killed.history() == clean.history()
+    for a, b in zip(killed.refit.history(), clean.refit.history(), strict=True):
+        assert a.pop("phase") == b.pop("phase")
+        assert a == pytest.approx(b, rel=1e-6)
+    assert killed.metrics()["splits"] == clean.metrics()["splits"]
+    for a, b in zip(killed.load_model().weights, clean.load_model().weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, err_msg=a.path)
+
+    def files(run: RunDir) -> list[str]:
+        return sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*") if "logs" not in p.parts)
+
+    assert files(killed) == files(clean)
+    assert "chosen/model.keras" in files(clean) and "refit/model.keras" not in files(clean)  # moved onto model.keras

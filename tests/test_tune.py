@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from genre_tf import tune as tune_module
 from genre_tf.config import ConfigError, load_config
-from genre_tf.tune import read_space, trial_config
+from genre_tf.tune import make_tuner, read_space, summarise, trial_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def tune(tmp_path: Path, *args: str, env: dict | None = None, wait: bool = True)
         ("model.mlp.dropout: {float: [0.0, 2.0]}", "model.mlp.dropout: must be 0.0..0.95, got 2.0"),
         ("model.mlp.widht: {int: [1, 4]}", "model.mlp.widht: unknown key"),
         ("augment.time_shift: {float: [0.0, 2.0]}", "augment.time_shift: must be 0.0..1.0, got 2.0"),
+        ("train.refit: {bool: true}", "train.refit: cannot be searched"),
     ],
 )
 def test_space_errors_name_the_key(tmp_path, space, message):
@@ -77,6 +79,29 @@ def test_augmentation_keys_are_search_dimensions(tmp_path):
     assert [p.key for p in params] == keys
     assert (trial.augment.mixup_alpha, trial.augment.time_masks, trial.augment.time_mask_frames) == (0.4, 2, 4)
     assert trial.augment.gain_db == 0.0 and trial.augment.active
+
+
+def test_recipe_keys_are_search_dimensions_and_trials_never_refit(tmp_path, monkeypatch):
+    """The recipe keys are plain config keys a space can search; a trial trains without the base config's refit
+    (valid judges it), and best.yaml keeps the refit for the final training."""
+    cfg = load_config(None, ["data.source=demo", "data.root=x", "train.refit=true", "train.epochs=2"])
+    params = read_space(REPO / "tuning" / "mlp_recipes.yaml", cfg)
+    assert {p.key for p in params} >= {"model.mlp.scaler", "train.optimizer", "train.schedule", "train.warmup_epochs"}
+    trained = []
+
+    def fake_trial(trial_cfg, run_dir):  # what a trial process leaves: its config and history
+        trained.append(trial_cfg)
+        run_dir.mkdir(parents=True)
+        (run_dir / "history.json").write_text('[{"epoch": 0, "phase": "train", "val_loss": 0.5}]')
+        return {}
+
+    monkeypatch.setattr(tune_module, "run_trial_process", fake_trial)
+    tuner = make_tuner("random", cfg, params, tmp_path / "search", max_trials=2)
+    tuner.search()
+    summarise(tuner, cfg, params, tmp_path / "search")
+    assert len(trained) == 2 and not any(c.train.refit for c in trained)
+    assert {c.train.optimizer for c in trained} <= {"adam", "adamw"}
+    assert load_config(tmp_path / "search" / "best.yaml").train.refit
 
 
 def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path):

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from genre_tf.config import Config, load_config, save_config
-from genre_tf.features import feature_columns
+from genre_tf.config import Config, MelConfig, load_config, save_config
+from genre_tf.features import encode_mel_png, feature_columns
 
 SR = 22050
 SEGMENT_SECONDS = 0.5  # tiny segments keep extraction fast: a 1.5 s clip is 3 segments
@@ -140,3 +140,21 @@ def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
             yield
 
     return killed
+
+
+MEL_CLASSES = ["blues", "jazz", "rock"]
+MEL_IMAGES = 12
+
+
+@pytest.fixture
+def mel_frame(tmp_path) -> pd.DataFrame:
+    """12 random 16-bit mel PNGs (16 bands x 24 frames), as the feature cache writes them, with labels and tracks."""
+    rng = np.random.default_rng(0)
+    mel = MelConfig()
+    rows = []
+    for i in range(MEL_IMAGES):
+        path = tmp_path / "mels" / f"mel_{i:04d}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(encode_mel_png(rng.uniform(mel.db_floor, mel.db_ceiling, (16, 24)), mel))
+        rows.append({"track_id": f"t{i // 2}", "label": MEL_CLASSES[i % 3], "mel_path": str(path)})
+    return pd.DataFrame(rows)

@@ -11,18 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import MEL_CLASSES, MEL_IMAGES
 
 from genre_tf import boundary, training
 from genre_tf.boundary import boundary_features, boundary_split, caches_boundary, cut_at_boundary
-from genre_tf.config import AugmentConfig, CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
-from genre_tf.features import encode_mel_png
+from genre_tf.config import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs import Examples, split_data
 from genre_tf.models import build_model
 from genre_tf.pipeline import image_input_shape, train_dataset
 from genre_tf.run import RunDir
 
-CLASSES = ["blues", "jazz", "rock"]
-N_IMAGES = 12
+CLASSES, N_IMAGES = MEL_CLASSES, MEL_IMAGES
 BATCH = 4
 
 
@@ -43,17 +42,8 @@ def make_cfg(tmp_path: Path, **transfer) -> Config:
 
 
 @pytest.fixture
-def frame(tmp_path) -> pd.DataFrame:
-    """Random 16-bit mel PNGs (16 bands x 24 frames), as the feature cache writes them, with labels and tracks."""
-    rng = np.random.default_rng(0)
-    mel = MelConfig()
-    rows = []
-    for i in range(N_IMAGES):
-        path = tmp_path / "mels" / f"mel_{i:04d}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(encode_mel_png(rng.uniform(mel.db_floor, mel.db_ceiling, (16, 24)), mel))
-        rows.append({"track_id": f"t{i // 2}", "label": CLASSES[i % 3], "mel_path": str(path)})
-    return pd.DataFrame(rows)
+def frame(mel_frame) -> pd.DataFrame:
+    return mel_frame
 
 
 def build(cfg: Config) -> keras.Model:

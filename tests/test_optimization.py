@@ -116,34 +116,36 @@ def test_constant_with_warmup_and_a_warmup_longer_than_the_phase():
     assert schedule_at(TrainConfig(warmup_epochs=10), 1.0, [0, 25, 50]) == pytest.approx([0, 0.5, 1.0])
 
 
+def table_config(tmp_path, make_config, csv, name: str, *overrides):
+    """A run `name` under tmp_path/runs on a feature table."""
+    return make_config(
+        tmp_path, f"name={name}", f"output_dir={tmp_path / 'runs'}", "data.source=table", f"data.csv={csv}", *overrides
+    )
+
+
+def train_softmax_layer(tmp_path, make_config, write_feature_table, name: str, rows_per_class: int, *overrides):
+    """One epoch of a softmax layer on a tiny feature table: (run, its epoch's history, valid labels, valid probs)."""
+    csv = write_feature_table(tmp_path / "table.csv", ["blues", "jazz", "rock"], rows_per_class=rows_per_class)
+    layer = ["model.kind=mlp", "model.mlp.hidden_layers=0", "train.epochs=1"]
+    cfg = table_config(tmp_path, make_config, csv, name, *layer, *overrides)
+    train(cfg, tmp_path / "runs" / name, verbose=0, eval_splits=("valid",))
+    run = RunDir(tmp_path / "runs" / name)
+    (epoch,) = run.history()
+    table = pd.read_csv(csv)
+    valid = table[table.split == "valid"]
+    probs = run.load_model().predict(run.scaler.transform(valid), verbose=0)
+    return run, epoch, label_ids(valid.label, run.classes), probs
+
+
 def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_table):
     """Defect (96ac9d4): training compiled plain sparse cross-entropy, whatever train.label_smoothing said.
 
     One epoch of a softmax layer on a tiny table: the valid loss Keras records is the smoothed cross-entropy of the
     saved model's valid predictions, and no loss can go below the entropy of the smoothed targets.
     """
-    classes = ["blues", "jazz", "rock"]
-    csv = write_feature_table(tmp_path / "table.csv", classes)
-    cfg = make_config(
-        tmp_path,
-        "name=smooth",
-        f"output_dir={tmp_path / 'runs'}",
-        "data.source=table",
-        f"data.csv={csv}",
-        "model.kind=mlp",
-        "model.mlp.hidden_layers=0",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "train.label_smoothing=0.5",
+    run, epoch, labels, probs = train_softmax_layer(
+        tmp_path, make_config, write_feature_table, "smooth", 4, "train.batch_size=8", "train.label_smoothing=0.5"
     )
-    train(cfg, tmp_path / "runs" / "smooth", verbose=0, eval_splits=("valid",))
-    run = RunDir(tmp_path / "runs" / "smooth")
-    (epoch,) = run.history()
-
-    table = pd.read_csv(csv)
-    valid = table[table.split == "valid"]
-    probs = run.load_model().predict(run.scaler.transform(valid), verbose=0)
-    labels = label_ids(valid.label, run.classes)
     smoothed = smoothed_crossentropy(labels, probs, 0.5).mean()
     plain = smoothed_crossentropy(labels, probs, 0.0).mean()
     assert abs(smoothed - plain) > 0.05, "the check needs predictions where smoothing matters"
@@ -157,28 +159,17 @@ def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_tab
 def test_training_with_mixup_fits_soft_labels_and_validates_on_one_hot_ones(tmp_path, make_config, write_feature_table):
     """With augment.mixup_alpha the loss is categorical cross-entropy: on mixed targets in training, and on the valid
     split's labels made one-hot, where it equals the plain cross-entropy of the saved model's valid predictions."""
-    classes = ["blues", "jazz", "rock"]
-    csv = write_feature_table(tmp_path / "table.csv", classes, rows_per_class=6)
-    cfg = make_config(
+    run, epoch, labels, probs = train_softmax_layer(
         tmp_path,
-        "name=mixup",
-        f"output_dir={tmp_path / 'runs'}",
-        "data.source=table",
-        f"data.csv={csv}",
-        "model.kind=mlp",
-        "model.mlp.hidden_layers=0",
-        "train.epochs=1",
+        make_config,
+        write_feature_table,
+        "mixup",
+        6,
         "train.batch_size=4",
         "augment.mixup_alpha=0.4",
         "augment.feature_noise=0.1",
     )
-    train(cfg, tmp_path / "runs" / "mixup", verbose=0, eval_splits=("valid",))
-    run = RunDir(tmp_path / "runs" / "mixup")
-    (epoch,) = run.history()
-    table = pd.read_csv(csv)
-    valid = table[table.split == "valid"]
-    probs = run.load_model().predict(run.scaler.transform(valid), verbose=0)
-    plain = smoothed_crossentropy(label_ids(valid.label, run.classes), probs, 0.0).mean()
+    plain = smoothed_crossentropy(labels, probs, 0.0).mean()
     assert epoch["val_loss"] == pytest.approx(plain, rel=1e-5)
     assert 0.0 <= epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["loss"])
 
@@ -193,12 +184,11 @@ def test_the_history_logs_the_scheduled_rate_and_a_killed_run_resumes_on_the_sam
     recipe = ["train.schedule=cosine", "train.warmup_epochs=1", "train.min_learning_rate=1e-4", "train.optimizer=adamw"]
     runs = {}
     for name in ("clean", "killed"):
-        cfg = make_config(
+        cfg = table_config(
             tmp_path,
-            f"name={name}",
-            f"output_dir={tmp_path / 'runs'}",
-            "data.source=table",
-            f"data.csv={csv}",
+            make_config,
+            csv,
+            name,
             "model.mlp.hidden_layers=1",
             "model.mlp.units=8",
             "train.epochs=4",

@@ -14,11 +14,11 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import MEL_CLASSES, MEL_IMAGES
 
 from genre_tf import boundary
 from genre_tf.boundary import boundary_features, boundary_split, cut_at_boundary
-from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
-from genre_tf.features import encode_mel_png
+from genre_tf.config import CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs import split_data
 from genre_tf.models import build_model, transfer
 from genre_tf.models.backbone import BackboneSource
@@ -33,8 +33,7 @@ from genre_tf.models.transfer import (
 )
 from genre_tf.pipeline import image_input_shape, train_dataset
 
-CLASSES = ["blues", "jazz", "rock"]
-N_IMAGES = 12
+CLASSES, N_IMAGES = MEL_CLASSES, MEL_IMAGES
 BATCH = 4
 FRAMES = 32  # musicnn patch length: every layer is time-convolutional, so a short patch is the same network
 
@@ -115,17 +114,8 @@ def build(cfg: Config) -> keras.Model:
 
 
 @pytest.fixture
-def frame(tmp_path) -> pd.DataFrame:
-    """Random 16-bit mel PNGs (16 bands x 24 frames), as the feature cache writes them, with labels and tracks."""
-    rng = np.random.default_rng(0)
-    mel = MelConfig()
-    rows = []
-    for i in range(N_IMAGES):
-        path = tmp_path / "mels" / f"mel_{i:04d}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(encode_mel_png(rng.uniform(mel.db_floor, mel.db_ceiling, (16, 24)), mel))
-        rows.append({"track_id": f"t{i // 2}", "label": CLASSES[i % 3], "mel_path": str(path)})
-    return pd.DataFrame(rows)
+def frame(mel_frame) -> pd.DataFrame:
+    return mel_frame
 
 
 def images_of(frame: pd.DataFrame, cfg: Config) -> np.ndarray:

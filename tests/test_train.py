@@ -237,8 +237,8 @@ def refitted(tmp_path_factory, make_config, write_feature_table, killed_after):
     csv = write_feature_table(tmp / "table.csv", ["blues", "jazz", "rock"], rows_per_class=8)
     calls = []
 
-    def spy(loader, n, batch_size, seed, first_epoch, epochs):
-        ds, steps = train_dataset(loader, n, batch_size, seed, first_epoch, epochs)
+    def spy(loader, n, batch_size, seed, first_epoch, epochs, augmentation=None):
+        ds, steps = train_dataset(loader, n, batch_size, seed, first_epoch, epochs, augmentation)
         calls.append({"n": n, "epochs": (first_epoch, epochs), "steps": steps})
         return ds, steps
 

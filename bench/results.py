@@ -46,6 +46,13 @@ HEAD = ["model.transfer.head_units=128", "model.transfer.dropout=0.5", "train.ep
 PROBE = ["model.level=track", "model.transfer.head_units=0", "model.transfer.dropout=0", "model.transfer.l2=0.001",
          "train.batch_size=20", "train.learning_rate=0.01", "train.epochs=300", "train.patience=40"]  # fmt: skip
 
+# Training recipes for models learning from scratch: SpecAugment masks, gain, time crops and mixup on the
+# mel images; feature noise and mixup on the feature rows; a cosine schedule with a warm-up epoch.
+SPEC_AUGMENT = ["augment.time_masks=2", "augment.time_mask_frames=16", "augment.freq_masks=2",
+                "augment.freq_mask_bands=16"]  # fmt: skip
+IMAGE_AUGMENT = [*SPEC_AUGMENT, "augment.gain_db=6", "augment.time_shift=0.5", "augment.mixup_alpha=0.2"]
+COSINE = ["train.schedule=cosine", "train.warmup_epochs=1"]
+
 # name -> overrides of configs/gtzan_mini.yaml
 EXPERIMENTS = {
     "mlp_30s": ["model.kind=mlp", "model.level=track", "model.mlp.units=128", "model.mlp.dropout=0.5",
@@ -61,6 +68,11 @@ EXPERIMENTS = {
     "mobilenet_random_frozen": [*MOBILENET_BASE, "model.transfer.weights=null", "train.epochs=60"],
     "mobilenet_random_top3": [*MOBILENET_BASE, "model.transfer.weights=null", "model.transfer.trainable_blocks=3",
                               *FINE_TUNE],
+    "cnn_augmented": ["model.kind=cnn", "model.image_size=[128, 128]", "model.cnn.filters=16", "train.epochs=60",
+                      "train.patience=15", *IMAGE_AUGMENT, *COSINE],
+    "mlp_3s_augmented": ["model.kind=mlp", "model.level=segment", "model.mlp.units=256", "model.mlp.dropout=0.5",
+                         "train.epochs=100", "train.patience=15", "augment.feature_noise=0.2",
+                         "augment.mixup_alpha=0.2", *COSINE],
     "musicnn_msd_probe": [*MUSICNN, MSD, *PROBE],
     "musicnn_mtt_probe": [*MUSICNN, MTT, *PROBE],
     "musicnn_msd_frozen": [*MUSICNN, MSD, *HEAD],

@@ -1,15 +1,16 @@
-"""Benchmark: how to predict a clip shorter than one 3 s patch with musicnn, measured on tracks no model heard.
+"""Benchmark: how to predict a clip shorter than one segment, measured on tracks no model heard.
 
-For each gtzan_mini fold, the musicnn run that `make results` trained on the other folds
-(`saved_models/results/musicnn_msd_frozen_fold<k>`) predicts excerpts of its test tracks (2.0 and 2.5 s, cut at
-5, 12 and 20 s into each track), made into its input three ways:
-- tile: the excerpt repeated end to end to fill 3 s (what `predict` does for short clips, `audio.short_clips: tile`);
-- pad: the excerpt followed by silence up to 3 s;
-- native: a patch of the excerpt's own length through the same network (musicnn is convolutional up to its
-  global pooling, so the weights take any length).
-Prints the accuracy of each way per excerpt length, over all folds.
+For each gtzan_mini fold, a run that `make results` trained on the other folds (default: frozen MSD_musicnn
+and the augmented CNN, `saved_models/results/<model>_fold<k>`) predicts excerpts of its test tracks (2.0 and
+2.5 s, cut at 5, 12 and 20 s into each track, shorter than the 3 s segments), made into its input three ways:
+- tile: the excerpt repeated end to end to fill a segment (what `predict` does, `audio.short_clips: tile`);
+- pad: the excerpt followed by silence up to a segment;
+- native: the excerpt at its own length through the same weights (both networks are convolutional up to a
+  global pooling: a musicnn patch of fewer frames; for the CNN, a mel image of fewer frames resized in
+  proportion, so time keeps its scale).
+Prints the accuracy of each way per model and excerpt length, over all folds.
 
-    .venv/bin/python bench/short_clips.py [--model musicnn_msd_frozen]
+    .venv/bin/python bench/short_clips.py [--models musicnn_msd_frozen,cnn_augmented]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tf.audio import load_track, segment_samples, tile_to_segment
-from genre_tf.musicnn_input import patch_frames, segment_patches
+from genre_tf.features import analyse_track
 
 RESULTS = Path(__file__).resolve().parents[1] / "saved_models" / "results"
 LENGTHS = (2.0, 2.5)
@@ -29,57 +30,75 @@ OFFSETS = (5.0, 12.0, 20.0)
 WAYS = ("tile", "pad", "native")
 
 
-def excerpt_input(y: np.ndarray, way: str, cfg) -> np.ndarray:
-    """(1, frames, 96) mel power patch of an excerpt shorter than one segment, made `way`."""
-    sr, full = cfg.audio.sample_rate, segment_samples(cfg.audio)
+def made(y: np.ndarray, way: str, cfg) -> np.ndarray:
+    """The excerpt tiled or padded to one segment, or as it is."""
     if way == "tile":
-        y = tile_to_segment(y, cfg.audio)
-    elif way == "pad":
-        y = np.pad(y, (0, full - len(y)))
-    frames = patch_frames(len(y) / sr) if way == "native" else patch_frames(cfg.audio.segment_seconds)
-    return segment_patches(y, sr, [(0, len(y))], frames).astype(np.float32)
+        return tile_to_segment(y, cfg.audio)
+    if way == "pad":
+        return np.pad(y, (0, segment_samples(cfg.audio) - len(y)))
+    return y
+
+
+def model_input(y: np.ndarray, cfg, kind: str) -> np.ndarray:
+    """(1, ...) input of a waveform as one segment: the musicnn patch, or the mel image at the model's height."""
+    from genre_tf.models import MUSICNN_PATCH
+    from genre_tf.preprocessing import db_to_unit
+    from genre_tf.preprocessing.layers import MelImage
+
+    analysis = analyse_track(y, cfg.audio.sample_rate, cfg.features, cfg.mel, [(0, len(y))])
+    if kind == MUSICNN_PATCH:
+        return analysis.musicnn_segments.astype(np.float32)
+    unit = db_to_unit(analysis.mel_segments[0], cfg.mel)[::-1][None, ..., None]  # row 0 = highest band, as PNGs
+    full_frames = 1 + segment_samples(cfg.audio) // cfg.mel.hop_length
+    height, width = cfg.model.image_size
+    width = round(width * unit.shape[2] / full_frames)  # the same time scale as a whole segment's image
+    return MelImage((height, width), cfg.model.channels, cfg.model.channel_mode)(unit).numpy()
 
 
 def fold_rows(run_dir: Path) -> list[dict]:
-    """Accuracy inputs of one fold: one row per (test track, excerpt length, offset, way)."""
-    from genre_tf.inputs import load_examples
-    from genre_tf.models import build_model
+    """One row per (test track, excerpt length, offset, way): whether the run's top genre is the track's."""
+    from genre_tf.inputs import input_shape
+    from genre_tf.inputs import model_input as input_kind
+    from genre_tf.models import MUSICNN_PATCH, build_model
+    from genre_tf.prepare import prepare
     from genre_tf.run import RunDir
 
     run = RunDir(run_dir)
     cfg = run.config
+    kind = input_kind(cfg)
     trained = run.load_model()
-    native = build_model(cfg.model, (None, 96), len(run.classes))  # same weights, any patch length
+    shape = input_shape(cfg, run.scaler)
+    native_shape = (None, shape[1]) if kind == MUSICNN_PATCH else (shape[0], None, shape[2])
+    native = build_model(cfg.model, native_shape, len(run.classes))  # the same weights, any length
     native.set_weights(trained.get_weights())
-    tracks = load_examples(cfg, progress=False).split("test").drop_duplicates("track_id")
-    index = pd.read_csv(Path(cfg.cache.dir) / "prepared" / cfg.name / "index.csv").set_index("track_id")
+    tracks = prepare(cfg, progress=False).tracks
     rows = []
-    for track in tracks.itertuples():
-        y = load_track(index.loc[track.track_id, "path"], cfg.audio)
+    for track in tracks[tracks.split == "test"].itertuples():
+        y = load_track(track.path, cfg.audio)
         for length in LENGTHS:
             for offset in OFFSETS:
                 start = round(offset * cfg.audio.sample_rate)
                 excerpt = y[start : start + round(length * cfg.audio.sample_rate)]
                 for way in WAYS:
-                    model = native if way == "native" else trained
-                    probs = model.predict(excerpt_input(excerpt, way, cfg), verbose=0)[0]
-                    correct = run.classes[int(probs.argmax())] == track.label
-                    rows.append({"length": length, "way": way, "correct": correct})
+                    x = model_input(made(excerpt, way, cfg), cfg, kind)
+                    probs = (native if way == "native" else trained).predict(x, verbose=0)[0]
+                    rows.append({"length": length, "way": way, "correct": run.classes[probs.argmax()] == track.label})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="musicnn_msd_frozen", help="experiment name in bench/results.py")
+    parser.add_argument("--models", default="musicnn_msd_frozen,cnn_augmented", help="experiments of bench/results.py")
     args = parser.parse_args()
-    runs = sorted(RESULTS.glob(f"{args.model}_fold[0-9]"))
-    if not runs:
-        raise SystemExit(f"error: no {args.model}_fold<k> runs under {RESULTS}; run `make results` first")
-    rows = [row for run in runs for row in fold_rows(run)]
-    table = pd.DataFrame(rows).pivot_table(index="length", columns="way", values="correct", aggfunc="mean")
-    n = len(rows) // (len(LENGTHS) * len(WAYS))
-    print(f"{args.model}, {len(runs)} folds, {n} excerpts per length and way (test tracks only): accuracy")
-    print(table[list(WAYS)].round(3).to_string())
+    for model in args.models.split(","):
+        runs = sorted(RESULTS.glob(f"{model}_fold[0-9]"))
+        if not runs:
+            raise SystemExit(f"error: no {model}_fold<k> runs under {RESULTS}; run `make results` first")
+        rows = pd.DataFrame([row for run in runs for row in fold_rows(run)])
+        table = rows.pivot_table(index="length", columns="way", values="correct", aggfunc="mean")[list(WAYS)]
+        n = len(rows) // (len(LENGTHS) * len(WAYS))
+        print(f"{model}, {len(runs)} folds, {n} excerpts per length and way (test tracks only): accuracy")
+        print(table.round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Examples:
     frame: pd.DataFrame
     feature_columns: list[str]
     skipped: pd.DataFrame
+    split_note: str = ""  # which split the tracks got and why (dataset.split_note)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame.split == name].reset_index(drop=True)
@@ -55,7 +56,7 @@ def examples_from_prepared(prepared: Prepared, cfg: Config) -> Examples:
     """Pick the rows the model family trains on: whole tracks for a track-level features model, else segments."""
     whole_tracks = reads_features(cfg) and cfg.model.level == "track"
     frame = prepared.tracks if whole_tracks else prepared.segments
-    return Examples(frame, model_feature_columns(cfg), prepared.skipped)
+    return Examples(frame, model_feature_columns(cfg), prepared.skipped, prepared.stats.get("split", ""))
 
 
 def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
@@ -69,13 +70,16 @@ def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
         raise ConfigError("data.csv", f"{csv_path} lacks feature column(s) {', '.join(missing[:5])}")
     frame = index.tracks.join(table, on="track_id")
     skipped = pd.DataFrame([(p, p, r) for p, r in index.problems], columns=SKIPPED_COLUMNS)
-    return Examples(frame, columns, skipped)
+    return Examples(frame, columns, skipped, index.split_note)
 
 
 def load_examples(cfg: Config, progress: bool = True) -> Examples:
     """The labeled examples of a training config (audio is prepared through the cache)."""
     if cfg.data.source == "table":
-        return examples_from_table(cfg.data.csv, cfg)
+        examples = examples_from_table(cfg.data.csv, cfg)
+        if progress:
+            print(f"split: {examples.split_note}", flush=True)
+        return examples
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
 

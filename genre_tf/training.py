@@ -490,6 +490,7 @@ def train(
     if is_chief():
         _log_hparams(run, cfg)
     record = fit_phases(run, cfg, examples, scaler, strategy, verbose)
+    record["split"] = examples.split_note
     if cfg.train.refit:
         record["refit"] = refit(run, cfg, examples, strategy, verbose)
     if not is_chief():  # the chief keeps the artefacts; a worker's scratch folder goes

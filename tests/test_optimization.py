@@ -150,6 +150,7 @@ def test_training_reads_label_smoothing(tmp_path, make_config, write_feature_tab
     plain = smoothed_crossentropy(labels, probs, 0.0).mean()
     assert abs(smoothed - plain) > 0.05, "the check needs predictions where smoothing matters"
     assert epoch["val_loss"] == pytest.approx(smoothed, rel=1e-5)
+    assert run.metrics()["split"].startswith("the split column of "), "the run records which split it used"
 
     targets = np.full(3, 0.5 / 3) + np.eye(3)[0] * 0.5  # 2/3 on the true class, 1/6 on each other
     entropy = -(targets * np.log(targets)).sum()

@@ -86,7 +86,7 @@ def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
 
     cfg = run.config
     if model_input(cfg) != MUSICNN_PATCH:
-        raise SystemExit(f"error: --tags needs a musicnn run; {run.path} uses {cfg.model.transfer.backbone}")
+        raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
     name = cfg.model.transfer.backbone
     data = split_data(examples.frame, cfg, run.classes, None)
     scores = musicnn.tagger(name, input_shape(cfg, None)[0]).predict(data.batches(cfg.train.batch_size), verbose=0)

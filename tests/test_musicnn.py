@@ -261,3 +261,25 @@ def test_frozen_musicnn_backbone_has_no_live_dropout_under_fit():
     np.testing.assert_array_equal(model(x, training=True), model(x, training=True))
     twin = musicnn_transfer(dropout=0.0, trainable_blocks=5, batch_norm="train")
     assert twin.get_layer("msd_musicnn").get_layer("backend_pool_dropout").rate == 0.5  # trained whole, as published
+
+
+@needs_wheel
+@needs_reference
+def test_tagger_gives_the_reference_tag_probabilities(monkeypatch, cache_dir):
+    monkeypatch.setattr(musicnn, "weights_cache_dir", lambda: cache_dir)
+    expected = reference("metal.00000")
+    power = (10.0 ** expected["patches"].astype(np.float64) - 1.0) / 10000.0  # back from log10(10^4 x + 1)
+    tags = musicnn.tagger("MTT_musicnn").predict(power.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(tags, 1.0 / (1.0 + np.exp(-expected["MTT_musicnn/logits"])), atol=1e-4)
+    assert len(musicnn.TAGS["MTT_musicnn"]) == tags.shape[1] == 50
+
+
+def test_tags_need_a_musicnn_run(tmp_path):
+    from genre_tf.config import load_config, save_config
+    from genre_tf.predict import tag_lines
+    from genre_tf.run import RunDir
+
+    run = RunDir(tmp_path / "run")
+    save_config(load_config(None, ["data.source=demo", "data.root=x", "model.kind=cnn"]), run.config_file)
+    with pytest.raises(SystemExit, match="--tags needs a musicnn run"):
+        tag_lines(run, None)

@@ -9,7 +9,8 @@ For each 30 s gtzan_mini clip, single process, the recipes alternating clip by c
   execution off, so its function is restated here);
 - the embedding: the Keras port's 200-d penultimate features of those patches (MSD_musicnn, batch 64).
 The package's own embedding runs in a TF1 session, which this process cannot open; the port's agreement with
-it is tested in tests/test_musicnn.py.
+it is tested in tests/test_musicnn.py. Last, the cost of training the whole network from scratch (the random
+twin: every block and BatchNorm training), in seconds per 256 patches.
 
     .venv/bin/python bench/musicnn_speed.py --clips 20
 """
@@ -87,6 +88,23 @@ def main() -> None:
           f"{n / seconds['embedding']:6.2f} clips/s")  # fmt: skip
     total = seconds["ours"] + seconds["embedding"]
     print(f"{'input + embedding':24s} {1000 * total / n:7.1f} ms/clip  {n / total:6.2f} clips/s")
+    print(f"random twin training: {twin_seconds_per_256(np.resize(ours, (64, *ours.shape[1:]))):.1f} s per 256 patches")
+
+
+def twin_seconds_per_256(patches: np.ndarray) -> float:
+    """Seconds of `fit` per 256 patches for musicnn trained whole from random weights (after one warm-up step)."""
+    from genre_tf.config import ModelConfig, TransferConfig
+    from genre_tf.models import build_model
+
+    twin = TransferConfig(backbone="MSD_musicnn", weights=None, trainable_blocks=5, batch_norm="train", head_units=0)
+    model = build_model(ModelConfig(kind="transfer", transfer=twin), patches.shape[1:], 10)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    power = (10.0**patches - 1.0) / 10000.0  # the cached input, before the model's log compression
+    labels = np.zeros(len(power), int)
+    model.fit(power[:32], labels[:32], batch_size=32, verbose=0)
+    start = time.perf_counter()
+    model.fit(power, labels, batch_size=32, verbose=0)
+    return (time.perf_counter() - start) * 256 / len(power)
 
 
 if __name__ == "__main__":

@@ -106,16 +106,6 @@ def table_loader(x: np.ndarray | tuple[np.ndarray, ...], y: np.ndarray) -> Loade
     return reading_loader(table_reader(x), y)
 
 
-def image_loader(paths: list[str], y: np.ndarray, model: ModelConfig) -> Loader:
-    """Element i -> (mel image at the model's input size and channels, label)."""
-    return reading_loader(mel_reader(paths), y, mel_model_input(model))
-
-
-def patch_loader(paths: list[str], y: np.ndarray, frames: int, n_mels: int) -> Loader:
-    """Element i -> ((frames, n_mels) float32 mel power of a raw float16 patch file, label)."""
-    return reading_loader(patch_reader(paths, frames, n_mels), y)
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Training-only changes to the inputs (genre_tf.augment), drawn from each element's seed.

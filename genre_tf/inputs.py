@@ -17,8 +17,8 @@ from genre_tf import augment, models, musicnn_input, pipeline
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.features import feature_columns
-from genre_tf.pipeline import FeatureScaler
 from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
+from genre_tf.scaling import Scaler
 
 
 @dataclass
@@ -108,7 +108,7 @@ class SplitData:
 
 
 def split_data(
-    frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: FeatureScaler | None, train: bool = False
+    frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: Scaler | None, train: bool = False
 ) -> SplitData:
     """The examples of `frame` as the model reads them; `train`: with cfg.augment's augmentation for training."""
     labels = pipeline.label_ids(frame["label"], classes)
@@ -129,7 +129,7 @@ def input_column(cfg: Config) -> str:
     return {models.MEL_IMAGE: "mel_path", models.MUSICNN_PATCH: "musicnn_path"}[model_input(cfg)]
 
 
-def input_shape(cfg: Config, scaler: FeatureScaler | None) -> tuple[int, ...]:
+def input_shape(cfg: Config, scaler: Scaler | None) -> tuple[int, ...]:
     kind = model_input(cfg)
     if kind == models.FEATURES:
         return (len(scaler.columns),)

@@ -7,10 +7,8 @@ shuffled), so predictions can be aggregated per track afterwards. A loader reads
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,36 +20,6 @@ from genre_tf.preprocessing import PNG_MAX
 from genre_tf.preprocessing.layers import MelImage
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-@dataclass
-class FeatureScaler:
-    """Standardisation fitted on the train split only, saved with the run so prediction matches."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    columns: list[str]
-
-    @classmethod
-    def fit(cls, table: pd.DataFrame, columns: list[str]) -> FeatureScaler:
-        values = table[columns].to_numpy(np.float64)
-        std = values.std(axis=0)
-        return cls(values.mean(axis=0), np.where(std > 0, std, 1.0), list(columns))
-
-    def transform(self, table: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.columns if c not in table.columns]
-        if missing:
-            raise ValueError(f"feature table lacks column(s) {', '.join(missing[:5])}")
-        return ((table[self.columns].to_numpy(np.float64) - self.mean) / self.std).astype(np.float32)
-
-    def save(self, path: Path) -> None:
-        payload = {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
-        Path(path).write_text(json.dumps(payload, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> FeatureScaler:
-        payload = json.loads(Path(path).read_text())
-        return cls(np.array(payload["mean"]), np.array(payload["std"]), payload["columns"])
 
 
 def label_ids(labels: pd.Series, classes: list[str]) -> np.ndarray:

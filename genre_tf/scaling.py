@@ -1,6 +1,6 @@
 """Feature-table scalers (`model.mlp.scaler`): fitted on a run's training rows only, saved with the run as JSON.
 
-"standard" is `pipeline.FeatureScaler` (mean 0, std 1). "quantile" is rank-Gauss: each column goes through its
+"standard" is `FeatureScaler` (mean 0, std 1). "quantile" is rank-Gauss: each column goes through its
 empirical quantiles onto a standard normal (sklearn's QuantileTransformer, output_distribution="normal"), which
 tames the heavy tails and skew of spectral features. Its JSON holds the fitted quantiles and their references, not a
 pickle, so a saved run loads in any Python and sklearn version and predicts exactly as it was evaluated.
@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import QuantileTransformer
 
-from genre_tf.pipeline import FeatureScaler
-
 MAX_QUANTILES = 1000  # sklearn's default; fewer when the training rows are fewer
 
 
@@ -26,6 +24,34 @@ def _check_columns(table: pd.DataFrame, columns: list[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"feature table lacks column(s) {', '.join(missing[:5])}")
+
+
+@dataclass
+class FeatureScaler:
+    """Standardisation fitted on the train split only, saved with the run so prediction matches."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    columns: list[str]
+
+    @classmethod
+    def fit(cls, table: pd.DataFrame, columns: list[str]) -> FeatureScaler:
+        values = table[columns].to_numpy(np.float64)
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 0, std, 1.0), list(columns))
+
+    def transform(self, table: pd.DataFrame) -> np.ndarray:
+        _check_columns(table, self.columns)
+        return ((table[self.columns].to_numpy(np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        payload = {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureScaler:
+        payload = json.loads(Path(path).read_text())
+        return cls(np.array(payload["mean"]), np.array(payload["std"]), payload["columns"])
 
 
 @dataclass

@@ -12,7 +12,8 @@ from genre_tf.augment import check_augment, mask_stripes, mixup, time_neighbours
 from genre_tf.config import AugmentConfig, Config, ConfigError, MelConfig
 from genre_tf.features import encode_mel_png, feature_columns, mel_first_frame, mel_frames_per_segment
 from genre_tf.inputs import model_input, split_data
-from genre_tf.pipeline import FeatureScaler, element_seed, png_to_unit, train_dataset
+from genre_tf.pipeline import element_seed, png_to_unit, train_dataset
+from genre_tf.scaling import FeatureScaler
 
 CLASSES = ["blues", "jazz"]
 SEGMENTS = [4, 3]  # segments per track: track 0 is blues, track 1 jazz

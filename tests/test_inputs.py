@@ -15,8 +15,8 @@ from genre_tf.inputs import (
     model_input,
     split_data,
 )
-from genre_tf.pipeline import FeatureScaler
 from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare_index
+from genre_tf.scaling import FeatureScaler
 
 PUBLISHED_NON_MFCC = FEATURE_COLUMNS[:17]  # chroma_stft_mean .. perceptr_var, then tempo
 

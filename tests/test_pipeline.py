@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from genre_tf.config import MelConfig
 from genre_tf.features import encode_mel_png
-from genre_tf.pipeline import FeatureScaler, eval_dataset, label_ids, png_to_unit, table_loader, train_dataset
+from genre_tf.pipeline import eval_dataset, label_ids, png_to_unit, table_loader, train_dataset
 from genre_tf.preprocessing import unit_to_db
+from genre_tf.scaling import FeatureScaler
 
 
 def labels_of(ds) -> list[list[int]]:

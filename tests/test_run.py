@@ -13,8 +13,8 @@ import pytest
 from genre_tf import evaluate, plots
 from genre_tf.config import save_config
 from genre_tf.evaluate import evaluate_run
-from genre_tf.pipeline import FeatureScaler
 from genre_tf.run import RunDir
+from genre_tf.scaling import FeatureScaler
 
 HISTORY = [
     {"epoch": 0, "phase": "train", "loss": 1.2, "accuracy": 0.4, "val_loss": 1.1, "val_accuracy": 0.5},

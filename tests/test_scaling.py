@@ -9,10 +9,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.preprocessing import QuantileTransformer
 
-from genre_tf.pipeline import FeatureScaler
 from genre_tf.predict import ensemble
 from genre_tf.run import RunDir
-from genre_tf.scaling import QuantileScaler, fit_scaler, load_scaler
+from genre_tf.scaling import FeatureScaler, QuantileScaler, fit_scaler, load_scaler
 from genre_tf.training import train
 
 COLUMNS = ["rms_mean", "tempo"]

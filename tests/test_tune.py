@@ -61,6 +61,25 @@ def test_space_errors_name_the_key(tmp_path, space, message):
     assert str(err.value).startswith(message)
 
 
+# The family each shipped search space is written for (with the overrides its keys' ranges depend on).
+SHIPPED_SPACES = {
+    "mlp": ["model.kind=mlp"],
+    "mlp_recipes": ["model.kind=mlp"],
+    "mlp_table": ["model.kind=mlp"],
+    "cnn": ["model.kind=cnn"],
+    "resnet": ["model.kind=transfer"],
+    "musicnn": ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn"],
+}
+
+
+def test_every_shipped_space_reads_against_its_family():
+    assert {path.stem for path in (REPO / "tuning").glob("*.yaml")} == set(SHIPPED_SPACES)
+    for space, overrides in SHIPPED_SPACES.items():
+        cfg = load_config(None, ["data.source=demo", "data.root=x", *overrides])
+        keys = [param.key for param in read_space(REPO / "tuning" / f"{space}.yaml", cfg)]
+        assert keys and len(keys) == len(set(keys)), space
+
+
 def test_augmentation_keys_are_search_dimensions(tmp_path):
     import keras_tuner
 

@@ -320,15 +320,17 @@ def browser(tmp_path_factory):
 
 
 @pytest.mark.browser
-def test_the_page_shows_the_apis_genre_in_a_browser(browser, live_server, page_app, clips):
-    """Choose a demo clip on the page: its bars and strip show what the API answers for the same file.
+def test_the_page_shows_the_apis_genre_in_a_browser(browser, live_server, page_app, clips, tmp_path):
+    """Choose demo audio on the page: its bars and strip show what the API answers for the same file.
 
     GENRE_TF_SCREENSHOT=docs/serve.png saves the page (the README's picture; with GENRE_TF_SERVE_RUN set to a
     trained run, such as saved_models/demo_cnn, it shows a real prediction)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    clip = clips[DEMO_GENRES.index("house")]
+    clip = tmp_path / "house_then_techno.wav"  # a change of genre for the strip to show
+    parts = [sf.read(clips[DEMO_GENRES.index(genre)], dtype="float32") for genre in ("house", "techno")]
+    sf.write(clip, np.concatenate([audio for audio, _ in parts]), parts[0][1])
     api = TestClient(page_app).post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
     browser.get(live_server + "/")
     WebDriverWait(browser, 20).until(lambda b: api["model"] in b.find_element(By.ID, "model").text)
@@ -348,4 +350,7 @@ def test_the_page_shows_the_apis_genre_in_a_browser(browser, live_server, page_a
     if os.environ.get("GENRE_TF_SCREENSHOT"):
         target = REPO / os.environ["GENRE_TF_SCREENSHOT"]
         target.parent.mkdir(parents=True, exist_ok=True)
+        height = browser.execute_script("return Math.ceil(document.body.getBoundingClientRect().bottom)")
+        metrics = {"width": 900, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page, no scrollbar
         assert browser.save_screenshot(str(target))

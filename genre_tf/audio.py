@@ -55,6 +55,19 @@ def load_track(path: Path | str, cfg: AudioConfig) -> np.ndarray:
     return waveform.astype(np.float32, copy=False)
 
 
+def track_seconds(path: Path | str) -> float:
+    """Length of `path` in seconds as its header gives it, without decoding; raises AudioError as load_track would."""
+    with _open(Path(path)) as f:
+        return f.frames / f.samplerate
+
+
+def check_extension(name: str) -> None:
+    """Raise AudioError unless `name` ends in an audio extension (the decoder does not guess from other names)."""
+    suffix = Path(name).suffix
+    if suffix.lower() not in AUDIO_EXTENSIONS:
+        raise AudioError(f"unsupported extension {suffix or '(none)'}")
+
+
 def segment_samples(cfg: AudioConfig) -> int:
     """Samples in one segment at the configured rate."""
     return round(cfg.segment_seconds * cfg.sample_rate)
@@ -102,8 +115,7 @@ def _check_path(path: Path) -> None:
         raise AudioError("is a directory")
     if not path.exists():
         raise AudioError("file not found")
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise AudioError(f"unsupported extension {path.suffix or '(none)'}")
+    check_extension(path.name)
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
 

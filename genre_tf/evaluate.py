@@ -126,19 +126,35 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
 def predict_split(
     run: RunDir, model, frame: pd.DataFrame, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(track ids, probabilities, labels as class indices) of every example of a frame.
+    """(track ids, probabilities, labels as class indices) of every example of a frame, pooled per track for a
+    track-level model (see `pool_track_level`)."""
+    return pool_track_level(run, *predict_examples(run, model, frame, batch_size))
+
+
+def predict_examples(
+    run: RunDir, model, frame: pd.DataFrame, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(track ids, probabilities, labels as class indices), one row per example (segment) of a frame."""
+    from genre_tf.inputs import split_data
+
+    data = split_data(frame, run.config, run.classes, run.scaler)
+    probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
+    return data.track_ids, probs, data.labels
+
+
+def pool_track_level(
+    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples' predictions as the run judges them: per example, or per track for a track-level model.
 
     A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
     layer applied to the track's mean embedding.
     """
     from genre_tf import models
-    from genre_tf.inputs import split_data
 
-    data = split_data(frame, run.config, run.classes, run.scaler)
-    probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
     if not models.family(run.config.model).track_level(run.config.model):
-        return data.track_ids, probs, data.labels
-    return pool_logits(data.track_ids, probs, data.labels)
+        return track_ids, probs, labels
+    return pool_logits(track_ids, probs, labels)
 
 
 def pool_logits(

@@ -22,31 +22,46 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.config import ConfigError
+from genre_tf.config import CacheConfig, ConfigError
 from genre_tf.evaluate import aggregate_tracks
 from genre_tf.run import RunDir
 
 
 def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
     """(track ids, per-track probabilities) for a frame of examples, segments averaged per track."""
-    from genre_tf.evaluate import predict_split
+    from genre_tf.evaluate import predict_examples
 
     model = model or run.load_model()
-    track_ids, probs, _ = predict_split(run, model, frame, run.config.train.batch_size)
-    tracks, mean, _ = aggregate_tracks(track_ids, probs)
+    return track_probabilities(run, *predict_examples(run, model, frame, run.config.train.batch_size))
+
+
+def track_probabilities(
+    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, per-track probabilities) from per-example ones: the mean of a track's segments, or for a
+    track-level model the softmax of their mean logits."""
+    from genre_tf.evaluate import pool_track_level
+
+    tracks, mean, _ = aggregate_tracks(*pool_track_level(run, track_ids, probs, labels)[:2])
     return tracks, mean
 
 
-def load_inputs(run: RunDir, inputs: list[Path]):
-    """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe."""
+def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = None, progress: bool = True):
+    """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe.
+
+    `cache` replaces the run's cache settings (where entries go, how many processes extract them).
+    """
     from genre_tf.dataset import index_paths
     from genre_tf.inputs import examples_for_index, examples_from_table
 
     cfg = run.config  # shared by every use of the run: changed copies only
+    if cache is not None:
+        cfg = replace(cfg, cache=cache)
     if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
         return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
-    return examples_for_index(index_paths(inputs), replace(cfg, audio=replace(cfg.audio, short_clips="tile")))
+    tiling = replace(cfg, audio=replace(cfg.audio, short_clips="tile"))
+    return examples_for_index(index_paths(inputs), tiling, progress=progress)
 
 
 def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -58,7 +73,8 @@ def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.nda
         except ConfigError as err:  # a feature table given to a run that reads audio
             raise SystemExit(f"error: {run.path} cannot read these inputs: {err}") from None
         skipped.append(examples.skipped)
-        if examples.frame.empty:
+        if examples.frame.empty:  # the reasons first: they are what a person needs to fix
+            print_skipped(examples.skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
         run_tracks, probs = predict_frame(run, examples.frame)
         if tracks is None:
@@ -66,6 +82,12 @@ def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.nda
         else:
             total = total + in_track_order(tracks, run_tracks, probs, run)
     return tracks, total / len(runs), pd.concat(skipped).drop_duplicates(ignore_index=True)
+
+
+def print_skipped(skipped: pd.DataFrame) -> None:
+    """One line per skipped input on stderr: `skipped PATH: REASON`."""
+    for row in skipped.itertuples():
+        print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
 
 
 def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray, run: RunDir) -> np.ndarray:
@@ -79,23 +101,41 @@ def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray
     return pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
 
 
-def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
-    """Per track, the top-k tags of the run's musicnn backbone (its own pretrained tagger), segments averaged."""
-    from genre_tf.inputs import input_shape, model_input, split_data
+def tagger(run: RunDir):
+    """The pretrained tagger of the run's musicnn backbone; SystemExit for a run without one."""
+    from genre_tf.inputs import input_shape, model_input
     from genre_tf.models import MUSICNN_PATCH, musicnn
 
     cfg = run.config
     if model_input(cfg) != MUSICNN_PATCH:
         raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
-    name = cfg.model.transfer.backbone
+    return musicnn.tagger(cfg.model.transfer.backbone, input_shape(cfg, None)[0])
+
+
+def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per track, the top-k (tag, probability) of the run's musicnn tagger (`model`, else built), segments averaged."""
+    from genre_tf.inputs import split_data
+    from genre_tf.models import musicnn
+
+    cfg = run.config
+    model = model or tagger(run)
+    names = musicnn.TAGS[cfg.model.transfer.backbone]
     data = split_data(examples.frame, cfg, run.classes, None)
-    scores = musicnn.tagger(name, input_shape(cfg, None)[0]).predict(data.batches(cfg.train.batch_size), verbose=0)
+    scores = model.predict(data.batches(cfg.train.batch_size), verbose=0)
     tracks, mean, _ = aggregate_tracks(data.track_ids, scores)
-    lines = []
-    for track, p in zip(tracks, mean, strict=True):
-        best = np.argsort(p)[::-1][:k]
-        lines.append(f"{track}: {name} tags " + ", ".join(f"{musicnn.TAGS[name][i]} {p[i]:.2f}" for i in best))
-    return lines
+    return [
+        (track, [(names[i], float(p[i])) for i in np.argsort(p)[::-1][:k]])
+        for track, p in zip(tracks, mean, strict=True)
+    ]
+
+
+def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
+    """Per track, the top-k tags of the run's musicnn backbone (its own pretrained tagger), segments averaged."""
+    name = run.config.model.transfer.backbone
+    return [
+        f"{track}: {name} tags " + ", ".join(f"{tag} {p:.2f}" for tag, p in tags)
+        for track, tags in track_tags(run, examples, k)
+    ]
 
 
 def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
@@ -136,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
     tracks, probs, skipped = ensemble(runs, args.inputs)
-    for row in skipped.itertuples():
-        print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+    print_skipped(skipped)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         submission(classes, tracks, probs, args.probabilities).to_csv(args.output, index=False)

@@ -55,14 +55,20 @@ def first_frame(start: int, sr: int) -> int:
     return -(-start * MUSICNN_SAMPLE_RATE // (sr * HOP_LENGTH))
 
 
+def to_musicnn_rate(y: np.ndarray, sr: int) -> np.ndarray:
+    """A waveform at `sr` resampled to musicnn's 16 kHz (soxr_hq, as `audio.load_track` resamples)."""
+    if sr == MUSICNN_SAMPLE_RATE:
+        return y
+    return librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
+
+
 def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], frames: int) -> np.ndarray:
     """(n_segments, frames, 96) float16 mel power of each segment of a waveform at `sr`, from one 16 kHz pass.
 
     A segment's patch starts at the first 16 kHz frame centred at or after its start; frames past the end of
     the track are silent (zero power), as in the mel images.
     """
-    if sr != MUSICNN_SAMPLE_RATE:
-        y = librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
+    y = to_musicnn_rate(y, sr)
     starts = [first_frame(start, sr) for start, _ in segments]
     if not starts:
         return np.zeros((0, frames, N_MELS), np.float16)

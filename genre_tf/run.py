@@ -35,6 +35,7 @@ class RunDir:
     logs_dir = property(lambda self: self.path / "logs")
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
     loss_png = property(lambda self: self.path / "loss_curves.png")
+    export_dir = property(lambda self: self.path / "export")  # genre_tf.export's SavedModel and TFLite files
 
     @property
     def finished(self) -> bool:

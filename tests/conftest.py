@@ -120,6 +120,35 @@ def make_table_run(make_config) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def make_audio_run(make_config) -> Callable[..., Path]:
+    """make_audio_run(run_path, classes, *overrides, seed=0): an audio model's run directory made by hand, untrained.
+
+    The configured model (a CNN unless overridden) with weights drawn from `seed`: config.yaml, classes.json and
+    model.keras, as `train` leaves them. No metrics.json yet.
+    """
+
+    def make(run_path: Path, classes: list[str], *overrides: str, seed: int = 0) -> Path:
+        import keras
+
+        from genre_tf import models
+        from genre_tf.inputs import input_shape
+
+        cfg = make_config(
+            run_path.parent, f"name={run_path.name}", f"output_dir={run_path.parent}", "model.kind=cnn", f"seed={seed}",
+            *overrides,
+        )  # fmt: skip
+        keras.utils.set_random_seed(seed)
+        model = models.build_model(cfg.model, input_shape(cfg, None), len(classes))
+        run_path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_path / "config.yaml")
+        (run_path / "classes.json").write_text(json.dumps(classes))
+        model.save(run_path / "model.keras")
+        return run_path
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
     """`with killed_after(epoch, refit=False):` training raises RuntimeError right after the backup of that epoch
     (counted from 1, over all phases) of the first fit, or of the refit: what a kill -9 there leaves on disk."""

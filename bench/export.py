@@ -1,0 +1,117 @@
+"""Benchmark: exported SavedModel and TFLite files against `predict`, on the 100 real clips of gtzan_mini.
+
+For each run: export both formats (to a temporary folder), then for every clip compare the track probabilities of
+`predict` (load_inputs + predict_frame, inputs from the feature cache) with those of the SavedModel
+(tf.saved_model.load) and of the TFLite file (tf.lite.Interpreter). Prints, per run and format, the top-1
+agreement with predict, the largest probability difference, and the latency per clip: one call of the exported
+signature on the decoded waveform, its in-graph preprocessing included (for a table model, on the clip's feature
+rows). The default runs are fold 0 of the cross-validation that `make results` trains (saved_models/results/).
+
+    .venv/bin/python bench/export.py [--run DIR ...] [--clips 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genre_tf.export import export, read_waveform
+from genre_tf.inputs import reads_features
+from genre_tf.predict import load_inputs, predict_frame
+from genre_tf.run import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = REPO.parent / "shared" / "data" / "gtzan_mini"
+RUNS = REPO / "saved_models" / "results"
+DEFAULT_RUNS = [
+    "cnn_augmented_fold0",
+    "musicnn_msd_frozen_fold0",
+    "musicnn_msd_probe_fold0",
+    "mlp_3s_augmented_fold0",
+    "x30_quantile_fold0",
+]
+
+
+def saved_model_predictor(path: Path):
+    """(input -> track probabilities) of a SavedModel's serving signature."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    name = next(iter(serve.structured_input_signature[1]))
+    return lambda x: serve(**{name: tf.constant(x)})["probabilities"].numpy()
+
+
+def tflite_predictor(path: Path):
+    """(input -> track probabilities) of a TFLite file's serving signature: TensorFlow's interpreter, every core."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    runner = interpreter.get_signature_runner("serving_default")
+    (name,) = runner.get_input_details()
+    return lambda x: runner(**{name: x})["probabilities"]
+
+
+def clip_inputs(run: RunDir, paths: list[Path], examples) -> dict[str, np.ndarray]:
+    """Per track id, what the exported model takes: the decoded waveform, or the clip's feature rows."""
+    if not reads_features(run.config):
+        return {path.stem: read_waveform(path, run.config) for path in paths}
+    rows = examples.frame.groupby("track_id", sort=False)[run.scaler.columns]
+    return {track: group.to_numpy(np.float32) for track, group in rows}
+
+
+def track_probabilities(predictor, x: np.ndarray, per_row: bool) -> tuple[np.ndarray, float]:
+    """(track probabilities, seconds): a table model's rows are averaged as predict averages segments."""
+    started = time.perf_counter()
+    probs = predictor(x)
+    seconds = time.perf_counter() - started
+    return (probs.mean(axis=0) if per_row else probs), seconds
+
+
+def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
+    """Agreement, largest difference and latency of both formats of one run, as printable lines."""
+    print(f"{run.path.name}: predicting {len(paths)} clips with predict", flush=True)
+    examples = load_inputs(run, paths)
+    tracks, expected = predict_frame(run, examples.frame)
+    inputs = clip_inputs(run, paths, examples)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, suffix, load in (("saved_model", "", saved_model_predictor), ("tflite", ".tflite", tflite_predictor)):
+            output = Path(tmp) / f"{run.path.name}{suffix}"
+            export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))
+            predictor = load(output)
+            results = [track_probabilities(predictor, inputs[t], reads_features(run.config)) for t in tracks]
+            got = np.stack([probs for probs, _ in results])
+            agree = np.mean(got.argmax(axis=1) == expected.argmax(axis=1))
+            ms = 1000 * np.array([seconds for _, seconds in results])
+            lines.append(
+                f"| {run.path.name} | {fmt} | {len(tracks)} | {agree:.1%} | {np.abs(got - expected).max():.2e} "
+                f"| {np.median(ms):.1f} | {ms.mean():.1f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, action="append", help=f"default: {', '.join(DEFAULT_RUNS)} in {RUNS}")
+    parser.add_argument("--clips", type=int, default=100)
+    args = parser.parse_args()
+    paths = sorted(CLIPS.glob("*/*.flac"))[: args.clips]
+    if not paths:
+        raise SystemExit(f"error: no gtzan_mini clips under {CLIPS}")
+    runs = [RunDir(p) for p in args.run or [RUNS / name for name in DEFAULT_RUNS]]
+    missing = [str(run.path) for run in runs if not run.model_file.is_file()]
+    if missing:
+        raise SystemExit(f"error: no trained run at {', '.join(missing)} (make results trains them, or give --run)")
+    rows = [line for run in runs for line in bench_run(run, paths)]
+    print("\n| run | format | clips | top-1 agreement | max prob diff | median ms/clip | mean ms/clip |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Export a run as a self-contained SavedModel folder or TFLite file: audio in, class probabilities out.
+
+    python -m genre_tf.export --run saved_models/gtzan_cnn --format saved_model   # <run>/export/saved_model/
+    python -m genre_tf.export --run saved_models/gtzan_cnn --format tflite        # <run>/export/<run>.tflite
+    python -m genre_tf.export --run DIR --format tflite --output genres.tflite
+
+An audio model (CNN; transfer on keras.applications or musicnn) takes `waveform`: mono float32 samples at the
+stated sample rate, of any length (a clip shorter than one segment is repeated to fill one, as `predict` does).
+The graph holds the run's preprocessing (the log-mel image, or musicnn's mel power), the segments cut as the cache
+cuts them, the model, and the track's probabilities: the mean over its segments, or for a linear probe the softmax
+of their mean log-probabilities, as `evaluate` pools them. A musicnn run states 16000 Hz: its patches are made at
+16 kHz, so the graph has no resampler and takes 16 kHz audio. A table model (the MLP) takes `features`, feature-table
+rows in the run's column order, and applies the run's scaler in the graph. Every signature also returns the class
+names and a JSON `metadata` string that says what the input is. Loading needs TensorFlow only, neither genre_tf nor
+Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from genre_tf.config import AudioConfig, Config, ConfigError
+from genre_tf.run import RunDir
+
+FORMATS = ("saved_model", "tflite")
+SIGNATURE = "serving_default"
+SILENT_FLOOR = 1e-30  # probabilities are floored here before their log, as evaluate.pool_logits does
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Where a waveform's segments lie at the exported sample rate, and where their frames start in its spectrogram.
+
+    Segment k covers samples [k * hop_samples, k * hop_samples + segment_samples); its frames start at
+    ceil(k * frame_step[0] / frame_step[1]) and run for `frames` frames (past the end of the track: silence).
+    """
+
+    sample_rate: int
+    segment_samples: int
+    hop_samples: int
+    frames: int
+    frame_step: tuple[int, int]
+    max_samples: int  # samples read at most (audio.max_duration, or audio.duration when shorter)
+    fixed_samples: int | None  # audio.duration: every track trimmed or zero-padded to this
+
+
+def segment_layout(audio: AudioConfig, sample_rate: int, frames: int, frame_step: tuple[int, int]) -> SegmentLayout:
+    """The run's segments (audio.segment_seconds, segment_hop, duration) at `sample_rate`."""
+    from genre_tf.audio import segment_hop_samples, segment_samples
+
+    at_rate = replace(audio, sample_rate=sample_rate)
+    seconds = audio.max_duration if audio.duration is None else min(audio.max_duration, audio.duration)
+    divisor = math.gcd(*frame_step)  # keeps k * step inside int32 in the graph
+    return SegmentLayout(
+        sample_rate=sample_rate,
+        segment_samples=segment_samples(at_rate),
+        hop_samples=segment_hop_samples(at_rate),
+        frames=frames,
+        frame_step=(frame_step[0] // divisor, frame_step[1] // divisor),
+        max_samples=round(seconds * sample_rate),
+        fixed_samples=None if audio.duration is None else round(audio.duration * sample_rate),
+    )
+
+
+@dataclass(frozen=True)
+class AudioFrontend:
+    """What turns a waveform into the model's inputs, one per segment."""
+
+    layout: SegmentLayout
+    spectrogram: Callable  # (1, samples) -> (1, frames, ...): the whole clip, time on axis 1
+    silence: float  # the spectrogram's value for frames past the end of the track
+    to_input: Callable  # (segments, frames, ...) -> the model's input
+    note: str  # what a person must know about the input
+
+
+def audio_frontend(cfg: Config) -> AudioFrontend:
+    """The in-graph preprocessing of the run's input representation: log-mel images or musicnn patches."""
+    from genre_tf.inputs import model_input
+    from genre_tf.models import MUSICNN_PATCH
+
+    return musicnn_frontend(cfg) if model_input(cfg) == MUSICNN_PATCH else mel_frontend(cfg)
+
+
+def mel_frontend(cfg: Config) -> AudioFrontend:
+    """Log-mel images as the cache makes them (`features._mel_segments`), resized as in training (`MelImage`)."""
+    import tensorflow as tf
+
+    from genre_tf.audio import segment_hop_samples, segment_samples
+    from genre_tf.features import mel_frames_per_segment
+    from genre_tf.pipeline import mel_model_input
+    from genre_tf.preprocessing import AMIN, db_to_unit
+    from genre_tf.preprocessing.layers import LogMelImage
+
+    log_mel = LogMelImage(cfg.audio.sample_rate, vars(cfg.mel), pad_mode=cfg.features.pad_mode)
+    frames = mel_frames_per_segment(segment_samples(cfg.audio), cfg.mel)
+    step = (segment_hop_samples(cfg.audio), cfg.mel.hop_length)  # the cache's mel_first_frame(k * hop)
+    image = mel_model_input(cfg.model)
+    return AudioFrontend(
+        layout=segment_layout(cfg.audio, cfg.audio.sample_rate, frames, step),
+        # LogMelImage gives (1, n_mels, frames, 1); segments are cut along time, so time goes to axis 1 and back.
+        spectrogram=lambda waveforms: tf.transpose(log_mel(waveforms), (0, 2, 1, 3)),
+        silence=float(db_to_unit(10.0 * np.log10(AMIN), cfg.mel)),
+        to_input=lambda segments: image(tf.transpose(segments, (0, 2, 1, 3))),
+        note=f"mono float32 waveform at {cfg.audio.sample_rate} Hz, the run's sample rate",
+    )
+
+
+def musicnn_frontend(cfg: Config) -> AudioFrontend:
+    """musicnn's mel power patches as the cache makes them (`musicnn_input.segment_patches`), from 16 kHz audio."""
+    from genre_tf import musicnn_input
+    from genre_tf.audio import segment_hop_samples
+    from genre_tf.preprocessing.layers import MusicnnMelPower
+
+    rate = musicnn_input.MUSICNN_SAMPLE_RATE
+    # The cache starts segment k's patch at first_frame(k * hop, run's rate) = ceil(k * hop * 16000 / (run's rate *
+    # 256)). Segments are counted on the 16 kHz waveform: the count the cache gets, unless a clip ends within a sample
+    # of a segment's end.
+    step = (segment_hop_samples(cfg.audio) * rate, cfg.audio.sample_rate * musicnn_input.HOP_LENGTH)
+    frames = musicnn_input.patch_frames(cfg.audio.segment_seconds)
+    return AudioFrontend(
+        layout=segment_layout(cfg.audio, rate, frames, step),
+        spectrogram=MusicnnMelPower(),
+        silence=0.0,
+        to_input=lambda segments: segments,  # the model's first layer takes the log
+        note=(
+            f"mono float32 waveform at {rate} Hz: musicnn's patches are made at 16 kHz, so the graph has no "
+            f"resampler; resample to 16 kHz first (the run reads audio at {cfg.audio.sample_rate} Hz)"
+        ),
+    )
+
+
+def fit_waveform(waveform, layout: SegmentLayout):
+    """Trim (and with audio.duration pad) as `audio.load_track` does; repeat a clip shorter than one segment."""
+    import tensorflow as tf
+
+    waveform = waveform[: layout.max_samples]
+    if layout.fixed_samples is not None:
+        waveform = tf.pad(waveform, [[0, layout.fixed_samples - tf.shape(waveform)[0]]])
+    n = tf.shape(waveform)[0]
+    length = tf.maximum(n, layout.segment_samples)
+    repeats = (length + n - 1) // tf.maximum(n, 1)
+    return tf.tile(waveform, [repeats])[:length]
+
+
+def cut_segments(waveform, frontend: AudioFrontend):
+    """(segments, frames, ...) of the waveform's spectrogram, each segment's frames as the cache slices them."""
+    import tensorflow as tf
+
+    layout = frontend.layout
+    waveform = fit_waveform(waveform, layout)
+    n_segments = (tf.shape(waveform)[0] - layout.segment_samples) // layout.hop_samples + 1
+    spectrogram = frontend.spectrogram(waveform[None])[0]
+    silence = tf.fill(tf.concat([[layout.frames], tf.shape(spectrogram)[1:]], 0), frontend.silence)
+    spectrogram = tf.concat([spectrogram, silence], 0)  # frames past the end of the track are silent
+    num, den = layout.frame_step
+    starts = (tf.range(n_segments) * num + den - 1) // den
+    return tf.gather(spectrogram, starts[:, None] + tf.range(layout.frames)[None], axis=0)
+
+
+def track_probabilities(segment_probabilities, probe: bool):
+    """A track's probabilities: the segments' mean, or for a linear probe the softmax of their mean log."""
+    import tensorflow as tf
+
+    if not probe:
+        return tf.reduce_mean(segment_probabilities, axis=0)
+    return tf.nn.softmax(tf.reduce_mean(tf.math.log(tf.maximum(segment_probabilities, SILENT_FLOOR)), axis=0))
+
+
+def scaling_layer(run: RunDir):
+    """The run's feature scaler as a layer: `StandardScaling` or `QuantileScaling`."""
+    from genre_tf.preprocessing.layers import QuantileScaling, StandardScaling
+    from genre_tf.scaling import QuantileScaler
+
+    scaler = run.scaler
+    if isinstance(scaler, QuantileScaler):
+        return QuantileScaling(scaler.quantiles.tolist(), scaler.references.tolist())
+    return StandardScaling(scaler.mean.tolist(), scaler.std.tolist())
+
+
+def base_metadata(run: RunDir) -> dict:
+    """What every artefact says about itself: the run, its model and classes."""
+    from genre_tf import models
+
+    cfg = run.config
+    return {
+        "exported_by": "genre_tf.export",
+        "run": run.path.name,
+        "model": f"{cfg.model.kind}: {models.family(cfg.model).describe(cfg.model)}",
+        "classes": run.classes,
+    }
+
+
+def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool) -> dict:
+    """Metadata of an audio model: sample rate, segments and how a track's probabilities are made."""
+    audio = run.config.audio
+    pooling = "softmax of the segments' mean log-probability (linear probe)" if probe else "mean over the segments"
+    return {
+        **base_metadata(run),
+        "input": "waveform",
+        "input_note": frontend.note,
+        "sample_rate": frontend.layout.sample_rate,
+        "segment_seconds": audio.segment_seconds,
+        "segment_hop_seconds": audio.segment_hop or audio.segment_seconds,
+        "track_probabilities": pooling,
+    }
+
+
+def table_metadata(run: RunDir) -> dict:
+    """Metadata of a table model: its feature columns, in input order, and its scaler."""
+    from genre_tf.scaling import QuantileScaler
+
+    scaler = run.scaler
+    kind = "quantile" if isinstance(scaler, QuantileScaler) else "standard"
+    return {
+        **base_metadata(run),
+        "input": "features",
+        "input_note": (
+            f"feature-table rows of {len(scaler.columns)} columns in the order of `columns` (genre_tf's features, "
+            f"the published GTZAN table's names), unscaled: the run's {kind} scaler is in the graph"
+        ),
+        "columns": scaler.columns,
+        "scaler": kind,
+        "sample_rate": 0,
+        "row_probabilities": "one per row: a whole track's row, or a segment's (average a track's segments)",
+    }
+
+
+def constant_outputs(metadata: dict) -> dict:
+    """Outputs every signature carries: class names, sample rate and the metadata as JSON."""
+    import tensorflow as tf
+
+    return {
+        "classes": tf.constant(metadata["classes"]),
+        "sample_rate": tf.constant(metadata["sample_rate"], tf.int32),
+        "metadata": tf.constant(json.dumps(metadata)),
+    }
+
+
+def serving_module(run: RunDir, model=None) -> tuple:
+    """(tf.Module, metadata): the module holds the run's model and `serve`, the function to trace into the signature
+    (preprocessing, model and pooling); the metadata is what the signature says of itself."""
+    import tensorflow as tf
+
+    from genre_tf.inputs import reads_features
+
+    model = run.load_model() if model is None else model
+    module = tf.Module()
+    # The TensorFlow variables under the model's Keras variables (`.value` on the TensorFlow backend), tracked by the
+    # module: tracked only through the Keras model they are saved too, but the TFLite converter then keeps them as
+    # resource variables that no one initialises, instead of freezing them into constants (NaN outputs).
+    module.model_variables = [variable.value for variable in model.variables]
+    if reads_features(run.config):
+        layer, metadata = scaling_layer(run), table_metadata(run)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, len(metadata["columns"])], tf.float32, name="features")])
+        def serve(features):
+            return {"probabilities": model(layer(features), training=False), **constant_outputs(metadata)}
+
+    else:
+        from genre_tf import models
+
+        frontend = audio_frontend(run.config)
+        probe = models.family(run.config.model).track_level(run.config.model)
+        metadata = audio_metadata(run, frontend, probe)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+        def serve(waveform):
+            segments = model(frontend.to_input(cut_segments(waveform, frontend)), training=False)
+            return {
+                "probabilities": track_probabilities(segments, probe),
+                "segment_probabilities": segments,
+                **constant_outputs(metadata),
+            }
+
+    module.serve = serve
+    return module, metadata
+
+
+def read_waveform(path: Path, cfg: Config) -> np.ndarray:
+    """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
+    from genre_tf.audio import load_track
+    from genre_tf.inputs import model_input
+    from genre_tf.models import MUSICNN_PATCH
+    from genre_tf.musicnn_input import to_musicnn_rate
+
+    y = load_track(path, cfg.audio)
+    return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
+
+
+def write_saved_model(module, path: Path) -> None:
+    """The module as a SavedModel with one signature, `serving_default`."""
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
+
+
+def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
+    """A SavedModel as TFLite flatbuffer bytes, and whether it needs TF Select (Flex) ops.
+
+    Builtin ops first, so that any TFLite interpreter runs the file; Select ops only where builtins cannot express
+    an op (they need an interpreter linked with the Flex delegate).
+    """
+    import tensorflow as tf
+
+    def convert(ops: list) -> bytes:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = ops
+        return converter.convert()
+
+    try:
+        return convert([tf.lite.OpsSet.TFLITE_BUILTINS]), False
+    except Exception:  # the converter raises assorted errors; Select ops are the one remedy to try
+        return convert([tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]), True
+
+
+def default_output(run: RunDir, fmt: str) -> Path:
+    """Where an export goes unless --output says otherwise: the run's export folder."""
+    return run.export_dir / ("saved_model" if fmt == "saved_model" else f"{run.path.name}.tflite")
+
+
+def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] = print) -> dict:
+    """Write the run as a SavedModel folder or a .tflite file at `output`; returns the artefact's metadata."""
+    from genre_tf.cache import write_atomic
+
+    started = time.perf_counter()
+
+    def step(text: str) -> None:
+        progress(f"[{time.perf_counter() - started:5.1f} s] {text}")
+
+    step(f"loading {run.path}")
+    module, metadata = serving_module(run)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
+        saved = Path(tmp) / "saved_model"
+        step("tracing the serving graph and writing the SavedModel")
+        write_saved_model(module, saved)
+        if fmt == "saved_model":
+            if output.exists():
+                shutil.rmtree(output)
+            saved.rename(output)  # whole or not at all: written beside it, then moved into place
+        else:
+            step("converting to TFLite")
+            data, select_ops = tflite_bytes(saved)
+            write_atomic(output, data)
+            metadata["tflite_select_ops"] = select_ops
+    step(f"written {output} ({artefact_bytes(output) / 1e6:.1f} MB)")
+    return metadata
+
+
+def artefact_bytes(path: Path) -> int:
+    """Size of a file, or of every file in a folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(metadata: dict) -> list[str]:
+    """What a person needs to call the artefact: its input, outputs and classes."""
+    if metadata["input"] == "features":
+        columns = metadata["columns"]
+        lines = [
+            f"input: features, float32 (rows, {len(columns)}): {metadata['input_note']}",
+            f"columns: {columns[0]} ... {columns[-1]} (all of them in the metadata output)",
+            f"outputs: probabilities (rows, {len(metadata['classes'])}) per row, classes, sample_rate (0), metadata",
+        ]
+    else:
+        lines = [
+            f"input: waveform, float32 (samples,): {metadata['input_note']}; any length, a clip shorter than one "
+            f"segment ({metadata['segment_seconds']:g} s) is repeated to fill one",
+            f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
+            "segment_probabilities (segments, classes), classes, sample_rate, metadata (JSON)",
+        ]
+    lines.append(f"classes: {', '.join(metadata['classes'])}")
+    if metadata.get("tflite_select_ops"):
+        lines.append("note: uses TF Select ops (Flex): the interpreter needs the Flex delegate")
+    return lines
+
+
+def check_run(run: RunDir) -> None:
+    """A run that can be exported, or a one-line error."""
+    if not run.path.is_dir():
+        raise SystemExit(f"error: no such run directory: {run.path}")
+    if not run.model_file.is_file():
+        raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    try:
+        run.config  # noqa: B018  (reads and validates config.yaml)
+    except ConfigError as err:
+        raise SystemExit(f"error: {run.config_file}: {err}") from None
+
+
+def check_output(output: Path, fmt: str) -> None:
+    """Refuse to replace anything but an earlier export of the same format."""
+    if not output.exists():
+        return
+    if fmt == "saved_model" and not (output / "saved_model.pb").is_file():
+        raise SystemExit(f"error: {output} exists and is not a SavedModel; give another --output")
+    if fmt == "tflite" and output.is_dir():
+        raise SystemExit(f"error: {output} is a folder; give a file path for --format tflite")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    parser.add_argument("--format", required=True, help="saved_model (a folder) or tflite (a file)")
+    parser.add_argument("--output", type=Path, help="default: <run>/export/saved_model or <run>/export/<run>.tflite")
+    args = parser.parse_args(argv)
+    if args.format not in FORMATS:
+        raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")
+    run = RunDir(args.run)
+    check_run(run)
+    output = args.output or default_output(run, args.format)
+    check_output(output, args.format)
+    metadata = export(run, args.format, output, progress=lambda line: print(line, flush=True))
+    print("\n".join(describe(metadata)))
+
+
+if __name__ == "__main__":
+    main()

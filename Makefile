@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/transfer.py
 	$(PY) bench/musicnn_speed.py
 
-# Every number of the README's Results section, from ../shared/data (about an hour on 2 cores; resumable).
+# Every number of the README's Results section, from ../shared/data (about 6 hours on 2 cores; resumable).
 results: $(STAMP)
 	$(PY) bench/results.py
 

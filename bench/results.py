@@ -216,16 +216,19 @@ def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation(folds: pd.DataFrame) -> pd.DataFrame:
-    """Per augmentation: the recipe's track and segment accuracy with and without it, on the folds both ran."""
+    """Per augmentation: the recipe's track and segment accuracy with and without it, on the folds where the full
+    recipe and every one of its ablations ran (so that the rows of a recipe compare alike)."""
     rows = []
     for full, augmentations in (("cnn_augmented", IMAGE_AUGMENTATIONS), ("mlp_3s_augmented", TABLE_AUGMENTATIONS)):
+        variants = {part: folds[folds.model == f"{full}_no_{part}"].set_index("fold") for part in augmentations}
         with_all = folds[folds.model == full].set_index("fold")
-        for part in augmentations:
-            without = folds[folds.model == f"{full}_no_{part}"].set_index("fold")
-            shared = with_all.index.intersection(without.index)
+        shared = with_all.index
+        for without in variants.values():
+            shared = shared.intersection(without.index)
+        for part, without in variants.items():
             if shared.empty:
                 continue
-            row = {"recipe": full, "augmentation": part, "folds": len(shared)}
+            row = {"recipe": full, "augmentation": part, "folds": ", ".join(map(str, sorted(shared)))}
             for level in ("track", "segment"):
                 a, b = with_all.loc[shared, f"{level}_accuracy"], without.loc[shared, f"{level}_accuracy"]
                 row |= {f"{level}_with": a.mean(), f"{level}_without": b.mean(), f"{level}_added": (a - b).mean()}

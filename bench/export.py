@@ -33,7 +33,7 @@ DEFAULT_RUNS = [
     "musicnn_msd_frozen_fold0",
     "musicnn_msd_probe_fold0",
     "mlp_3s_augmented_fold0",
-    "x30_quantile_fold0",
+    "mlp_30s_quantile_refit_fold0",
 ]
 
 

@@ -25,6 +25,9 @@ from genre_tf.run import RunDir
 LEVELS = ("segment", "track_mean", "track_vote")
 
 
+PROBABILITY_FLOOR = 1e-30  # probabilities are floored here before their log when logits are pooled
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix."""
     labels = list(range(len(classes)))
@@ -161,7 +164,7 @@ def pool_logits(
     track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
-    frame = pd.DataFrame(np.log(np.maximum(probs, 1e-30)))
+    frame = pd.DataFrame(np.log(np.maximum(probs, PROBABILITY_FLOOR)))
     frame["track"] = track_ids
     groups = frame.groupby("track", sort=False)
     mean_logits = groups.mean().to_numpy()

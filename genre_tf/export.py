@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from genre_tf.config import AudioConfig, Config, ConfigError
+from genre_tf.evaluate import PROBABILITY_FLOOR
 from genre_tf.run import RunDir
 
 FORMATS = ("saved_model", "tflite")
 SIGNATURE = "serving_default"
-SILENT_FLOOR = 1e-30  # probabilities are floored here before their log, as evaluate.pool_logits does
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def track_probabilities(segment_probabilities, probe: bool):
 
     if not probe:
         return tf.reduce_mean(segment_probabilities, axis=0)
-    return tf.nn.softmax(tf.reduce_mean(tf.math.log(tf.maximum(segment_probabilities, SILENT_FLOOR)), axis=0))
+    return tf.nn.softmax(tf.reduce_mean(tf.math.log(tf.maximum(segment_probabilities, PROBABILITY_FLOOR)), axis=0))
 
 
 def scaling_layer(run: RunDir):

@@ -321,16 +321,22 @@ def _check_metadata(key: str, value: Any, metadata: Any) -> None:
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi)):
         raise ConfigError(key, f"must be {lo}..{hi}, got {value}")
-    if metadata.get("exists") and value is not None and not Path(value).exists():
-        raise ConfigError(key, f"path does not exist: {value}")
+
+
+def check_data_paths(data: DataConfig) -> None:
+    """The data a config reads exists: checked for a job that reads it, not for a saved run loaded to predict."""
+    for f in dataclasses.fields(data):
+        value = getattr(data, f.name)
+        if f.metadata.get("exists") and value is not None and not Path(value).exists():
+            raise ConfigError(f"data.{f.name}", f"path does not exist: {value}")
+    if data.source == "folder" and not data.root.is_dir():
+        raise ConfigError("data.root", f"folder does not exist: {data.root}")
 
 
 def _check_consistency(cfg: Config) -> None:
     data = cfg.data
     if data.source in ("folder", "demo") and data.root is None:
         raise ConfigError("data.root", f"is required when data.source is {data.source}")
-    if data.source == "folder" and not data.root.is_dir():
-        raise ConfigError("data.root", f"folder does not exist: {data.root}")
     if data.source in ("csv", "table") and data.csv is None:
         raise ConfigError("data.csv", f"is required when data.source is {data.source}")
     if data.valid_fraction + data.test_fraction >= 1.0:
@@ -412,16 +418,22 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_yaml(path.parent / parent, (*seen, path.resolve())), values)
 
 
-def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply overrides, validate; raises ConfigError."""
+def load_config(path: Path | str | None, overrides: list[str] = (), check_paths: bool = True) -> Config:
+    """Read a YAML config, apply overrides, validate; raises ConfigError.
+
+    `check_paths=False` skips only the check that the data's files and folders exist: a saved run predicts, exports
+    and serves from another working directory or machine than the one it was trained on.
+    """
     values = read_yaml(Path(path)) if path is not None else {}
-    return config_from_dict(apply_overrides(values, list(overrides)))
+    return config_from_dict(apply_overrides(values, list(overrides)), check_paths)
 
 
-def config_from_dict(values: dict) -> Config:
+def config_from_dict(values: dict, check_paths: bool = True) -> Config:
     """Validate nested plain values (as YAML gives them) into a Config; raises ConfigError."""
     cfg = _build(Config, values)
     _check_consistency(cfg)
+    if check_paths:
+        check_data_paths(cfg.data)
     return cfg
 
 

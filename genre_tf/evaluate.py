@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from genre_tf import plots
 from genre_tf.cache import write_atomic
+from genre_tf.config import ConfigError, check_data_paths, exit_config_error
 from genre_tf.run import RunDir
 
 LEVELS = ("segment", "track_mean", "track_vote")
@@ -230,7 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     run = RunDir(args.run)
     if not run.model_file.is_file():
         raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
-    metrics = evaluate_run(run, args.split or ["valid", "test"])
+    try:
+        check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
+        metrics = evaluate_run(run, args.split or ["valid", "test"])
+    except ConfigError as err:
+        exit_config_error(err)
     print(format_headline(metrics))
     print(f"written to {run.report_file}")
 

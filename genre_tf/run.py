@@ -43,7 +43,8 @@ class RunDir:
 
     @cached_property
     def config(self) -> Config:
-        return load_config(self.config_file)
+        """The run's config; the data it was trained on need not be where it was (or anywhere) to use the model."""
+        return load_config(self.config_file, check_paths=False)
 
     @cached_property
     def classes(self) -> list[str]:

@@ -208,3 +208,30 @@ def test_a_fragment_is_reported_too_short_not_predicted(tmp_path, make_config, w
     assert examples.skipped[["track_id", "reason"]].values.tolist() == [
         ["fragment", "too short (0.07 s < audio.min_seconds 0.5 s)"]
     ]
+
+
+def test_a_run_moved_away_from_its_data_still_predicts(
+    tmp_path, make_table_run, write_feature_table, monkeypatch, capsys
+):
+    """Defect: loading a run checked that its training data still existed, so a run copied to another machine, or used
+    from another working directory, could not predict, export or serve. Evaluation reads that data and still says so."""
+    from genre_tf import evaluate
+
+    csv = write_feature_table(tmp_path / "train.csv", CLASSES)
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("track_id,split\n" + "".join(f"{c}.0000{i},train\n" for c in CLASSES for i in range(4)))
+    run = RunDir(make_table_run(tmp_path / "runs" / "mlp", csv, f"data.split_file={split_file}"))
+    unlabeled = write_feature_table(tmp_path / "unlabeled.csv", CLASSES, rows_per_class=1, labeled=False)
+    csv.unlink()
+    split_file.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    main(["--run", str(run.path), str(unlabeled), "--output", "submission.csv"])
+    assert pd.read_csv(elsewhere / "submission.csv")["class"].isin(CLASSES).all()
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--run", str(run.path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"config error: data.csv: path does not exist: {csv}"

@@ -173,6 +173,10 @@ class TrainConfig:
     # After the epochs are chosen on valid, train again on train + valid for exactly those epochs (per phase) and
     # make that the run's model (genre_tf.training); the valid figures stay those of the chosen model.
     refit: bool = False
+    # The refit's learning rate: "follow" the first fit's curve up to the chosen epoch (the schedule spans the
+    # configured epochs), or "anneal": the schedule spans the refit's own epochs, so a cosine ends at its floor. A
+    # recipe whose valid figures swing from epoch to epoch at a high rate then ends where its weights have settled.
+    refit_schedule: Literal["follow", "anneal"] = "follow"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 

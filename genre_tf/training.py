@@ -13,7 +13,8 @@ improved the monitored valid figure (0 for a phase that never improved on the ph
      backups, TensorBoard logs), on train + valid, for exactly the chosen epochs of each phase, with no early
      stopping and no choice: each epoch's model replaces the last. The scaler is fitted on train + valid, the model
      starts from the same seeded initial weights as the first fit, and the learning rate schedule spans the phase's
-     configured epochs, so the refit follows the first fit's learning rate curve up to the chosen epoch;
+     configured epochs, so the refit follows the first fit's learning rate curve up to the chosen epoch (with
+     `train.refit_schedule: anneal` it spans the chosen epochs instead, so a cosine decays to its floor by the end);
   3. the refit's scaler is copied and its model moved (one rename) onto the run's scaler.json and model.keras.
 Each step is done once and skipped when found done, so a kill anywhere resumes (inside step 2 from the refit's epoch
 backup). The report judges valid with the chosen model (valid trained the refitted one) and test with the refitted
@@ -431,8 +432,9 @@ def refit(run: RunDir, cfg: Config, examples: Examples, strategy: tf.distribute.
     """Train the run's recipe again on train + valid for the epochs chosen on valid, and make that the run's model
     (the module docstring gives the steps); returns what the report says of the refit."""
     epochs = chosen_epochs(run.history(), cfg.train.monitor)
+    follow = cfg.train.refit_schedule == "follow"
     phases = [
-        replace(phase, epochs=epochs[phase.name], schedule_epochs=phase.epochs, validates=False)
+        replace(phase, epochs=epochs[phase.name], schedule_epochs=phase.epochs if follow else None, validates=False)
         for phase in plan_phases(cfg)
         if epochs.get(phase.name)
     ]

@@ -231,8 +231,9 @@ REFIT_EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def refitted(tmp_path_factory, make_config, write_feature_table, killed_after):
-    """A refitted MLP run on a feature table (18 train, 3 valid, 3 test rows) and the same run killed after its refit's
-    second epoch and started again; the arguments of the train_dataset calls of each (after the kill for the latter)."""
+    """A refitted MLP run on a feature table (18 train, 3 valid, 3 test rows), the same run killed after its refit's
+    second epoch and started again, and the same run refitted with an annealed schedule; the arguments of the
+    train_dataset calls of each (after the kill for the killed one)."""
     tmp = tmp_path_factory.mktemp("refit")
     csv = write_feature_table(tmp / "table.csv", ["blues", "jazz", "rock"], rows_per_class=8)
     calls = []
@@ -246,7 +247,7 @@ def refitted(tmp_path_factory, make_config, write_feature_table, killed_after):
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(training, "train_dataset", spy)
-        for name in ("clean", "killed"):
+        for name, refit_schedule in (("clean", "follow"), ("killed", "follow"), ("annealed", "anneal")):
             cfg = make_config(
                 tmp,
                 f"name={name}",
@@ -262,6 +263,7 @@ def refitted(tmp_path_factory, make_config, write_feature_table, killed_after):
                 "train.schedule=cosine",
                 "train.warmup_epochs=1",
                 "train.refit=true",
+                f"train.refit_schedule={refit_schedule}",
             )
             run = runs[name] = RunDir(tmp / "runs" / name)
             if name == "killed":
@@ -302,6 +304,18 @@ def test_refit_trains_on_train_and_valid_for_exactly_the_chosen_epochs(refitted)
     np.testing.assert_allclose(run.refit.scaler.mean, fitted.mean().to_numpy())
     train_only = table[table.split == "train"][run.scaler.columns]
     np.testing.assert_allclose(run.chosen.scaler.mean, train_only.mean().to_numpy())  # the chosen model's: train
+
+
+def test_an_annealed_refit_decays_over_its_own_epochs(refitted):
+    runs, _ = refitted
+    clean, annealed = runs["clean"], runs["annealed"]
+    losses = [[h["val_loss"] for h in run.history()] for run in (clean, annealed)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5), "the first fit is the same"
+    rates = [h["learning_rate"] for h in annealed.refit.history()]
+    chosen = len(clean.refit.history())
+    assert len(rates) == chosen and rates[-1] == pytest.approx(0.0, abs=1e-9)  # cosine to min_learning_rate 0
+    followed = [h["learning_rate"] for h in clean.refit.history()]
+    assert followed[-1] > 1e-3 and all(a <= f + 1e-9 for a, f in zip(rates[1:], followed[1:], strict=True))
 
 
 def probabilities(run: RunDir, rows: pd.DataFrame) -> np.ndarray:

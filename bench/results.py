@@ -108,6 +108,7 @@ for full, augmentations in (("cnn_augmented", IMAGE_AUGMENTATIONS), ("mlp_3s_aug
 # the first fit's curve stood at the chosen epoch lands anywhere on that swing: it anneals over its own epochs.
 EXPERIMENTS["cnn_augmented_no_masks_refit"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT,
                                                "train.refit_schedule=anneal"]  # fmt: skip
+EXPERIMENTS["cnn_augmented_no_masks_refit_follow"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT]  # the default
 TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
 
 

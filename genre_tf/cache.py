@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from genre_tf import features
-from genre_tf.audio import AudioError, load_track, segment_bounds, tile_to_segment
+from genre_tf.audio import AudioError, load_track, segment_bounds, segment_samples, tile_to_segment
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 
 TMP_PREFIX = ".tmp-"
@@ -234,11 +234,29 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
+def compile_kernels(recipe: Recipe) -> None:
+    """Compile (or load) every numba kernel that extraction uses, in this process, by analysing a short tone.
+
+    librosa asks numba to cache its compiled kernels beside its source (`librosa/**/__pycache__/*.nbi, *.nbc`).
+    Numba writes a kernel's index and its data as separate files with no lock between processes, so extraction
+    workers that each compile the same kernels on a cold cache write the same entries at once, and a later process
+    that loaded what they left crashed in librosa's pitch tracking (a segfault). Run before a pool starts, this
+    writes every entry once; the workers then only read them.
+    """
+    sr = recipe.audio.sample_rate
+    n = max(segment_samples(recipe.audio), recipe.features.n_fft, recipe.mel.n_fft) + recipe.features.hop_length
+    t = np.arange(n) / sr
+    y = (0.3 * np.sin(2 * np.pi * 440.0 * t) + 0.05 * np.sin(2 * np.pi * 97.0 * t)).astype(np.float32)
+    with threadpool_limits(1):
+        features.analyse_track(y, sr, recipe.features, recipe.mel, segment_bounds(n, recipe.audio))
+
+
 def _parallel(jobs: list[tuple], workers: int) -> Iterator[TrackResult]:
     if workers <= 1 or len(jobs) <= 1:
         with threadpool_limits(1):
             yield from map(_extract_job, jobs)
         return
+    compile_kernels(jobs[0][3])
     # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:

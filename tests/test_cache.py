@@ -95,6 +95,66 @@ def test_parallel_equals_serial(tmp_path):
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
 
 
+NUMBA_WRITE_HOOK = """
+import multiprocessing, os, sys
+
+def _log_numba_writes(event, args):
+    # numba writes each cache file under a temporary name in "wb" mode, then renames it into place
+    if event == "open" and isinstance(args[0], str) and ".nb" in args[0] and args[1] and "w" in args[1]:
+        who = "worker" if multiprocessing.parent_process() is not None else "parent"
+        with open(os.environ["NUMBA_WRITE_LOG"], "a") as log:
+            log.write(f"{who} {args[0]}\\n")
+
+sys.addaudithook(_log_numba_writes)
+"""
+
+
+def warm_numba_cache_but_pitch(cache_dir: Path) -> None:
+    """A numba cache dir holding librosa's compiled kernels as its own __pycache__ has them, except pitch tracking's.
+
+    A wholly cold cache costs half a minute of compiling; one cold module shows the same race.
+    """
+    import librosa
+    from numba.core.caching import _CacheLocator
+
+    for cached in Path(librosa.__file__).parent.rglob("__pycache__/*.nb[ic]"):
+        if "pitch." not in cached.name:
+            target = cache_dir / _CacheLocator.get_suitable_cache_subpath(cached.parent.parent / "x.py")
+            target.mkdir(parents=True, exist_ok=True)
+            (target / cached.name).write_bytes(cached.read_bytes())
+
+
+def test_extraction_workers_find_librosas_numba_kernels_compiled(tmp_path):
+    """On a cold numba cache, `prepare --jobs 2` compiles librosa's kernels once, in the parent, before the pool.
+
+    Workers that compiled them themselves wrote the same numba cache entries at once, which left caches that made
+    later processes crash in librosa's pitch tracking; an audit hook in every process logs who writes them.
+    """
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NUMBA_WRITE_HOOK)
+    log = tmp_path / "numba_writes.log"
+    warm_numba_cache_but_pitch(tmp_path / "numba")
+    env = {
+        **os.environ,
+        "NUMBA_CACHE_DIR": str(tmp_path / "numba"),  # cold, and librosa's own __pycache__ stays untouched
+        "NUMBA_WRITE_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 2, demo_seconds: 2}}\n"
+        f"cache: {{dir: {tmp_path / 'cache'}}}\naudio: {{segment_seconds: 1.0}}\nmel: {{n_mels: 32}}\n"
+    )
+    command = [sys.executable, "-m", "genre_tf.prepare", "--config", str(config), "--jobs", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "extracted 12" in done.stdout
+    writers = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert [path for who, path in writers if who == "worker"] == []
+    assert any(who == "parent" for who, _ in writers), "the cold cache was filled by the parent"
+
+
 def test_kill_and_resume_is_byte_identical(tmp_path):
     """prepare killed with SIGKILL mid-extraction, then rerun, leaves the same cache as one clean run."""
     config = tmp_path / "c.yaml"

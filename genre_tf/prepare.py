@@ -20,10 +20,11 @@ import pandas as pd
 
 from genre_tf import features
 from genre_tf.cache import Recipe, TrackStore, extract_all, write_atomic
-from genre_tf.config import Config, add_config_arguments, config_from_args, save_config
-from genre_tf.dataset import Index, build_index
+from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error, save_config
+from genre_tf.dataset import SPLITS, Index, build_index
 
 SKIPPED_COLUMNS = ["path", "track_id", "reason"]
+IMBALANCE = 1.5  # a training split whose largest genre has this many times the tracks of its smallest is reported
 
 
 @dataclass
@@ -52,7 +53,8 @@ def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) 
         frame.insert(4, "mel_path", store.mel_paths(track.digest, track.n_segments))
         frame.insert(5, "musicnn_path", store.musicnn_paths(track.digest, track.n_segments))
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["track_id", *columns])
+    names = ["track_id", "segment", "label", "split", "mel_path", "musicnn_path", *columns]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
 
 
 def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: bool = True) -> Prepared:
@@ -70,11 +72,12 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
     skipped = [(p, t, r) for p, t, r in zip(paths, tracks.track_id, reasons, strict=True) if r is not None]
     n_failed = len(skipped)
     skipped += [(p, Path(p).stem, r) for p, r in index.problems]  # reported while indexing; not extracted or kept apart
-    tracks = tracks[[r is None for r in reasons]].reset_index(drop=True)
+    tracks = tracks[np.array([r is None for r in reasons], dtype=bool)].reset_index(drop=True)
     columns = features.feature_columns(cfg.features.n_mfcc)
     rows = np.stack([store.track_row(d) for d in tracks.digest]) if len(tracks) else np.zeros((0, len(columns)))
     tracks = pd.concat([tracks, pd.DataFrame(rows, columns=columns)], axis=1)
     segments = _segment_table(tracks, store, columns)
+    skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     seconds = time.perf_counter() - started
     extracted = sum(not r.hit for r in results)
     stats = {
@@ -88,9 +91,44 @@ def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: 
         "clips_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
         "split": index.split_note,
         "splits": tracks["split"].value_counts().sort_index().to_dict(),
+        "genres": genre_counts(tracks),
+        "skipped_by_reason": skipped.reason.map(reason_kind).value_counts().to_dict(),
+        "ignored": index.ignored,
         "recipe_key": recipe.key,
     }
-    return Prepared(tracks, segments, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), stats)
+    return Prepared(tracks, segments, skipped, stats)
+
+
+def genre_counts(tracks: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Tracks per genre and split, {genre: {"train": n, "valid": n, "test": n}}, for labeled tracks."""
+    labeled = tracks[(tracks.label != "") & tracks.split.isin(SPLITS)]
+    table = pd.crosstab(labeled.label, labeled.split).reindex(columns=list(SPLITS), fill_value=0)
+    return {genre: {split: int(n) for split, n in row.items()} for genre, row in table.iterrows()}
+
+
+def genre_lines(genres: dict[str, dict[str, int]]) -> list[str]:
+    """The tracks per genre and split, and a line on imbalance where the training split has it."""
+    if not genres:
+        return []
+    width = max(map(len, genres))
+    lines = [f"{len(genres)} genres, tracks in train / valid / test:"]
+    lines += [f"  {genre:<{width}}  " + " / ".join(str(n[s]) for s in SPLITS) for genre, n in genres.items()]
+    train = {genre: n["train"] for genre, n in genres.items()}
+    most, least = max(train, key=train.get), min(train, key=train.get)
+    if train[least] and train[most] >= IMBALANCE * train[least]:
+        lines.append(
+            f"imbalanced: train has {train[most]} {most} tracks but {train[least]} {least} "
+            f"({train[most] / train[least]:.1f}x); the report's balanced accuracy weighs every genre alike, "
+            "and train.class_weight: balanced weights the loss by inverse frequency"
+        )
+    return lines
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without its particulars: `too short (0.30 s < ...)` -> `too short`."""
+    for mark in (" (", ": "):
+        reason = reason.split(mark, 1)[0]
+    return reason
 
 
 def prepare(cfg: Config, jobs: int | None = None, progress: bool = True) -> Prepared:
@@ -102,8 +140,9 @@ def prepare(cfg: Config, jobs: int | None = None, progress: bool = True) -> Prep
             cfg.data.root, cfg.data.demo_tracks_per_genre, cfg.data.demo_seconds, cfg.audio.sample_rate, cfg.seed
         )
     index = build_index(cfg.data, cfg.seed)
-    if progress:
-        print(f"split: {index.split_note}", flush=True)  # before extraction, which can take a while
+    if progress:  # before extraction, which can take a while
+        counts = genre_counts(index.tracks)
+        print("\n".join([f"split: {index.split_note}", *genre_lines(counts)]), flush=True)
     return prepare_index(index, cfg, jobs, progress)
 
 
@@ -131,8 +170,27 @@ def format_summary(prepared: Prepared) -> str:
         f"cache hits {s['cache_hits']}  extracted {s['extracted']}",
         f"{s['seconds']:.1f} s, {s['clips_per_second']} clips/s; splits {s['splits']}",
     ]
-    lines += [f"{row.path}: {row.reason}" for row in prepared.skipped.itertuples()]
-    return "\n".join(lines)
+    return "\n".join(lines + skipped_lines(prepared.skipped) + ignored_lines(s["ignored"]))
+
+
+def skipped_lines(skipped: pd.DataFrame, listed: int = 5, examples: int = 2) -> list[str]:
+    """A few skipped files one by one (`skipped PATH: REASON`); more grouped by reason, most first, with a few of
+    each (`300 skipped: duplicate track id (rock/1.mp3, ...)`). skipped.csv has every one with its whole reason."""
+    if len(skipped) <= listed:
+        return [f"skipped {row.path}: {row.reason}" for row in skipped.itertuples()]
+    groups = skipped.groupby(skipped.reason.map(reason_kind), sort=False).path
+    lines = []
+    for kind, paths in sorted(groups, key=lambda group: -len(group[1])):
+        shown = ", ".join(paths.iloc[:examples]) + (", ..." if len(paths) > examples else "")
+        lines.append(f"{len(paths)} skipped: {kind} ({shown})")
+    return [*lines, "every skipped file, with its whole reason, is in skipped.csv"]
+
+
+def ignored_lines(ignored: dict[str, int]) -> list[str]:
+    if not ignored:
+        return []
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items(), key=lambda item: -item[1]))
+    return [f"ignored {sum(ignored.values())} files that are not audio: {kinds}"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: cache.jobs, 0 = all cores)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    prepared = prepare(cfg, jobs=args.jobs)
+    try:
+        prepared = prepare(cfg, jobs=args.jobs)
+    except ConfigError as err:
+        exit_config_error(err)
     out_dir = prepared_dir(cfg)
     write_prepared(prepared, cfg, out_dir)
     print(format_summary(prepared))

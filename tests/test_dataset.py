@@ -11,12 +11,16 @@ import pytest
 from genre_tf.config import ConfigError, load_config
 from genre_tf.dataset import (
     GTZAN_GENRES,
+    assign_splits,
     build_index,
     fold_numbers,
     gtzan_split,
     index_csv,
     index_folder,
+    index_paths,
     index_table,
+    stratified_minimum,
+    track_id,
     track_id_of,
 )
 from genre_tf.demo import generate_demo
@@ -34,12 +38,13 @@ def make_tree(root: Path, genres=("a", "b", "c"), per_genre=10) -> None:
     (root / "a" / ".DS_Store").write_bytes(b"")
 
 
-def test_folder_index_uses_stems_and_folders(tmp_path):
+def test_folder_index_ids_are_paths_below_the_root_and_labels_are_genre_folders(tmp_path):
     make_tree(tmp_path)
     index = index_folder(tmp_path)
     assert len(index.tracks) == 30
-    assert index.tracks.track_id.iloc[0] == "a.00000"
+    assert index.tracks.track_id.iloc[0] == "a/a.00000"
     assert sorted(index.tracks.label.unique()) == ["a", "b", "c"]
+    assert index.ignored == {".DS_Store": 1} and not index.problems
 
 
 def test_duplicate_stems_are_reported(tmp_path):
@@ -47,7 +52,9 @@ def test_duplicate_stems_are_reported(tmp_path):
     (tmp_path / "a" / "a.00000.au").write_bytes(b"x")
     index = index_folder(tmp_path)
     assert len(index.tracks) == 30
-    assert index.problems and "duplicate track id a.00000" in index.problems[0][1]
+    assert index.problems == [
+        (str(tmp_path / "a" / "a.00000.wav"), f"duplicate track id (a/a.00000, also {tmp_path / 'a' / 'a.00000.au'})")
+    ]
 
 
 def test_csv_index_resolves_relative_paths(tmp_path):
@@ -55,7 +62,16 @@ def test_csv_index_resolves_relative_paths(tmp_path):
     pd.DataFrame({"path": ["x.wav", "/abs/y.mp3"], "label": ["rock", "jazz"]}).to_csv(tmp_path / "i.csv", index=False)
     tracks = index_csv(tmp_path / "i.csv").tracks
     assert tracks.path.tolist() == [str(tmp_path / "x.wav"), "/abs/y.mp3"]
-    assert tracks.track_id.tolist() == ["x", "y"]
+    assert tracks.track_id.tolist() == [track_id(tmp_path / "x.wav", "/"), "abs/y"]  # the files' common folder: /
+
+
+def test_csv_ids_are_paths_below_the_csvs_folder(tmp_path):
+    pd.DataFrame({"path": ["a/song.mp3", "b/song.mp3", "./a/song.mp3"], "label": ["rock", "jazz", "rock"]}).to_csv(
+        tmp_path / "i.csv", index=False
+    )
+    index = index_csv(tmp_path / "i.csv")
+    assert index.tracks.track_id.tolist() == ["a/song", "b/song"]  # the third row is the first file again
+    assert not index.problems
 
 
 def test_stratified_split_is_reproducible_and_by_track(tmp_path):
@@ -104,10 +120,13 @@ def test_fault_filtered_split_reports_missing_tracks():
             f"data.split_file={SHARED / 'gtzan_split' / 'fault_filtered.csv'}",
         ],
     )
-    index = build_index(cfg.data, 0)
+    index = assign_splits(index_folder(cfg.data.root), cfg.data, 0)
     counts = index.tracks.split.value_counts().to_dict()
     assert counts == {"valid": 49, "train": 40, "unassigned": 7, "test": 4}
     assert len(index.problems) == 7 and all("not in split file" in reason for _, reason in index.problems)
+    # gtzan_mini's clips 00000-00012 of blues, classical and country are all valid or test in this split
+    with pytest.raises(ConfigError, match="data.split_file: no training track in genre blues, classical, country"):
+        build_index(cfg.data, 0)
 
 
 def test_loose_files_take_labels_from_a_split_file(tmp_path):
@@ -117,7 +136,7 @@ def test_loose_files_take_labels_from_a_split_file(tmp_path):
     split_file = tmp_path.parent / f"{tmp_path.name}-split.csv"
     split_file.write_text("track_id,genre,split\nblues.00000,blues,train\nrock.00001,rock,valid\n")
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", f"data.split_file={split_file}"])
-    index = build_index(cfg.data, 0)
+    index = assign_splits(index_folder(cfg.data.root), cfg.data, 0)
     tracks = index.tracks.set_index("track_id")
     assert index.split_note == f"split file {split_file} (3 tracks; 1 not in the split reported)"
     assert tracks.loc["blues.00000", "label"] == "blues" and tracks.loc["blues.00000", "split"] == "train"
@@ -131,9 +150,9 @@ def test_loose_files_take_labels_from_a_split_file(tmp_path):
 
 def make_gtzan_tree(root: Path, ids: list[str]) -> None:
     """Empty files named like GTZAN clips, in genre folders (`mine.00000` goes to `mine/`)."""
-    for track_id in ids:
-        (root / track_id.split(".")[0]).mkdir(parents=True, exist_ok=True)
-        (root / track_id.split(".")[0] / f"{track_id}.wav").write_bytes(b"x")
+    for name in ids:
+        (root / name.split(".")[0]).mkdir(parents=True, exist_ok=True)
+        (root / name.split(".")[0] / f"{name}.wav").write_bytes(b"x")
 
 
 ALL_GTZAN = [f"{genre}.{i:05d}" for genre in GTZAN_GENRES for i in range(100)]
@@ -178,9 +197,12 @@ def test_some_gtzan_ids_get_a_stratified_split_unless_gtzan_is_asked_for(tmp_pat
     auto = build_index(folder_config(tmp_path).data, 7)
     assert auto.split_note == "stratified by track, seed 7 (only 10 of 20 track ids are GTZAN ids)"
     assert not auto.problems and auto.tracks.split.value_counts().to_dict() == {"train": 12, "test": 4, "valid": 4}
-    gtzan = build_index(folder_config(tmp_path, "data.split=gtzan").data, 7)
+    gtzan_data = folder_config(tmp_path, "data.split=gtzan").data
+    gtzan = assign_splits(index_folder(tmp_path), gtzan_data, 7)
     split = gtzan.tracks.set_index("track_id").split
-    assert (split[[f"mine.{i:05d}" for i in range(10)]] == "unassigned").all()
+    assert (split[[f"mine/mine.{i:05d}" for i in range(10)]] == "unassigned").all()
+    with pytest.raises(ConfigError, match="data.root: only one genre \\(blues 10 tracks\\)"):
+        build_index(gtzan_data, 7)
     assert split[[f"blues.{i:05d}" for i in range(10)]].tolist() == gtzan_split().split.iloc[:10].tolist()
     assert gtzan.split_note == (
         "gtzan fault-filtered (data.split gtzan; 10 of 20 track ids are GTZAN ids; 10 not in the split reported)"
@@ -197,14 +219,18 @@ def test_asking_for_gtzan_without_gtzan_ids_is_a_config_error(tmp_path):
 
 @needs_shared
 def test_gtzan_mini_gets_the_shipped_split_without_folds():
-    index = build_index(folder_config(SHARED / "gtzan_mini").data, 0)
+    data = folder_config(SHARED / "gtzan_mini").data
+    index = assign_splits(index_folder(data.root), data, 0)
     assert index.tracks.split.value_counts().to_dict() == {"valid": 49, "train": 40, "unassigned": 7, "test": 4}
     assert index.split_note == "gtzan fault-filtered (100 GTZAN track ids; 7 not in the split reported)"
+    with pytest.raises(ConfigError, match="data.split: no training track in genre blues, classical, country"):
+        build_index(data, 0)  # which is why configs/gtzan_mini.yaml cross-validates
 
 
 @needs_shared
 def test_loose_gtzan_files_are_labeled_by_their_ids():
-    tracks = build_index(folder_config(SHARED / "gtzan_formats").data, 0).tracks.set_index("track_id")
+    data = folder_config(SHARED / "gtzan_formats").data
+    tracks = assign_splits(index_folder(data.root), data, 0).tracks.set_index("track_id")
     assert tracks.label.to_dict() == {g: g.split(".")[0] for g in tracks.index}
     assert tracks.split.to_dict() == {
         "blues.00000": "valid",
@@ -215,7 +241,7 @@ def test_loose_gtzan_files_are_labeled_by_their_ids():
 
 
 def test_prepare_with_any_music_folder_needs_no_split_file(tmp_path):
-    generate_demo(tmp_path / "music", tracks_per_genre=2, seconds=3.2, sample_rate=22050)
+    generate_demo(tmp_path / "music", tracks_per_genre=4, seconds=3.2, sample_rate=22050)
     command = [sys.executable, "-m", "genre_tf.prepare", "--config", "configs/cnn.yaml", "--jobs", "1"]
     command += ["--set", f"data.root={tmp_path / 'music'}", "--set", f"cache.dir={tmp_path / 'cache'}"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -223,4 +249,95 @@ def test_prepare_with_any_music_folder_needs_no_split_file(tmp_path):
     line = "split: stratified by track, seed 42 (track ids are not GTZAN ids)"
     assert proc.stdout.splitlines()[0] == line
     summary = json.loads((tmp_path / "cache" / "prepared" / "gtzan_cnn" / "summary.json").read_text())
-    assert summary["split"] == line.removeprefix("split: ") and summary["tracks"] == 12
+    assert summary["split"] == line.removeprefix("split: ") and summary["tracks"] == 24
+
+
+def make_library(root: Path) -> None:
+    """Genre folders that reuse file names (`1.flac` in each), albums nested in one, a cover, a playlist, a link."""
+    for genre in ("jazz", "rock", "pop"):
+        for i in range(1, 5):
+            (root / genre).mkdir(parents=True, exist_ok=True)
+            (root / genre / f"{i}.flac").write_bytes(f"{genre}{i}".encode())
+    for album in ("Artist/IV", "Artist/V"):
+        (root / "rock" / album).mkdir(parents=True)
+        (root / "rock" / album / "01 Intro.mp3").write_bytes(album.encode())
+        (root / "rock" / album / "cover.jpg").write_bytes(b"jpg")
+    (root / "rock" / "list.m3u").write_text("1.flac\n")
+    (root / "pop" / "remix.m4a").write_bytes(b"m4a")
+    (root / "pop" / "again.flac").symlink_to(root / "pop" / "1.flac")  # the same file twice is one track
+    (root / "jazz" / "loop").symlink_to(root / "jazz", target_is_directory=True)  # followed once, no loop
+
+
+def test_a_library_keeps_every_track_whatever_its_file_name(tmp_path):
+    make_library(tmp_path)
+    index = index_folder(tmp_path)
+    tracks = index.tracks.set_index("track_id")
+    assert tracks.index.tolist() == [
+        "jazz/1", "jazz/2", "jazz/3", "jazz/4", "pop/1", "pop/2", "pop/3", "pop/4",
+        "rock/1", "rock/2", "rock/3", "rock/4", "rock/Artist/IV/01 Intro", "rock/Artist/V/01 Intro",
+    ]  # fmt: skip
+    assert tracks.loc["rock/Artist/V/01 Intro", "label"] == "rock" and tracks.label.value_counts().to_dict() == {
+        "rock": 6,
+        "jazz": 4,
+        "pop": 4,
+    }
+    assert index.problems == [(str(tmp_path / "pop" / "remix.m4a"), "unsupported audio format .m4a")]
+    assert index.ignored == {".jpg": 2, ".m3u": 1}
+
+
+def test_prediction_ids_are_made_below_the_inputs_common_folder(tmp_path):
+    make_library(tmp_path)
+    albums = [tmp_path / "rock" / "Artist" / "IV", tmp_path / "rock" / "Artist" / "V"]
+    assert index_paths(albums).tracks.track_id.tolist() == ["IV/01 Intro", "V/01 Intro"]
+    assert index_paths([tmp_path / "rock"]).tracks.track_id.tolist()[-2:] == ["Artist/IV/01 Intro", "Artist/V/01 Intro"]
+    one = index_paths([tmp_path / "jazz" / "2.flac", tmp_path / "jazz" / "2.flac"])
+    assert one.tracks.track_id.tolist() == ["2"] and not one.problems
+    assert index_paths([tmp_path / "pop" / "1.flac", tmp_path / "rock" / "1.flac"]).tracks.track_id.tolist() == [
+        "pop/1",
+        "rock/1",
+    ]
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("x")
+    nothing = index_paths([empty])
+    assert nothing.tracks.empty and nothing.ignored == {".txt": 1}
+
+
+@pytest.mark.parametrize(
+    ("per_genre", "overrides", "message"),
+    [
+        ({"rock": 8}, [], "data.root: only one genre \\(rock 8 tracks\\); a genre classifier needs at least two"),
+        (
+            {"rock": 8, "jazz": 2, "pop": 3},
+            [],
+            "data.split: too few tracks in genre jazz 2, pop 3: a stratified split with valid 0.15 and test 0.15 "
+            "needs 4 per genre",
+        ),
+        (
+            {"rock": 8, "jazz": 4},
+            ["data.folds=5"],
+            "data.split: too few tracks in genre jazz 4: 5-fold cross-validation needs 5 per",
+        ),
+    ],
+)
+def test_a_split_that_cannot_give_a_sound_model_is_one_config_error(tmp_path, per_genre, overrides, message):
+    for genre, n in per_genre.items():
+        (tmp_path / genre).mkdir()
+        for i in range(n):
+            (tmp_path / genre / f"{i}.wav").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=message):
+        build_index(folder_config(tmp_path, *overrides).data, 0)
+
+
+def test_a_folder_without_audio_is_one_config_error(tmp_path):
+    (tmp_path / "rock").mkdir()
+    (tmp_path / "rock" / "cover.jpg").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"data.root: no audio files in {tmp_path} \\(1 other files ignored\\)"):
+        build_index(folder_config(tmp_path).data, 0)
+
+
+def test_stratified_minimum_follows_the_fractions():
+    assert stratified_minimum(0.15, 0.15) == 4
+    assert stratified_minimum(0.2, 0.2) == 3
+    assert stratified_minimum(0.0, 0.0) == 1
+    assert stratified_minimum(0.5, 0.0) == 2

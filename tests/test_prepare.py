@@ -11,7 +11,7 @@ from genre_tf.cache import Recipe, TrackStore, file_digest
 from genre_tf.config import load_config
 from genre_tf.dataset import INDEX_COLUMNS, Index, index_paths
 from genre_tf.features import feature_columns
-from genre_tf.prepare import SKIPPED_COLUMNS, prepare_index, write_prepared
+from genre_tf.prepare import SKIPPED_COLUMNS, genre_lines, prepare_index, skipped_lines, write_prepared
 
 DUPLICATE = ("elsewhere/a.wav", "duplicate track id a (also a.wav)")
 
@@ -141,3 +141,30 @@ def test_short_clips_is_a_policy_on_one_cache_entry(tmp_path, make_config, write
     assert (again.stats["cache_hits"], again.stats["extracted"]) == (2, 0)
     assert again.skipped.reason.tolist() == ["shorter than one segment (0.30 s < 0.5 s)"]
     assert len(list((tmp_path / "cache" / "tracks").iterdir())) == 1, "one recipe folder for both policies"
+
+
+def test_many_skips_are_grouped_by_reason_and_few_are_listed():
+    many = pd.DataFrame(
+        [(f"rock/{i}.mp3", f"rock/{i}", f"duplicate track id (rock/{i}, also x)") for i in range(300)]
+        + [("a.wav", "a", "too short (0.30 s < audio.min_seconds 0.5 s)")],
+        columns=SKIPPED_COLUMNS,
+    )
+    assert skipped_lines(many) == [
+        "300 skipped: duplicate track id (rock/0.mp3, rock/1.mp3, ...)",
+        "1 skipped: too short (a.wav)",
+        "every skipped file, with its whole reason, is in skipped.csv",
+    ]
+    assert skipped_lines(many.tail(1)) == ["skipped a.wav: too short (0.30 s < audio.min_seconds 0.5 s)"]
+
+
+def test_genre_lines_give_counts_per_split_and_name_an_imbalance():
+    counts = {"jazz": {"train": 12, "valid": 3, "test": 3}, "rock": {"train": 80, "valid": 20, "test": 20}}
+    lines = genre_lines(counts)
+    assert lines[:3] == ["2 genres, tracks in train / valid / test:", "  jazz  12 / 3 / 3", "  rock  80 / 20 / 20"]
+    assert lines[3].startswith("imbalanced: train has 80 rock tracks but 12 jazz (6.7x)")
+    assert len(genre_lines({"jazz": counts["jazz"], "rock": counts["jazz"]})) == 3
+
+
+def test_an_empty_index_prepares_to_empty_tables(tmp_path, make_config):
+    prepared = prepare_index(Index(pd.DataFrame(columns=INDEX_COLUMNS)), make_config(tmp_path), progress=False)
+    assert prepared.tracks.empty and prepared.segments.empty and {"split", "mel_path"} <= set(prepared.segments)

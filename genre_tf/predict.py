@@ -59,9 +59,14 @@ def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = Non
         cfg = replace(cfg, cache=cache)
     if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
         return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
+    index = index_paths(inputs)
+    if index.tracks.empty and not index.problems:
+        ignored = sum(index.ignored.values())
+        found = f" ({ignored} files that are not audio)" if ignored else ""
+        raise SystemExit(f"error: nothing to predict: no audio files in {', '.join(map(str, inputs))}{found}")
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
     tiling = replace(cfg, audio=replace(cfg.audio, short_clips="tile"))
-    return examples_for_index(index_paths(inputs), tiling, progress=progress)
+    return examples_for_index(index, tiling, progress=progress)
 
 
 def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

@@ -235,3 +235,21 @@ def test_a_run_moved_away_from_its_data_still_predicts(
         evaluate.main(["--run", str(run.path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"config error: data.csv: path does not exist: {csv}"
+
+
+def test_an_empty_folder_or_albums_reusing_names_give_what_a_person_expects(tmp_path, make_config, write_clip):
+    """Nothing to predict is one line, before any audio is read; `01.wav` in two albums is two tracks."""
+    cfg = make_config(tmp_path)
+    run = RunDir(tmp_path / "runs" / "run")
+    save_config(cfg, run.config_file)
+    empty = tmp_path / "empty"
+    (empty / "linked").mkdir(parents=True)
+    (empty / "linked" / "cover.jpg").write_bytes(b"jpg")
+    with pytest.raises(SystemExit, match=f"error: nothing to predict: no audio files in {empty} \\(1 files"):
+        load_inputs(run, [empty])
+    library = tmp_path / "library"
+    write_clip(library / "Artist" / "One" / "01.wav", 1.0, 440.0)
+    write_clip(library / "Artist" / "Two" / "01.wav", 1.0, 880.0)
+    (tmp_path / "linked").symlink_to(library, target_is_directory=True)  # a link to the library is walked too
+    examples = load_inputs(run, [tmp_path / "linked"], progress=False)
+    assert examples.frame.track_id.unique().tolist() == ["Artist/One/01", "Artist/Two/01"]

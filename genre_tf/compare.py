@@ -35,6 +35,7 @@ def comparison_row(run: RunDir) -> dict:
         "valid_track_acc": valid.get("track_accuracy"),
         "test_segment_acc": test.get("segment_accuracy"),
         "test_track_acc": test.get("track_accuracy"),
+        "test_balanced_acc": test.get("balanced_accuracy"),
         "test_macro_f1": test.get("macro_f1"),
         "epochs": metrics.get("epochs"),
         "train_seconds": metrics.get("train_seconds"),

@@ -30,7 +30,11 @@ PROBABILITY_FLOOR = 1e-30  # probabilities are floored here before their log whe
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix."""
+    """Accuracy, balanced accuracy, macro and per-class precision / recall / F1 and the confusion matrix.
+
+    Balanced accuracy is the mean recall over the genres present (sklearn's balanced_accuracy_score): where genres are
+    imbalanced, a model that always answers the largest one scores its share in accuracy but 1 / genres here.
+    """
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {
@@ -40,6 +44,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     return {
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
+        "balanced_accuracy": float(recall[support > 0].mean()) if len(y_true) else None,
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
@@ -85,6 +90,7 @@ def headline(result: dict) -> dict:
         "segment_accuracy": result["segment"]["accuracy"],
         "track_accuracy": track["accuracy"],
         "track_vote_accuracy": result.get("track_vote", track)["accuracy"],
+        "balanced_accuracy": track["balanced_accuracy"],
         "macro_f1": track["macro_f1"],
     }
 
@@ -106,13 +112,14 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     lines = [f"# Run {name}", ""]
     if "refit" in metrics:
         lines += [refit_sentence(metrics["refit"]), ""]
-    lines += ["| split | level | n | accuracy | macro P | macro R | macro F1 |", "|---" * 7 + "|"]
+    lines += ["| split | level | n | accuracy | balanced acc. | macro P | macro R | macro F1 |", "|---" * 8 + "|"]
     for split, result in metrics["splits"].items():
         for level in LEVELS:
             if level in result:
                 m = result[level]
                 lines.append(
-                    f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['macro_precision']:.3f} "
+                    f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} "
+                    f"| {m['macro_precision']:.3f} "
                     f"| {m['macro_recall']:.3f} | {m['macro_f1']:.3f} |"
                 )
     for split, result in metrics["splits"].items():
@@ -218,7 +225,8 @@ def format_headline(metrics: dict) -> str:
     for split, h in metrics["headline"].items():
         rows.append(
             f"{split:5s}  segment acc {h['segment_accuracy']:.3f}  track acc {h['track_accuracy']:.3f} "
-            f"(vote {h['track_vote_accuracy']:.3f})  macro F1 {h['macro_f1']:.3f}"
+            f"(vote {h['track_vote_accuracy']:.3f})  balanced acc {h['balanced_accuracy']:.3f}  "
+            f"macro F1 {h['macro_f1']:.3f}"
         )
     return "\n".join(rows)
 

@@ -31,3 +31,10 @@ def test_levels_reported():
     assert result["segment"]["accuracy"] == 0.75 and result["track_mean"]["n"] == 2
     single = evaluate_predictions(np.array(["a", "b"]), np.array([0, 1]), np.eye(2), ["x", "y"])
     assert set(single) == {"segment"}
+
+
+def test_balanced_accuracy_weighs_every_present_genre_alike():
+    always_rock = classification_metrics(np.array([0] * 8 + [1, 2]), np.zeros(10, dtype=int), ["rock", "jazz", "pop"])
+    assert always_rock["accuracy"] == 0.8 and abs(always_rock["balanced_accuracy"] - 1 / 3) < 1e-12
+    absent = classification_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), ["x", "y", "z"])  # z: no track
+    assert absent["balanced_accuracy"] == 0.75 and abs(absent["macro_recall"] - 0.5) < 1e-12

@@ -178,6 +178,9 @@ class TrainConfig:
     # recipe whose valid figures swing from epoch to epoch at a high rate then ends where its weights have settled.
     refit_schedule: Literal["follow", "anneal"] = "follow"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    # "balanced": each example's loss weighted by n / (genres * its genre's examples in the data fitted), so a genre
+    # with few tracks counts as much as a large one (sklearn's class_weight="balanced"); "none": every example alike.
+    class_weight: Literal["none", "balanced"] = "none"
 
 
 @dataclass
@@ -356,6 +359,8 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("model.image_size", f"must be [height, width] of at least 8, got {cfg.model.image_size}")
     if cfg.mel.db_floor >= cfg.mel.db_ceiling:
         raise ConfigError("mel.db_floor", "must be below mel.db_ceiling")
+    if cfg.train.class_weight != "none" and cfg.train.distribute == "multi_worker":
+        raise ConfigError("train.class_weight", "is not applied by multi-worker training's loop; use none there")
     if cfg.augment.time_shift and (cfg.audio.segment_hop or 0) > cfg.audio.segment_seconds:
         problem = "needs audio.segment_hop <= audio.segment_seconds: the audio between segments is not cached"
         raise ConfigError("augment.time_shift", problem)

@@ -362,6 +362,7 @@ def _fit_phase(
     inputs.model.fit(
         ds,
         shuffle=False,  # train_dataset shuffles, per epoch, from the seed
+        class_weight=class_weights(data.labels, len(run.classes)) if cfg.train.class_weight == "balanced" else None,
         validation_data=inputs.valid,
         epochs=last_epoch,
         initial_epoch=start_epoch,
@@ -369,6 +370,12 @@ def _fit_phase(
         callbacks=callbacks,
         verbose=verbose,
     )
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights, n / (classes * count), as sklearn's class_weight="balanced" makes them."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {c: float(len(labels) / (n_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
 def _write_history_csv(run: RunDir) -> None:

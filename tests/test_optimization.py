@@ -15,7 +15,7 @@ from genre_tf.optimization import (
 )
 from genre_tf.pipeline import label_ids
 from genre_tf.run import RunDir
-from genre_tf.training import train
+from genre_tf.training import class_weights, train
 
 LABELS = np.array([0, 2, 1])
 PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.25, 0.5, 0.25]], dtype=np.float32)
@@ -214,3 +214,27 @@ def test_the_history_logs_the_scheduled_rate_and_a_killed_run_resumes_on_the_sam
         assert a == pytest.approx(b, rel=1e-6), (a, b)
     for a, b in zip(runs["clean"].load_model().weights, runs["killed"].load_model().weights, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, err_msg=a.path)
+
+
+def test_balanced_class_weight_weights_each_examples_loss_by_its_genres_inverse_frequency(
+    tmp_path, make_config, write_feature_table
+):
+    """A rate of 0 leaves the model as built, so the epoch's training loss is the weighted mean of its examples'."""
+    csv = write_feature_table(tmp_path / "table.csv", ["blues", "jazz", "rock"], rows_per_class=6)
+    table = pd.read_csv(csv)
+    table = table.drop(table[(table.label == "jazz") & (table.split == "train")].index[:3])  # train: 4, 1, 4
+    table.to_csv(csv, index=False)
+    layer = ["model.kind=mlp", "model.mlp.hidden_layers=0", "train.epochs=1", "train.learning_rate=0"]
+    cfg = table_config(
+        tmp_path, make_config, csv, "weighted", *layer, "train.batch_size=64", "train.class_weight=balanced"
+    )
+    train(cfg, tmp_path / "runs" / "weighted", verbose=0, eval_splits=("valid",))
+    run = RunDir(tmp_path / "runs" / "weighted")
+    (epoch,) = run.history()
+    rows = table[table.split == "train"]
+    labels = label_ids(rows.label, run.classes)
+    losses = smoothed_crossentropy(labels, run.load_model().predict(run.scaler.transform(rows), verbose=0), 0.0)
+    weights = np.array([9 / 12, 9 / 3, 9 / 12])[labels]  # n / (genres * count)
+    assert class_weights(labels, 3) == pytest.approx({0: 0.75, 1: 3.0, 2: 0.75})
+    assert abs((weights * losses).mean() - losses.mean()) > 0.01, "the check needs losses that weighting moves"
+    assert epoch["loss"] == pytest.approx((weights * losses).mean(), rel=1e-4)

@@ -78,10 +78,20 @@ def segment_hop_samples(cfg: AudioConfig) -> int:
     return round((cfg.segment_hop or cfg.segment_seconds) * cfg.sample_rate)
 
 
+def spread_segments(n_segments: int, limit: int | None) -> list[int]:
+    """Which of a track's `n_segments` to keep: the middle segment of each of min(n_segments, limit) equal parts,
+    which is every segment up to `limit` and `limit` evenly spread beyond it (integers only: the exported graph
+    computes the same)."""
+    keep = n_segments if limit is None else min(n_segments, limit)
+    return [(2 * j + 1) * n_segments // (2 * keep) for j in range(keep)]
+
+
 def segment_bounds(n_samples: int, cfg: AudioConfig) -> list[tuple[int, int]]:
-    """(start, end) sample ranges of equal-length segments; [] when the track is shorter than one segment."""
-    length = segment_samples(cfg)
-    return [(start, start + length) for start in range(0, n_samples - length + 1, segment_hop_samples(cfg))]
+    """(start, end) sample ranges of the equal-length segments a track keeps (at most audio.max_segments_per_track,
+    evenly spread); [] when the track is shorter than one segment."""
+    length, hop = segment_samples(cfg), segment_hop_samples(cfg)
+    n_segments = max(0, (n_samples - length) // hop + 1)
+    return [(k * hop, k * hop + length) for k in spread_segments(n_segments, cfg.max_segments_per_track)]
 
 
 def tile_to_segment(waveform: np.ndarray, cfg: AudioConfig) -> np.ndarray:

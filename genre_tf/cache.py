@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from genre_tf import features
-from genre_tf.audio import AudioError, load_track, segment_bounds, segment_samples, tile_to_segment
+from genre_tf.audio import AudioError, load_track, segment_bounds, segment_hop_samples, segment_samples, tile_to_segment
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 
 TMP_PREFIX = ".tmp-"
@@ -189,6 +189,11 @@ class TrackStore:
 
     def segment_rows(self, digest: str) -> np.ndarray:
         return np.load(self.entry(digest) / "segments.npy")
+
+    def segment_positions(self, digest: str) -> list[int]:
+        """Each stored segment's place k on the track's hop grid (it starts at k hops; a long track keeps some)."""
+        hop = segment_hop_samples(self.recipe.audio)
+        return [start // hop for start, _ in json.loads((self.entry(digest) / "meta.json").read_text())["segments"]]
 
     def mel_paths(self, digest: str, n_segments: int) -> list[str]:
         return [str(self.entry(digest) / f"mel_{i:04d}.png") for i in range(n_segments)]

@@ -74,6 +74,9 @@ class AudioConfig:
     silence_rms: float = _range(0.0, 1.0, default=1e-4)  # quieter tracks are skipped as silent
     short_clips: Literal["skip", "tile"] = "skip"  # shorter than one segment: skip, or repeat to fill one
     min_seconds: float = _range(0.0, 600.0, default=0.5)  # shorter files are reported as too short, never predicted
+    # A longer track keeps this many segments, evenly spread (`audio.spread_segments`), so a 10-minute song weighs in
+    # training as a 30 s clip does and costs as little to predict; 20 keeps every segment of a 30 s clip at a 1.5 s hop.
+    max_segments_per_track: int | None = _range(1, 100000, default=20)
 
 
 @dataclass

@@ -52,6 +52,7 @@ class SegmentLayout:
     frame_step: tuple[int, int]
     max_samples: int  # samples read at most (audio.max_duration, or audio.duration when shorter)
     fixed_samples: int | None  # audio.duration: every track trimmed or zero-padded to this
+    max_segments: int | None  # audio.max_segments_per_track: a longer track keeps this many, spread as the cache does
 
 
 def segment_layout(audio: AudioConfig, sample_rate: int, frames: int, frame_step: tuple[int, int]) -> SegmentLayout:
@@ -69,6 +70,7 @@ def segment_layout(audio: AudioConfig, sample_rate: int, frames: int, frame_step
         frame_step=(frame_step[0] // divisor, frame_step[1] // divisor),
         max_samples=round(seconds * sample_rate),
         fixed_samples=None if audio.duration is None else round(audio.duration * sample_rate),
+        max_segments=audio.max_segments_per_track,
     )
 
 
@@ -162,8 +164,10 @@ def cut_segments(waveform, frontend: AudioFrontend):
     spectrogram = frontend.spectrogram(waveform[None])[0]
     silence = tf.fill(tf.concat([[layout.frames], tf.shape(spectrogram)[1:]], 0), frontend.silence)
     spectrogram = tf.concat([spectrogram, silence], 0)  # frames past the end of the track are silent
+    keep = n_segments if layout.max_segments is None else tf.minimum(n_segments, layout.max_segments)
+    positions = (2 * tf.range(keep) + 1) * n_segments // (2 * keep)  # audio.spread_segments
     num, den = layout.frame_step
-    starts = (tf.range(n_segments) * num + den - 1) // den
+    starts = (positions * num + den - 1) // den
     return tf.gather(spectrogram, starts[:, None] + tf.range(layout.frames)[None], axis=0)
 
 

@@ -47,7 +47,7 @@ def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) 
         rows = store.segment_rows(track.digest)
         frame = pd.DataFrame(rows, columns=columns)
         frame.insert(0, "track_id", track.track_id)
-        frame.insert(1, "segment", np.arange(len(rows)))
+        frame.insert(1, "segment", store.segment_positions(track.digest))  # k: it starts k segment hops in
         frame.insert(2, "label", track.label)
         frame.insert(3, "split", track.split)
         frame.insert(4, "mel_path", store.mel_paths(track.digest, track.n_segments))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from genre_tf.audio import AUDIO_EXTENSIONS, AudioError, load_track, segment_bounds
+from genre_tf.audio import AUDIO_EXTENSIONS, AudioError, load_track, segment_bounds, spread_segments
 from genre_tf.config import AudioConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -267,3 +267,13 @@ def test_segments_with_hop_overlap_and_equal_length():
     bounds = segment_bounds(7600, cfg)
     assert bounds == [(0, 3000), (1500, 4500), (3000, 6000), (4500, 7500)]
     assert {end - start for start, end in bounds} == {3000}
+
+
+def test_spread_segments_keeps_all_up_to_the_limit_and_spreads_beyond():
+    assert spread_segments(5, 20) == [0, 1, 2, 3, 4]
+    assert spread_segments(5, None) == [0, 1, 2, 3, 4]
+    assert spread_segments(399, 20)[:3] == [9, 29, 49] and spread_segments(399, 20)[-1] == 389  # no intro, no outro
+    assert spread_segments(40, 4) == [5, 15, 25, 35]
+    assert spread_segments(0, 20) == []
+    cfg = AudioConfig(sample_rate=10, segment_seconds=1.0, segment_hop=0.5, max_segments_per_track=3)
+    assert segment_bounds(100, cfg) == [(15, 25), (45, 55), (75, 85)]  # 19 segments of 10 samples every 5

@@ -143,7 +143,8 @@ def test_extraction_workers_find_librosas_numba_kernels_compiled(tmp_path):
     }
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 2, demo_seconds: 2}}\n"
+        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 2, demo_seconds: 2,"
+        " valid_fraction: 0.5, test_fraction: 0}\n"
         f"cache: {{dir: {tmp_path / 'cache'}}}\naudio: {{segment_seconds: 1.0}}\nmel: {{n_mels: 32}}\n"
     )
     command = [sys.executable, "-m", "genre_tf.prepare", "--config", str(config), "--jobs", "2"]

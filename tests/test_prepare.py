@@ -168,3 +168,20 @@ def test_genre_lines_give_counts_per_split_and_name_an_imbalance():
 def test_an_empty_index_prepares_to_empty_tables(tmp_path, make_config):
     prepared = prepare_index(Index(pd.DataFrame(columns=INDEX_COLUMNS)), make_config(tmp_path), progress=False)
     assert prepared.tracks.empty and prepared.segments.empty and {"split", "mel_path"} <= set(prepared.segments)
+
+
+def test_a_long_track_keeps_its_segments_spread_as_a_full_extraction_has_them(tmp_path, make_config, write_clip):
+    """A 15 s clip has 30 segments of 0.5 s; with audio.max_segments_per_track 4 it keeps 4, spread over the track,
+    numbered by where they start, and each equals that segment of an extraction that keeps all."""
+    song = write_clip(tmp_path / "song.wav", 15.0, 440.0)
+    index = Index(pd.DataFrame([("song", str(song), "rock", "train")], columns=INDEX_COLUMNS))
+    spread = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=4"), progress=False)
+    full = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=null"), progress=False)
+    assert spread.tracks.n_segments.tolist() == [4] and full.tracks.n_segments.tolist() == [30]
+    assert spread.segments.segment.tolist() == [3, 11, 18, 26]
+    kept = full.segments.set_index("segment").loc[[3, 11, 18, 26], feature_columns(20)]
+    np.testing.assert_array_equal(spread.segments[feature_columns(20)].to_numpy(), kept.to_numpy())
+    assert [Path(p).read_bytes() for p in spread.segments.mel_path] == [
+        Path(p).read_bytes() for p in full.segments.set_index("segment").loc[[3, 11, 18, 26], "mel_path"]
+    ]
+    np.testing.assert_array_equal(spread.tracks[feature_columns(20)], full.tracks[feature_columns(20)])

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from genre_tf import training
+from genre_tf import compare, predict, training
 from genre_tf.config import load_config
 from genre_tf.evaluate import evaluate_run
 from genre_tf.pipeline import label_ids
@@ -51,7 +51,15 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
     return proc
 
 
-def test_train_evaluate_predict_compare(tmp_path):
+def run_main(module, argv: list[str], capsys) -> str:
+    """A command's main() in this process (its stdout): TensorFlow is loaded already, so no fresh interpreter's
+    start-up; `run_cli` keeps one real `python -m` per test where the separate process is the point."""
+    capsys.readouterr()
+    module.main(argv)
+    return capsys.readouterr().out
+
+
+def test_train_evaluate_predict_compare(tmp_path, capsys):
     config = tiny_config_file(tmp_path, "mlp", "train: {epochs: 4, batch_size: 16}")
     cfg = load_config(config)
     metrics = train(cfg, cfg.output_dir / "mlp", verbose=0)
@@ -73,22 +81,24 @@ def test_train_evaluate_predict_compare(tmp_path):
 
     submission = tmp_path / "sub.csv"
     folder = tmp_path / "demo" / "folk"
-    run_cli("genre_tf.predict", "--run", str(run.path), str(folder), "--output", str(submission))
+    run_main(predict, ["--run", str(run.path), str(folder), "--output", str(submission)], capsys)
     table = pd.read_csv(submission)
     assert table.columns.tolist() == ["id", "class"] and len(table) == 4
     assert set(table["class"]) <= set(run.classes)
-    single = run_cli("genre_tf.predict", "--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2")
-    assert single.stdout.strip().startswith("folk.00000: ") and single.stdout.count(",") == 1
+    single = run_main(predict, ["--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2"], capsys)
+    assert single.strip().startswith("folk.00000: ") and single.count(",") == 1
     audio, rate = sf.read(folder / "folk.00001.wav")
     sf.write(tmp_path / "excerpt.wav", audio[: rate // 2], rate)  # half a segment
-    short = run_cli("genre_tf.predict", "--run", str(run.path), str(tmp_path / "excerpt.wav"))
-    assert short.stdout.startswith("excerpt: ") and "skipped" not in short.stderr
+    capsys.readouterr()
+    predict.main(["--run", str(run.path), str(tmp_path / "excerpt.wav")])
+    short = capsys.readouterr()
+    assert short.out.startswith("excerpt: ") and "skipped" not in short.err
     twice = tmp_path / "twice.csv"
-    run_cli("genre_tf.predict", "--run", str(run.path), "--run", str(run.path), str(folder), "--output", str(twice))
+    run_main(predict, ["--run", str(run.path), "--run", str(run.path), str(folder), "--output", str(twice)], capsys)
     assert pd.read_csv(twice).equals(table), "an ensemble of one run twice is that run"
 
-    compared = run_cli("genre_tf.compare", str(run.path), "--output", str(tmp_path / "cmp"))
-    assert "| mlp |" in compared.stdout
+    compared = run_main(compare, [str(run.path), "--output", str(tmp_path / "cmp")], capsys)
+    assert "| mlp |" in compared
     assert (tmp_path / "cmp.png").is_file() and len(pd.read_csv(tmp_path / "cmp.csv")) == 1
 
 
@@ -141,7 +151,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 # `python -m genre_tf.train` that kills itself (SIGKILL, nothing cleaned up) in the middle of its third epoch.
 TRAIN_KILLED_IN_EPOCH_3 = """
 import os, runpy, signal
-from genre_tf import training
+from genre_tf import compare, predict, training
 
 def on_train_batch_end(self, batch, logs=None):
     if len(self.history) == 2 and batch == 1:

@@ -83,6 +83,17 @@ def whole_lines(path: Path) -> tuple[list[str], bool]:
     return whole, len(whole) < len(lines)
 
 
+def keep_whole_lines(path: Path) -> list[str]:
+    """The whole lines of an appended CSV (`whole_lines`); the file is rewritten without the others, or removed when
+    not even its header is whole."""
+    lines, cut = whole_lines(path)
+    if cut and lines:
+        write_atomic(path, "".join(lines).encode())
+    elif cut:
+        path.unlink()
+    return lines
+
+
 def _fields(line: str) -> list[str]:
     return next(csv.reader([line]), [])
 
@@ -109,7 +120,7 @@ class SubmissionFile:
         kill is dropped from the file here."""
         if not self.path.is_file():
             return set()
-        lines, cut = whole_lines(self.path)
+        lines, _ = whole_lines(self.path)
         if not lines:  # killed before its header was whole: it holds no predictions
             return set()
         old = self._sidecar()
@@ -117,15 +128,10 @@ class SubmissionFile:
             raise self._refusal(difference(old, self.sidecar))
         if _fields(lines[0]) != self.columns:
             raise self._refusal(f"its columns are {lines[0].strip()}")
-        if cut:
-            write_atomic(self.path, "".join(lines).encode())
+        lines = keep_whole_lines(self.path)
         self.rows, self.started = len(lines) - 1, True
-        skipped = skipped_path(self.path)
-        if skipped.is_file():
-            skipped_lines, skipped_cut = whole_lines(skipped)
-            if skipped_cut:
-                write_atomic(skipped, "".join(skipped_lines).encode())
-            self._skipped = {tuple(_fields(line)) for line in skipped_lines[1:]}
+        if skipped_path(self.path).is_file():
+            self._skipped = {tuple(_fields(line)) for line in keep_whole_lines(skipped_path(self.path))[1:]}
         return {_fields(line)[0] for line in lines[1:]}
 
     def _refusal(self, reason: str) -> SystemExit:

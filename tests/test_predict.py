@@ -332,7 +332,8 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(library, tmp_path, predi
 
 
 def test_skipped_inputs_are_listed_once_after_a_resume(library, tmp_path, predicted_tracks):
-    """The unreadable file and the second file of one id were listed by the first run; the resume meets both again."""
+    """The unreadable file and the second file of one id were listed by the first run (the second one's line cut short
+    by the kill); the resume meets both again."""
     runs, folder, one_shot, one_shot_skipped, streamed = library
     calls, _ = predicted_tracks
     output = streamed_copy(streamed, tmp_path)
@@ -341,6 +342,7 @@ def test_skipped_inputs_are_listed_once_after_a_resume(library, tmp_path, predic
         str(folder / "bad.wav"),
         str(folder / "tone2.wav"),
     ]
+    (tmp_path / "results.skipped.csv").write_text(one_shot_skipped[:-5])
 
     main([*run_args(runs), str(folder), "--output", str(output), "--probabilities"])
     assert [track for call in calls[::2] for track in call] == ["tone0", "tone1", "tone3", "tone4"]

@@ -256,22 +256,43 @@ def compile_kernels(recipe: Recipe) -> None:
         features.analyse_track(y, sr, recipe.features, recipe.mel, segment_bounds(n, recipe.audio))
 
 
-def _parallel(jobs: list[tuple], workers: int) -> Iterator[TrackResult]:
+@contextmanager
+def extraction_pool(workers: int, recipe: Recipe) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes that several `extract_all` calls share (None for one worker): a stream of chunks starts
+    them, and pays their imports and first-call compilation, once. The numba kernels are compiled here first
+    (`compile_kernels`; the recipe's sizes do not change which)."""
+    if workers <= 1:
+        yield None
+        return
+    compile_kernels(recipe)
+    # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
+        yield pool
+
+
+def _parallel(jobs: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> Iterator[TrackResult]:
+    if pool is not None:
+        yield from pool.map(_extract_job, jobs, chunksize=1)
+        return
     if workers <= 1 or len(jobs) <= 1:
         with threadpool_limits(1):
             yield from map(_extract_job, jobs)
         return
-    compile_kernels(jobs[0][3])
-    # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
-        yield from pool.map(_extract_job, jobs, chunksize=1)
+    with extraction_pool(workers, jobs[0][3]) as own_pool:
+        yield from own_pool.map(_extract_job, jobs, chunksize=1)
 
 
 def extract_all(
-    paths: Iterable[str], cache_dir: Path, recipe: Recipe, jobs: int = 0, progress: bool = True
+    paths: Iterable[str],
+    cache_dir: Path,
+    recipe: Recipe,
+    jobs: int = 0,
+    progress: bool = True,
+    pool: ProcessPoolExecutor | None = None,
 ) -> list[TrackResult]:
-    """Extract every file (cache hits cost one hash), in parallel over `jobs` processes, in input order."""
+    """Extract every file (cache hits cost one hash), in parallel over `jobs` processes (or `pool`'s), in input
+    order."""
     from tqdm import tqdm
 
     store = TrackStore(cache_dir, recipe)
@@ -290,7 +311,7 @@ def extract_all(
         else:
             todo.append((i, (path, digest, str(cache_dir), recipe)))
     workers = jobs or os.cpu_count() or 1
-    done = _parallel([job for _, job in todo], min(workers, len(todo)))
+    done = _parallel([job for _, job in todo], min(workers, len(todo)), pool)
     bar = tqdm(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)
     for (i, _), result in zip(todo, bar, strict=True):
         results[i] = result

@@ -6,6 +6,7 @@ the same way: the run's saved config and scaler decide everything.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +84,11 @@ def load_examples(cfg: Config, progress: bool = True) -> Examples:
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
 
-def examples_for_index(index: Index, cfg: Config, progress: bool = True) -> Examples:
-    """Examples for arbitrary (e.g. unlabeled) audio, made with a run's recipe."""
-    return examples_from_prepared(prepare_index(index, cfg, progress=progress), cfg)
+def examples_for_index(
+    index: Index, cfg: Config, progress: bool = True, pool: ProcessPoolExecutor | None = None
+) -> Examples:
+    """Examples for arbitrary (e.g. unlabeled) audio, made with a run's recipe (`pool`: see `prepare_index`)."""
+    return examples_from_prepared(prepare_index(index, cfg, progress=progress, pool=pool), cfg)
 
 
 @dataclass

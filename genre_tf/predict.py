@@ -4,27 +4,42 @@
     python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
     python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
     python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
+    python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
 
 The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
 size), so predictions are made exactly as in training. A track's segments are aggregated by mean
 probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one
 feature table, a CNN and a transfer model on audio): each run prepares the inputs its own way, and
 the per-track probabilities are matched by track id before they are averaged.
+
+With `--output`, audio inputs are indexed once and then extracted, predicted and appended to the output a chunk
+of tracks at a time (`--chunk-tracks`), so a library of thousands of files loses at most one chunk to a kill, and
+the same command again predicts only the tracks the output lacks (genre_tf.submission: the sidecar that keeps two
+models' rows out of one file, and the cut-short row a kill leaves).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from genre_tf.config import CacheConfig, ConfigError
+from genre_tf.dataset import Index, index_paths
 from genre_tf.evaluate import aggregate_tracks
 from genre_tf.run import RunDir
+from genre_tf.submission import SubmissionFile, made_by, skipped_path, submission
+
+if TYPE_CHECKING:
+    from genre_tf.inputs import Examples
+
+CHUNK_TRACKS = 64  # tracks per chunk with --output: 64 clips of 30 s are 640 segments of 3 s, 20 batches of 32
 
 
 def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
@@ -46,53 +61,131 @@ def track_probabilities(
     return tracks, mean
 
 
-def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = None, progress: bool = True):
+def reads_table(inputs: list[Path]) -> bool:
+    """Whether the inputs are one feature table CSV (rows of features, not audio)."""
+    return len(inputs) == 1 and inputs[0].suffix.lower() == ".csv"
+
+
+def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = None, progress: bool = True) -> Examples:
     """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe.
 
     `cache` replaces the run's cache settings (where entries go, how many processes extract them).
     """
-    from genre_tf.dataset import index_paths
-    from genre_tf.inputs import examples_for_index, examples_from_table
+    from genre_tf.inputs import examples_from_table
 
-    cfg = run.config  # shared by every use of the run: changed copies only
-    if cache is not None:
-        cfg = replace(cfg, cache=cache)
-    if len(inputs) == 1 and inputs[0].suffix.lower() == ".csv":
+    if reads_table(inputs):
+        cfg = run.config  # shared by every use of the run: changed copies only
         return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
+    return load_index(run, audio_index(inputs), cache, progress)
+
+
+def audio_index(inputs: list[Path]) -> Index:
+    """The inputs' index (`dataset.index_paths`); SystemExit, before any audio is read, when it holds no audio."""
     index = index_paths(inputs)
     if index.tracks.empty and not index.problems:
         ignored = sum(index.ignored.values())
         found = f" ({ignored} files that are not audio)" if ignored else ""
         raise SystemExit(f"error: nothing to predict: no audio files in {', '.join(map(str, inputs))}{found}")
+    return index
+
+
+def load_index(
+    run: RunDir, index: Index, cache: CacheConfig | None = None, progress: bool = True, pool=None
+) -> Examples:
+    """Examples for the audio of an index, prepared with the run's recipe (`pool`: see `prepare_index`)."""
+    from genre_tf.inputs import examples_for_index
+
+    cfg = run.config if cache is None else replace(run.config, cache=cache)
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
     tiling = replace(cfg, audio=replace(cfg.audio, short_clips="tile"))
-    return examples_for_index(index, tiling, progress=progress)
+    return examples_for_index(index, tiling, progress=progress, pool=pool)
 
 
-def ensemble(runs: list[RunDir], inputs: list[Path]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def run_cache(run: RunDir, cache_dir: Path | None) -> CacheConfig | None:
+    """The run's cache settings with entries in `cache_dir` instead (None: the run's own)."""
+    return None if cache_dir is None else CacheConfig(cache_dir, run.config.cache.jobs)
+
+
+def ensemble(
+    runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Per-track probabilities averaged over runs (each run preprocesses the inputs its own way)."""
-    tracks, total, skipped = None, None, []
+    examples = []
     for run in runs:
         try:
-            examples = load_inputs(run, inputs)
+            examples.append(load_inputs(run, inputs, run_cache(run, cache_dir)))
         except ConfigError as err:  # a feature table given to a run that reads audio
             raise SystemExit(f"error: {run.path} cannot read these inputs: {err}") from None
-        skipped.append(examples.skipped)
-        if examples.frame.empty:  # the reasons first: they are what a person needs to fix
-            print_skipped(examples.skipped)
+        if examples[-1].frame.empty:  # the reasons first: they are what a person needs to fix
+            print_skipped(examples[-1].skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
-        run_tracks, probs = predict_frame(run, examples.frame)
+    return *average_runs(runs, examples), all_skipped(examples)
+
+
+def average_runs(
+    runs: list[RunDir], examples: list[Examples], models: list | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, probabilities): each run's per-track probabilities for its own examples of the same tracks,
+    matched by track id and averaged, in the first run's track order; `models`: the runs' loaded models."""
+    if all(e.frame.empty for e in examples):  # a chunk of skipped inputs only
+        return np.array([], dtype=object), np.zeros((0, len(runs[0].classes)))
+    tracks, total = None, None
+    for run, run_examples, model in zip(runs, examples, models or [None] * len(runs), strict=True):
+        run_tracks, probs = predict_frame(run, run_examples.frame, model)
         if tracks is None:
             tracks, total = run_tracks, probs
         else:
             total = total + in_track_order(tracks, run_tracks, probs, run)
-    return tracks, total / len(runs), pd.concat(skipped).drop_duplicates(ignore_index=True)
+    return tracks, total / len(runs)
+
+
+def all_skipped(examples: list[Examples]) -> pd.DataFrame:
+    """The inputs some run skipped, each once (path, track_id, reason)."""
+    return pd.concat([e.skipped for e in examples]).drop_duplicates(ignore_index=True)
+
+
+def predict_to_file(
+    runs: list[RunDir], inputs: list[Path], output: SubmissionFile, chunk_tracks: int, cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the audio inputs into `output` a chunk of tracks at a time, after the tracks it already holds; the
+    (track ids, probabilities) of this call's predictions. SystemExit when no track gets a row."""
+    from tqdm import tqdm
+
+    from genre_tf.cache import Recipe, extraction_pool
+
+    done = output.resume()  # first: a refusal comes before any work
+    index = audio_index(inputs)  # once: the one source of track ids, and of the order of the rows
+    todo = index.tracks[~index.tracks.track_id.isin(done)].reset_index(drop=True)
+    if len(todo) < len(index.tracks):
+        print(f"resuming: {len(index.tracks) - len(todo)} of {len(index.tracks)} tracks already in {output.path}")
+    models = [run.load_model() for run in runs]
+    workers = max(run.config.cache.jobs or os.cpu_count() or 1 for run in runs)
+    predicted = []
+    bar = tqdm(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
+    with bar, extraction_pool(workers, Recipe.from_config(runs[0].config)) as pool:  # workers start once
+        for start in range(0, len(todo), chunk_tracks):
+            problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
+            chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems)
+            examples = [load_index(run, chunk, run_cache(run, cache_dir), False, pool) for run in runs]
+            skipped = all_skipped(examples)
+            print_skipped(skipped)
+            tracks, probs = average_runs(runs, examples, models)
+            output.append(submission(output.classes, tracks, probs, output.with_probabilities), skipped)
+            predicted.append((tracks, probs))
+            bar.update(len(chunk.tracks))
+    if output.rows == 0:
+        raise SystemExit("error: nothing to predict (every input was skipped)")
+    if not predicted:
+        return np.array([], dtype=object), np.zeros((0, len(output.classes)))
+    return np.concatenate([t for t, _ in predicted]), np.concatenate([p for _, p in predicted])
 
 
 def print_skipped(skipped: pd.DataFrame) -> None:
-    """One line per skipped input on stderr: `skipped PATH: REASON`."""
+    """One line per skipped input on stderr: `skipped PATH: REASON` (above a progress bar, if one is shown)."""
+    from tqdm import tqdm
+
     for row in skipped.itertuples():
-        print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+        tqdm.write(f"skipped {row.path}: {row.reason}", file=sys.stderr)
 
 
 def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray, run: RunDir) -> np.ndarray:
@@ -143,14 +236,6 @@ def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
     ]
 
 
-def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
-    table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
-    if with_probabilities:
-        for i, name in enumerate(classes):
-            table[f"p_{name}"] = probs[:, i].round(6)
-    return table
-
-
 def top_k_lines(classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
     lines = []
     for track, p in zip(tracks, probs, strict=True):
@@ -159,17 +244,31 @@ def top_k_lines(classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: in
     return lines
 
 
+def write_at_once(output: Path, table: pd.DataFrame, skipped: pd.DataFrame) -> None:
+    """The one-shot output of a feature table's predictions, and its skipped.csv when inputs were skipped."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    if not skipped.empty:
+        skipped.to_csv(skipped_path(output), index=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--run", required=True, type=Path, action="append", help="a finished run; several: average them"
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
-    parser.add_argument("--output", type=Path, help="write id,class CSV here")
+    parser.add_argument("--output", type=Path, help="write id,class CSV here, chunk by chunk; again: resume")
     parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
+    parser.add_argument(
+        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks extracted and written at a time"
+    )
+    parser.add_argument("--cache-dir", type=Path, help="cache entries go here instead of the runs' cache.dir")
     args = parser.parse_args(argv)
+    if args.chunk_tracks < 1:
+        parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
     runs = [RunDir(path) for path in args.run]
     for run in runs:
         if not run.model_file.is_file():
@@ -180,18 +279,22 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
-    tracks, probs, skipped = ensemble(runs, args.inputs)
-    print_skipped(skipped)
+    if args.output and not reads_table(args.inputs):
+        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities))
+        tracks, probs = predict_to_file(runs, args.inputs, output, args.chunk_tracks, args.cache_dir)
+        written = output.rows
+    else:
+        tracks, probs, skipped = ensemble(runs, args.inputs, args.cache_dir)
+        print_skipped(skipped)
+        if args.output:
+            write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
+        written = len(tracks)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        submission(classes, tracks, probs, args.probabilities).to_csv(args.output, index=False)
-        if not skipped.empty:
-            skipped.to_csv(args.output.with_suffix(".skipped.csv"), index=False)
-        print(f"{len(tracks)} predictions written to {args.output}")
-    if not args.output or len(tracks) <= 10:
+        print(f"{written} predictions written to {args.output}")
+    if not args.output or written <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
     if args.tags:
-        print("\n".join(tag_lines(runs[0], load_inputs(runs[0], args.inputs))))
+        print("\n".join(tag_lines(runs[0], load_inputs(runs[0], args.inputs, run_cache(runs[0], args.cache_dir)))))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,14 +58,17 @@ def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
 
 
-def prepare_index(index: Index, cfg: Config, jobs: int | None = None, progress: bool = True) -> Prepared:
-    """Extract (or find in the cache) every track of an index and assemble the tables."""
+def prepare_index(
+    index: Index, cfg: Config, jobs: int | None = None, progress: bool = True, pool: ProcessPoolExecutor | None = None
+) -> Prepared:
+    """Extract (or find in the cache) every track of an index and assemble the tables; `pool`: extraction's
+    worker processes, shared with other calls (`cache.extraction_pool`)."""
     started = time.perf_counter()
     recipe = Recipe.from_config(cfg)
     store = TrackStore(cfg.cache.dir, recipe)
     paths = index.tracks["path"].tolist()
     jobs = cfg.cache.jobs if jobs is None else jobs
-    results = extract_all(paths, cfg.cache.dir, recipe, jobs=jobs, progress=progress)
+    results = extract_all(paths, cfg.cache.dir, recipe, jobs=jobs, progress=progress, pool=pool)
     tracks = index.tracks.copy()
     tracks["digest"] = [r.digest for r in results]
     tracks["n_segments"] = [r.n_segments for r in results]

@@ -2,18 +2,21 @@
 with a run's recipe without changing the run."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
-from genre_tf import cache
+from genre_tf import cache, predict
 from genre_tf.config import save_config
 from genre_tf.dataset import index_paths, track_id_of
-from genre_tf.predict import ensemble, in_track_order, load_inputs, main, predict_frame, submission, top_k_lines
+from genre_tf.predict import ensemble, in_track_order, load_inputs, main, predict_frame, top_k_lines
 from genre_tf.prepare import prepare_index
 from genre_tf.run import RunDir
+from genre_tf.submission import submission
 
 CLASSES = ["blues", "jazz", "rock"]
 
@@ -253,3 +256,142 @@ def test_an_empty_folder_or_albums_reusing_names_give_what_a_person_expects(tmp_
     (tmp_path / "linked").symlink_to(library, target_is_directory=True)  # a link to the library is walked too
     examples = load_inputs(run, [tmp_path / "linked"], progress=False)
     assert examples.frame.track_id.unique().tolist() == ["Artist/One/01", "Artist/Two/01"]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, write_clip, make_config, make_table_run):
+    """A folder of 5 tone clips, an unreadable one and a second file of one track id; two MLP runs over the clips'
+    own features (so their probabilities vary from clip to clip); the one-shot output of both runs, and the output
+    streamed 2 tracks at a time."""
+    tmp = tmp_path_factory.mktemp("library")
+    folder = tmp / "library"
+    for i, hz in enumerate([220.0, 330.0, 550.0, 880.0, 1320.0]):
+        write_clip(folder / f"tone{i}.wav", 1.0, hz)
+    write_clip(folder / "tone2.flac", 1.0, 660.0)  # sorts first: it is tone2; tone2.wav is the duplicate
+    (folder / "bad.wav").write_text("not audio")
+    tracks = prepare_index(index_paths([folder]), make_config(tmp / "runs"), progress=False).tracks
+    table = tracks.drop(columns=["track_id", "path", "label", "split", "digest", "n_segments"])
+    table.insert(0, "filename", tracks.track_id + ".wav")
+    table["label"], table["split"] = [CLASSES[i % 3] for i in range(len(tracks))], "train"
+    table.to_csv(tmp / "own.csv", index=False)
+    runs = [
+        RunDir(make_table_run(tmp / "runs" / name, tmp / "own.csv", seed=seed)) for name, seed in [("a", 0), ("b", 1)]
+    ]
+    tracks, probs, skipped = ensemble(runs, [folder])
+    one_shot = submission(CLASSES, tracks, probs, with_probabilities=True).to_csv(index=False)
+    streamed = tmp / "streamed" / "results.csv"
+    main([*run_args(runs), str(folder), "--output", str(streamed), "--probabilities", "--chunk-tracks", "2"])
+    return runs, folder, one_shot, skipped.to_csv(index=False), streamed
+
+
+def run_args(runs: list[RunDir]) -> list[str]:
+    return [arg for run in runs for arg in ("--run", str(run.path))]
+
+
+def streamed_copy(streamed: Path, folder: Path) -> Path:
+    """The streamed output, its skipped.csv and its sidecar copied into `folder`."""
+    for name in ("results.csv", "results.skipped.csv", "results.csv.json"):
+        shutil.copy(streamed.parent / name, folder / name)
+    return folder / "results.csv"
+
+
+@pytest.fixture
+def predicted_tracks(monkeypatch):
+    """The track ids each call of predict_frame got (the model's inputs), a list per call; `raise_at`: the call
+    (counted from 1) that raises RuntimeError instead, as a kill there would stop the run."""
+    calls, raise_at = [], []
+
+    def counting(run, frame, model=None):
+        calls.append(frame.track_id.unique().tolist())
+        if len(calls) in raise_at:
+            raise RuntimeError(f"killed at call {len(calls)}")
+        return predict_frame(run, frame, model)
+
+    monkeypatch.setattr(predict, "predict_frame", counting)
+    return calls, raise_at
+
+
+def test_a_killed_output_resumes_to_what_one_uninterrupted_run_writes(library, tmp_path, predicted_tracks, capsys):
+    """Killed in the second chunk, the output keeps the first chunk's rows; the same command again predicts only the
+    tracks without a row, and the file ends byte for byte what the one-shot path writes for both runs."""
+    runs, folder, one_shot, one_shot_skipped, _ = library
+    calls, raise_at = predicted_tracks
+    output = tmp_path / "results.csv"
+    command = [*run_args(runs), str(folder), "--output", str(output), "--probabilities", "--chunk-tracks", "2"]
+    raise_at.append(3)  # chunks are [bad, tone0], [tone1, tone2], [tone3, tone4]: 2 calls each, one per run
+    with pytest.raises(RuntimeError, match="killed at call 3"):
+        main(command)
+    assert output.read_text() == "".join(one_shot.splitlines(keepends=True)[:2])  # the header and tone0
+    calls.clear()
+    raise_at.clear()
+    capsys.readouterr()
+
+    main(command)
+    assert f"resuming: 1 of 6 tracks already in {output}" in capsys.readouterr().out
+    assert calls == [["tone1"], ["tone1"], ["tone2", "tone3"], ["tone2", "tone3"], ["tone4"], ["tone4"]]
+    assert output.read_text() == one_shot
+    assert (tmp_path / "results.skipped.csv").read_text() == one_shot_skipped
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(library, tmp_path, predicted_tracks, capsys):
+    runs, folder, one_shot, _, streamed = library
+    calls, _ = predicted_tracks
+    assert streamed.read_text() == one_shot, "streamed 2 tracks at a time, uninterrupted: the one-shot file"
+    output = streamed_copy(streamed, tmp_path)
+    last = one_shot.splitlines(keepends=True)[-1]
+    assert last.startswith("tone4,") and len(last) > 30
+    for cut in (one_shot[:-9], one_shot[:-30] + "\n"):  # tone4's row without its newline; with too few fields
+        output.write_text(cut)
+        calls.clear()
+        main([*run_args(runs), str(folder), "--output", str(output), "--probabilities"])
+        assert f"resuming: 4 of 6 tracks already in {output}" in capsys.readouterr().out
+        assert calls == [["tone4"], ["tone4"]]
+        assert output.read_text() == one_shot
+
+
+def test_skipped_inputs_are_listed_once_after_a_resume(library, tmp_path, predicted_tracks):
+    """The unreadable file and the second file of one id were listed by the first run (the second one's line cut short
+    by the kill); the resume meets both again."""
+    runs, folder, one_shot, one_shot_skipped, streamed = library
+    calls, _ = predicted_tracks
+    output = streamed_copy(streamed, tmp_path)
+    output.write_text("".join(one_shot.splitlines(keepends=True)[:2]))
+    assert pd.read_csv(tmp_path / "results.skipped.csv").path.tolist() == [
+        str(folder / "bad.wav"),
+        str(folder / "tone2.wav"),
+    ]
+    (tmp_path / "results.skipped.csv").write_text(one_shot_skipped[:-5])
+
+    main([*run_args(runs), str(folder), "--output", str(output), "--probabilities"])
+    assert [track for call in calls[::2] for track in call] == ["tone1", "tone2", "tone3", "tone4"]
+    assert (tmp_path / "results.skipped.csv").read_text() == one_shot_skipped
+    assert output.read_text() == one_shot
+
+
+def test_an_output_of_other_runs_is_one_error_line(library, tmp_path, predicted_tracks):
+    """Another set of runs, or the same runs without --probabilities, would mix two kinds of rows in one file."""
+    runs, folder, one_shot, _, streamed = library
+    output = streamed_copy(streamed, tmp_path)
+    a, b = (str(run.path.resolve()) for run in runs)
+    refusal = f"error: {output} holds predictions of other runs ({{}}); remove it or choose another --output"
+    for command, reason in [
+        ([*run_args(runs[:1]), "--probabilities"], f"made by {a}, {b}; this command runs {a}"),
+        (run_args(runs), "written with --probabilities; this command is without"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, str(folder), "--output", str(output)])
+        assert exit_info.value.code == refusal.format(reason)
+    (tmp_path / "results.csv.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*run_args(runs), str(folder), "--output", str(output), "--probabilities"])
+    assert exit_info.value.code == refusal.format("it has no readable sidecar naming them")
+    assert output.read_text() == one_shot and predicted_tracks[0] == []
+
+
+def test_an_output_of_skipped_inputs_only_is_not_written(library, tmp_path, capsys):
+    runs, folder, *_ = library
+    output = tmp_path / "results.csv"
+    with pytest.raises(SystemExit, match=r"^error: nothing to predict \(every input was skipped\)$"):
+        main([*run_args(runs), str(folder / "bad.wav"), "--output", str(output)])
+    assert f"skipped {folder / 'bad.wav'}: " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -256,31 +256,48 @@ def compile_kernels(recipe: Recipe) -> None:
         features.analyse_track(y, sr, recipe.features, recipe.mel, segment_bounds(n, recipe.audio))
 
 
+class SharedPool:
+    """Extraction worker processes that several `extract_all` calls share, started by the first call with more than
+    one file to extract: a stream of chunks pays their start, imports and first-call compilation once, and a stream
+    of cache hits not at all."""
+
+    def __init__(self, workers: int, recipe: Recipe):
+        self.workers, self.recipe = workers, recipe
+        self.executor: ProcessPoolExecutor | None = None
+
+    def map(self, jobs: list[tuple]) -> Iterator[TrackResult]:
+        if self.workers <= 1 or len(jobs) <= 1:
+            with threadpool_limits(1):
+                yield from map(_extract_job, jobs)
+            return
+        if self.executor is None:
+            compile_kernels(self.recipe)
+            # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
+            context = multiprocessing.get_context("spawn")
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_blas_thread)
+        yield from self.executor.map(_extract_job, jobs, chunksize=1)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+
 @contextmanager
-def extraction_pool(workers: int, recipe: Recipe) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes that several `extract_all` calls share (None for one worker): a stream of chunks starts
-    them, and pays their imports and first-call compilation, once. The numba kernels are compiled here first
-    (`compile_kernels`; the recipe's sizes do not change which)."""
-    if workers <= 1:
-        yield None
-        return
-    compile_kernels(recipe)
-    # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
+def extraction_pool(workers: int, recipe: Recipe) -> Iterator[SharedPool]:
+    """A SharedPool of `workers` processes for the block, shut down at its end."""
+    pool = SharedPool(workers, recipe)
+    try:
         yield pool
+    finally:
+        pool.close()
 
 
-def _parallel(jobs: list[tuple], workers: int, pool: ProcessPoolExecutor | None) -> Iterator[TrackResult]:
+def _parallel(jobs: list[tuple], workers: int, pool: SharedPool | None) -> Iterator[TrackResult]:
     if pool is not None:
-        yield from pool.map(_extract_job, jobs, chunksize=1)
+        yield from pool.map(jobs)
         return
-    if workers <= 1 or len(jobs) <= 1:
-        with threadpool_limits(1):
-            yield from map(_extract_job, jobs)
-        return
-    with extraction_pool(workers, jobs[0][3]) as own_pool:
-        yield from own_pool.map(_extract_job, jobs, chunksize=1)
+    with extraction_pool(workers, jobs[0][3] if jobs else None) as own_pool:
+        yield from own_pool.map(jobs)
 
 
 def extract_all(
@@ -289,7 +306,7 @@ def extract_all(
     recipe: Recipe,
     jobs: int = 0,
     progress: bool = True,
-    pool: ProcessPoolExecutor | None = None,
+    pool: SharedPool | None = None,
 ) -> list[TrackResult]:
     """Extract every file (cache hits cost one hash), in parallel over `jobs` processes (or `pool`'s), in input
     order."""

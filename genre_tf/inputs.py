@@ -6,7 +6,6 @@ the same way: the run's saved config and scaler decide everything.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import augment, models, musicnn_input, pipeline
+from genre_tf.cache import SharedPool
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.features import feature_columns
@@ -84,9 +84,7 @@ def load_examples(cfg: Config, progress: bool = True) -> Examples:
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
 
-def examples_for_index(
-    index: Index, cfg: Config, progress: bool = True, pool: ProcessPoolExecutor | None = None
-) -> Examples:
+def examples_for_index(index: Index, cfg: Config, progress: bool = True, pool: SharedPool | None = None) -> Examples:
     """Examples for arbitrary (e.g. unlabeled) audio, made with a run's recipe (`pool`: see `prepare_index`)."""
     return examples_from_prepared(prepare_index(index, cfg, progress=progress, pool=pool), cfg)
 

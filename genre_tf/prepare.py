@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tf import features
-from genre_tf.cache import Recipe, TrackStore, extract_all, write_atomic
+from genre_tf.cache import Recipe, SharedPool, TrackStore, extract_all, write_atomic
 from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error, save_config
 from genre_tf.dataset import SPLITS, Index, build_index
 
@@ -59,7 +58,7 @@ def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) 
 
 
 def prepare_index(
-    index: Index, cfg: Config, jobs: int | None = None, progress: bool = True, pool: ProcessPoolExecutor | None = None
+    index: Index, cfg: Config, jobs: int | None = None, progress: bool = True, pool: SharedPool | None = None
 ) -> Prepared:
     """Extract (or find in the cache) every track of an index and assemble the tables; `pool`: extraction's
     worker processes, shared with other calls (`cache.extraction_pool`)."""

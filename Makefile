@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(PY) -m genre_tf.train --config configs/demo_resnet.yaml
 	$(PY) -m genre_tf.compare saved_models/demo_mlp saved_models/demo_cnn saved_models/demo_resnet --output saved_models/demo_comparison
 
+# One pytest worker per core (at most 4), a test file per worker: its module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check genre_tf tests bench

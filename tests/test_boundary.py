@@ -79,7 +79,7 @@ def test_activations_are_computed_once_then_loaded(tmp_path, frame, monkeypatch)
     data = split_data(frame, cfg, CLASSES, None)
     key = cut.key(frame.mel_path)
     first = boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key, progress=False)
-    np.testing.assert_allclose(first, cut.frozen(images_of(frame, cfg)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first, cut.frozen(images_of(frame, cfg)), rtol=1e-4, atol=1e-5)  # batched vs whole
     assert [p.name for p in (cfg.cache.dir / "boundary").iterdir()] == [f"{key}.npy"]  # no temporary file left
 
     def no_compute(*args, **kwargs):

@@ -11,7 +11,13 @@ is printed beside it because it is less disturbed by other processes on a shared
 time is split into its two HPSS median filters (`genre_tf.features._median_filter`, timed where it is called)
 and everything else.
 
+`--representations` times what `prepare` pays per track for each model family instead: the cache entries of one
+representation (feature rows for the MLP, mel images for the CNN and keras.applications backbones, musicnn patches
+for musicnn), decoded and written as `prepare` does, against all three at once (the one entry every run used to
+compute), with the files and bytes each writes per track.
+
     .venv/bin/python bench/features.py --clips 24 --profile
+    .venv/bin/python bench/features.py --clips 20 --representations
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import cProfile
 import csv
 import os
 import pstats
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +39,9 @@ import soundfile
 from threadpoolctl import threadpool_limits
 
 import genre_tf.features
-from genre_tf.config import FeatureConfig, MelConfig
+from genre_tf import representations
+from genre_tf.cache import Recipe, TrackCache, extract_track, file_digest
+from genre_tf.config import FeatureConfig, MelConfig, load_config
 from genre_tf.features import FEATURE_COLUMNS, analyse_track
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -220,14 +229,61 @@ def profile_fast_recipe(clips: list[tuple[str, np.ndarray, int]]) -> None:
             print(f"  {name:28s} {1000 * seconds / len(clips):8.1f} ms/clip")
 
 
+REPRESENTATION_SETS = {
+    "all three (the former entry)": representations.ALL,
+    "MLP: feature rows": (representations.FEATURES,),
+    "CNN: mel images": (representations.MEL_IMAGE,),
+    "musicnn: patches": (representations.MUSICNN_PATCH,),
+}
+
+
+def time_representations(paths: list[Path]) -> None:
+    """Per track: decode + analyse + write the cache entries of each representation set, sets alternating."""
+    recipe = Recipe.from_config(load_config(None, ["audio.segment_seconds=3.0"]))
+    seconds = {name: [] for name in REPRESENTATION_SETS}
+    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1):
+        caches = {
+            name: TrackCache(Path(tmp) / str(i), recipe, names)
+            for i, (name, names) in enumerate(REPRESENTATION_SETS.items())
+        }
+        extract_track(str(paths[0]), "warm-up", TrackCache(Path(tmp) / "warm", recipe, representations.ALL))
+        for i, path in enumerate(paths):
+            digest = file_digest(path)
+            order = list(REPRESENTATION_SETS) if i % 2 == 0 else list(REPRESENTATION_SETS)[::-1]
+            for name in order:
+                wall, cpu = time.perf_counter(), time.process_time()
+                extract_track(str(path), digest, caches[name])
+                seconds[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        files = {name: sum(1 for p in c.cache_dir.rglob("*") if p.is_file()) for name, c in caches.items()}
+        size = {
+            name: sum(p.stat().st_size for p in c.cache_dir.rglob("*") if p.is_file()) for name, c in caches.items()
+        }
+    n = len(paths)
+    print(f"{n} clips of 30 s, 3 s segments, one process, one BLAS thread; decode + analyse + write per track:")
+    full = np.array(seconds[next(iter(REPRESENTATION_SETS))]).mean(axis=0)
+    for name, times in seconds.items():
+        wall, cpu = np.array(times).mean(axis=0)
+        print(
+            f"  {name:30s} {1000 * wall:6.0f} ms wall {1000 * cpu:6.0f} ms cpu  ({full[0] / wall:4.1f}x faster)  "
+            f"{files[name] / n:4.0f} files  {size[name] / n / 1024:6.0f} KiB per track"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=100, help="how many clips of gtzan_mini (default all 100)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "gtzan_mini", help="folder of <genre>/*.flac")
     parser.add_argument("--profile", action="store_true", help="print the per-stage breakdown of both recipes")
+    parser.add_argument(
+        "--representations", action="store_true", help="time each family's representation against all three"
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no clips: {args.data} is not a folder")
+    if args.representations:
+        paths = sorted(args.data.glob("*/*.flac"))
+        time_representations(paths[:: max(1, len(paths) // args.clips)][: args.clips])  # spread over the genres
+        return
     clips = load_clips(args.data, args.clips)
     # one BLAS thread, as in an extraction worker; more threads only fight over the cores here
     with threadpool_limits(limits=1):

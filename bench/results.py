@@ -146,9 +146,10 @@ def sklearn_fold(fold: int, embeddings: pd.DataFrame) -> dict:
     from genre_tf.config import load_config
     from genre_tf.features import FEATURE_COLUMNS
     from genre_tf.prepare import prepare
+    from genre_tf.representations import FEATURES
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [f"data.fold={fold}"])
-    tracks = prepare(cfg, progress=False).tracks
+    tracks = prepare(cfg, progress=False, names=(FEATURES,)).tracks
     test = tracks[tracks.split == "test"]
     # "4 folds": train + valid, as scikit-learn needs no early stopping; "3 folds": the networks' training data.
     training = {"4 folds": tracks[tracks.split != "test"], "3 folds": tracks[tracks.split == "train"]}

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf import models, musicnn_input
+from genre_tf import models, musicnn_input, representations
 from genre_tf.audio import segment_hop_samples, segment_samples
 from genre_tf.config import Config, ConfigError
 from genre_tf.features import mel_first_frame, mel_frames_per_segment
@@ -66,7 +66,7 @@ def check_augment(cfg: Config) -> None:
     if not aug.active:
         return
     family = models.family(cfg.model)
-    kind = family.input(cfg.model)
+    kind = representations.read_by(cfg.model)
     spectral = {"time_masks": aug.time_masks, "freq_masks": aug.freq_masks, "gain_db": aug.gain_db}
     misfits = [name for name, value in {**spectral, "time_shift": aug.time_shift}.items() if value]
     if kind != models.FEATURES:

@@ -1,11 +1,12 @@
-"""Content-addressed cache of per-track features and mel images: keyed, atomic, parallel.
+"""Content-addressed cache of per-track representations: keyed, atomic, parallel.
 
-An entry lives at `<cache.dir>/tracks/<recipe key>/<file digest>/`. The recipe key hashes every
-parameter that shapes the content (audio, feature and mel settings and the recipe version), the
-digest hashes the audio file's bytes, so a moved or renamed file is still a hit and an edited one is
-not. Entries are built in a temporary folder and renamed into place, so a killed run leaves either a
-whole entry or none, and every file in an entry is written deterministically: a resumed run ends
-byte-identical to an uninterrupted one.
+Each representation (genre_tf.representations: feature rows, mel images, musicnn patches) has its own entry, at
+`<cache.dir>/<representation>/<key>/<file digest>/`. The key hashes every parameter that shapes that
+representation's content and nothing else (a change of `mel.*` leaves the feature rows' key as it was); the
+digest hashes the audio file's bytes, so a moved or renamed file is still a hit and an edited one is not. A file
+is decoded once for all the representations it lacks. Entries are built in a temporary folder and renamed into
+place, so a killed run leaves either a whole entry or none, and every file in an entry is written
+deterministically: a resumed run ends byte-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import shutil
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from genre_tf import features
+from genre_tf import features, representations
 from genre_tf.audio import AudioError, load_track, segment_bounds, segment_hop_samples, segment_samples, tile_to_segment
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 
@@ -34,7 +35,7 @@ TMP_PREFIX = ".tmp-"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that shapes a cache entry's content; picklable for worker processes."""
+    """Every setting that shapes some representation's content; picklable for worker processes."""
 
     audio: AudioConfig
     features: FeatureConfig
@@ -44,14 +45,13 @@ class Recipe:
     def from_config(cls, cfg: Config) -> Recipe:
         return cls(cfg.audio, cfg.features, cfg.mel)
 
-    @property
-    def key(self) -> str:
-        # short_clips is a policy applied when entries are read (`TrackResult.under_policy`), not part of the content:
-        # predicting on training audio finds the training entries.
-        audio = {k: v for k, v in asdict(self.audio).items() if k != "short_clips"}
-        spec = {"audio": audio, "features": asdict(self.features), "mel": asdict(self.mel)}
-        spec["recipe_version"] = features.RECIPE_VERSION
+    def key(self, representation: str) -> str:
+        """The cache key of one representation: a hash of the parameters that shape it, and of those only."""
+        spec = representations.shaping_parameters(representation, self.audio, self.features, self.mel)
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def keys(self, names: tuple[str, ...]) -> dict[str, str]:
+        return {name: self.key(name) for name in names}
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,11 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class TrackStore:
-    """The cache folder of one recipe."""
+    """The cache folder of one representation under one recipe: `<cache.dir>/<representation>/<key>/`."""
 
-    def __init__(self, cache_dir: Path, recipe: Recipe):
-        self.recipe = recipe
-        self.root = Path(cache_dir) / "tracks" / recipe.key
+    def __init__(self, cache_dir: Path, recipe: Recipe, representation: str):
+        self.recipe, self.representation = recipe, representation
+        self.root = Path(cache_dir) / representation / recipe.key(representation)
 
     def entry(self, digest: str) -> Path:
         return self.root / digest
@@ -154,18 +154,24 @@ class TrackStore:
             return TrackResult(path, digest, 0, hit=True, reason=skip.read_text().strip())
         return None
 
+    def entry_files(self, analysis: features.TrackAnalysis) -> dict[str, bytes]:
+        """The files of this representation's entry, by name, from an analysis that holds it."""
+        if self.representation == representations.FEATURES:
+            return {"track.npy": _npy_bytes(analysis.track_row), "segments.npy": _npy_bytes(analysis.segment_rows)}
+        if self.representation == representations.MEL_IMAGE:
+            mel = self.recipe.mel
+            return {f"mel_{i:04d}.png": features.encode_mel_png(x, mel) for i, x in enumerate(analysis.mel_segments)}
+        # raw little-endian float16, which tf.io.decode_raw reads
+        return {f"musicnn_{i:04d}.f16": x.astype("<f2").tobytes() for i, x in enumerate(analysis.musicnn_segments)}
+
     def write_entry(self, digest: str, analysis: features.TrackAnalysis, meta: dict) -> None:
         """Build the entry in a temporary folder, then rename it into place in one step."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f"{TMP_PREFIX}{digest}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        (tmp / "track.npy").write_bytes(_npy_bytes(analysis.track_row))
-        (tmp / "segments.npy").write_bytes(_npy_bytes(analysis.segment_rows))
-        for i, image in enumerate(analysis.mel_segments):
-            (tmp / f"mel_{i:04d}.png").write_bytes(features.encode_mel_png(image, self.recipe.mel))
-        for i, patch in enumerate(analysis.musicnn_segments):
-            (tmp / f"musicnn_{i:04d}.f16").write_bytes(patch.astype("<f2").tobytes())  # raw: tf.io.decode_raw reads it
+        for name, data in self.entry_files(analysis).items():
+            (tmp / name).write_bytes(data)
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
         try:
             os.rename(tmp, self.entry(digest))
@@ -195,21 +201,51 @@ class TrackStore:
         hop = segment_hop_samples(self.recipe.audio)
         return [start // hop for start, _ in json.loads((self.entry(digest) / "meta.json").read_text())["segments"]]
 
-    def mel_paths(self, digest: str, n_segments: int) -> list[str]:
-        return [str(self.entry(digest) / f"mel_{i:04d}.png") for i in range(n_segments)]
+    def paths(self, digest: str, n_segments: int) -> list[str]:
+        """The segments' files: 16-bit mel PNGs, or raw little-endian float16 (frames, 96) musicnn patches."""
+        stem, suffix = {representations.MEL_IMAGE: ("mel", "png"), representations.MUSICNN_PATCH: ("musicnn", "f16")}[
+            self.representation
+        ]
+        return [str(self.entry(digest) / f"{stem}_{i:04d}.{suffix}") for i in range(n_segments)]
 
-    def musicnn_paths(self, digest: str, n_segments: int) -> list[str]:
-        """Raw little-endian float16 (frames, 96) mel power patches, one per segment."""
-        return [str(self.entry(digest) / f"musicnn_{i:04d}.f16") for i in range(n_segments)]
+
+class TrackCache:
+    """The stores of the representations a run reads: a file is a hit when every one of them holds it."""
+
+    def __init__(self, cache_dir: Path, recipe: Recipe, names: tuple[str, ...]):
+        self.cache_dir, self.recipe = Path(cache_dir), recipe
+        self.names = representations.check(names)
+        self.stores = {name: TrackStore(cache_dir, recipe, name) for name in self.names}
+
+    def __getitem__(self, name: str) -> TrackStore:
+        return self.stores[name]
+
+    def lookup(self, path: str, digest: str) -> tuple[TrackResult | None, tuple[str, ...]]:
+        """(the cached result, or None; the representations still to compute). A cached skip is a skip for all."""
+        found, missing = None, []
+        for name, store in self.stores.items():
+            result = store.lookup(path, digest)
+            if result is not None and not result.ok:
+                return result, ()
+            if result is None:
+                missing.append(name)
+            else:
+                found = result
+        return (found if not missing else None), tuple(missing)
+
+    def clean_partial(self) -> None:
+        for store in self.stores.values():
+            store.clean_partial()
 
 
-def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:
-    """Decode, segment and analyse one file into the store; bad audio becomes a cached skip.
+def extract_track(path: str, digest: str, cache: TrackCache, names: tuple[str, ...] | None = None) -> TrackResult:
+    """Decode and segment one file once, analyse it into the representations `names` (default: all of the
+    cache's) and store each; bad audio becomes a cached skip.
 
     A clip shorter than one segment is tiled to fill one and stored so, whatever `audio.short_clips` says: the
     policy is applied when the result is read, so training and prediction share one entry.
     """
-    recipe = store.recipe
+    recipe, names = cache.recipe, cache.names if names is None else names
     try:
         y = load_track(Path(path), recipe.audio)
         bounds = segment_bounds(len(y), recipe.audio)
@@ -217,20 +253,22 @@ def extract_track(path: str, digest: str, store: TrackStore) -> TrackResult:
         if not bounds:
             y = tile_to_segment(y, recipe.audio)
             bounds = segment_bounds(len(y), recipe.audio)
-        analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds)
+        analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds, names)
     except AudioError as err:
-        store.write_skip(digest, str(err))
+        for name in names:
+            cache[name].write_skip(digest, str(err))
         return TrackResult(path, digest, 0, hit=False, reason=str(err))
     meta = {"n_samples": len(y), "n_segments": len(bounds), "segments": bounds, "sample_rate": recipe.audio.sample_rate}
     if short_seconds is not None:
         meta["short_seconds"] = short_seconds
-    store.write_entry(digest, analysis, meta)
+    for name in names:
+        cache[name].write_entry(digest, analysis, meta)
     return TrackResult(path, digest, len(bounds), hit=False, short_seconds=short_seconds)
 
 
-def _extract_job(job: tuple[str, str, str, Recipe]) -> TrackResult:
-    path, digest, cache_dir, recipe = job
-    return extract_track(path, digest, TrackStore(Path(cache_dir), recipe))
+def _extract_job(job: tuple[str, str, str, Recipe, tuple[str, ...]]) -> TrackResult:
+    path, digest, cache_dir, recipe, names = job
+    return extract_track(path, digest, TrackCache(Path(cache_dir), recipe, names))
 
 
 def _one_blas_thread() -> None:
@@ -239,8 +277,8 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def compile_kernels(recipe: Recipe) -> None:
-    """Compile (or load) every numba kernel that extraction uses, in this process, by analysing a short tone.
+def compile_kernels(recipe: Recipe, names: tuple[str, ...] = representations.ALL) -> None:
+    """Compile (or load) every numba kernel that extracting `names` uses, in this process, by analysing a short tone.
 
     librosa asks numba to cache its compiled kernels beside its source (`librosa/**/__pycache__/*.nbi, *.nbc`).
     Numba writes a kernel's index and its data as separate files with no lock between processes, so extraction
@@ -253,7 +291,7 @@ def compile_kernels(recipe: Recipe) -> None:
     t = np.arange(n) / sr
     y = (0.3 * np.sin(2 * np.pi * 440.0 * t) + 0.05 * np.sin(2 * np.pi * 97.0 * t)).astype(np.float32)
     with threadpool_limits(1):
-        features.analyse_track(y, sr, recipe.features, recipe.mel, segment_bounds(n, recipe.audio))
+        features.analyse_track(y, sr, recipe.features, recipe.mel, segment_bounds(n, recipe.audio), names)
 
 
 class SharedPool:
@@ -261,17 +299,22 @@ class SharedPool:
     one file to extract: a stream of chunks pays their start, imports and first-call compilation once, and a stream
     of cache hits not at all."""
 
-    def __init__(self, workers: int, recipe: Recipe):
-        self.workers, self.recipe = workers, recipe
+    def __init__(self, workers: int):
+        self.workers = workers
         self.executor: ProcessPoolExecutor | None = None
+        self.compiled: set[str] = set()  # representation keys whose kernels this process compiled
 
     def map(self, jobs: list[tuple]) -> Iterator[TrackResult]:
         if self.workers <= 1 or len(jobs) <= 1:
             with threadpool_limits(1):
                 yield from map(_extract_job, jobs)
             return
+        todo = {recipe.key(name): (recipe, name) for *_, recipe, names in jobs for name in names}
+        for key, (recipe, name) in todo.items():  # before any worker can run a kernel: see compile_kernels
+            if key not in self.compiled:
+                compile_kernels(recipe, (name,))
+                self.compiled.add(key)
         if self.executor is None:
-            compile_kernels(self.recipe)
             # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
             context = multiprocessing.get_context("spawn")
             self.executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_blas_thread)
@@ -283,9 +326,9 @@ class SharedPool:
 
 
 @contextmanager
-def extraction_pool(workers: int, recipe: Recipe) -> Iterator[SharedPool]:
+def extraction_pool(workers: int) -> Iterator[SharedPool]:
     """A SharedPool of `workers` processes for the block, shut down at its end."""
-    pool = SharedPool(workers, recipe)
+    pool = SharedPool(workers)
     try:
         yield pool
     finally:
@@ -296,24 +339,36 @@ def _parallel(jobs: list[tuple], workers: int, pool: SharedPool | None) -> Itera
     if pool is not None:
         yield from pool.map(jobs)
         return
-    with extraction_pool(workers, jobs[0][3] if jobs else None) as own_pool:
+    with extraction_pool(workers) as own_pool:
         yield from own_pool.map(jobs)
+
+
+def legacy_note(cache_dir: Path) -> str | None:
+    """A line on entries made before each representation had its own cache (`<cache.dir>/tracks/`): never read."""
+    legacy = Path(cache_dir) / "tracks"
+    if not legacy.is_dir():
+        return None
+    return (
+        f"note: {legacy} holds cache entries of an older layout (every representation in one entry); they are not "
+        "read, so these tracks are extracted once more; delete that folder to free its space"
+    )
 
 
 def extract_all(
     paths: Iterable[str],
     cache_dir: Path,
     recipe: Recipe,
+    names: tuple[str, ...] = representations.ALL,
     jobs: int = 0,
     progress: bool = True,
     pool: SharedPool | None = None,
 ) -> list[TrackResult]:
-    """Extract every file (cache hits cost one hash), in parallel over `jobs` processes (or `pool`'s), in input
-    order."""
+    """Extract the representations `names` of every file (cache hits cost one hash; a file that has some of them
+    is analysed for the rest only), in parallel over `jobs` processes (or `pool`'s), in input order."""
     from tqdm import tqdm
 
-    store = TrackStore(cache_dir, recipe)
-    store.clean_partial()
+    cache = TrackCache(cache_dir, recipe, names)
+    cache.clean_partial()
     results: dict[int, TrackResult] = {}
     todo = []
     for i, path in enumerate(paths):
@@ -322,11 +377,14 @@ def extract_all(
         except AudioError as err:
             results[i] = TrackResult(path, None, 0, hit=False, reason=str(err))
             continue
-        cached = store.lookup(path, digest)
+        cached, missing = cache.lookup(path, digest)
         if cached is not None:
             results[i] = cached
         else:
-            todo.append((i, (path, digest, str(cache_dir), recipe)))
+            todo.append((i, (path, digest, str(cache_dir), recipe, missing)))
+    note = legacy_note(cache_dir) if todo and progress else None
+    if note:
+        print(note, flush=True)
     workers = jobs or os.cpu_count() or 1
     done = _parallel([job for _, job in todo], min(workers, len(todo)), pool)
     bar = tqdm(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)

@@ -1,4 +1,4 @@
-"""Feature-table rows and log-mel images of a track, all derived from one STFT per clip.
+"""Feature-table rows, log-mel images and musicnn patches of a track: the ones asked for, from one STFT per clip.
 
 The recipe reproduces the published GTZAN feature table (Kaggle `features_30_sec.csv`), made with older librosa
 defaults: reflect-padded STFT, RMS over reflect-padded frames, harmonic / percussive waveforms that are zero after
@@ -6,6 +6,8 @@ the last full hop (old `istft` returned `(n_frames - 1) * hop` samples, then `fi
 `librosa.beat.beat_track`'s tempo, whose onset envelope is the median over mel bands. Each feature equals what the
 librosa function computes on its own, to float rounding. Every per-frame matrix is computed once per clip; a
 segment's row is the mean / variance of the frames (or samples) inside its range: slicing, not recomputation.
+Only the representations asked for are computed (genre_tf.representations); the mel images reuse the feature
+table's STFT when both are asked for and their frames agree, and are the same bytes either way.
 
 No TensorFlow here: this module runs in extraction worker processes.
 """
@@ -25,8 +27,7 @@ from PIL import Image
 from genre_tf import musicnn_input
 from genre_tf.config import FeatureConfig, MelConfig
 from genre_tf.preprocessing import PNG_MAX, db_to_unit, mel_fmax, sparse_mel_filter_bank, unit_to_db
-
-RECIPE_VERSION = "2"  # 2: musicnn patches in every entry
+from genre_tf.representations import ALL, FEATURES, MEL_IMAGE, MUSICNN_PATCH
 
 HPSS_KERNEL = 31  # librosa.decompose.hpss default, both directions
 TUNING_BAND_HZ = (150.0, 4000.0)  # librosa.piptrack defaults, as used by estimate_tuning
@@ -46,13 +47,13 @@ FEATURE_COLUMNS = feature_columns(20)
 
 @dataclass
 class TrackAnalysis:
-    """What one track yields: its feature-table row, one row per segment, a log-mel image and a musicnn patch
-    per segment."""
+    """What one track yields, of the representations asked for (None for the others): its feature-table row and
+    one row per segment, a log-mel image and a musicnn patch per segment."""
 
-    track_row: np.ndarray  # (n_columns,) float64, features over the whole track
-    segment_rows: np.ndarray  # (n_segments, n_columns) float64, the same features per segment
-    mel_segments: np.ndarray  # (n_segments, n_mels, frames_per_segment) float32, log-mel dB (ref 1.0 power)
-    musicnn_segments: np.ndarray  # (n_segments, frames, 96) float16 mel power at 16 kHz (genre_tf.musicnn_input)
+    track_row: np.ndarray | None = None  # (n_columns,) float64, features over the whole track
+    segment_rows: np.ndarray | None = None  # (n_segments, n_columns) float64, the same features per segment
+    mel_segments: np.ndarray | None = None  # (n_segments, n_mels, frames) float32, log-mel dB (ref 1.0 power)
+    musicnn_segments: np.ndarray | None = None  # (n_segments, frames, 96) float16 16 kHz mel power (musicnn_input)
 
 
 @dataclass
@@ -76,25 +77,35 @@ def mel_first_frame(start: int, mel: MelConfig) -> int:
 
 
 def analyse_track(
-    y: np.ndarray, sr: int, features: FeatureConfig, mel: MelConfig, segments: list[tuple[int, int]]
+    y: np.ndarray,
+    sr: int,
+    features: FeatureConfig,
+    mel: MelConfig,
+    segments: list[tuple[int, int]],
+    representations: tuple[str, ...] = ALL,
 ) -> TrackAnalysis:
-    """Feature-table rows (track and per segment) and per-segment log-mel images of a mono float32 waveform."""
+    """The representations asked for of a mono float32 waveform: feature-table rows (track and per segment),
+    per-segment log-mel images, per-segment musicnn patches."""
     y = np.ascontiguousarray(y, dtype=np.float32)
-    hop = features.hop_length
-    stft = librosa.stft(y, n_fft=features.n_fft, hop_length=hop, pad_mode=features.pad_mode)
-    magnitude = np.abs(stft)
-    power = magnitude**2
-    mel_power = (
-        sparse_mel_filter_bank(sr, features.n_fft, 128, 0.0, sr / 2) @ power
-    )  # librosa.feature.mfcc's mel defaults
-    clip = _clip_frames(y, sr, features, stft, magnitude, power, mel_power)
-    n_frames = stft.shape[1]
-    track_row = _row(clip, slice(None), slice(None), sr, hop)
-    segment_rows = [_row(clip, _frame_range(s, e, hop, n_frames), slice(s, e), sr, hop) for s, e in segments]
-    segment_rows = np.array(segment_rows, dtype=np.float64).reshape(len(segments), len(track_row))
-    mel_images = _mel_segments(y, sr, features, mel, power, mel_power, segments)
-    frames = musicnn_input.patch_frames((segments[0][1] - segments[0][0]) / sr) if segments else 0
-    return TrackAnalysis(track_row, segment_rows, mel_images, musicnn_input.segment_patches(y, sr, segments, frames))
+    analysis = TrackAnalysis()
+    power = mfcc_mel_power = None
+    if FEATURES in representations:
+        hop = features.hop_length
+        stft = librosa.stft(y, n_fft=features.n_fft, hop_length=hop, pad_mode=features.pad_mode)
+        magnitude = np.abs(stft)
+        power = magnitude**2
+        mfcc_mel_power = sparse_mel_filter_bank(sr, features.n_fft, 128, 0.0, sr / 2) @ power  # librosa's defaults
+        clip = _clip_frames(y, sr, features, stft, magnitude, power, mfcc_mel_power)
+        n_frames = stft.shape[1]
+        analysis.track_row = _row(clip, slice(None), slice(None), sr, hop)
+        rows = [_row(clip, _frame_range(s, e, hop, n_frames), slice(s, e), sr, hop) for s, e in segments]
+        analysis.segment_rows = np.array(rows, dtype=np.float64).reshape(len(segments), len(analysis.track_row))
+    if MEL_IMAGE in representations:
+        analysis.mel_segments = _mel_segments(y, sr, features, mel, power, mfcc_mel_power, segments)
+    if MUSICNN_PATCH in representations:
+        frames = musicnn_input.patch_frames((segments[0][1] - segments[0][0]) / sr) if segments else 0
+        analysis.musicnn_segments = musicnn_input.segment_patches(y, sr, segments, frames)
+    return analysis
 
 
 def _clip_frames(
@@ -312,13 +323,14 @@ def _mel_segments(
     sr: int,
     features: FeatureConfig,
     mel: MelConfig,
-    power: np.ndarray,
-    mfcc_mel_power: np.ndarray,
+    power: np.ndarray | None,
+    mfcc_mel_power: np.ndarray | None,
     segments: list[tuple[int, int]],
 ) -> np.ndarray:
-    """Log-mel dB of each segment, frames sliced from the clip's mel spectrogram."""
+    """Log-mel dB of each segment, frames sliced from the clip's mel spectrogram; `power`, `mfcc_mel_power`: the
+    feature table's STFT power and MFCC mel power where it was computed (None: not asked for)."""
     fmax = mel_fmax(mel, sr)
-    if (mel.n_fft, mel.hop_length) != (features.n_fft, features.hop_length):
+    if power is None or (mel.n_fft, mel.hop_length) != (features.n_fft, features.hop_length):
         stft = librosa.stft(y, n_fft=mel.n_fft, hop_length=mel.hop_length, pad_mode=features.pad_mode)
         mel_power = sparse_mel_filter_bank(sr, mel.n_fft, mel.n_mels, mel.fmin, fmax) @ (np.abs(stft) ** 2)
     elif (mel.n_mels, mel.fmin, fmax) == (128, 0.0, sr / 2):

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf import augment, models, musicnn_input, pipeline
+from genre_tf import augment, models, musicnn_input, pipeline, representations
 from genre_tf.cache import SharedPool
 from genre_tf.config import Config, ConfigError
 from genre_tf.dataset import Index, index_table
 from genre_tf.features import feature_columns
-from genre_tf.prepare import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
+from genre_tf.prepare import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, prepare, prepare_index
 from genre_tf.scaling import Scaler
 
 
@@ -41,7 +41,7 @@ class Examples:
 
 def model_input(cfg: Config) -> str:
     """The input representation the configured model reads (models.FEATURES, models.MEL_IMAGE, ...)."""
-    return models.family(cfg.model).input(cfg.model)
+    return representations.read_by(cfg.model)
 
 
 def reads_features(cfg: Config) -> bool:
@@ -127,7 +127,7 @@ def split_data(
 
 def input_column(cfg: Config) -> str:
     """The examples' column of cached input files the model reads (its content-addressed paths)."""
-    return {models.MEL_IMAGE: "mel_path", models.MUSICNN_PATCH: "musicnn_path"}[model_input(cfg)]
+    return PATH_COLUMNS[model_input(cfg)]
 
 
 def input_shape(cfg: Config, scaler: Scaler | None) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from genre_tf.preprocessing import sparse_mel_filter_bank
 
+MUSICNN_MODELS = ("MSD_musicnn", "MTT_musicnn")  # the pretrained networks (genre_tf.models.musicnn)
 MUSICNN_SAMPLE_RATE = 16000  # Hz
 N_FFT = 512  # samples (32 ms)
 HOP_LENGTH = 256  # samples (16 ms)

@@ -151,7 +151,7 @@ def predict_to_file(
     (track ids, probabilities) of this call's predictions. SystemExit when no track gets a row."""
     from tqdm import tqdm
 
-    from genre_tf.cache import Recipe, extraction_pool
+    from genre_tf.cache import extraction_pool
 
     done = output.resume()  # first: a refusal comes before any work
     index = audio_index(inputs)  # once: the one source of track ids, and of the order of the rows
@@ -162,7 +162,7 @@ def predict_to_file(
     workers = max(run.config.cache.jobs or os.cpu_count() or 1 for run in runs)
     predicted = []
     bar = tqdm(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
-    with bar, extraction_pool(workers, Recipe.from_config(runs[0].config)) as pool:  # workers start once
+    with bar, extraction_pool(workers) as pool:  # workers start once
         for start in range(0, len(todo), chunk_tracks):
             problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
             chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems)

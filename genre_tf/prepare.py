@@ -1,10 +1,12 @@
 """Build the feature and mel-image caches for a config and print a summary.
 
-    python -m genre_tf.prepare --config configs/demo.yaml [--jobs N]
+    python -m genre_tf.prepare --config configs/demo.yaml [--jobs N] [--representations all]
 
-Writes the dataset view to `<cache.dir>/prepared/<name>/`: index.csv, skipped.csv, features_track.csv
-(the published GTZAN columns, one row per track), features_segment.csv (one row per segment),
-summary.json and the resolved config.yaml.
+Computes the representations the config's model reads (feature rows for the MLP, mel images for the CNN and
+keras.applications backbones, musicnn patches for musicnn), or those named by --representations, and writes the
+dataset view to `<cache.dir>/prepared/<name>/`: index.csv, skipped.csv, summary.json, the resolved config.yaml,
+and with feature rows features_track.csv (the published GTZAN columns, one row per track) and
+features_segment.csv (one row per segment).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf import features
-from genre_tf.cache import Recipe, SharedPool, TrackStore, extract_all, write_atomic
+from genre_tf import features, representations
+from genre_tf.cache import Recipe, SharedPool, TrackCache, extract_all, write_atomic
 from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error, save_config
 from genre_tf.dataset import SPLITS, Index, build_index
 
@@ -31,8 +33,8 @@ IMBALANCE = 1.5  # a training split whose largest genre has this many times the 
 class Prepared:
     """A dataset ready for pipelines: usable tracks, their segments, and what was skipped."""
 
-    tracks: pd.DataFrame  # track_id, path, label, split, digest, n_segments, length, feature columns
-    segments: pd.DataFrame  # track_id, segment, label, split, mel_path, feature columns
+    tracks: pd.DataFrame  # track_id, path, label, split, digest, n_segments, [feature columns]
+    segments: pd.DataFrame  # track_id, segment, label, split, [mel_path], [musicnn_path], [feature columns]
     skipped: pd.DataFrame  # path, track_id, reason
     stats: dict = field(default_factory=dict)
 
@@ -41,33 +43,51 @@ def prepared_dir(cfg: Config) -> Path:
     return Path(cfg.cache.dir) / "prepared" / cfg.name
 
 
-def _segment_table(tracks: pd.DataFrame, store: TrackStore, columns: list[str]) -> pd.DataFrame:
+PATH_COLUMNS = {representations.MEL_IMAGE: "mel_path", representations.MUSICNN_PATCH: "musicnn_path"}
+
+
+def _segment_table(tracks: pd.DataFrame, cache: TrackCache, columns: list[str]) -> pd.DataFrame:
+    """One row per segment: its track, place, label and split, its cached files, and its feature row if computed."""
+    layout = next(iter(cache.stores.values()))  # every store holds the same segments of a track
+    names = ["track_id", "segment", "label", "split"]
+    names += [PATH_COLUMNS[name] for name in cache.names if name in PATH_COLUMNS]
+    names += columns if representations.FEATURES in cache.names else []
     frames = []
     for track in tracks.itertuples():
-        rows = store.segment_rows(track.digest)
-        frame = pd.DataFrame(rows, columns=columns)
-        frame.insert(0, "track_id", track.track_id)
-        frame.insert(1, "segment", store.segment_positions(track.digest))  # k: it starts k segment hops in
-        frame.insert(2, "label", track.label)
-        frame.insert(3, "split", track.split)
-        frame.insert(4, "mel_path", store.mel_paths(track.digest, track.n_segments))
-        frame.insert(5, "musicnn_path", store.musicnn_paths(track.digest, track.n_segments))
+        frame = pd.DataFrame({"track_id": track.track_id, "segment": layout.segment_positions(track.digest)})
+        frame["label"], frame["split"] = track.label, track.split  # segment: k, it starts k segment hops in
+        for name, column in PATH_COLUMNS.items():
+            if name in cache.names:
+                frame[column] = cache[name].paths(track.digest, track.n_segments)
+        if representations.FEATURES in cache.names:
+            rows = cache[representations.FEATURES].segment_rows(track.digest)
+            frame = pd.concat([frame, pd.DataFrame(rows, columns=columns)], axis=1)
         frames.append(frame)
-    names = ["track_id", "segment", "label", "split", "mel_path", "musicnn_path", *columns]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+    return pd.concat(frames, ignore_index=True)[names] if frames else pd.DataFrame(columns=names)
+
+
+def read_by(cfg: Config) -> tuple[str, ...]:
+    """The representations a config's model reads (one today; a tuple, as `prepare_index` takes)."""
+    return (representations.read_by(cfg.model),)
 
 
 def prepare_index(
-    index: Index, cfg: Config, jobs: int | None = None, progress: bool = True, pool: SharedPool | None = None
+    index: Index,
+    cfg: Config,
+    jobs: int | None = None,
+    progress: bool = True,
+    pool: SharedPool | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Prepared:
-    """Extract (or find in the cache) every track of an index and assemble the tables; `pool`: extraction's
-    worker processes, shared with other calls (`cache.extraction_pool`)."""
+    """Extract (or find in the cache) the representations `names` (default: what the config's model reads) of
+    every track of an index and assemble the tables; `pool`: extraction's worker processes, shared with other
+    calls (`cache.extraction_pool`)."""
     started = time.perf_counter()
     recipe = Recipe.from_config(cfg)
-    store = TrackStore(cfg.cache.dir, recipe)
+    cache = TrackCache(cfg.cache.dir, recipe, read_by(cfg) if names is None else names)
     paths = index.tracks["path"].tolist()
     jobs = cfg.cache.jobs if jobs is None else jobs
-    results = extract_all(paths, cfg.cache.dir, recipe, jobs=jobs, progress=progress, pool=pool)
+    results = extract_all(paths, cfg.cache.dir, recipe, cache.names, jobs=jobs, progress=progress, pool=pool)
     tracks = index.tracks.copy()
     tracks["digest"] = [r.digest for r in results]
     tracks["n_segments"] = [r.n_segments for r in results]
@@ -77,9 +97,11 @@ def prepare_index(
     skipped += [(p, Path(p).stem, r) for p, r in index.problems]  # reported while indexing; not extracted or kept apart
     tracks = tracks[np.array([r is None for r in reasons], dtype=bool)].reset_index(drop=True)
     columns = features.feature_columns(cfg.features.n_mfcc)
-    rows = np.stack([store.track_row(d) for d in tracks.digest]) if len(tracks) else np.zeros((0, len(columns)))
-    tracks = pd.concat([tracks, pd.DataFrame(rows, columns=columns)], axis=1)
-    segments = _segment_table(tracks, store, columns)
+    if representations.FEATURES in cache.names:
+        store = cache[representations.FEATURES]
+        rows = np.stack([store.track_row(d) for d in tracks.digest]) if len(tracks) else np.zeros((0, len(columns)))
+        tracks = pd.concat([tracks, pd.DataFrame(rows, columns=columns)], axis=1)
+    segments = _segment_table(tracks, cache, columns)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     seconds = time.perf_counter() - started
     extracted = sum(not r.hit for r in results)
@@ -97,7 +119,8 @@ def prepare_index(
         "genres": genre_counts(tracks),
         "skipped_by_reason": skipped.reason.map(reason_kind).value_counts().to_dict(),
         "ignored": index.ignored,
-        "recipe_key": recipe.key,
+        "representations": list(cache.names),
+        "cache_keys": recipe.keys(cache.names),
     }
     return Prepared(tracks, segments, skipped, stats)
 
@@ -134,8 +157,11 @@ def reason_kind(reason: str) -> str:
     return reason
 
 
-def prepare(cfg: Config, jobs: int | None = None, progress: bool = True) -> Prepared:
-    """The dataset a config describes, demo audio generated first when it asks for it."""
+def prepare(
+    cfg: Config, jobs: int | None = None, progress: bool = True, names: tuple[str, ...] | None = None
+) -> Prepared:
+    """The dataset a config describes, demo audio generated first when it asks for it; `names`: the
+    representations to compute (default: what the config's model reads)."""
     if cfg.data.source == "demo":
         from genre_tf.demo import generate_demo
 
@@ -146,7 +172,7 @@ def prepare(cfg: Config, jobs: int | None = None, progress: bool = True) -> Prep
     if progress:  # before extraction, which can take a while
         counts = genre_counts(index.tracks)
         print("\n".join([f"split: {index.split_note}", *genre_lines(counts)]), flush=True)
-    return prepare_index(index, cfg, jobs, progress)
+    return prepare_index(index, cfg, jobs, progress, names=names)
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -155,12 +181,13 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
 
 def write_prepared(prepared: Prepared, cfg: Config, out_dir: Path) -> None:
     """The dataset view a user can open: tables, skipped files, summary and config."""
-    track_table = prepared.tracks.drop(columns=["path", "digest"])
     write_atomic(out_dir / "index.csv", _csv_bytes(prepared.tracks[["track_id", "path", "label", "split", "digest"]]))
-    write_atomic(out_dir / "features_track.csv", _csv_bytes(track_table))
-    write_atomic(
-        out_dir / "features_segment.csv", _csv_bytes(prepared.segments.drop(columns=["mel_path", "musicnn_path"]))
-    )
+    for name in ("features_track.csv", "features_segment.csv"):  # a view of what an earlier prepare computed
+        (out_dir / name).unlink(missing_ok=True)
+    if representations.FEATURES in prepared.stats["representations"]:
+        write_atomic(out_dir / "features_track.csv", _csv_bytes(prepared.tracks.drop(columns=["path", "digest"])))
+        paths = [column for column in PATH_COLUMNS.values() if column in prepared.segments]
+        write_atomic(out_dir / "features_segment.csv", _csv_bytes(prepared.segments.drop(columns=paths)))
     write_atomic(out_dir / "skipped.csv", _csv_bytes(prepared.skipped))
     write_atomic(out_dir / "summary.json", json.dumps(prepared.stats, indent=1).encode())
     save_config(cfg, out_dir / "config.yaml")
@@ -171,7 +198,8 @@ def format_summary(prepared: Prepared) -> str:
     lines = [
         f"tracks {s['tracks']}  segments {s['segments']}  skipped {s['skipped']}  reported {s['reported']}  "
         f"cache hits {s['cache_hits']}  extracted {s['extracted']}",
-        f"{s['seconds']:.1f} s, {s['clips_per_second']} clips/s; splits {s['splits']}",
+        f"{s['seconds']:.1f} s, {s['clips_per_second']} clips/s; splits {s['splits']}; "
+        f"computed: {', '.join(s['representations'])}",
     ]
     return "\n".join(lines + skipped_lines(prepared.skipped) + ignored_lines(s["ignored"]))
 
@@ -196,14 +224,29 @@ def ignored_lines(ignored: dict[str, int]) -> list[str]:
     return [f"ignored {sum(ignored.values())} files that are not audio: {kinds}"]
 
 
+def chosen_representations(choice: str, cfg: Config) -> tuple[str, ...]:
+    """--representations: `model`, `all`, or names; ConfigError for an unknown one."""
+    if choice == "model":
+        return read_by(cfg)
+    if choice == "all":
+        return representations.ALL
+    return representations.check([name.strip() for name in choice.split(",") if name.strip()])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.prepare", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: cache.jobs, 0 = all cores)")
+    parser.add_argument(
+        "--representations",
+        default="model",
+        help="what to compute: model (what the config's model reads), all, or a comma-separated list of "
+        f"{', '.join(representations.ALL)}",
+    )
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     try:
-        prepared = prepare(cfg, jobs=args.jobs)
+        prepared = prepare(cfg, jobs=args.jobs, names=chosen_representations(args.representations, cfg))
     except ConfigError as err:
         exit_config_error(err)
     out_dir = prepared_dir(cfg)

@@ -1,4 +1,5 @@
-"""Feature cache: keyed by content and recipe, atomic, byte-identical after kill -9 and resume."""
+"""Representation caches: keyed by content and by what shapes each representation, computed only when asked,
+atomic, byte-identical after kill -9 and resume."""
 
 import hashlib
 import os
@@ -12,9 +13,10 @@ import numpy as np
 import soundfile as sf
 
 from genre_tf import features
-from genre_tf.cache import Recipe, TrackStore, extract_all, file_digest
+from genre_tf.cache import Recipe, TrackStore, extract_all, file_digest, legacy_note
 from genre_tf.config import load_config
 from genre_tf.demo import generate_demo
+from genre_tf.representations import ALL, FEATURES, MEL_IMAGE, MUSICNN_PATCH
 
 
 def demo_config(tmp_path: Path, *extra: str):
@@ -38,12 +40,55 @@ def tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
 
 
-def test_recipe_key_follows_every_parameter(tmp_path):
+def test_each_representations_key_follows_the_parameters_that_shape_it_and_no_others(tmp_path):
+    base = Recipe.from_config(demo_config(tmp_path)).keys(ALL)
+    assert Recipe.from_config(demo_config(tmp_path)).keys(ALL) == base
+    assert len(set(base.values())) == 3
+    changed = {  # the override: the representations whose key it changes
+        "audio.segment_seconds=2.0": ALL,
+        "audio.sample_rate=16000": ALL,
+        "audio.max_segments_per_track=5": ALL,
+        "mel.n_mels=64": (MEL_IMAGE,),
+        "mel.hop_length=256": (MEL_IMAGE,),
+        "features.n_mfcc=13": (FEATURES,),
+        "features.hop_length=256": (FEATURES,),
+        "features.pad_mode=constant": (FEATURES, MEL_IMAGE),  # the mel images' STFT padding
+        "audio.short_clips=tile": (),  # a policy applied when entries are read
+    }
+    for override, names in changed.items():
+        keys = Recipe.from_config(demo_config(tmp_path, override)).keys(ALL)
+        assert [name for name in ALL if keys[name] != base[name]] == list(names), override
+
+
+def test_only_the_representations_asked_for_are_computed_and_alike_either_way(tmp_path):
     cfg = demo_config(tmp_path)
-    base = Recipe.from_config(cfg).key
-    assert Recipe.from_config(demo_config(tmp_path)).key == base
-    for override in ("mel.n_mels=64", "audio.segment_seconds=2.0", "features.n_mfcc=13", "audio.sample_rate=16000"):
-        assert Recipe.from_config(demo_config(tmp_path, override)).key != base
+    paths = [str(p) for p in generate_demo(cfg.data.root, 1, 2.0)][:2]
+    recipe = Recipe.from_config(cfg)
+    cache = tmp_path / "parts"
+    (first,) = {r.hit for r in extract_all(paths, cache, recipe, (MEL_IMAGE,), jobs=1, progress=False)}
+    assert not first and sorted(p.name for p in cache.iterdir()) == [MEL_IMAGE]
+    mel_before = tree_digest(cache / MEL_IMAGE)
+    assert all(r.hit for r in extract_all(paths, cache, recipe, (MEL_IMAGE,), jobs=1, progress=False))
+    # A run that reads rows and images finds the images and computes the rows alone; the images stay as they were.
+    results = extract_all(paths, cache, recipe, (FEATURES, MEL_IMAGE), jobs=1, progress=False)
+    assert not any(r.hit for r in results) and tree_digest(cache / MEL_IMAGE) == mel_before
+    assert sorted(p.name for p in cache.iterdir()) == sorted([FEATURES, MEL_IMAGE])
+    whole = tmp_path / "whole"
+    extract_all(paths, whole, recipe, ALL, jobs=1, progress=False)
+    for name in (FEATURES, MEL_IMAGE):  # images sliced from the feature table's STFT, or from their own: same bytes
+        assert tree_digest(cache / name) == tree_digest(whole / name), name
+    store = TrackStore(whole, recipe, MUSICNN_PATCH)
+    assert [Path(p).name for p in store.paths(results[0].digest, 2)] == ["musicnn_0000.f16", "musicnn_0001.f16"]
+
+
+def test_an_older_caches_entries_are_named_once_and_not_read(tmp_path, capsys):
+    cfg = demo_config(tmp_path)
+    assert legacy_note(cfg.cache.dir) is None
+    (cfg.cache.dir / "tracks" / "0123456789abcdef").mkdir(parents=True)
+    paths = [str(p) for p in generate_demo(cfg.data.root, 1, 2.0)][:1]
+    extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), (FEATURES,), jobs=1)
+    extract_all(paths, cfg.cache.dir, Recipe.from_config(cfg), (FEATURES,), jobs=1)  # all hits: nothing to say
+    assert capsys.readouterr().out.count(str(cfg.cache.dir / "tracks")) == 1
 
 
 def test_second_run_is_all_hits_and_moves_do_not_matter(tmp_path):
@@ -57,7 +102,7 @@ def test_second_run_is_all_hits_and_moves_do_not_matter(tmp_path):
     second = extract_all([str(moved), *paths[1:]], cfg.cache.dir, recipe, jobs=1, progress=False)
     assert all(r.hit for r in second)
     assert [r.digest for r in second] == [r.digest for r in first]
-    store = TrackStore(cfg.cache.dir, recipe)
+    store = TrackStore(cfg.cache.dir, recipe, FEATURES)
     rows = store.segment_rows(first[0].digest)
     assert rows.shape == (first[0].n_segments, 57) and np.isfinite(rows).all()
 
@@ -166,7 +211,7 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
     config.write_text(f"name: killed\ncache: {{dir: {tmp_path / 'killed'}}}\n" + common)
     command = [sys.executable, "-m", "genre_tf.prepare", "--config", str(config), "--jobs", "1"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tracks = tmp_path / "killed" / "tracks"
+    tracks = tmp_path / "killed" / FEATURES  # the demo config's MLP reads feature rows only
     deadline = time.time() + 120
     while time.time() < deadline and len(list(tracks.glob("*/*"))) < 4:
         time.sleep(0.05)
@@ -178,7 +223,7 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
     clean = tmp_path / "clean.yaml"
     clean.write_text(f"name: clean\ncache: {{dir: {tmp_path / 'clean'}}}\n" + common)
     subprocess.run([*command[:4], str(clean), "--jobs", "1"], check=True, capture_output=True)
-    assert tree_digest(tracks) == tree_digest(tmp_path / "clean" / "tracks")
+    assert tree_digest(tracks) == tree_digest(tmp_path / "clean" / FEATURES)
     rerun = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "cache hits 24  extracted 0" in rerun.stdout
 
@@ -199,6 +244,6 @@ def test_short_clips_tile_to_one_segment_when_asked(tmp_path):
     tile = demo_config(tmp_path, "audio.short_clips=tile")
     (result,) = extract_all([str(clip)], tile.cache.dir, Recipe.from_config(tile), jobs=1, progress=False)
     assert result.ok and result.n_segments == 1
-    row = TrackStore(tile.cache.dir, Recipe.from_config(tile)).track_row(result.digest)
+    row = TrackStore(tile.cache.dir, Recipe.from_config(tile), FEATURES).track_row(result.digest)
     centroid = row[features.FEATURE_COLUMNS.index("spectral_centroid_mean")]
     assert 400 < centroid < 500  # still a 440 Hz tone

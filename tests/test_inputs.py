@@ -79,10 +79,8 @@ def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, make_config, wr
         "segment",
         "label",
         "split",
-        "mel_path",
-        "musicnn_path",
         *feature_columns(13),
-    ]
+    ]  # and no mel images or musicnn patches: the MLP reads neither
     rows = examples.frame[examples.feature_columns].to_numpy()
     assert rows.shape == (2, 43) and np.isfinite(rows).all()
     centroid = examples.frame["spectral_centroid_mean"]

@@ -15,6 +15,7 @@ from genre_tf.config import save_config
 from genre_tf.dataset import index_paths, track_id_of
 from genre_tf.predict import ensemble, in_track_order, load_inputs, main, predict_frame, top_k_lines
 from genre_tf.prepare import prepare_index
+from genre_tf.representations import FEATURES, MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.run import RunDir
 from genre_tf.submission import submission
 
@@ -188,8 +189,8 @@ def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, ma
     run = RunDir(tmp_path / "runs" / "run")
     save_config(cfg, run.config_file)
 
-    def no_extraction(path, digest, store):
-        raise AssertionError(f"{path} extracted again under recipe {store.recipe.key}")
+    def no_extraction(path, digest, track_cache, names=None):
+        raise AssertionError(f"{path} extracted again into {track_cache.names}")
 
     monkeypatch.setattr(cache, "extract_track", no_extraction)
     examples = load_inputs(run, clips)
@@ -197,7 +198,7 @@ def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, ma
     assert examples.skipped.empty
     long_rows = examples.frame[examples.frame.track_id == "long"].reset_index(drop=True)
     pd.testing.assert_frame_equal(long_rows, trained.segments)
-    assert len(list((tmp_path / "cache" / "tracks").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / FEATURES).iterdir())) == 1
 
 
 def test_a_fragment_is_reported_too_short_not_predicted(tmp_path, make_config, write_clip):
@@ -395,3 +396,20 @@ def test_an_output_of_skipped_inputs_only_is_not_written(library, tmp_path, caps
         main([*run_args(runs), str(folder / "bad.wav"), "--output", str(output)])
     assert f"skipped {folder / 'bad.wav'}: " in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "computed"),
+    [
+        (("model.kind=cnn",), MEL_IMAGE),
+        (("model.kind=transfer", "model.transfer.backbone=MSD_musicnn"), MUSICNN_PATCH),
+    ],
+)
+def test_predict_computes_only_what_the_runs_model_reads(tmp_path, make_config, write_clip, overrides, computed):
+    """A CNN run's prediction computes no feature-table rows (no harmonic / percussive split) and no musicnn
+    patches; a musicnn run's no mel images and no feature rows."""
+    run = RunDir(tmp_path / "runs" / "run")
+    save_config(make_config(tmp_path, *overrides), run.config_file)
+    examples = load_inputs(run, [write_clip(tmp_path / "clip.wav", 1.0, 440.0)], progress=False)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [computed]
+    assert len(examples.frame) == 2 and "zero_crossing_rate_mean" not in examples.frame

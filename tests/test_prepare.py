@@ -12,13 +12,15 @@ from genre_tf.config import load_config
 from genre_tf.dataset import INDEX_COLUMNS, Index, index_paths
 from genre_tf.features import feature_columns
 from genre_tf.prepare import SKIPPED_COLUMNS, genre_lines, prepare_index, skipped_lines, write_prepared
+from genre_tf.representations import ALL, FEATURES, MEL_IMAGE, MUSICNN_PATCH
 
 DUPLICATE = ("elsewhere/a.wav", "duplicate track id a (also a.wav)")
 
 
 @pytest.fixture(scope="module")
 def prepared_twice(tmp_path_factory, make_config, write_clip):
-    """(config, index, first run, second run) over a 1.5 s tone, a 1.0 s tone and a text file named .wav."""
+    """(config, index, first run, second run) over a 1.5 s tone, a 1.0 s tone and a text file named .wav, every
+    representation computed."""
     tmp = tmp_path_factory.mktemp("prepare")
     a = write_clip(tmp / "jazz" / "a.wav", 1.5, 440.0)
     b = write_clip(tmp / "rock" / "b.wav", 1.0, 1000.0)
@@ -27,8 +29,8 @@ def prepared_twice(tmp_path_factory, make_config, write_clip):
     rows = [("a", str(a), "jazz", "train"), ("notes", str(notes), "rock", "train"), ("b", str(b), "rock", "valid")]
     index = Index(pd.DataFrame(rows, columns=INDEX_COLUMNS), [DUPLICATE])
     cfg = make_config(tmp)
-    first = prepare_index(index, cfg, progress=False)
-    return cfg, index, first, prepare_index(index, cfg, progress=False)
+    first = prepare_index(index, cfg, progress=False, names=ALL)
+    return cfg, index, first, prepare_index(index, cfg, progress=False, names=ALL)
 
 
 def test_tracks_table_holds_the_usable_tracks_with_their_feature_row(prepared_twice):
@@ -40,7 +42,7 @@ def test_tracks_table_holds_the_usable_tracks_with_their_feature_row(prepared_tw
         ["b", "rock", "valid", 2],
     ]
     assert tracks.digest.tolist() == [file_digest(Path(p)) for p in tracks.path]
-    store = TrackStore(cfg.cache.dir, Recipe.from_config(cfg))
+    store = TrackStore(cfg.cache.dir, Recipe.from_config(cfg), FEATURES)
     for track in tracks.itertuples():
         np.testing.assert_array_equal(tracks.loc[track.Index, feature_columns(20)], store.track_row(track.digest))
     assert tracks.spectral_centroid_mean.between([400, 900], [500, 1100]).all()  # 440 Hz and 1000 Hz tones
@@ -58,13 +60,34 @@ def test_segments_table_has_one_row_per_segment(prepared_twice):
         ["b", 0, "rock", "valid"],
         ["b", 1, "rock", "valid"],
     ]
-    store = TrackStore(cfg.cache.dir, Recipe.from_config(cfg))
+    store = {name: TrackStore(cfg.cache.dir, Recipe.from_config(cfg), name) for name in ALL}
     digest_a = first.tracks.digest[0]
-    assert segments.mel_path[:3].tolist() == [str(store.entry(digest_a) / f"mel_000{i}.png") for i in range(3)]
+    mel_entry, musicnn_entry = store[MEL_IMAGE].entry(digest_a), store[MUSICNN_PATCH].entry(digest_a)
+    assert segments.mel_path[:3].tolist() == [str(mel_entry / f"mel_000{i}.png") for i in range(3)]
     assert all(Path(p).is_file() for p in segments.mel_path)
-    assert segments.musicnn_path[0] == str(store.entry(digest_a) / "musicnn_0000.f16")
+    assert segments.musicnn_path[0] == str(musicnn_entry / "musicnn_0000.f16")
     assert all(Path(p).stat().st_size == 2 * 96 * 31 for p in segments.musicnn_path)  # 0.5 s: 31 float16 frames
-    np.testing.assert_array_equal(segments[feature_columns(20)][:3], store.segment_rows(digest_a))
+    np.testing.assert_array_equal(segments[feature_columns(20)][:3], store[FEATURES].segment_rows(digest_a))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "computed", "columns"),
+    [
+        ((), FEATURES, feature_columns(20)),
+        (("model.kind=cnn",), MEL_IMAGE, ["mel_path"]),
+        (("model.kind=transfer", "model.transfer.backbone=MobileNet"), MEL_IMAGE, ["mel_path"]),
+        (("model.kind=transfer", "model.transfer.backbone=MSD_musicnn"), MUSICNN_PATCH, ["musicnn_path"]),
+    ],
+)
+def test_a_run_computes_only_the_representation_its_model_reads(
+    tmp_path, make_config, write_clip, overrides, computed, columns
+):
+    index = index_paths([write_clip(tmp_path / "a.wav", 1.5, 440.0)])
+    prepared = prepare_index(index, make_config(tmp_path, *overrides), progress=False)
+    assert prepared.stats["representations"] == [computed]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [computed]  # nothing else was computed or written
+    assert prepared.segments.columns.tolist() == ["track_id", "segment", "label", "split", *columns]
+    assert (FEATURES in prepared.stats["representations"]) == (feature_columns(20)[0] in prepared.tracks)
 
 
 def test_skipped_rows_give_the_reason(prepared_twice):
@@ -83,7 +106,7 @@ def test_stats_count_hits_on_the_second_run(prepared_twice):
     assert {k: first.stats[k] for k in common} == common == {k: second.stats[k] for k in common}
     assert (first.stats["cache_hits"], first.stats["extracted"]) == (0, 3)  # the text file's skip is cached too
     assert (second.stats["cache_hits"], second.stats["extracted"]) == (3, 0)
-    assert first.stats["recipe_key"] == second.stats["recipe_key"] == Recipe.from_config(cfg).key
+    assert first.stats["cache_keys"] == second.stats["cache_keys"] == Recipe.from_config(cfg).keys(ALL)
     pd.testing.assert_frame_equal(first.tracks, second.tracks)
     pd.testing.assert_frame_equal(first.segments, second.segments)
     pd.testing.assert_frame_equal(first.skipped, second.skipped)
@@ -124,7 +147,7 @@ def test_short_clips_is_a_policy_on_one_cache_entry(tmp_path, make_config, write
     index = index_paths(clips)
     skip, tile = make_config(tmp_path), make_config(tmp_path, "audio.short_clips=tile")
     assert (skip.audio.short_clips, tile.audio.short_clips) == ("skip", "tile")
-    assert Recipe.from_config(skip).key == Recipe.from_config(tile).key
+    assert Recipe.from_config(skip).keys(ALL) == Recipe.from_config(tile).keys(ALL)
 
     skipped = prepare_index(index, skip, progress=False)
     assert skipped.tracks.track_id.tolist() == ["long"]
@@ -133,14 +156,14 @@ def test_short_clips_is_a_policy_on_one_cache_entry(tmp_path, make_config, write
 
     tiled = prepare_index(index, tile, progress=False)
     assert (tiled.stats["cache_hits"], tiled.stats["extracted"]) == (2, 0)
-    assert tiled.stats["recipe_key"] == skipped.stats["recipe_key"]
+    assert tiled.stats["cache_keys"] == skipped.stats["cache_keys"]
     assert tiled.tracks[["track_id", "n_segments"]].values.tolist() == [["long", 2], ["short", 1]]
     assert tiled.skipped.empty
 
     again = prepare_index(index, skip, progress=False)  # the tiled entry is still a skip under `skip`
     assert (again.stats["cache_hits"], again.stats["extracted"]) == (2, 0)
     assert again.skipped.reason.tolist() == ["shorter than one segment (0.30 s < 0.5 s)"]
-    assert len(list((tmp_path / "cache" / "tracks").iterdir())) == 1, "one recipe folder for both policies"
+    assert len(list((tmp_path / "cache" / FEATURES).iterdir())) == 1, "one recipe folder for both policies"
 
 
 def test_many_skips_are_grouped_by_reason_and_few_are_listed():
@@ -167,7 +190,8 @@ def test_genre_lines_give_counts_per_split_and_name_an_imbalance():
 
 def test_an_empty_index_prepares_to_empty_tables(tmp_path, make_config):
     prepared = prepare_index(Index(pd.DataFrame(columns=INDEX_COLUMNS)), make_config(tmp_path), progress=False)
-    assert prepared.tracks.empty and prepared.segments.empty and {"split", "mel_path"} <= set(prepared.segments)
+    assert prepared.tracks.empty and prepared.segments.empty
+    assert {"split", feature_columns(20)[0]} <= set(prepared.segments)
 
 
 def test_a_long_track_keeps_its_segments_spread_as_a_full_extraction_has_them(tmp_path, make_config, write_clip):
@@ -175,8 +199,8 @@ def test_a_long_track_keeps_its_segments_spread_as_a_full_extraction_has_them(tm
     numbered by where they start, and each equals that segment of an extraction that keeps all."""
     song = write_clip(tmp_path / "song.wav", 15.0, 440.0)
     index = Index(pd.DataFrame([("song", str(song), "rock", "train")], columns=INDEX_COLUMNS))
-    spread = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=4"), progress=False)
-    full = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=null"), progress=False)
+    spread = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=4"), progress=False, names=ALL)
+    full = prepare_index(index, make_config(tmp_path, "audio.max_segments_per_track=null"), progress=False, names=ALL)
     assert spread.tracks.n_segments.tolist() == [4] and full.tracks.n_segments.tolist() == [30]
     assert spread.segments.segment.tolist() == [3, 11, 18, 26]
     kept = full.segments.set_index("segment").loc[[3, 11, 18, 26], feature_columns(20)]

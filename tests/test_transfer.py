@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import MEL_CLASSES, MEL_IMAGES
 
-from genre_tf import boundary
+from genre_tf import boundary, representations
 from genre_tf.boundary import boundary_features, boundary_split, cut_at_boundary
 from genre_tf.config import CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs import split_data
@@ -32,6 +32,7 @@ from genre_tf.models.transfer import (
     split_at_boundary,
 )
 from genre_tf.pipeline import image_input_shape, train_dataset
+from genre_tf.representations import MEL_IMAGE
 
 CLASSES, N_IMAGES = MEL_CLASSES, MEL_IMAGES
 BATCH = 4
@@ -94,6 +95,10 @@ def dag_sources(monkeypatch):
     original = transfer.backbone_source
     monkeypatch.setattr(
         transfer, "backbone_source", lambda name: SOURCES[name](name) if name in SOURCES else original(name)
+    )
+    read_by = representations.read_by  # these test sources read mel images, whatever their name
+    monkeypatch.setattr(
+        representations, "read_by", lambda cfg: MEL_IMAGE if cfg.transfer.backbone in SOURCES else read_by(cfg)
     )
 
 

@@ -1,7 +1,8 @@
 """Model families by name (`model.kind`), and `build_model`: the one place that turns a ModelConfig into a model.
 
-Everything that depends on the kind (which input the family reads, whether it has a backbone to freeze and cut,
-how a run of it is described) is asked of its `Family` here, never tested by string elsewhere.
+Everything that depends on the kind (whether it has a backbone to freeze and cut, how a run of it is described) is
+asked of its `Family` here, never tested by string elsewhere; which input it reads is `representations.read_by`,
+which needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from genre_tf.config import ConfigError, ModelConfig
 from genre_tf.models.backbone import MEL_IMAGE, MUSICNN_PATCH, WeightsUnavailable
 from genre_tf.models.cnn import build_cnn, describe_cnn
 from genre_tf.models.mlp import FEATURES, build_mlp, describe_mlp
-from genre_tf.models.transfer import build_transfer, check_transfer, describe_transfer, transfer_input
+from genre_tf.models.transfer import build_transfer, check_transfer, describe_transfer
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,6 @@ class Family:
     section: str
     builder: Callable[..., keras.Model]
     describe: Callable[[ModelConfig], str]  # the parameters that tell its runs apart
-    input: Callable[[ModelConfig], str]  # the input representation: FEATURES, MEL_IMAGE or MUSICNN_PATCH
     has_backbone: bool = False  # a pretrained part that can be frozen, fine-tuned by blocks and cut at a boundary
     check: Callable[[ModelConfig], None] = lambda cfg: None  # raises ConfigError for settings the family refuses
 
@@ -39,9 +39,9 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp": Family("mlp", build_mlp, describe_mlp, lambda cfg: FEATURES),
-    "cnn": Family("cnn", build_cnn, describe_cnn, lambda cfg: MEL_IMAGE),
-    "transfer": Family("transfer", build_transfer, describe_transfer, transfer_input, True, check_transfer),
+    "mlp": Family("mlp", build_mlp, describe_mlp),
+    "cnn": Family("cnn", build_cnn, describe_cnn),
+    "transfer": Family("transfer", build_transfer, describe_transfer, True, check_transfer),
 }
 
 __all__ = [

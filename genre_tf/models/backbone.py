@@ -14,9 +14,9 @@ from pathlib import Path
 import keras
 
 from genre_tf.config import ConfigError, TransferConfig
+from genre_tf.representations import MEL_IMAGE, MUSICNN_PATCH
 
-MEL_IMAGE = "mel_image"  # the cached log-mel PNG, scaled to [0, 1], resized, with channels
-MUSICNN_PATCH = "musicnn_patch"  # the cached 16 kHz mel power patch (genre_tf.musicnn_input), float16-rounded
+__all__ = ["MEL_IMAGE", "MUSICNN_PATCH", "BackboneSource", "WeightsUnavailable", "load_local_weights"]
 
 
 class WeightsUnavailable(ConfigError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 
 from genre_tf.config import MlpConfig, ModelConfig
+from genre_tf.representations import FEATURES
 
-FEATURES = "features"  # rows of the feature table, standardised
+__all__ = ["FEATURES", "build_mlp", "describe_mlp"]
 
 
 def build_mlp(cfg: MlpConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:

@@ -30,7 +30,7 @@ import keras
 
 from genre_tf.config import TransferConfig
 from genre_tf.models.backbone import MUSICNN_PATCH, BackboneSource, WeightsUnavailable, load_local_weights
-from genre_tf.musicnn_input import LOG_SCALE, N_MELS, PATCH_FRAMES
+from genre_tf.musicnn_input import LOG_SCALE, MUSICNN_MODELS, N_MELS, PATCH_FRAMES
 
 __all__ = [
     "MUSICNN_BLOCKS",
@@ -49,7 +49,6 @@ __all__ = [
     "musicnn_weights",
 ]
 
-MUSICNN_MODELS = ("MSD_musicnn", "MTT_musicnn")
 MUSICNN_BLOCKS = ("frontend", "midend1", "midend2", "midend3", "backend")
 
 TIMBRAL_BANDS = {"timbral74": int(0.4 * N_MELS), "timbral77": int(0.7 * N_MELS)}  # 38 and 67 mel bands

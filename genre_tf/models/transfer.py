@@ -30,6 +30,7 @@ from genre_tf.config import ConfigError, ModelConfig, TransferConfig
 from genre_tf.models.backbone import MEL_IMAGE, BackboneSource
 from genre_tf.models.keras_applications import KerasApplication
 from genre_tf.models.musicnn import MUSICNN_MODELS, Musicnn
+from genre_tf.representations import read_by
 
 
 def backbone_source(name: str) -> BackboneSource:
@@ -76,15 +77,10 @@ def describe_transfer(cfg: ModelConfig) -> str:
     named = t.weights is None or t.weights in ("imagenet", "pretrained")
     weights = "random" if t.weights is None else t.weights if named else Path(t.weights).name
     unfrozen = f"{t.trainable_layers} layers" if t.trainable_layers is not None else f"{t.trainable_blocks} blocks"
-    size = "" if transfer_input(cfg) != MEL_IMAGE else f", {cfg.image_size[0]}x{cfg.image_size[1]}"
+    size = "" if read_by(cfg) != MEL_IMAGE else f", {cfg.image_size[0]}x{cfg.image_size[1]}"
     batch_norm = ", BatchNorm trained" if t.batch_norm == "train" else ""
     probe = "linear probe on the track's mean embedding, " if cfg.level == "track" else ""
     return f"{probe}{t.backbone} ({weights}), {unfrozen} trainable{batch_norm}{size}"
-
-
-def transfer_input(cfg: ModelConfig) -> str:
-    """The input representation the configured backbone reads."""
-    return backbone_source(cfg.transfer.backbone).input
 
 
 def get_backbone(model: keras.Model) -> keras.Model:

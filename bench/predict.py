@@ -1,0 +1,122 @@
+"""Benchmark: clips/s of `predict` on a folder of 30 s clips, per model family, cold cache, against the floor.
+
+For each family (MLP on feature rows, CNN on mel images, musicnn), a run is made from the shipped config
+(`configs/mlp.yaml`, `cnn.yaml`, `musicnn.yaml`: 3 s segments every 1.5 s) with its weights drawn from a fixed seed
+(musicnn: the pretrained MSD backbone under a new head; the MLP's scaler fitted on the published feature table's
+rows). Untrained weights cost what trained ones cost: this measures time, not accuracy.
+
+1. `predict --run RUN FOLDER --output results.csv` on an empty cache, in this process (TensorFlow already
+   imported, the model loaded by predict itself), with the runs' default extraction workers (one per core);
+2. the floor, for the audio models: every file decoded as the exported model takes it (`export.read_waveform`)
+   and the run's exported SavedModel called on it, one clip after another in the same process. What predict
+   does beyond that (its cache entries, the tf.data input pipeline) is the overhead the ratio shows.
+
+    .venv/bin/python bench/predict.py --clips 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+FAMILIES = {"MLP (feature rows)": "mlp.yaml", "CNN (mel images)": "cnn.yaml", "musicnn (patches)": "musicnn.yaml"}
+
+
+def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Path:
+    """A run directory as `train` leaves it, with weights from a fixed seed."""
+    import keras
+
+    from genre_tf import models
+    from genre_tf.config import load_config, save_config
+    from genre_tf.inputs import input_shape, model_feature_columns, reads_features
+    from genre_tf.scaling import fit_scaler
+
+    cfg = load_config(REPO / "configs" / config, [f"cache.dir={cache_dir}", f"output_dir={path.parent}"])
+    keras.utils.set_random_seed(0)
+    scaler = None
+    if reads_features(cfg):
+        table = pd.read_csv(SHARED_DATA / "gtzan_features" / "features_30_sec_labeled.csv")
+        scaler = fit_scaler(cfg.model.mlp.scaler, table, model_feature_columns(cfg), cfg.seed)
+    model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
+    path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, path / "config.yaml")
+    (path / "classes.json").write_text(json.dumps(classes))
+    if scaler is not None:
+        scaler.save(path / "scaler.json")
+    model.save(path / "model.keras")
+    return path
+
+
+def time_predict(run: Path, folder: Path, cache_dir: Path, out: Path) -> float:
+    """Seconds of one `predict --output` over the folder on an empty cache, its printout swallowed."""
+    from genre_tf import predict
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        predict.main(["--run", str(run), str(folder), "--output", str(out), "--cache-dir", str(cache_dir)])
+    return time.perf_counter() - started
+
+
+def time_floor(run: Path, paths: list[Path], tmp: Path) -> float:
+    """Seconds to decode every file as the exported model takes it and call the exported SavedModel on it."""
+    import tensorflow as tf
+
+    from genre_tf.export import export, read_waveform
+    from genre_tf.run import RunDir
+
+    run_dir = RunDir(run)
+    saved = tmp / f"{run.name}_saved_model"
+    with contextlib.redirect_stdout(io.StringIO()):
+        export(run_dir, "saved_model", saved, progress=lambda line: None)
+    serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    serve(waveform=tf.constant(read_waveform(paths[0], run_dir.config)))  # traced and warm before timing
+    started = time.perf_counter()
+    for path in paths:
+        serve(waveform=tf.constant(read_waveform(path, run_dir.config)))["probabilities"].numpy()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=100, help="clips of gtzan_mini to predict (default all 100)")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "gtzan_mini", help="folder of <genre>/*.flac")
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"no clips: {args.data} is not a folder")
+    paths = sorted(args.data.glob("*/*.flac"))
+    paths = paths[:: max(1, len(paths) // args.clips)][: args.clips]
+    classes = sorted({p.parent.name for p in paths})
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "clips"
+        for path in paths:  # the clips, in a folder of their own
+            (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / path.parent.name / path.name).symlink_to(path)
+        print(f"{len(paths)} clips of 30 s (gtzan_mini), predict on an empty cache against the floor:")
+        for name in args.families:
+            run = make_run(tmp / "runs" / Path(FAMILIES[name]).stem, FAMILIES[name], classes, tmp / "unused")
+            seconds = time_predict(run, folder, tmp / f"cold_{run.name}", tmp / f"{run.name}.csv")
+            rows = len(pd.read_csv(tmp / f"{run.name}.csv"))
+            line = f"  {name:20s} predict {len(paths) / seconds:5.2f} clips/s ({seconds:5.1f} s, {rows} rows)"
+            files = sum(1 for p in (tmp / f"cold_{run.name}").rglob("*") if p.is_file())
+            line += f", {files / len(paths):.0f} cache files per clip"
+            if name != "MLP (feature rows)":  # a table model's export takes feature rows, not audio
+                floor = time_floor(run, paths, tmp)
+                line += f"; floor {len(paths) / floor:5.2f} clips/s; predict takes {seconds / floor:.2f}x the floor"
+            print(line, flush=True)
+    print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,8 @@ from genre_tf.cache import Recipe, TrackCache, extract_track, file_digest
 from genre_tf.config import FeatureConfig, MelConfig, load_config
 from genre_tf.features import FEATURE_COLUMNS, analyse_track
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 SEGMENT_SECONDS = 3.0
 MEDIAN_FILTERS = "median filters"  # the one-STFT recipe's stage timed on its own
 
@@ -239,7 +240,7 @@ REPRESENTATION_SETS = {
 
 def time_representations(paths: list[Path]) -> None:
     """Per track: decode + analyse + write the cache entries of each representation set, sets alternating."""
-    recipe = Recipe.from_config(load_config(None, ["audio.segment_seconds=3.0"]))
+    recipe = Recipe.from_config(load_config(REPO / "configs" / "gtzan_mini.yaml", ["audio.segment_seconds=3.0"]))
     seconds = {name: [] for name in REPRESENTATION_SETS}
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1):
         caches = {

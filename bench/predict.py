@@ -41,7 +41,8 @@ def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Pa
     from genre_tf.inputs import input_shape, model_feature_columns, reads_features
     from genre_tf.scaling import fit_scaler
 
-    cfg = load_config(REPO / "configs" / config, [f"cache.dir={cache_dir}", f"output_dir={path.parent}"])
+    overrides = [f"cache.dir={cache_dir}", f"output_dir={path.parent}", f"data.root={SHARED_DATA / 'gtzan_mini'}"]
+    cfg = load_config(REPO / "configs" / config, overrides)
     keras.utils.set_random_seed(0)
     scaler = None
     if reads_features(cfg):

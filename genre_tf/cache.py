@@ -31,6 +31,9 @@ from genre_tf.audio import AudioError, load_track, segment_bounds, segment_hop_s
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 
 TMP_PREFIX = ".tmp-"
+# The file of segment i of a per-segment representation: a 16-bit mel PNG, or raw little-endian float16 (frames, 96)
+# musicnn patch, which tf.io.decode_raw reads.
+SEGMENT_FILES = {representations.MEL_IMAGE: "mel_{:04d}.png", representations.MUSICNN_PATCH: "musicnn_{:04d}.f16"}
 
 
 @dataclass(frozen=True)
@@ -159,10 +162,11 @@ class TrackStore:
         if self.representation == representations.FEATURES:
             return {"track.npy": _npy_bytes(analysis.track_row), "segments.npy": _npy_bytes(analysis.segment_rows)}
         if self.representation == representations.MEL_IMAGE:
-            mel = self.recipe.mel
-            return {f"mel_{i:04d}.png": features.encode_mel_png(x, mel) for i, x in enumerate(analysis.mel_segments)}
-        # raw little-endian float16, which tf.io.decode_raw reads
-        return {f"musicnn_{i:04d}.f16": x.astype("<f2").tobytes() for i, x in enumerate(analysis.musicnn_segments)}
+            segments = [features.encode_mel_png(image, self.recipe.mel) for image in analysis.mel_segments]
+        else:
+            segments = [patch.astype("<f2").tobytes() for patch in analysis.musicnn_segments]
+        name = SEGMENT_FILES[self.representation]
+        return {name.format(i): data for i, data in enumerate(segments)}
 
     def write_entry(self, digest: str, analysis: features.TrackAnalysis, meta: dict) -> None:
         """Build the entry in a temporary folder, then rename it into place in one step."""
@@ -202,11 +206,9 @@ class TrackStore:
         return [start // hop for start, _ in json.loads((self.entry(digest) / "meta.json").read_text())["segments"]]
 
     def paths(self, digest: str, n_segments: int) -> list[str]:
-        """The segments' files: 16-bit mel PNGs, or raw little-endian float16 (frames, 96) musicnn patches."""
-        stem, suffix = {representations.MEL_IMAGE: ("mel", "png"), representations.MUSICNN_PATCH: ("musicnn", "f16")}[
-            self.representation
-        ]
-        return [str(self.entry(digest) / f"{stem}_{i:04d}.{suffix}") for i in range(n_segments)]
+        """The segments' files (SEGMENT_FILES) of a per-segment representation."""
+        name = SEGMENT_FILES[self.representation]
+        return [str(self.entry(digest) / name.format(i)) for i in range(n_segments)]
 
 
 class TrackCache:
@@ -238,14 +240,14 @@ class TrackCache:
             store.clean_partial()
 
 
-def extract_track(path: str, digest: str, cache: TrackCache, names: tuple[str, ...] | None = None) -> TrackResult:
-    """Decode and segment one file once, analyse it into the representations `names` (default: all of the
-    cache's) and store each; bad audio becomes a cached skip.
+def extract_track(path: str, digest: str, cache: TrackCache) -> TrackResult:
+    """Decode and segment one file once, analyse it into each of the cache's representations and store each; bad
+    audio becomes a cached skip.
 
     A clip shorter than one segment is tiled to fill one and stored so, whatever `audio.short_clips` says: the
     policy is applied when the result is read, so training and prediction share one entry.
     """
-    recipe, names = cache.recipe, cache.names if names is None else names
+    recipe, names = cache.recipe, cache.names
     try:
         y = load_track(Path(path), recipe.audio)
         bounds = segment_bounds(len(y), recipe.audio)

@@ -66,7 +66,7 @@ def _segment_table(tracks: pd.DataFrame, cache: TrackCache, columns: list[str]) 
     return pd.concat(frames, ignore_index=True)[names] if frames else pd.DataFrame(columns=names)
 
 
-def read_by(cfg: Config) -> tuple[str, ...]:
+def model_representations(cfg: Config) -> tuple[str, ...]:
     """The representations a config's model reads (one today; a tuple, as `prepare_index` takes)."""
     return (representations.read_by(cfg.model),)
 
@@ -84,7 +84,7 @@ def prepare_index(
     calls (`cache.extraction_pool`)."""
     started = time.perf_counter()
     recipe = Recipe.from_config(cfg)
-    cache = TrackCache(cfg.cache.dir, recipe, read_by(cfg) if names is None else names)
+    cache = TrackCache(cfg.cache.dir, recipe, model_representations(cfg) if names is None else names)
     paths = index.tracks["path"].tolist()
     jobs = cfg.cache.jobs if jobs is None else jobs
     results = extract_all(paths, cfg.cache.dir, recipe, cache.names, jobs=jobs, progress=progress, pool=pool)
@@ -227,7 +227,7 @@ def ignored_lines(ignored: dict[str, int]) -> list[str]:
 def chosen_representations(choice: str, cfg: Config) -> tuple[str, ...]:
     """--representations: `model`, `all`, or names; ConfigError for an unknown one."""
     if choice == "model":
-        return read_by(cfg)
+        return model_representations(cfg)
     if choice == "all":
         return representations.ALL
     return representations.check([name.strip() for name in choice.split(",") if name.strip()])

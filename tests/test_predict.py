@@ -189,7 +189,7 @@ def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, ma
     run = RunDir(tmp_path / "runs" / "run")
     save_config(cfg, run.config_file)
 
-    def no_extraction(path, digest, track_cache, names=None):
+    def no_extraction(path, digest, track_cache):
         raise AssertionError(f"{path} extracted again into {track_cache.names}")
 
     monkeypatch.setattr(cache, "extract_track", no_extraction)

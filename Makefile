@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# musicnn is installed only for its checkpoints: its pinned dependencies would try to build numpy 1.16 from source.
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0
+	# librosa's numba kernels compiled once into their on-disk cache (half a minute), as pip compiles bytecode:
+	# every later process, test workers and extraction workers alike, loads them instead of compiling its own.
+	$(PY) -c "from genre_tf.cache import compile_kernels; compile_kernels()"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -279,8 +279,9 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def compile_kernels(recipe: Recipe, names: tuple[str, ...] = representations.ALL) -> None:
-    """Compile (or load) every numba kernel that extracting `names` uses, in this process, by analysing a short tone.
+def compile_kernels(recipe: Recipe | None = None, names: tuple[str, ...] = representations.ALL) -> None:
+    """Compile (or load) every numba kernel that extracting `names` uses, in this process, by analysing a short tone
+    (with the default recipe unless one is given: kernels are compiled per argument type, not per setting).
 
     librosa asks numba to cache its compiled kernels beside its source (`librosa/**/__pycache__/*.nbi, *.nbc`).
     Numba writes a kernel's index and its data as separate files with no lock between processes, so extraction
@@ -288,6 +289,7 @@ def compile_kernels(recipe: Recipe, names: tuple[str, ...] = representations.ALL
     that loaded what they left crashed in librosa's pitch tracking (a segfault). Run before a pool starts, this
     writes every entry once; the workers then only read them.
     """
+    recipe = recipe or Recipe(AudioConfig(), FeatureConfig(), MelConfig())
     sr = recipe.audio.sample_rate
     n = max(segment_samples(recipe.audio), recipe.features.n_fft, recipe.mel.n_fft) + recipe.features.hop_length
     t = np.arange(n) / sr

@@ -148,6 +148,39 @@ def make_audio_run(make_config) -> Callable[..., Path]:
     return make
 
 
+def write_tiny_demo_config(folder: Path, name: str, data: Path, *lines: str) -> Path:
+    """`folder/name.yaml`: the tiny demo data (6 genres x 4 tracks x 3 s) in `data`, its runs in `folder/runs`;
+    `lines` add YAML at top level."""
+    path = folder / f"{name}.yaml"
+    settings = [
+        f"name: {name}",
+        f"output_dir: {folder / 'runs'}",
+        f"data: {{source: demo, root: {data / 'demo'}, demo_tracks_per_genre: 4, demo_seconds: 3}}",
+        f"cache: {{dir: {data / 'cache'}, jobs: 1}}",
+        "audio: {segment_seconds: 1.0}",
+        "mel: {n_mels: 32}",
+    ]
+    path.write_text("\n".join([*settings, *lines]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_config(tmp_path_factory) -> Callable[..., Path]:
+    """tiny_demo_config(folder, name, *lines): a config file over the tiny demo data, which is generated and
+    prepared (feature rows and mel images) once per session. No test pays for its extraction again, and a test that
+    kills a training finds its input ready, so the kill lands in training."""
+    from genre_tf.prepare import prepare
+    from genre_tf.representations import FEATURES, MEL_IMAGE
+
+    data = tmp_path_factory.mktemp("tiny_demo")
+    prepare(load_config(write_tiny_demo_config(data, "prepare", data)), progress=False, names=(FEATURES, MEL_IMAGE))
+
+    def make(folder: Path, name: str, *lines: str) -> Path:
+        return write_tiny_demo_config(folder, name, data, *lines)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
     """`with killed_after(epoch, refit=False):` training raises RuntimeError right after the backup of that epoch

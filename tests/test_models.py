@@ -283,7 +283,7 @@ def test_imagenet_download_failure_is_fast_and_one_line(monkeypatch):
         )
     else:
         pytest.skip("ResNet50 ImageNet weights are already in the Keras cache")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60  # no retries, no wait: what time it takes is building ResNet50
 
 
 def test_imagenet_download_from_a_silent_host_times_out(monkeypatch):
@@ -304,5 +304,7 @@ def test_imagenet_download_from_a_silent_host_times_out(monkeypatch):
         pytest.skip("ResNet50 ImageNet weights are already in the Keras cache")
     finally:
         server.close()
-    assert time.monotonic() - start < 10
+    # Without the bound the download would wait on the silent host for good; 60 s leaves building ResNet50 room on
+    # a loaded machine (10 s was missed at a load average of 10).
+    assert time.monotonic() - start < 60
     assert socket.getdefaulttimeout() is None  # the bound is lifted again

@@ -24,26 +24,6 @@ from genre_tf.training import chosen_epochs, plan_phases, train
 pytestmark = pytest.mark.slow
 
 
-def tiny_config_file(tmp_path: Path, name: str, *lines: str) -> Path:
-    """Tiny demo data (6 genres x 4 tracks x 3 s), shared cache; `lines` add YAML at top level."""
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        "\n".join(
-            [
-                f"name: {name}",
-                f"output_dir: {tmp_path / 'runs'}",
-                f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 4, demo_seconds: 3}}",
-                f"cache: {{dir: {tmp_path / 'cache'}, jobs: 1}}",
-                "audio: {segment_seconds: 1.0}",
-                "mel: {n_mels: 32}",
-                *lines,
-            ]
-        )
-        + "\n"
-    )
-    return path
-
-
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
@@ -59,8 +39,8 @@ def run_main(module, argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_train_evaluate_predict_compare(tmp_path, capsys):
-    config = tiny_config_file(tmp_path, "mlp", "train: {epochs: 4, batch_size: 16}")
+def test_train_evaluate_predict_compare(tmp_path, tiny_demo_config, capsys):
+    config = tiny_demo_config(tmp_path, "mlp", "train: {epochs: 4, batch_size: 16}")
     cfg = load_config(config)
     metrics = train(cfg, cfg.output_dir / "mlp", verbose=0)
     run = RunDir(cfg.output_dir / "mlp")
@@ -80,7 +60,7 @@ def test_train_evaluate_predict_compare(tmp_path, capsys):
     assert json.loads(run.metrics_file.read_text())["splits"]["test"] == test
 
     submission = tmp_path / "sub.csv"
-    folder = tmp_path / "demo" / "folk"
+    folder = cfg.data.root / "folk"
     run_main(predict, ["--run", str(run.path), str(folder), "--output", str(submission)], capsys)
     table = pd.read_csv(submission)
     assert table.columns.tolist() == ["id", "class"] and len(table) == 4
@@ -102,8 +82,8 @@ def test_train_evaluate_predict_compare(tmp_path, capsys):
     assert (tmp_path / "cmp.png").is_file() and len(pd.read_csv(tmp_path / "cmp.csv")) == 1
 
 
-def test_config_error_is_one_line(tmp_path):
-    config = tiny_config_file(tmp_path, "bad", "model: {kind: transformer}")
+def test_config_error_is_one_line(tmp_path, tiny_demo_config):
+    config = tiny_demo_config(tmp_path, "bad", "model: {kind: transformer}")
     proc = run_cli("genre_tf.train", "--config", str(config), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -120,10 +100,16 @@ def test_two_phase_plan():
     assert two[1].learning_rate == 1e-5
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+def resume_and_train_clean(cfg, killed: RunDir, clean: RunDir) -> None:
+    """The killed run started again, then the same config uninterrupted: in this process, where TensorFlow is loaded
+    already (the kill itself was a real `python -m genre_tf.train`, SIGKILLed)."""
+    train(cfg, killed.path, verbose=0)
+    train(cfg, clean.path, verbose=0)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_demo_config):
     lines = ["model: {kind: cnn, image_size: [32, 32], cnn: {conv_blocks: 2, filters: 8}}", "train: {epochs: 8}"]
-    config = tiny_config_file(tmp_path, "cnn", *lines)
-    run_cli("genre_tf.prepare", "--config", str(config))  # the kill must land in training, not extraction
+    config = tiny_demo_config(tmp_path, "cnn", *lines)
     command = [sys.executable, "-m", "genre_tf.train", "--config", str(config), "--name", "killed"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = tmp_path / "runs" / "killed" / "history.json"
@@ -137,9 +123,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     done_before_kill = len(json.loads(history.read_text()))
     assert 3 <= done_before_kill < 8, "the kill must land mid-training"
     assert not (tmp_path / "runs" / "killed" / "metrics.json").exists()
-    run_cli("genre_tf.train", "--config", str(config), "--name", "killed")
-    run_cli("genre_tf.train", "--config", str(config), "--name", "clean")
     killed, clean = RunDir(tmp_path / "runs" / "killed"), RunDir(tmp_path / "runs" / "clean")
+    resume_and_train_clean(load_config(config), killed, clean)
     assert [h["epoch"] for h in killed.history()] == list(range(8))
     for a, b in zip(killed.history(), clean.history(), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
@@ -162,7 +147,7 @@ runpy.run_module("genre_tf.train", run_name="__main__", alter_sys=True)
 """
 
 
-def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path):
+def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path, tiny_demo_config):
     """Every image augmentation and mixup on: the draws are stateless, so the resumed epochs repeat them."""
     augment = "{time_masks: 1, time_mask_frames: 8, freq_masks: 1, freq_mask_bands: 6, gain_db: 6, time_shift: 1,"
     lines = [
@@ -170,8 +155,7 @@ def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path):
         "train: {epochs: 4, batch_size: 8}",
         f"augment: {augment} mixup_alpha: 0.4}}",
     ]
-    config = tiny_config_file(tmp_path, "aug", *lines)
-    run_cli("genre_tf.prepare", "--config", str(config))
+    config = tiny_demo_config(tmp_path, "aug", *lines)
     killed = subprocess.run(
         [sys.executable, "-c", TRAIN_KILLED_IN_EPOCH_3, "--config", str(config), "--name", "killed"],
         capture_output=True,
@@ -181,8 +165,7 @@ def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path):
     killed_run, clean_run = RunDir(tmp_path / "runs" / "killed"), RunDir(tmp_path / "runs" / "clean")
     assert len(killed_run.history()) == 2 and not killed_run.metrics_file.exists()
     assert killed_run.config.augment.mixup_alpha == 0.4
-    run_cli("genre_tf.train", "--config", str(config), "--name", "killed")
-    run_cli("genre_tf.train", "--config", str(config), "--name", "clean")
+    resume_and_train_clean(load_config(config), killed_run, clean_run)
     assert [h["epoch"] for h in killed_run.history()] == list(range(4))
     for a, b in zip(killed_run.history(), clean_run.history(), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
@@ -196,9 +179,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_workers_train_together(tmp_path):
-    config = tiny_config_file(tmp_path, "mw", "train: {epochs: 1, batch_size: 16, distribute: multi_worker}")
-    run_cli("genre_tf.prepare", "--config", str(config))
+def test_two_workers_train_together(tmp_path, tiny_demo_config):
+    config = tiny_demo_config(tmp_path, "mw", "train: {epochs: 1, batch_size: 16, distribute: multi_worker}")
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
     for index in range(2):

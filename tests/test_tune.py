@@ -21,25 +21,22 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path: Path) -> Path:
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"name: tiny\noutput_dir: {tmp_path / 'runs'}\n"
-        f"data: {{source: demo, root: {tmp_path / 'demo'}, demo_tracks_per_genre: 4, demo_seconds: 3}}\n"
-        f"cache: {{dir: {tmp_path / 'cache'}, jobs: 1}}\naudio: {{segment_seconds: 1.0}}\nmel: {{n_mels: 32}}\n"
-        "train: {epochs: 2, batch_size: 16}\n"
-    )
-    return path
-
-
-def tune(tmp_path: Path, *args: str, env: dict | None = None, wait: bool = True):
-    command = [sys.executable, "-m", "genre_tf.tune", "--config", str(tiny_config(tmp_path)), *args]
+def tune(config: Path, *args: str, env: dict | None = None, wait: bool = True):
+    command = [sys.executable, "-m", "genre_tf.tune", "--config", str(config), *args]
     command += ["--space", str(REPO / "tuning" / "mlp.yaml")]
     if not wait:
-        return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        return subprocess.Popen(
+            command, cwd=config.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    proc = subprocess.run(command, cwd=config.parent, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_demo_config) -> Path:
+    """Two-epoch trials on the tiny demo data, prepared once per session."""
+    return tiny_demo_config(tmp_path, "tiny", "train: {epochs: 2, batch_size: 16}")
 
 
 @pytest.mark.parametrize(
@@ -124,8 +121,8 @@ def test_recipe_keys_are_search_dimensions_and_trials_never_refit(tmp_path, monk
     assert load_config(tmp_path / "search" / "best.yaml").train.refit
 
 
-def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path, monkeypatch):
-    proc = tune(tmp_path, "--max-trials", "2", "--name", "s")
+def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path, tiny_config, monkeypatch):
+    proc = tune(tiny_config, "--max-trials", "2", "--name", "s")
     out = tmp_path / "tuning" / "s"
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 2 and (trials.status == "COMPLETED").all()
@@ -141,8 +138,8 @@ def test_search_writes_trials_and_a_best_config_that_retrains(tmp_path, monkeypa
     assert (tmp_path / "runs" / "s_best" / "metrics.json").is_file()
 
 
-def test_interrupted_search_continues_without_rerunning_trials(tmp_path):
-    proc = tune(tmp_path, "--max-trials", "3", "--name", "k", wait=False)
+def test_interrupted_search_continues_without_rerunning_trials(tmp_path, tiny_config):
+    proc = tune(tiny_config, "--max-trials", "2", "--name", "k", wait=False)
     trials = tmp_path / "tuning" / "k" / "trials"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(trials.glob("*/metrics.json"))) < 1:
@@ -150,10 +147,10 @@ def test_interrupted_search_continues_without_rerunning_trials(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/metrics.json")}
-    assert 1 <= len(finished) < 3, "the kill must land mid-search"
-    tune(tmp_path, "--max-trials", "3", "--name", "k")
+    assert len(finished) == 1, "the kill must land mid-search"
+    tune(tiny_config, "--max-trials", "2", "--name", "k")
     table = pd.read_csv(tmp_path / "tuning" / "k" / "trials.csv")
-    assert sorted(table.trial) == [0, 1, 2]
+    assert sorted(table.trial) == [0, 1]
     for name, mtime in finished.items():
         assert (trials / name / "metrics.json").stat().st_mtime_ns == mtime, f"trial {name} ran twice"
 
@@ -164,20 +161,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_chief_and_two_workers_share_a_search(tmp_path):
+def test_chief_and_two_workers_share_a_search(tmp_path, tiny_config):
     port = str(free_port())
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1"}
         env["KERASTUNER_ORACLE_PORT"] = port
-        command = [sys.executable, "-m", "genre_tf.tune", "--config", str(tiny_config(tmp_path)), "--name", "d"]
-        command += ["--space", str(REPO / "tuning" / "mlp.yaml"), "--max-trials", "4"]
+        command = [sys.executable, "-m", "genre_tf.tune", "--config", str(tiny_config), "--name", "d"]
+        command += ["--space", str(REPO / "tuning" / "mlp.yaml"), "--max-trials", "3"]
         procs[tuner_id] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
         time.sleep(1)  # the chief's oracle server first
     outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
     assert [p.returncode for p in procs.values()] == [0, 0, 0], outputs
     table = pd.read_csv(tmp_path / "tuning" / "d" / "trials.csv")
-    assert sorted(table.trial) == [0, 1, 2, 3] and (table.status == "COMPLETED").all(), outputs
+    assert sorted(table.trial) == [0, 1, 2] and (table.status == "COMPLETED").all(), outputs
     per_worker = [outputs[w].count("phase train") for w in ("tuner0", "tuner1")]
-    assert sum(per_worker) == 4, "every trial runs once"
+    assert sum(per_worker) == 3, "every trial runs once"
     assert min(per_worker) >= 1, "both workers take part"

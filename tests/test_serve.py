@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -249,16 +250,43 @@ def test_a_client_name_is_never_a_path_and_the_folder_is_cleaned(client, clips, 
     predict_upload = Predictor.predict
 
     def spy(self, upload, top_k):
-        seen.append((upload.path, sorted(p.name for p in upload.path.parent.iterdir())))
-        return predict_upload(self, upload, top_k)
+        answer = predict_upload(self, upload, top_k)
+        seen.append((upload.path, sorted(p.name for p in upload.path.parent.rglob("*"))))
+        return answer
 
     monkeypatch.setattr(Predictor, "predict", spy)
     answer = post(client, "../../evil name.WAV", clips[0].read_bytes())
     assert answer.status_code == 200 and answer.json()["file"] == "../../evil name.WAV"
     (path, files), *_ = seen
-    assert path.name == "upload.wav" and path.parent.parent == tmp_path and files == ["upload.wav"]
+    assert path.name == "upload.wav" and path.parent.parent == tmp_path
+    assert files == ["upload.wav"], "an audio run is served from the graph: no cache entry, even while it answers"
     assert post(client, "x.wav", b"not audio").status_code == 422
-    assert list(tmp_path.iterdir()) == [], "every request's folder, cache entry included, is gone"
+    assert list(tmp_path.iterdir()) == [], "every request's folder is gone"
+
+
+def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, client, clips, monkeypatch):
+    good = [clips[DEMO_GENRES.index(genre)] for genre in ("ambient", "folk", "techno")]
+    alone = [post(client, clip.name, clip.read_bytes()).json() for clip in good]
+    batcher = app.state.predictor.batcher
+    # 20 segments per clip: the model is called once the three good uploads' 60 segments are queued
+    monkeypatch.setattr(batcher, "limits", replace(batcher.limits, window=30.0, max_batch=60))
+    calls = len(batcher.batch_sizes)
+    uploads = [(clip.name, clip.read_bytes()) for clip in good]
+    uploads.insert(1, ("notes.wav", b"genre: jazz\nthis is not audio\n"))
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(lambda upload: post(client, *upload), uploads))
+    broken = answers.pop(1)
+    assert (broken.status_code, broken.json()) == (422, {"detail": "not an audio file (text)"})
+    assert batcher.batch_sizes[calls:] == [3], "one model call for the three good uploads"
+    for answer, expected in zip(answers, alone, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["genre"] == expected["genre"] and body["file"] == expected["file"]
+        # batched with others, the model's float rounding may differ in the last bits
+        np.testing.assert_allclose(body["probabilities"], expected["probabilities"], rtol=0, atol=1e-6)
+        got, want = ([s["probabilities"] for s in b["segments"]] for b in (body, expected))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert [s["start"] for s in body["segments"]] == [s["start"] for s in expected["segments"]]
 
 
 # The real browser: Debian's chromium and chromium-driver, driven by selenium without selenium-manager downloads.

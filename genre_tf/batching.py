@@ -3,10 +3,11 @@
 A request hands its segments (an array whose first axis is the segment) to `Batcher.predict`, which waits for its
 own rows of the outputs. One thread takes the queued requests in arrival order: the first, then whatever else
 arrives within a short window, up to `max_batch` segments, and calls the model once on them all; while the model
-runs, the next batch gathers. A lone request therefore waits at most the window, and under load each model call
-takes what the cores have queued. The queue is bounded in segments, so memory is too: a request that finds it full
-waits for room, and gives up with `Busy` after `timeout` seconds. When a batched call fails, each of its requests
-is tried alone, so only the one whose input breaks the model gets the error.
+runs, the next batch gathers. The window is only waited while other requests are on their way (`expecting`: the
+caller knows, since it prepares their segments), so a lone request goes straight to the model, and under load each
+model call takes what the cores have queued. The queue is bounded in segments, so memory is too: a request that
+finds it full waits for room, and gives up with `Busy` after `timeout` seconds. When a batched call fails, each of
+its requests is tried alone, so only the one whose input breaks the model gets the error.
 
 No TensorFlow here: the model call is any function from an array to a dict of arrays with one row per input row.
 """
@@ -54,8 +55,13 @@ class Pending:
 class Batcher:
     """A model call shared by concurrent requests; `predict` is safe to call from any number of threads."""
 
-    def __init__(self, call: Callable[[np.ndarray], Outputs], limits: BatchLimits | None = None):
-        self.call, self.limits = call, limits or BatchLimits()
+    def __init__(
+        self,
+        call: Callable[[np.ndarray], Outputs],
+        limits: BatchLimits | None = None,
+        expecting: Callable[[], bool] = lambda: True,
+    ):
+        self.call, self.limits, self.expecting = call, limits or BatchLimits(), expecting
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._held = 0  # segments queued or in the model call
         self._room = threading.Condition()
@@ -95,12 +101,14 @@ class Batcher:
                 return
 
     def _gather(self, batch: list[Pending]) -> bool:
-        """Add to `batch` what arrives within the window, up to max_batch segments; True when close was asked."""
+        """Add to `batch` what is queued, and what arrives within the window while more requests are expected, up to
+        max_batch segments; True when close was asked."""
         deadline = time.monotonic() + self.limits.window
         size = batch[0].size
         while size < self.limits.max_batch:
+            wait = deadline - time.monotonic() if self.expecting() else 0.0
             try:
-                pending = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                pending = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
                 return False
             if pending is None:

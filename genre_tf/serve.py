@@ -185,15 +185,20 @@ class AudioGraph:
             return frontend.to_input(cut_segments(waveform, frontend)), segment_positions(n_samples, layout)
 
         inputs = segments.get_concrete_function().structured_outputs[0]
+        tagged = None if tagger is None else sharing_the_backbone(model, tagger)
 
         @tf.function(input_signature=[tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="segments")])
         def probabilities(segments):
+            if tagged is not None:
+                probabilities, tags = tagged(segments, training=False)
+                return {"probabilities": probabilities, "tags": tags}
             outputs = {"probabilities": model(segments, training=False)}
             if tagger is not None:
                 outputs["tags"] = tagger(segments, training=False)
             return outputs
 
         self._segments, self._probabilities = segments, probabilities
+        self.batch_size = run.config.train.batch_size
         self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,8 +207,28 @@ class AudioGraph:
         return inputs.numpy(), positions.numpy()
 
     def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's outputs for a batch of segments' inputs, one row per segment."""
-        return {name: out.numpy() for name, out in self._probabilities(inputs).items()}
+        """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
+        `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
+        chunks = [self._probabilities(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+        return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in chunks[0]}
+
+
+def sharing_the_backbone(model, tagger):
+    """The run's musicnn model with the tagger's tags as a second output, computed from the run's backbone, where
+    that backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes through it once;
+    None where training changed it (the tagger then runs whole)."""
+    import keras
+
+    from genre_tf.models.transfer import get_backbone
+
+    backbone, network = get_backbone(model), get_backbone(tagger)
+    for layer in backbone.layers:
+        pretrained = network.get_layer(layer.name).get_weights()
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), pretrained, strict=True)):
+            return None
+    features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
+    logits = network.get_layer("backend_logits")(features)
+    return keras.Model(model.inputs, [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
 
 
 class Predictor:
@@ -218,12 +243,14 @@ class Predictor:
         self.model = run.load_model()
         self.tagger = tagger(run) if model_input(run.config) == MUSICNN_PATCH else None
         self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+        self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
+        self._preparing_lock = threading.Lock()
         self.graph = self.batcher = None
         if reads_features(run.config):
             self._model_lock = threading.Lock()  # one Keras model is not safe to call from several threads at once
         else:
             self.graph = AudioGraph(run, self.model, self.tagger)
-            self.batcher = Batcher(self.graph.batch, batching)
+            self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
@@ -242,17 +269,24 @@ class Predictor:
         """(segment positions, their probabilities, tags) from the exported graph, the model call batched."""
         from genre_tf.export import read_waveform
 
-        with self._analysing:
-            try:
+        self._count_preparing(+1)
+        try:
+            with self._analysing:
                 waveform = read_waveform(path, self.run.config)
-            except audio.AudioError as err:
-                raise BadInput(422, str(err)) from None
-            inputs, positions = self.graph.segments(waveform)
+                inputs, positions = self.graph.segments(waveform)
+        except audio.AudioError as err:
+            raise BadInput(422, str(err)) from None
+        finally:
+            self._count_preparing(-1)
         try:
             outputs = self.batcher.predict(inputs)
         except Busy as err:
             raise BadInput(503, str(err)) from None
         return positions, outputs["probabilities"], self.top_tags(outputs["tags"]) if self.tagger else None
+
+    def _count_preparing(self, change: int) -> None:
+        with self._preparing_lock:
+            self._preparing += change
 
     def top_tags(self, scores: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The musicnn tagger's top-k (tag, probability) over the track, segments averaged as `predict --tags` does."""

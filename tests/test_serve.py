@@ -268,8 +268,10 @@ def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, 
     good = [clips[DEMO_GENRES.index(genre)] for genre in ("ambient", "folk", "techno")]
     alone = [post(client, clip.name, clip.read_bytes()).json() for clip in good]
     batcher = app.state.predictor.batcher
-    # 20 segments per clip: the model is called once the three good uploads' 60 segments are queued
+    # 20 segments per clip: the model is called once the three good uploads' 60 segments are queued (the window is
+    # waited whether or not the others' uploads have arrived yet)
     monkeypatch.setattr(batcher, "limits", replace(batcher.limits, window=30.0, max_batch=60))
+    monkeypatch.setattr(batcher, "expecting", lambda: True)
     calls = len(batcher.batch_sizes)
     uploads = [(clip.name, clip.read_bytes()) for clip in good]
     uploads.insert(1, ("notes.wav", b"genre: jazz\nthis is not audio\n"))

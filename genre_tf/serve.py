@@ -199,6 +199,7 @@ class AudioGraph:
 
         self._segments, self._probabilities = segments, probabilities
         self.batch_size = run.config.train.batch_size
+        self.shares_backbone = tagged is not None
         self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

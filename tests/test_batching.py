@@ -4,6 +4,7 @@ alone; the queue is bounded. A numpy function stands in for the model."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,11 +52,19 @@ def test_a_request_that_breaks_the_model_fails_alone():
         np.testing.assert_array_equal(futures[i].result()["double"], 2 * inputs[i])
 
 
-def test_a_lone_request_waits_only_the_window():
-    batcher = Batcher(doubling, BatchLimits(window=0.0))
+def test_a_lone_request_waits_for_company_only_while_some_is_expected():
+    expected = threading.Event()
+    batcher = Batcher(doubling, BatchLimits(window=0.3), expecting=expected.is_set)
+    started = time.perf_counter()
     answers = [batcher.predict(x) for x in requests(3)]
+    alone = time.perf_counter() - started
+    expected.set()
+    started = time.perf_counter()
+    batcher.predict(np.ones((1, 3)))
+    waited = time.perf_counter() - started
     batcher.close()
-    assert batcher.batch_sizes == [1, 1, 1] and [len(a["sum"]) for a in answers] == [1, 2, 3]
+    assert batcher.batch_sizes == [1, 1, 1, 1] and [len(a["sum"]) for a in answers] == [1, 2, 3]
+    assert alone < 0.3 <= waited, "the window is waited only while other requests are on their way"
 
 
 def test_a_full_queue_makes_requests_wait_then_refuses_them():

@@ -4,6 +4,7 @@ streamed into cleaned temporary folders, and the page in a real (headless) brows
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -22,10 +23,10 @@ from fastapi.testclient import TestClient
 
 from genre_tf import predict
 from genre_tf.audio import spread_segments
-from genre_tf.config import save_config
+from genre_tf.config import CacheConfig, save_config
 from genre_tf.demo import DEMO_GENRES, generate_demo
 from genre_tf.run import RunDir
-from genre_tf.serve import MB, BadInput, Predictor, create_app, receive_upload
+from genre_tf.serve import MB, BadInput, Limits, Predictor, Upload, create_app, receive_upload
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNDARY = "genre-tf-test-boundary"
@@ -289,6 +290,29 @@ def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, 
         got, want = ([s["probabilities"] for s in b["segments"]] for b in (body, expected))
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         assert [s["start"] for s in body["segments"]] == [s["start"] for s in expected["segments"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("musicnn") is None,
+    reason="musicnn wheel not installed (pip install --no-deps musicnn==0.1.0): it holds MSD_musicnn",
+)
+def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run, clips):
+    overrides = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=pretrained"]
+    overrides += ["model.transfer.head_units=16", "audio.segment_seconds=1"]
+    run = RunDir(make_audio_run(tmp_path / "musicnn", list(DEMO_GENRES), *overrides))
+    predictor = Predictor(run, Limits())
+    assert predictor.graph.shares_backbone, "a frozen pretrained backbone is the tagger's: each patch goes through once"
+    clip = clips[DEMO_GENRES.index("folk")]
+    answer = predictor.predict(Upload(clip, clip.name, clip.stat().st_size), top_k=3)
+    examples = predict.load_inputs(run, [clip], CacheConfig(tmp_path / "cache", 1), progress=False)
+    _, expected = predict.predict_frame(run, examples.frame, predictor.model)
+    # float rounding: 1.0e-6 measured, the cache's float16-rounded patches against the graph's
+    np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-5)
+    (_, tags), *_ = predict.track_tags(run, examples, model=predictor.tagger)
+    assert [t["tag"] for t in answer["tags"]] == [tag for tag, _ in tags]
+    np.testing.assert_allclose([t["probability"] for t in answer["tags"]], [p for _, p in tags], rtol=0, atol=1e-6)
+    assert [s["start"] for s in answer["segments"]] == examples.frame["segment"].tolist() == [0, 1, 2, 3, 4, 5]
 
 
 # The real browser: Debian's chromium and chromium-driver, driven by selenium without selenium-manager downloads.

@@ -292,6 +292,22 @@ def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, 
         assert [s["start"] for s in body["segments"]] == [s["start"] for s in expected["segments"]]
 
 
+def test_a_table_run_is_served_from_its_feature_rows_as_predict_does(
+    tmp_path, make_table_run, write_feature_table, clips
+):
+    run = RunDir(make_table_run(tmp_path / "mlp", write_feature_table(tmp_path / "table.csv", ["a", "b", "c"])))
+    predictor = Predictor(run, Limits())
+    assert predictor.graph is None, "feature rows have no graph: the upload gets a cache entry in its folder"
+    upload = tmp_path / "request" / "upload.wav"
+    upload.parent.mkdir()
+    shutil.copy(clips[0], upload)
+    answer = predictor.predict(Upload(upload, clips[0].name, upload.stat().st_size), top_k=3)
+    examples = predict.load_inputs(run, [clips[0]], CacheConfig(tmp_path / "cache", 1), progress=False)
+    _, expected = predict.predict_frame(run, examples.frame, predictor.model)
+    np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-6)
+    assert len(answer["segments"]) == len(examples.frame) and answer["classes"] == ["a", "b", "c"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("musicnn") is None,

@@ -229,7 +229,7 @@ def sharing_the_backbone(model, tagger):
             return None
     features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
     logits = network.get_layer("backend_logits")(features)
-    return keras.Model(model.inputs, [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
+    return keras.Model(model.inputs[0], [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
 
 
 class Predictor:

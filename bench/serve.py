@@ -1,13 +1,21 @@
-"""Benchmark: the HTTP service under load, as a client sees it.
+"""Benchmark: the HTTP service as a client sees it, against the floor of the same work done without a service.
 
-Starts `python -m genre_tf.serve` on 127.0.0.1 (a free port) with a run, then
-1. sends `--concurrent` uploads of one demo clip at once: how many are answered, and the latency p50 / p95;
-2. sends `--requests` more, `--clients` at a time, sampling the server's resident memory (RSS) every
+Starts `python -m genre_tf.serve` on 127.0.0.1 (a free port) with a run, and exports the run's SavedModel in this
+process. With a real 30 s clip (gtzan_mini, FLAC) it then
+1. single client: uploads the clip `--single` times, one after another, alternating with the floor, which decodes
+   the same file as the exported model takes it (`export.read_waveform`) and calls the SavedModel on it: p50 / p95
+   of each, and the service's p50 as a multiple of the floor's;
+2. sends `--concurrent` uploads at once: how many are answered, latency p50 / p95, and the throughput in clips/s
+   against what the floor allows (one clip per floor p50, one after another on these cores);
+3. sends `--requests` more, `--clients` at a time, sampling the server's resident memory (RSS) every
    `--sample-every` requests: start / end / max, which stay flat when nothing accumulates per request;
 and checks that no request's temporary folder is left behind. Every request has a timeout and the whole run a
-deadline, so a stuck server ends the benchmark instead of hanging it.
+deadline, so a stuck server ends the benchmark instead of hanging it. The load average is printed at the start and
+at the end: the cores are shared, and the ratios, measured side by side, are the steadier figures.
 
     .venv/bin/python bench/serve.py --run saved_models/demo_cnn   # make demo first
+    .venv/bin/python bench/serve.py --run musicnn --requests 100  # a run made from configs/musicnn.yaml: the
+                                                                  # pretrained MSD backbone under a seeded head
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ from pathlib import Path
 
 import psutil
 
-from genre_tf.demo import generate_demo
-
 REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+CLIP = SHARED_DATA / "gtzan_mini" / "blues" / "blues.00000.flac"
 BOUNDARY = "genre-tf-bench"
 
 
@@ -83,17 +91,63 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def burst(url: str, body: bytes, n: int, timeout: float) -> None:
-    """n uploads at once: answered count and latency percentiles."""
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+class Floor:
+    """The same clip without a service: decoded as the exported model takes it, the exported SavedModel called on it."""
+
+    def __init__(self, run: Path, clip: Path, tmp: Path):
+        import tensorflow as tf
+
+        from genre_tf.export import export, read_waveform
+        from genre_tf.run import RunDir
+
+        self.run, self.clip, self.read_waveform, self.tf = RunDir(run), clip, read_waveform, tf
+        saved = tmp / "saved_model"
+        export(self.run, "saved_model", saved, progress=lambda line: None)
+        self.serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+        self()  # traced and warm before timing
+
+    def __call__(self) -> float:
+        """Seconds to decode the clip and have its probabilities."""
+        started = time.perf_counter()
+        waveform = self.read_waveform(self.clip, self.run.config)
+        self.serve(waveform=self.tf.constant(waveform))["probabilities"].numpy()
+        return time.perf_counter() - started
+
+
+def single_client(url: str, body: bytes, floor: Floor, n: int, timeout: float) -> float:
+    """n uploads one after another, each followed by the floor; the floor's p50 in seconds."""
+    service, floors = [], []
+    for _ in range(n):
+        status, seconds = post(url, body, timeout)
+        if status != 200:
+            raise SystemExit(f"error: the service answered {status or 'nothing'}")
+        service.append(seconds)
+        floors.append(floor())
+    p50, floor_p50 = percentile(service, 50), percentile(floors, 50)
+    print(f"single client, {n} uploads (load average {load_average()}):")
+    print(f"  service p50 {p50 * 1e3:.0f} ms, p95 {percentile(service, 95) * 1e3:.0f} ms")
+    print(f"  floor   p50 {floor_p50 * 1e3:.0f} ms, p95 {percentile(floors, 95) * 1e3:.0f} ms (decode + SavedModel)")
+    print(f"  the service's p50 is {p50 / floor_p50:.2f}x the floor's")
+    return floor_p50
+
+
+def burst(url: str, body: bytes, n: int, timeout: float, floor_p50: float) -> None:
+    """n uploads at once: answered count, latency percentiles, and throughput against the floor's."""
     started = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         results = list(pool.map(lambda _: post(url, body, timeout), range(n)))
     wall = time.perf_counter() - started
     answered = [seconds for status, seconds in results if status == 200]
-    print(f"{n} concurrent uploads: {len(answered)} answered 200 in {wall:.1f} s ({n / wall:.1f} requests/s)")
+    print(f"{n} concurrent uploads: {len(answered)} answered 200 in {wall:.1f} s (load average {load_average()})")
     if answered:
         p50, p95 = percentile(answered, 50), percentile(answered, 95)
         print(f"  latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(answered):.2f} s")
+        rate, floor_rate = len(answered) / wall, 1 / floor_p50
+        print(f"  throughput {rate:.1f} clips/s; the floor allows {floor_rate:.1f} clips/s: {rate / floor_rate:.2f}x")
     others = sorted({status for status, _ in results if status != 200})
     if others:
         print(f"  other answers: {others} (0: none)")
@@ -121,32 +175,48 @@ def memory_over(url: str, body: bytes, server: psutil.Process, args: argparse.Na
         print(f"  stopped at the deadline after {sent} of {args.requests} requests")
 
 
+def bench_run(name: str, tmp: Path) -> Path:
+    """The run directory: a path, or `musicnn`: a run made from configs/musicnn.yaml as bench/predict.py makes it."""
+    if name != "musicnn":
+        return Path(name)
+    from predict import make_run  # bench/predict.py, beside this script
+
+    classes = sorted(p.name for p in (SHARED_DATA / "gtzan_mini").iterdir() if p.is_dir())
+    return make_run(tmp / "runs" / "musicnn", "musicnn.yaml", classes, tmp / "unused_cache")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=REPO / "saved_models" / "demo_cnn")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of the demo clip uploaded")
+    parser.add_argument("--run", default=str(REPO / "saved_models" / "demo_cnn"), help="a run, or musicnn")
+    parser.add_argument("--clip", type=Path, default=CLIP, help="the audio uploaded (a real 30 s GTZAN clip)")
+    parser.add_argument("--single", type=int, default=20, help="uploads of the single client")
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, default=4, help="uploads in flight during the memory phase")
     parser.add_argument("--sample-every", type=int, default=50)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
-    parser.add_argument("--deadline", type=float, default=900.0, help="seconds the whole benchmark may take")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")
+    parser.add_argument("--deadline", type=float, default=1200.0, help="seconds the whole benchmark may take")
     args = parser.parse_args()
-    if not (args.run / "model.keras").is_file():
-        raise SystemExit(f"error: {args.run} has no model.keras (make demo creates saved_models/demo_cnn)")
+    if not args.clip.is_file():
+        raise SystemExit(f"error: no clip at {args.clip} (../shared/data/gtzan_mini absent?)")
     deadline = time.monotonic() + args.deadline
     with tempfile.TemporaryDirectory() as tmp:
-        clip = generate_demo(Path(tmp), 1, args.seconds)[-1]
-        body = multipart(clip)
+        run = bench_run(args.run, Path(tmp))
+        if not (run / "model.keras").is_file():
+            raise SystemExit(f"error: {run} has no model.keras (make demo creates saved_models/demo_cnn)")
+        body = multipart(args.clip)
         port = free_port()
         leftovers_before = set(Path(tempfile.gettempdir()).glob("genre_tf-serve-*"))
-        server = start_server(args.run, port, Path(tmp) / "server.log", deadline)
+        print(f"load average at the start: {load_average()}")
+        server = start_server(run, port, Path(tmp) / "server.log", deadline)
         try:
             url = f"http://127.0.0.1:{port}/predict"
-            size = f"{args.seconds:g} s, {len(body) / 1e6:.1f} MB"
-            print(f"run {args.run.name}, clip {clip.name} ({size}), {os.cpu_count()} cores")
-            post(url, body, args.timeout)  # the first call builds the model's predict function: not counted
-            burst(url, body, args.concurrent, args.timeout)
+            floor = Floor(run, args.clip, Path(tmp))
+            size = f"{len(body) / 1e6:.2f} MB"
+            print(f"run {run.name}, clip {args.clip.name} ({size}), {len(os.sched_getaffinity(0))} cores")
+            post(url, body, args.timeout)  # the first upload warms the server: not counted
+            floor_p50 = single_client(url, body, floor, args.single, args.timeout)
+            burst(url, body, args.concurrent, args.timeout, floor_p50)
             memory_over(url, body, psutil.Process(server.pid), args, deadline)
         finally:
             server.terminate()
@@ -155,7 +225,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
         left = set(Path(tempfile.gettempdir()).glob("genre_tf-serve-*")) - leftovers_before
-        print(f"temporary folders left behind: {len(left)}")
+        print(f"temporary folders left behind: {len(left)}; load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

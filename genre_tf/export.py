@@ -154,18 +154,26 @@ def fit_waveform(waveform, layout: SegmentLayout):
     return tf.tile(waveform, [repeats])[:length]
 
 
+def segment_positions(n_samples, layout: SegmentLayout):
+    """Which segments a fitted waveform of `n_samples` keeps, as `audio.spread_segments` picks them (segment k
+    starts at sample k * hop)."""
+    import tensorflow as tf
+
+    n_segments = (n_samples - layout.segment_samples) // layout.hop_samples + 1
+    keep = n_segments if layout.max_segments is None else tf.minimum(n_segments, layout.max_segments)
+    return (2 * tf.range(keep) + 1) * n_segments // (2 * keep)
+
+
 def cut_segments(waveform, frontend: AudioFrontend):
     """(segments, frames, ...) of the waveform's spectrogram, each segment's frames as the cache slices them."""
     import tensorflow as tf
 
     layout = frontend.layout
     waveform = fit_waveform(waveform, layout)
-    n_segments = (tf.shape(waveform)[0] - layout.segment_samples) // layout.hop_samples + 1
+    positions = segment_positions(tf.shape(waveform)[0], layout)
     spectrogram = frontend.spectrogram(waveform[None])[0]
     silence = tf.fill(tf.concat([[layout.frames], tf.shape(spectrogram)[1:]], 0), frontend.silence)
     spectrogram = tf.concat([spectrogram, silence], 0)  # frames past the end of the track are silent
-    keep = n_segments if layout.max_segments is None else tf.minimum(n_segments, layout.max_segments)
-    positions = (2 * tf.range(keep) + 1) * n_segments // (2 * keep)  # audio.spread_segments
     num, den = layout.frame_step
     starts = (positions * num + den - 1) // den
     return tf.gather(spectrogram, starts[:, None] + tf.range(layout.frames)[None], axis=0)

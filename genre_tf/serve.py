@@ -6,11 +6,15 @@
     GET  /health    the model's name, classes and the upload limits
     GET  /          the page (genre_tf/web/: plain HTML, CSS and JS, nothing fetched from elsewhere)
 
-A prediction is made by the functions `python -m genre_tf.predict` uses (`load_inputs`, `track_probabilities`), with
-the run's saved recipe, so the two cannot disagree. The model is loaded once. Each upload is streamed into a temporary
-folder of its own, together with the cache entry made from it, and the folder is deleted once the answer is sent;
-uploads are decoded and analysed in parallel threads, and only the model call is taken one at a time. Bad input is
-answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file (text)"}`).
+The model is loaded once. Each upload is streamed into a temporary folder of its own, deleted once the answer is
+sent. An audio model (CNN, keras.applications or musicnn transfer) is served from the graph `export` builds: the upload
+is decoded as the exported model takes it (`export.read_waveform`), its segments' inputs are made by the exported
+preprocessing (`export.audio_frontend`, `cut_segments`: pinned to the cache's recipe by tests/test_export.py), and
+concurrent requests' segments go to the model in shared batches (genre_tf.batching); nothing is cached. A table model
+(the MLP) reads feature rows: its upload gets a cache entry in the request's folder, made by the functions
+`python -m genre_tf.predict` uses (`load_inputs`), and its model call is taken one request at a time. Either way a
+track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. Bad input
+is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file (text)"}`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from genre_tf import audio
+from genre_tf.batching import Batcher, BatchLimits, Busy
 from genre_tf.config import CacheConfig
 from genre_tf.run import RunDir
 
@@ -162,35 +167,147 @@ async def receive_upload(
     return field.upload
 
 
+class AudioGraph:
+    """An audio run's exported preprocessing and model as two TensorFlow functions: a waveform's segments, then a
+    batch of segments' probabilities (and musicnn tags, where the run has a tagger)."""
+
+    def __init__(self, run: RunDir, model, tagger=None):
+        import tensorflow as tf
+
+        from genre_tf.export import audio_frontend, cut_segments, fit_waveform, segment_positions
+
+        frontend = audio_frontend(run.config)
+        layout = frontend.layout
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+        def segments(waveform):
+            n_samples = tf.shape(fit_waveform(waveform, layout))[0]
+            return frontend.to_input(cut_segments(waveform, frontend)), segment_positions(n_samples, layout)
+
+        inputs = segments.get_concrete_function().structured_outputs[0]
+        tagged = None if tagger is None else sharing_the_backbone(model, tagger)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="segments")])
+        def probabilities(segments):
+            if tagged is not None:
+                probabilities, tags = tagged(segments, training=False)
+                return {"probabilities": probabilities, "tags": tags}
+            outputs = {"probabilities": model(segments, training=False)}
+            if tagger is not None:
+                outputs["tags"] = tagger(segments, training=False)
+            return outputs
+
+        self._segments, self._probabilities = segments, probabilities
+        self.batch_size = run.config.train.batch_size
+        self.shares_backbone = tagged is not None
+        self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
+
+    def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the model's inputs, one per segment; each segment's position: it starts at position * hop)."""
+        inputs, positions = self._segments(waveform)
+        return inputs.numpy(), positions.numpy()
+
+    def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
+        `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
+        chunks = [self._probabilities(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+        return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in chunks[0]}
+
+
+def sharing_the_backbone(model, tagger):
+    """The run's musicnn model with the tagger's tags as a second output, computed from the run's backbone, where
+    that backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes through it once;
+    None where training changed it (the tagger then runs whole)."""
+    import keras
+
+    from genre_tf.models.transfer import get_backbone
+
+    backbone, network = get_backbone(model), get_backbone(tagger)
+    for layer in backbone.layers:
+        pretrained = network.get_layer(layer.name).get_weights()
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), pretrained, strict=True)):
+            return None
+    features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
+    logits = network.get_layer("backend_logits")(features)
+    return keras.Model(model.inputs[0], [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
+
+
 class Predictor:
     """The run's model, loaded once, and the answer for one stored upload."""
 
-    def __init__(self, run: RunDir, limits: Limits):
-        from genre_tf.inputs import model_input
+    def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
+        from genre_tf.inputs import model_input, reads_features
         from genre_tf.models import MUSICNN_PATCH
         from genre_tf.predict import tagger
 
         self.run, self.limits = run, limits
         self.model = run.load_model()
         self.tagger = tagger(run) if model_input(run.config) == MUSICNN_PATCH else None
-        self._model_lock = threading.Lock()  # one Keras model is not safe to call from several threads at once
         self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+        self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
+        self._preparing_lock = threading.Lock()
+        self.graph = self.batcher = None
+        if reads_features(run.config):
+            self._model_lock = threading.Lock()  # one Keras model is not safe to call from several threads at once
+        else:
+            self.graph = AudioGraph(run, self.model, self.tagger)
+            self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
-        from genre_tf.evaluate import predict_examples
-        from genre_tf.predict import track_probabilities, track_tags
+        from genre_tf.predict import track_probabilities
 
         seconds = self.duration(upload.path)
-        with self._analysing:
-            examples = self.examples(upload.path)
-        run, frame = self.run, examples.frame
-        with self._model_lock:
-            track_ids, probs, labels = predict_examples(run, self.model, frame, run.config.train.batch_size)
-            tags = track_tags(run, examples, model=self.tagger)[0][1] if self.tagger else None
-        _, track = track_probabilities(run, track_ids, probs, labels)
-        segments = frame["segment"].to_numpy() if "segment" in frame else np.zeros(len(frame), int)
+        if self.graph is None:
+            segments, probs, tags = self.table_probabilities(upload.path)
+        else:
+            segments, probs, tags = self.graph_probabilities(upload.path)
+        no_labels = np.zeros(len(probs), int)
+        _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
         return self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
+
+    def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
+        """(segment positions, their probabilities, tags) from the exported graph, the model call batched."""
+        from genre_tf.export import read_waveform
+
+        self._count_preparing(+1)
+        try:
+            with self._analysing:
+                waveform = read_waveform(path, self.run.config)
+                inputs, positions = self.graph.segments(waveform)
+        except audio.AudioError as err:
+            raise BadInput(422, str(err)) from None
+        finally:
+            self._count_preparing(-1)
+        try:
+            outputs = self.batcher.predict(inputs)
+        except Busy as err:
+            raise BadInput(503, str(err)) from None
+        return positions, outputs["probabilities"], self.top_tags(outputs["tags"]) if self.tagger else None
+
+    def _count_preparing(self, change: int) -> None:
+        with self._preparing_lock:
+            self._preparing += change
+
+    def top_tags(self, scores: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+        """The musicnn tagger's top-k (tag, probability) over the track, segments averaged as `predict --tags` does."""
+        from genre_tf.evaluate import aggregate_tracks
+        from genre_tf.models import musicnn
+
+        names = musicnn.TAGS[self.run.config.model.transfer.backbone]
+        _, mean, _ = aggregate_tracks(np.zeros(len(scores), int), scores)
+        return [(names[i], float(mean[0][i])) for i in np.argsort(mean[0])[::-1][:k]]
+
+    def table_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, None]:
+        """(segment positions, their probabilities, no tags) from the file's cache entry, one model call at a time."""
+        from genre_tf.evaluate import predict_examples
+
+        with self._analysing:
+            frame = self.examples(path).frame
+        with self._model_lock:
+            _, probs, _ = predict_examples(self.run, self.model, frame, self.run.config.train.batch_size)
+        segments = frame["segment"].to_numpy() if "segment" in frame else np.zeros(len(frame), int)
+        return segments, probs, None
 
     def duration(self, path: Path) -> float:
         """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is too long."""
@@ -203,7 +320,8 @@ class Predictor:
         return seconds
 
     def examples(self, path: Path):
-        """The file's examples made with the run's recipe; its cache entry goes beside it, extracted in this thread."""
+        """The file's examples made with the run's recipe (a table model's feature rows); its cache entry goes beside
+        it, extracted in this thread."""
         from genre_tf.predict import load_inputs
 
         cache = CacheConfig(dir=path.parent / "cache", jobs=1)  # jobs=1: no process pool per request
@@ -256,9 +374,9 @@ class Predictor:
         }
 
 
-def create_app(run: RunDir, limits: Limits | None = None) -> FastAPI:
+def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:
     """The service for one run; its model is loaded here, once."""
-    predictor = Predictor(run, limits or Limits())
+    predictor = Predictor(run, limits or Limits(), batching)
     app = FastAPI(title="genre_tf", summary=f"music genres with the run {run.path.name}")
     app.state.predictor = predictor
 

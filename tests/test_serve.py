@@ -4,12 +4,14 @@ streamed into cleaned temporary folders, and the page in a real (headless) brows
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,10 +23,10 @@ from fastapi.testclient import TestClient
 
 from genre_tf import predict
 from genre_tf.audio import spread_segments
-from genre_tf.config import save_config
+from genre_tf.config import CacheConfig, save_config
 from genre_tf.demo import DEMO_GENRES, generate_demo
 from genre_tf.run import RunDir
-from genre_tf.serve import MB, BadInput, Predictor, create_app, receive_upload
+from genre_tf.serve import MB, BadInput, Limits, Predictor, Upload, create_app, receive_upload
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNDARY = "genre-tf-test-boundary"
@@ -249,16 +251,84 @@ def test_a_client_name_is_never_a_path_and_the_folder_is_cleaned(client, clips, 
     predict_upload = Predictor.predict
 
     def spy(self, upload, top_k):
-        seen.append((upload.path, sorted(p.name for p in upload.path.parent.iterdir())))
-        return predict_upload(self, upload, top_k)
+        answer = predict_upload(self, upload, top_k)
+        seen.append((upload.path, sorted(p.name for p in upload.path.parent.rglob("*"))))
+        return answer
 
     monkeypatch.setattr(Predictor, "predict", spy)
     answer = post(client, "../../evil name.WAV", clips[0].read_bytes())
     assert answer.status_code == 200 and answer.json()["file"] == "../../evil name.WAV"
     (path, files), *_ = seen
-    assert path.name == "upload.wav" and path.parent.parent == tmp_path and files == ["upload.wav"]
+    assert path.name == "upload.wav" and path.parent.parent == tmp_path
+    assert files == ["upload.wav"], "an audio run is served from the graph: no cache entry, even while it answers"
     assert post(client, "x.wav", b"not audio").status_code == 422
-    assert list(tmp_path.iterdir()) == [], "every request's folder, cache entry included, is gone"
+    assert list(tmp_path.iterdir()) == [], "every request's folder is gone"
+
+
+def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, client, clips, monkeypatch):
+    good = [clips[DEMO_GENRES.index(genre)] for genre in ("ambient", "folk", "techno")]
+    alone = [post(client, clip.name, clip.read_bytes()).json() for clip in good]
+    batcher = app.state.predictor.batcher
+    # 20 segments per clip: the model is called once the three good uploads' 60 segments are queued (the window is
+    # waited whether or not the others' uploads have arrived yet)
+    monkeypatch.setattr(batcher, "limits", replace(batcher.limits, window=30.0, max_batch=60))
+    monkeypatch.setattr(batcher, "expecting", lambda: True)
+    calls = len(batcher.batch_sizes)
+    uploads = [(clip.name, clip.read_bytes()) for clip in good]
+    uploads.insert(1, ("notes.wav", b"genre: jazz\nthis is not audio\n"))
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(lambda upload: post(client, *upload), uploads))
+    broken = answers.pop(1)
+    assert (broken.status_code, broken.json()) == (422, {"detail": "not an audio file (text)"})
+    assert batcher.batch_sizes[calls:] == [3], "one model call for the three good uploads"
+    for answer, expected in zip(answers, alone, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["genre"] == expected["genre"] and body["file"] == expected["file"]
+        # batched with others, the model's float rounding may differ in the last bits
+        np.testing.assert_allclose(body["probabilities"], expected["probabilities"], rtol=0, atol=1e-6)
+        got, want = ([s["probabilities"] for s in b["segments"]] for b in (body, expected))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert [s["start"] for s in body["segments"]] == [s["start"] for s in expected["segments"]]
+
+
+def test_a_table_run_is_served_from_its_feature_rows_as_predict_does(
+    tmp_path, make_table_run, write_feature_table, clips
+):
+    run = RunDir(make_table_run(tmp_path / "mlp", write_feature_table(tmp_path / "table.csv", ["a", "b", "c"])))
+    predictor = Predictor(run, Limits())
+    assert predictor.graph is None, "feature rows have no graph: the upload gets a cache entry in its folder"
+    upload = tmp_path / "request" / "upload.wav"
+    upload.parent.mkdir()
+    shutil.copy(clips[0], upload)
+    answer = predictor.predict(Upload(upload, clips[0].name, upload.stat().st_size), top_k=3)
+    examples = predict.load_inputs(run, [clips[0]], CacheConfig(tmp_path / "cache", 1), progress=False)
+    _, expected = predict.predict_frame(run, examples.frame, predictor.model)
+    np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-6)
+    assert len(answer["segments"]) == len(examples.frame) and answer["classes"] == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("musicnn") is None,
+    reason="musicnn wheel not installed (pip install --no-deps musicnn==0.1.0): it holds MSD_musicnn",
+)
+def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run, clips):
+    overrides = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=pretrained"]
+    overrides += ["model.transfer.head_units=16", "audio.segment_seconds=1"]
+    run = RunDir(make_audio_run(tmp_path / "musicnn", list(DEMO_GENRES), *overrides))
+    predictor = Predictor(run, Limits())
+    assert predictor.graph.shares_backbone, "a frozen pretrained backbone is the tagger's: each patch goes through once"
+    clip = clips[DEMO_GENRES.index("folk")]
+    answer = predictor.predict(Upload(clip, clip.name, clip.stat().st_size), top_k=3)
+    examples = predict.load_inputs(run, [clip], CacheConfig(tmp_path / "cache", 1), progress=False)
+    _, expected = predict.predict_frame(run, examples.frame, predictor.model)
+    # float rounding: 1.0e-6 measured, the cache's float16-rounded patches against the graph's
+    np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-5)
+    (_, tags), *_ = predict.track_tags(run, examples, model=predictor.tagger)
+    assert [t["tag"] for t in answer["tags"]] == [tag for tag, _ in tags]
+    np.testing.assert_allclose([t["probability"] for t in answer["tags"]], [p for _, p in tags], rtol=0, atol=1e-6)
+    assert [s["start"] for s in answer["segments"]] == examples.frame["segment"].tolist() == [0, 1, 2, 3, 4, 5]
 
 
 # The real browser: Debian's chromium and chromium-driver, driven by selenium without selenium-manager downloads.

@@ -6,9 +6,12 @@ DirectRunner on as many worker processes, writing TFRecord shards), each into a 
 CPU seconds per track (CPU of this process and its workers), files written and bytes per track. Then tf.data reads
 every segment's image back, decoded to float32 as training reads it, from the per-segment files and from the shards
 (examples/s, the second of two passes, so both read from the page cache), beside the examples/s one training step
-of the demo CNN consumes. The load average is printed with every line: the machine may be shared.
+of the demo CNN consumes; and what `train` does with `data.shards`: the shards read into memory (seconds), then the
+images decoded from the bytes held. The cost of each track added between successive N, the start-up of either
+engine taken out, says whether cost grows linearly. The load average is printed with every line: the machine may
+be shared, and the CPU figures are the steadier ones then.
 
-    .venv/bin/python bench/scale.py --tracks 100 1000 [--workers 2]
+    .venv/bin/python bench/scale.py --tracks 100 1000 [--workers 2] 2>/dev/null   (Beam's workers log to stderr)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from genre_tf import engines, models, pipeline, shards
-from genre_tf.config import load_config
+from genre_tf.config import Config, load_config
 from genre_tf.demo import DEMO_GENRES
 from genre_tf.inputs import input_shape
 from genre_tf.prepare import config_index, prepare_index
@@ -64,7 +67,8 @@ def segment_files(paths: list[str]) -> tf.data.Dataset:
 
 
 def shard_segments(files: list[str]) -> tf.data.Dataset:
-    ds = shards.track_dataset(files, NAMES).flat_map(lambda r: tf.data.Dataset.from_tensor_slices(r[MEL_IMAGE]))
+    """Every segment's image streamed from the shards (tracks parsed, their PNGs unbatched and decoded)."""
+    ds = shards.track_dataset(files, NAMES).map(lambda r: r[MEL_IMAGE]).unbatch()
     return ds.map(pipeline.png_to_unit, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -81,7 +85,8 @@ def train_step_rate(cfg, n_classes: int, batch_size: int = 32, steps: int = 10) 
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def run(n_tracks: int, workers: int, tmp: Path) -> tuple:
+def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
+    """Both engines on N demo tracks: (the tracks indexed, each engine's (wall, CPU) seconds, the config)."""
     per_genre = -(-n_tracks // len(DEMO_GENRES))
     base = [f"data.root={tmp / f'demo-{n_tracks}'}", f"data.demo_tracks_per_genre={per_genre}", f"cache.jobs={workers}"]
     cfg = load_config(REPO / "configs" / "demo_cnn.yaml", [*base, f"cache.dir={tmp / f'cache-{n_tracks}'}"])
@@ -91,6 +96,7 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple:
     wall, cpu = time.perf_counter(), cpu_seconds()
     prepared = prepare_index(index, cfg, jobs=workers, progress=False, names=NAMES)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    costs = {"local": (wall, cpu)}
     files, size = folder_size(Path(cfg.cache.dir))
     print(
         f"N={n} local: {wall / n * 1000:.0f} ms wall, {cpu / n * 1000:.0f} ms CPU per track ({wall:.1f} s); "
@@ -103,6 +109,7 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple:
     wall, cpu = time.perf_counter(), cpu_seconds()
     manifest = engines.run_pipeline(index, cfg, NAMES, str(output), options)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    costs["beam"] = (wall, cpu)
     files, size = folder_size(output)
     print(
         f"N={n} beam:  {wall / n * 1000:.0f} ms wall, {cpu / n * 1000:.0f} ms CPU per track ({wall:.1f} s); "
@@ -112,13 +119,29 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple:
 
     n_files, files_rate = read_rate(segment_files(prepared.segments["mel_path"].tolist()))
     n_shards, shards_rate = read_rate(shard_segments([str(output / name) for name in manifest["files"]]))
-    assert n_files == n_shards == len(prepared.segments), (n_files, n_shards, len(prepared.segments))
+    started = time.perf_counter()
+    held = shards.read_prepared(str(output), cfg, NAMES).segments["mel_path"].tolist()
+    load_seconds = time.perf_counter() - started
+    n_held, held_rate = read_rate(segment_files(held))
+    assert n_files == n_shards == n_held == len(prepared.segments), (n_files, n_shards, n_held)
     print(
-        f"N={n} tf.data read: per-segment files {files_rate:.0f} examples/s, shards {shards_rate:.0f} examples/s "
-        f"({n_files} examples); load {load()}",
+        f"N={n} tf.data read ({n_files} examples): per-segment files {files_rate:.0f} examples/s, shards streamed "
+        f"{shards_rate:.0f} examples/s; train's read of the shards {load_seconds:.1f} s, then {held_rate:.0f} "
+        f"examples/s from the bytes held; load {load()}",
         flush=True,
     )
-    return cfg, len(DEMO_GENRES)
+    return n, costs, cfg
+
+
+def marginal_lines(costs: dict[int, dict[str, tuple[float, float]]]) -> list[str]:
+    """The cost of each added track between successive N, per engine: what stays when the fixed start-up is
+    taken out (equal figures from N to N say the cost grows linearly)."""
+    lines, sizes = [], sorted(costs)
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        for engine in costs[small]:
+            wall, cpu = ((costs[large][engine][k] - costs[small][engine][k]) / (large - small) * 1000 for k in range(2))
+            lines.append(f"N={small}->{large} {engine}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per added track")
+    return lines
 
 
 def main() -> None:
@@ -126,11 +149,13 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--workers", type=int, default=2, help="processes of either engine")
     args = parser.parse_args()
+    costs = {}
     with tempfile.TemporaryDirectory(prefix="genre_tf_scale_") as folder:
-        tmp = Path(folder)
         for n_tracks in args.tracks:
-            cfg, n_classes = run(n_tracks, args.workers, tmp)
-        print(f"the demo CNN's training step consumes {train_step_rate(cfg, n_classes):.0f} examples/s; load {load()}")
+            n, costs[n], cfg = run(n_tracks, args.workers, Path(folder))
+    print("\n".join(marginal_lines(costs)))
+    rate = train_step_rate(cfg, len(DEMO_GENRES))
+    print(f"the demo CNN's training step consumes {rate:.0f} examples/s (batch 32); load {load()}")
 
 
 if __name__ == "__main__":

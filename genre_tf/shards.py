@@ -42,7 +42,13 @@ def _bytes(values: list[bytes]) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
-def track_record(track: dict, digest: str | None, recipe: Recipe, names: tuple[str, ...], analysed) -> bytes:
+def track_record(
+    track: dict,
+    digest: str | None,
+    recipe: Recipe,
+    names: tuple[str, ...],
+    analysed: tuple[features.TrackAnalysis, dict] | str,
+) -> bytes:
     """One track as a serialized tf.train.Example: `track` is its index row (with `position`); `analysed` is
     `cache.analyse_file`'s (analysis, meta), or the skip reason (a str) where the file was bad."""
     fields = {key: str(track[key]) for key in INDEX_COLUMNS}

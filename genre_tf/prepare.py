@@ -261,12 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--beam-options",
         default="--runner=DirectRunner",
-        help="--engine beam: Beam pipeline options, one string (e.g. '--runner=DirectRunner --direct_num_workers=2')",
+        help="--engine beam: Beam pipeline options as one string, given as --beam-options='--runner=... ...'",
     )
     parser.add_argument(
-        "--output", default=None, help="--engine beam: the shards' folder, any path tf.io.gfile writes "
-        "(default: <cache.dir>/shards/<name>); train reads it with data.shards: FOLDER",
-    )  # fmt: skip
+        "--output",
+        default=None,
+        help="--engine beam: the shards' folder, any path tf.io.gfile writes (default: <cache.dir>/shards/<name>); "
+        "train reads it with data.shards: FOLDER",
+    )
     parser.add_argument(
         "--shards", type=int, default=None, help="--engine beam: shard files (default: 1 per 256 tracks)"
     )

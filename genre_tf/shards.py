@@ -122,6 +122,34 @@ def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def _track_tables(r: dict, names: tuple[str, ...], columns: list[str], audio) -> tuple[dict, pd.DataFrame]:
+    """A usable track's record -> its row of the tracks table and its rows of the segments table."""
+    from genre_tf.prepare import PATH_COLUMNS
+
+    text = {key: r[key].decode() for key in TEXT_FIELDS}
+    meta = json.loads(text["meta"])
+    track = {key: text[key] for key in INDEX_COLUMNS} | {"digest": text["digest"], "n_segments": meta["n_segments"]}
+    segments = pd.DataFrame({"track_id": track["track_id"], "segment": segment_positions(meta, audio)})
+    segments["label"], segments["split"] = track["label"], track["split"]
+    for name, column in PATH_COLUMNS.items():
+        if name in names:
+            segments[column] = list(r[name])
+    if representations.FEATURES in names:
+        track_row, segment_rows = (_npy(data) for data in r[representations.FEATURES])
+        track |= dict(zip(columns, track_row, strict=True))
+        segments = pd.concat([segments, pd.DataFrame(segment_rows, columns=columns)], axis=1)
+    return track, segments
+
+
+def _skip_reason(r: dict, audio) -> str | None:
+    """Why a record's track is not used (a bad file, or a short clip under audio.short_clips: skip), or None."""
+    meta = json.loads(r["meta"]) if r["meta"] else {}
+    path, digest, reason = (r[key].decode() for key in ("path", "digest", "reason"))
+    n_segments, short_seconds = meta.get("n_segments", 0), meta.get("short_seconds")
+    result = TrackResult(path, digest, n_segments, hit=True, reason=reason or None, short_seconds=short_seconds)
+    return result.under_policy(audio).reason
+
+
 def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None):
     """The Prepared tables (genre_tf.prepare) of shards, as the local engine makes them from the cache: the same
     tracks in index order, with the same feature rows; a segment's `mel_path` / `musicnn_path` holds its file's
@@ -134,38 +162,23 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     check_recipe(manifest, folder, cfg, names)
     files = [f"{folder}/{name}" for name in manifest["files"]]
     records = sorted(track_dataset(files, names).as_numpy_iterator(), key=lambda r: r["position"])
-    columns = features.feature_columns(cfg.features.n_mfcc)
-    tracks, segments, skipped = [], [], []
+    columns = features.feature_columns(cfg.features.n_mfcc) if representations.FEATURES in names else []
+    tables, skipped = [], []
     for r in records:
-        text = {key: r[key].decode() for key in TEXT_FIELDS}
-        meta = json.loads(text["meta"]) if text["meta"] else {}
-        result = TrackResult(
-            text["path"], text["digest"], meta.get("n_segments", 0), hit=True, reason=text["reason"] or None,
-            short_seconds=meta.get("short_seconds"),
-        ).under_policy(cfg.audio)  # fmt: skip
-        if not result.ok:
-            skipped.append((text["path"], text["track_id"], result.reason))
-            continue
-        track = {key: text[key] for key in INDEX_COLUMNS} | {"digest": text["digest"], "n_segments": result.n_segments}
-        segment = pd.DataFrame({"track_id": track["track_id"], "segment": segment_positions(meta, cfg.audio)})
-        segment["label"], segment["split"] = track["label"], track["split"]
-        for name, column in PATH_COLUMNS.items():
-            if name in names:
-                segment[column] = list(r[name])
-        if representations.FEATURES in names:
-            track_row, segment_rows = (_npy(data) for data in r[representations.FEATURES])
-            track |= dict(zip(columns, track_row, strict=True))
-            segment = pd.concat([segment, pd.DataFrame(segment_rows, columns=columns)], axis=1)
-        tracks.append(track)
-        segments.append(segment)
+        reason = _skip_reason(r, cfg.audio)
+        if reason is None:
+            tables.append(_track_tables(r, names, columns, cfg.audio))
+        else:
+            skipped.append((r["path"].decode(), r["track_id"].decode(), reason))
     n_failed = len(skipped)
     skipped += [tuple(problem) for problem in manifest["problems"]]
-    tracks = pd.DataFrame(tracks, columns=[*INDEX_COLUMNS, "digest", "n_segments"] + (
-        columns if representations.FEATURES in names else []))  # fmt: skip
-    segment_columns = ["track_id", "segment", "label", "split"] + [PATH_COLUMNS[n] for n in names if n in PATH_COLUMNS]
-    segment_columns += columns if representations.FEATURES in names else []
-    segments = pd.concat(segments, ignore_index=True)[segment_columns] if segments else pd.DataFrame(
-        columns=segment_columns)  # fmt: skip
+    tracks = pd.DataFrame([track for track, _ in tables], columns=[*INDEX_COLUMNS, "digest", "n_segments", *columns])
+    segment_columns = ["track_id", "segment", "label", "split", *(PATH_COLUMNS[n] for n in names if n in PATH_COLUMNS)]
+    segment_columns += columns
+    frames = [frame for _, frame in tables]
+    segments = (
+        pd.concat(frames, ignore_index=True)[segment_columns] if frames else pd.DataFrame(columns=segment_columns)
+    )
     stats = {
         "tracks": len(tracks),
         "segments": len(segments),

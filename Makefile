@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,beam]"
 	# musicnn is installed only for its checkpoints: its pinned dependencies would try to build numpy 1.16 from source.
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0
 	# librosa's numba kernels compiled once into their on-disk cache (half a minute), as pip compiles bytecode:

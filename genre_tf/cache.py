@@ -133,6 +133,25 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def entry_files(representation: str, analysis: features.TrackAnalysis, mel: MelConfig) -> dict[str, bytes]:
+    """The files of one representation of a track, by name, from an analysis that holds it: a cache entry's
+    files, and a shard record's (genre_tf.shards) too, so both hold the same bytes."""
+    if representation == representations.FEATURES:
+        return {"track.npy": _npy_bytes(analysis.track_row), "segments.npy": _npy_bytes(analysis.segment_rows)}
+    if representation == representations.MEL_IMAGE:
+        segments = [features.encode_mel_png(image, mel) for image in analysis.mel_segments]
+    else:
+        segments = [patch.astype("<f2").tobytes() for patch in analysis.musicnn_segments]
+    name = SEGMENT_FILES[representation]
+    return {name.format(i): data for i, data in enumerate(segments)}
+
+
+def segment_positions(meta: dict, audio: AudioConfig) -> list[int]:
+    """Each segment's place k on the track's hop grid, from an entry's meta (its `segments` bounds in samples)."""
+    hop = segment_hop_samples(audio)
+    return [start // hop for start, _ in meta["segments"]]
+
+
 class TrackStore:
     """The cache folder of one representation under one recipe: `<cache.dir>/<representation>/<key>/`."""
 
@@ -159,14 +178,7 @@ class TrackStore:
 
     def entry_files(self, analysis: features.TrackAnalysis) -> dict[str, bytes]:
         """The files of this representation's entry, by name, from an analysis that holds it."""
-        if self.representation == representations.FEATURES:
-            return {"track.npy": _npy_bytes(analysis.track_row), "segments.npy": _npy_bytes(analysis.segment_rows)}
-        if self.representation == representations.MEL_IMAGE:
-            segments = [features.encode_mel_png(image, self.recipe.mel) for image in analysis.mel_segments]
-        else:
-            segments = [patch.astype("<f2").tobytes() for patch in analysis.musicnn_segments]
-        name = SEGMENT_FILES[self.representation]
-        return {name.format(i): data for i, data in enumerate(segments)}
+        return entry_files(self.representation, analysis, self.recipe.mel)
 
     def write_entry(self, digest: str, analysis: features.TrackAnalysis, meta: dict) -> None:
         """Build the entry in a temporary folder, then rename it into place in one step."""
@@ -202,8 +214,7 @@ class TrackStore:
 
     def segment_positions(self, digest: str) -> list[int]:
         """Each stored segment's place k on the track's hop grid (it starts at k hops; a long track keeps some)."""
-        hop = segment_hop_samples(self.recipe.audio)
-        return [start // hop for start, _ in json.loads((self.entry(digest) / "meta.json").read_text())["segments"]]
+        return segment_positions(json.loads((self.entry(digest) / "meta.json").read_text()), self.recipe.audio)
 
     def paths(self, digest: str, n_segments: int) -> list[str]:
         """The segments' files (SEGMENT_FILES) of a per-segment representation."""
@@ -247,25 +258,32 @@ def extract_track(path: str, digest: str, cache: TrackCache) -> TrackResult:
     A clip shorter than one segment is tiled to fill one and stored so, whatever `audio.short_clips` says: the
     policy is applied when the result is read, so training and prediction share one entry.
     """
-    recipe, names = cache.recipe, cache.names
     try:
-        y = load_track(Path(path), recipe.audio)
-        bounds = segment_bounds(len(y), recipe.audio)
-        short_seconds = None if bounds else len(y) / recipe.audio.sample_rate
-        if not bounds:
-            y = tile_to_segment(y, recipe.audio)
-            bounds = segment_bounds(len(y), recipe.audio)
-        analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds, names)
+        analysis, meta = analyse_file(path, cache.recipe, cache.names)
     except AudioError as err:
-        for name in names:
+        for name in cache.names:
             cache[name].write_skip(digest, str(err))
         return TrackResult(path, digest, 0, hit=False, reason=str(err))
+    for name in cache.names:
+        cache[name].write_entry(digest, analysis, meta)
+    return TrackResult(path, digest, meta["n_segments"], hit=False, short_seconds=meta.get("short_seconds"))
+
+
+def analyse_file(path: str, recipe: Recipe, names: tuple[str, ...]) -> tuple[features.TrackAnalysis, dict]:
+    """Decode and segment one file once and analyse it into the representations `names`: (the analysis, the meta
+    of its entry). The one analysis of a track, for the local engine (`extract_track`) and the Beam engine
+    (genre_tf.engines) alike; raises AudioError for bad audio."""
+    y = load_track(Path(path), recipe.audio)
+    bounds = segment_bounds(len(y), recipe.audio)
+    short_seconds = None if bounds else len(y) / recipe.audio.sample_rate
+    if not bounds:
+        y = tile_to_segment(y, recipe.audio)
+        bounds = segment_bounds(len(y), recipe.audio)
+    analysis = features.analyse_track(y, recipe.audio.sample_rate, recipe.features, recipe.mel, bounds, names)
     meta = {"n_samples": len(y), "n_segments": len(bounds), "segments": bounds, "sample_rate": recipe.audio.sample_rate}
     if short_seconds is not None:
         meta["short_seconds"] = short_seconds
-    for name in names:
-        cache[name].write_entry(digest, analysis, meta)
-    return TrackResult(path, digest, len(bounds), hit=False, short_seconds=short_seconds)
+    return analysis, meta
 
 
 def _extract_job(job: tuple[str, str, str, Recipe, tuple[str, ...]]) -> TrackResult:

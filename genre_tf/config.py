@@ -56,6 +56,9 @@ class DataConfig:
     fold: int = _range(0, 99, default=0)
     demo_tracks_per_genre: int = _range(2, 1000, default=12)
     demo_seconds: float = _range(1.0, 120.0, default=6.0)
+    # A folder of shards written by `prepare --engine beam` (a local path, gs://, s3://: what tf.io.gfile reads):
+    # train reads its tracks, ids, labels and splits from there instead of preparing audio through the cache.
+    shards: str | None = None
 
 
 @dataclass

@@ -75,12 +75,16 @@ def examples_from_table(csv_path: Path, cfg: Config) -> Examples:
 
 
 def load_examples(cfg: Config, progress: bool = True) -> Examples:
-    """The labeled examples of a training config (audio is prepared through the cache)."""
+    """The labeled examples of a training config (audio is prepared through the cache, or read from data.shards)."""
     if cfg.data.source == "table":
         examples = examples_from_table(cfg.data.csv, cfg)
         if progress:
             print(f"split: {examples.split_note}", flush=True)
         return examples
+    if cfg.data.shards:
+        from genre_tf.shards import read_prepared
+
+        return examples_from_prepared(read_prepared(cfg.data.shards, cfg), cfg)
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
 

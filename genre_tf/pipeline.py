@@ -39,18 +39,28 @@ def table_reader(x: np.ndarray | tuple[np.ndarray, ...]) -> Reader:
     return lambda i: tf.nest.map_structure(lambda a: tf.gather(a, i), xs)
 
 
-def mel_reader(paths: list[str]) -> Reader:
-    """Element i -> its cached mel PNG as float32 (n_mels, frames, 1) in [0, 1]."""
-    ps = tf.constant([str(p) for p in paths])
-    return lambda i: png_to_unit(tf.io.read_file(tf.gather(ps, i)))
+def file_reader(sources: list[str] | list[bytes]) -> Reader:
+    """Element i -> the bytes of its cached file: read from its path, or held already (tracks read from shards,
+    genre_tf.shards, hold their files' bytes)."""
+    if sources and isinstance(sources[0], bytes):
+        held = tf.constant(sources, tf.string)
+        return lambda i: tf.gather(held, i)
+    ps = tf.constant([str(p) for p in sources])
+    return lambda i: tf.io.read_file(tf.gather(ps, i))
 
 
-def patch_reader(paths: list[str], frames: int, n_mels: int) -> Reader:
-    """Element i -> (frames, n_mels) float32 mel power of its raw float16 patch file."""
-    ps = tf.constant([str(p) for p in paths])
+def mel_reader(sources: list[str] | list[bytes]) -> Reader:
+    """Element i -> its cached mel PNG (a path, or its bytes) as float32 (n_mels, frames, 1) in [0, 1]."""
+    read_file = file_reader(sources)
+    return lambda i: png_to_unit(read_file(i))
+
+
+def patch_reader(sources: list[str] | list[bytes], frames: int, n_mels: int) -> Reader:
+    """Element i -> (frames, n_mels) float32 mel power of its raw float16 patch (a path, or its bytes)."""
+    read_file = file_reader(sources)
 
     def read(i: tf.Tensor) -> tf.Tensor:
-        raw = tf.io.decode_raw(tf.io.read_file(tf.gather(ps, i)), tf.float16, little_endian=True)
+        raw = tf.io.decode_raw(read_file(i), tf.float16, little_endian=True)
         return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32)
 
     return read

@@ -1,12 +1,14 @@
 """Build the feature and mel-image caches for a config and print a summary.
 
     python -m genre_tf.prepare --config configs/demo.yaml [--jobs N] [--representations all]
+    python -m genre_tf.prepare --config configs/demo.yaml --engine beam [--beam-options "..."] [--output DIR]
 
 Computes the representations the config's model reads (feature rows for the MLP, mel images for the CNN and
 keras.applications backbones, musicnn patches for musicnn), or those named by --representations, and writes the
 dataset view to `<cache.dir>/prepared/<name>/`: index.csv, skipped.csv, summary.json, the resolved config.yaml,
 and with feature rows features_track.csv (the published GTZAN columns, one row per track) and
-features_segment.csv (one row per segment).
+features_segment.csv (one row per segment). With --engine beam the same analysis runs as an Apache Beam pipeline
+and writes sharded records instead (genre_tf.engines, genre_tf.shards), which train reads with data.shards.
 """
 
 from __future__ import annotations
@@ -162,6 +164,12 @@ def prepare(
 ) -> Prepared:
     """The dataset a config describes, demo audio generated first when it asks for it; `names`: the
     representations to compute (default: what the config's model reads)."""
+    return prepare_index(config_index(cfg, progress), cfg, jobs, progress, names=names)
+
+
+def config_index(cfg: Config, progress: bool = True) -> Index:
+    """The index of the tracks a config describes (demo audio generated first when it asks for it), its split and
+    tracks per genre printed with `progress`: what either engine then prepares."""
     if cfg.data.source == "demo":
         from genre_tf.demo import generate_demo
 
@@ -172,7 +180,7 @@ def prepare(
     if progress:  # before extraction, which can take a while
         counts = genre_counts(index.tracks)
         print("\n".join([f"split: {index.split_note}", *genre_lines(counts)]), flush=True)
-    return prepare_index(index, cfg, jobs, progress, names=names)
+    return index
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -243,16 +251,57 @@ def main(argv: list[str] | None = None) -> None:
         help="what to compute: model (what the config's model reads), all, or a comma-separated list of "
         f"{', '.join(representations.ALL)}",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "beam"),
+        default="local",
+        help="local: this machine's processes, into the cache (default); beam: an Apache Beam pipeline, into shards "
+        "(needs pip install 'genre_tf[beam]')",
+    )
+    parser.add_argument(
+        "--beam-options",
+        default="--runner=DirectRunner",
+        help="--engine beam: Beam pipeline options as one string, given as --beam-options='--runner=... ...'",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="--engine beam: the shards' folder, any path tf.io.gfile writes (default: <cache.dir>/shards/<name>); "
+        "train reads it with data.shards: FOLDER",
+    )
+    parser.add_argument(
+        "--shards", type=int, default=None, help="--engine beam: shard files (default: 1 per 256 tracks)"
+    )
     args = parser.parse_args(argv)
+    if args.engine == "local" and (args.output or args.shards):
+        parser.error("--output and --shards are for --engine beam; the local engine writes the cache")
     cfg = config_from_args(args)
     try:
-        prepared = prepare(cfg, jobs=args.jobs, names=chosen_representations(args.representations, cfg))
+        names = chosen_representations(args.representations, cfg)
+        if args.engine == "beam":
+            prepare_on_beam(cfg, names, args.output, args.beam_options, args.shards)
+            return
+        prepared = prepare(cfg, jobs=args.jobs, names=names)
     except ConfigError as err:
         exit_config_error(err)
     out_dir = prepared_dir(cfg)
     write_prepared(prepared, cfg, out_dir)
     print(format_summary(prepared))
     print(f"written to {out_dir}")
+
+
+def prepare_on_beam(
+    cfg: Config, names: tuple[str, ...], output: str | None, beam_options: str, n_shards: int | None
+) -> None:
+    """The Beam engine (genre_tf.engines): the config's index analysed on a Beam runner into shards."""
+    try:
+        from genre_tf import engines
+    except ImportError as err:
+        raise SystemExit(f"prepare --engine beam needs Apache Beam ({err}): pip install 'genre_tf[beam]'") from None
+    output = output or engines.default_output(cfg)
+    manifest = engines.run_pipeline(config_index(cfg), cfg, names, output, beam_options, n_shards)
+    print(engines.summary(manifest, output))
+    print(f"train from them with --set data.shards={output}")
 
 
 if __name__ == "__main__":

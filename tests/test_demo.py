@@ -1,4 +1,7 @@
-"""Tests for genre_tf.demo: layout, determinism, idempotence, and genres that are learnable but not trivial."""
+"""Tests for genre_tf.demo: layout, determinism, idempotence, genres that are learnable but not trivial, and the demo
+configs that `make demo` trains reaching 0.9."""
+
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -11,10 +14,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from genre_tf.audio import load_track
-from genre_tf.config import AudioConfig
+from genre_tf.config import AudioConfig, load_config
 from genre_tf.demo import DEMO_GENRES, STYLES, generate_demo
 
 SR = 22050
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,17 @@ def test_crude_classifier_learns_but_is_not_perfect(demo_set):
     for column in range(features.shape[1]):
         alone = cross_val_predict(classifier, features[:, [column]], labels, cv=folds)
         assert np.mean(alone == labels) < 0.9
+
+
+@pytest.mark.slow
+def test_demo_mlp_and_cnn_reach_090_test_accuracy(tmp_path):
+    """The demo configs as `make demo` runs them (fixed seeds): the synthetic genres are learnable."""
+    from genre_tf.training import train
+
+    where = [f"output_dir={tmp_path / 'runs'}", f"data.root={tmp_path / 'demo'}", f"cache.dir={tmp_path / 'cache'}"]
+    for name in ("demo", "demo_cnn"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml", where)
+        metrics = train(cfg, cfg.output_dir / cfg.name, verbose=0)
+        test = metrics["headline"]["test"]
+        assert test["track_accuracy"] >= 0.9, (name, test)
+        assert test["segment_accuracy"] >= 0.9, (name, test)

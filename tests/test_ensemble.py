@@ -209,3 +209,31 @@ def test_ensemble_config_errors_are_one_line(tmp_path, members):
     missing = write_ensemble_config(tmp_path / "missing.yaml", "missing", [members["cnn"].path, tmp_path / "nothing"])
     with pytest.raises(ConfigError, match="nothing is not a finished run directory"):
         build_ensemble(load_ensemble_config(missing))
+
+
+def test_a_member_given_as_a_config_is_trained_first(members, make_config, tmp_path, capsys):
+    """The one test that trains: a member named by its config trains (one epoch) into its output_dir/name, then the
+    ensemble takes it beside a finished run, with equal weights; the same command again finds the ensemble finished."""
+    cfg = make_config(tmp_path, *members["data"], *CNN, "model.kind=cnn", "train.epochs=1", "name=trained",
+                      f"output_dir={tmp_path / 'runs'}")  # fmt: skip
+    save_config(cfg, tmp_path / "trained.yaml")
+    config = write_ensemble_config(
+        tmp_path / "eq.yaml", "eq", [members["cnn"].path, tmp_path / "trained.yaml"], "selection: equal"
+    )
+    main(["--config", str(config)])
+    trained, ensemble = RunDir(tmp_path / "runs" / "trained"), RunDir(tmp_path / "eq")
+    assert trained.finished and trained.history()
+    record = ensemble.ensemble()
+    assert [(m["source"], m["weight"]) for m in record["members"]] == [
+        (str(members["cnn"].path), 0.5),
+        (str(trained.path), 0.5),
+    ]
+    assert record["trace"] == [] and record["rounds"] is None
+    assert "equal weights over 2 runs, nothing selected" in ensemble.report_file.read_text()
+    capsys.readouterr()
+    main(["--config", str(config)])
+    assert "is already finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(config), "--set", "selection=greedy"])
+    assert exit_.value.code == 2
+    assert "holds another ensemble (selection differ); pass --overwrite" in capsys.readouterr().err

@@ -193,7 +193,8 @@ def prepare_run_dir(run: RunDir, cfg: EnsembleConfig, overwrite: bool) -> None:
             raise ConfigError(
                 "name", f"{run.path} holds another ensemble ({', '.join(changed)} differ); pass --overwrite"
             )
-    shutil.rmtree(run.members_dir, ignore_errors=True)
+    if not run.finished:  # a stopped build's copies: made again from the members chosen this time
+        shutil.rmtree(run.members_dir, ignore_errors=True)
 
 
 def build_ensemble(cfg: EnsembleConfig, overwrite: bool = False) -> dict:

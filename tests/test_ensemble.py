@@ -233,6 +233,7 @@ def test_a_member_given_as_a_config_is_trained_first(members, make_config, tmp_p
     capsys.readouterr()
     main(["--config", str(config)])
     assert "is already finished" in capsys.readouterr().out
+    assert all(member.run.model_file.is_file() for member in ensemble.members())
     with pytest.raises(SystemExit) as exit_:
         main(["--config", str(config), "--set", "selection=greedy"])
     assert exit_.value.code == 2

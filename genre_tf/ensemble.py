@@ -40,7 +40,7 @@ from genre_tf.config import (
     save_config,
     to_dict,
 )
-from genre_tf.evaluate import PROBABILITY_FLOOR, record_split, track_pooling, write_metrics
+from genre_tf.evaluate import PROBABILITY_FLOOR, format_headline, record_split, track_pooling, write_metrics
 from genre_tf.predict import in_track_order, predict_frame
 from genre_tf.run import RunDir
 
@@ -77,8 +77,11 @@ def load_members(runs: list[RunDir]) -> list[Examples]:
 
     examples = []
     for run in runs:
-        check_data_paths(run.config.data)
-        examples.append(load_examples(run.config, progress=False))
+        try:
+            check_data_paths(run.config.data)
+            examples.append(load_examples(run.config, progress=False))
+        except ConfigError as err:  # named with the member whose data it is
+            raise ConfigError("members", f"{run.path}: {err}") from None
     check_members(runs, examples)
     return examples
 
@@ -125,8 +128,8 @@ def split_probabilities(
     return tracks, labels, probs
 
 
-def valid_score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(track accuracy, log loss) of track probabilities."""
+def track_score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, log loss) of track probabilities against the tracks' labels (class indices)."""
     accuracy = float(np.mean(probs.argmax(axis=1) == labels))
     log_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], PROBABILITY_FLOOR))))
     return accuracy, log_loss
@@ -140,7 +143,7 @@ def greedy_selection(probs: list[np.ndarray], labels: np.ndarray, rounds: int) -
     total, counts = np.zeros_like(probs[0]), np.zeros(len(probs), dtype=int)
     best, best_counts, trace = None, None, []
     for size in range(1, rounds + 1):
-        scores = [valid_score((total + p) / size, labels) for p in probs]
+        scores = [track_score((total + p) / size, labels) for p in probs]
         keys = [(accuracy, -round(log_loss, 12)) for accuracy, log_loss in scores]  # float noise is no gain
         pick = max(range(len(probs)), key=lambda i: (keys[i], -i))
         total += probs[pick]
@@ -197,6 +200,22 @@ def prepare_run_dir(run: RunDir, cfg: EnsembleConfig, overwrite: bool) -> None:
         shutil.rmtree(run.members_dir, ignore_errors=True)
 
 
+def candidate(run: RunDir, name: str, valid: np.ndarray, weight: float, labels: np.ndarray) -> dict:
+    """What ensemble.json and the report say of a candidate run: its model, pooling, weight, valid figures alone, and
+    which model made them."""
+    accuracy, log_loss = track_score(valid, labels)
+    return {
+        "name": name,
+        "source": str(run.path),
+        "model": f"{run.config.model.kind}: {describe_model(run)}",
+        "pooling": track_pooling(run),
+        "weight": float(weight),
+        "valid_track_accuracy": accuracy,
+        "valid_log_loss": log_loss,
+        "judged_by": "chosen/model.keras" if run.refitted else "model.keras",
+    }
+
+
 def build_ensemble(cfg: EnsembleConfig, overwrite: bool = False) -> dict:
     """Choose the ensemble of `cfg` on valid, write its run directory and evaluate it; returns its metrics."""
     run = RunDir(Path(cfg.output_dir) / cfg.name)
@@ -209,14 +228,7 @@ def build_ensemble(cfg: EnsembleConfig, overwrite: bool = False) -> dict:
     tracks, labels, valid = split_probabilities(runs, examples, "valid")
     weights, trace = weights_of(cfg, valid, labels)
     names = member_names(runs)
-    candidates = []
-    for run_i, name, probs, weight in zip(runs, names, valid, weights, strict=True):
-        accuracy, log_loss = valid_score(probs, labels)
-        candidates.append({
-            "name": name, "source": str(run_i.path), "model": f"{run_i.config.model.kind}: {describe_model(run_i)}",
-            "pooling": track_pooling(run_i), "weight": float(weight), "valid_track_accuracy": accuracy,
-            "valid_log_loss": log_loss, "judged_by": "chosen/model.keras" if run_i.refitted else "model.keras",
-        })  # fmt: skip
+    candidates = [candidate(*args, labels) for args in zip(runs, names, valid, weights, strict=True)]
     kept = [i for i, weight in enumerate(weights) if weight > 0]
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config_file)
@@ -258,7 +270,7 @@ def evaluate_ensemble(
             continue
         tracks, labels, probs = (known or {}).get(split) or split_probabilities(runs, examples, split)
         for member, member_probs in zip(members, probs, strict=True):
-            alone[member.run.path.name][f"{split}_track_accuracy"] = valid_score(member_probs, labels)[0]
+            alone[member.run.path.name][f"{split}_track_accuracy"] = track_score(member_probs, labels)[0]
         record_split(run, metrics, split, tracks, weighted_mean(probs, weights), labels)
     return write_metrics(run, metrics)
 
@@ -273,8 +285,6 @@ def main(argv: list[str] | None = None) -> None:
         metrics = build_ensemble(cfg, args.overwrite)
     except ConfigError as err:
         exit_config_error(err)
-    from genre_tf.evaluate import format_headline
-
     print(format_headline(metrics))
     print(f"run written to {Path(cfg.output_dir) / cfg.name}")
 

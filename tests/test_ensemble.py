@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,10 @@ def test_the_ensemble_is_the_weighted_mean_of_its_members_predict_outputs(member
         confusion = np.zeros((3, 3), dtype=int)
         np.add.at(confusion, (labels, mean.argmax(axis=1)), 1)
         assert figures["segment"]["confusion"] == confusion.tolist() and figures["segment"]["n"] == 3
-        if split == "valid":  # greedy's choice, made again from the members' own predict outputs
+        if split == "valid":  # the candidates' figures and greedy's choice, again from their own predict outputs
+            for name in names:
+                log_loss = -np.mean(np.log(own[split][name][labels, labels]))
+                assert alone[name]["valid_log_loss"] == pytest.approx(log_loss, rel=1e-5)
             counts, _ = greedy_selection([own[split][name] for name in names], labels, 6)
             np.testing.assert_allclose([weights.get(name, 0) for name in names], counts / counts.sum())
     report = built.report_file.read_text()
@@ -171,7 +175,7 @@ def test_evaluate_predict_and_compare_take_an_ensemble_run(members, built, own, 
     assert row["test_track_acc"] == before["headline"]["test"]["track_accuracy"]
 
 
-def test_members_must_share_classes_and_split(members, tmp_path, capsys):
+def test_members_must_share_classes_split_and_have_their_data(members, tmp_path, capsys):
     cnn = members["cnn"]
     other_classes = RunDir(tmp_path / "other_classes")
     shutil.copytree(cnn.path, other_classes.path)
@@ -183,9 +187,12 @@ def test_members_must_share_classes_and_split(members, tmp_path, capsys):
     split.loc[split.track_id == "blues.00003", "split"] = "train"
     split.to_csv(split_file, index=False)
     cfg = cnn.config
-    cfg.data.split_file = split_file
-    save_config(cfg, other_split.config_file)
+    save_config(replace(cfg, data=replace(cfg.data, split_file=split_file)), other_split.config_file)
+    no_data = RunDir(tmp_path / "no_data")
+    shutil.copytree(cnn.path, no_data.path)
+    save_config(replace(cfg, data=replace(cfg.data, root=tmp_path / "gone")), no_data.config_file)
     cases = [
+        (no_data, "no_data: data.root: folder does not exist: .*gone$"),
         (other_classes, "other_classes has other classes than"),
         (other_split, "other_split's test split holds other tracks than .*cnn's \\(1 differ: blues.00003\\)$"),
     ]

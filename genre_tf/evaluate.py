@@ -126,8 +126,9 @@ def ensemble_lines(ensemble: dict) -> list[str]:
         if chosen
         else ""
     )
+    runs = f"{len(members)} run{'s' * (len(members) != 1)}"
     lines = [
-        f"An ensemble of {len(members)} runs, chosen on valid (never on test) by {how}.{by_chosen} Each member pools a "
+        f"An ensemble of {runs}, chosen on valid (never on test) by {how}.{by_chosen} Each member pools a "
         "track's segments its own way (mean: of their probabilities; logits: softmax of their mean logits, a probe's "
         "way), and the ensemble's track probabilities are the weighted mean of its members'.",
         "",

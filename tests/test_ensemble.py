@@ -193,6 +193,8 @@ def test_evaluate_predict_and_compare_take_an_ensemble_run(members, built, own, 
     np.testing.assert_allclose(written, own["test"]["ens"], atol=2e-6)
     sidecar = json.loads(output.with_name("out.csv.json").read_text())
     assert sidecar["runs"] == [str(m.run.path.resolve()) for m in built.members()]
+    weights = [round(m.weight, 6) for m in built.members()]
+    assert sidecar.get("weights") == (weights if len(set(weights)) > 1 else None)  # one file, one weighing
     table, ignored = comparison_table([built.path, members["cnn"].path])
     row = table.set_index("run").loc["ens"]
     assert row["model"] == "ensemble" and not ignored

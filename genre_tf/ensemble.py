@@ -36,6 +36,7 @@ from genre_tf.config import (
     add_config_arguments,
     check_data_paths,
     exit_config_error,
+    load_config,
     load_ensemble_config,
     save_config,
     to_dict,
@@ -55,7 +56,6 @@ def member_run(path: Path) -> RunDir:
     """The finished run a member entry names: a run directory, or a config whose run is trained first (resumed, or
     found finished)."""
     if path.suffix.lower() in (".yaml", ".yml"):
-        from genre_tf.config import load_config
         from genre_tf.training import train
 
         cfg = load_config(path)

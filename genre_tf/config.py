@@ -230,6 +230,28 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+@dataclass
+class EnsembleConfig:
+    """An ensemble run (genre_tf.ensemble): member runs' track probabilities, weighted by a choice made on valid."""
+
+    name: str = "ensemble"
+    output_dir: Path = Path("saved_models")
+    # run directories, or configs (.yaml) of runs that are trained first (or found finished) where they say
+    members: list[Path] = field(default_factory=list)
+    # "greedy": forward selection with replacement over the members' valid predictions (Caruana et al. 2004);
+    # "equal": every member weighs the same
+    selection: Literal["greedy", "equal"] = "greedy"
+    rounds: int = _range(1, 10000, default=20)  # greedy: members added, one at a time (a member may come back)
+
+
+def load_ensemble_config(path: Path | str, overrides: list[str] = ()) -> EnsembleConfig:
+    """Read an ensemble's YAML config (`extends` and `--set` as for a run's); raises ConfigError."""
+    cfg = _build(EnsembleConfig, apply_overrides(read_yaml(Path(path)), list(overrides)))
+    if len(cfg.members) < 2:
+        raise ConfigError("members", f"an ensemble needs at least 2 runs, got {len(cfg.members)}")
+    return cfg
+
+
 # Names from before the transfer family held more than ResNet50. Old config files, saved run directories, `--set`
 # overrides and search spaces keep loading: each source is renamed as it is read, so the newer source still wins.
 RENAMED_SECTIONS = {"model.resnet": "model.transfer"}

@@ -5,7 +5,8 @@
 Track level aggregates a track's segments twice: by mean probability and by majority vote.
 Writes metrics.json, report.md and confusion_matrix.png into the run directory. In a refitted run (`train.refit`)
 the valid split is judged with the model chosen on it before the refit (`chosen/`), since the refitted model
-trained on valid; every other split with the run's (refitted) model.
+trained on valid; every other split with the run's (refitted) model. An ensemble run (genre_tf.ensemble) is
+judged by its members' track probabilities, weighted as it chose them.
 """
 
 from __future__ import annotations
@@ -107,11 +108,49 @@ def refit_sentence(refit: dict) -> str:
     )
 
 
+def ensemble_lines(ensemble: dict) -> list[str]:
+    """What report.md says of an ensemble: what chose it, then each member's weight, pooling and figures alone."""
+    members = ensemble["members"]
+    if ensemble["selection"] == "greedy":
+        how = (
+            f"greedy forward selection with replacement (Caruana et al. 2004; {ensemble['rounds']} rounds, the best "
+            f"prefix kept) over the valid track-level predictions of {len(ensemble['candidates'])} candidate runs, "
+            "by valid track accuracy, ties by valid log loss"
+        )
+    else:
+        how = f"equal weights over {len(members)} runs, nothing selected"
+    chosen = [c["name"] for c in ensemble["candidates"] if c["judged_by"] != "model.keras"]
+    by_chosen = (
+        f" The refitted runs ({', '.join(chosen)}) trained on valid, so their models chosen on valid before the refit "
+        "(chosen/) stood for them in the choice and in the valid figures; their refitted models make the other splits'."
+        if chosen
+        else ""
+    )
+    runs = f"{len(members)} run{'s' * (len(members) != 1)}"
+    lines = [
+        f"An ensemble of {runs}, chosen on valid (never on test) by {how}.{by_chosen} Each member pools a "
+        "track's segments its own way (mean: of their probabilities; logits: softmax of their mean logits, a probe's "
+        "way), and the ensemble's track probabilities are the weighted mean of its members'.",
+        "",
+        "| candidate | model | pooling | weight | valid track acc. alone | valid log loss alone | test track acc. |",
+        "|---" * 7 + "|",
+    ]
+    for c in ensemble["candidates"]:
+        test = c.get("test_track_accuracy")
+        lines.append(
+            f"| {c['name']} | {c['model']} | {c['pooling']} | {c['weight']:.3f} | {c['valid_track_accuracy']:.3f} "
+            f"| {c['valid_log_loss']:.3f} | {'' if test is None else f'{test:.3f}'} |"
+        )
+    return lines
+
+
 def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     """report.md: headline table per split and level, then per-class figures at track level."""
     lines = [f"# Run {name}", ""]
     if "refit" in metrics:
         lines += [refit_sentence(metrics["refit"]), ""]
+    if "ensemble" in metrics:
+        lines += [*ensemble_lines(metrics["ensemble"]), ""]
     lines += ["| split | level | n | accuracy | balanced acc. | macro P | macro R | macro F1 |", "|---" * 8 + "|"]
     for split, result in metrics["splits"].items():
         for level in LEVELS:
@@ -129,7 +168,7 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
         for name in classes:
             c = result[level]["per_class"][name]
             lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    extra = {k: v for k, v in metrics.items() if k not in ("splits",)}
+    extra = {k: v for k, v in metrics.items() if k not in ("splits", "ensemble")}  # the ensemble's table is above
     lines += ["", "## Run", "", "```json", json.dumps(extra, indent=1), "```", ""]
     return "\n".join(lines)
 
@@ -161,11 +200,17 @@ def pool_track_level(
     A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
     layer applied to the track's mean embedding.
     """
-    from genre_tf import models
-
-    if not models.family(run.config.model).track_level(run.config.model):
+    if track_pooling(run) == "mean":
         return track_ids, probs, labels
     return pool_logits(track_ids, probs, labels)
+
+
+def track_pooling(run: RunDir) -> str:
+    """How the run makes a track's probabilities from its segments': "mean" of the probabilities (aggregate_tracks),
+    or "logits": softmax of their mean logits, for a track-level model (a probe; pool_logits)."""
+    from genre_tf import models
+
+    return "logits" if models.family(run.config.model).track_level(run.config.model) else "mean"
 
 
 def pool_logits(
@@ -200,17 +245,28 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
         frame = examples.split(split)
         if frame.empty:
             continue
-        track_ids, probs, labels = predict_split(*judges[split], frame, cfg.train.batch_size)
-        result = evaluate_predictions(track_ids, labels, probs, run.classes)
-        metrics["splits"][split] = result
-        level = "track_mean" if "track_mean" in result else "segment"
-        suffix = "" if split == "test" else f"_{split}"
-        plots.confusion_matrix_png(
-            np.array(result[level]["confusion"]),
-            run.classes,
-            f"{run.path.name}: {split}, {level.replace('_', ' ')}",
-            run.path / f"confusion_matrix{suffix}.png",
-        )
+        record_split(run, metrics, split, *predict_split(*judges[split], frame, cfg.train.batch_size))
+    return write_metrics(run, metrics)
+
+
+def record_split(
+    run: RunDir, metrics: dict, split: str, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> None:
+    """One split's figures into metrics["splits"], and its confusion matrix PNG (test's has no suffix)."""
+    result = evaluate_predictions(track_ids, labels, probs, run.classes)
+    metrics["splits"][split] = result
+    level = "track_mean" if "track_mean" in result else "segment"
+    suffix = "" if split == "test" else f"_{split}"
+    plots.confusion_matrix_png(
+        np.array(result[level]["confusion"]),
+        run.classes,
+        f"{run.path.name}: {split}, {level.replace('_', ' ')}",
+        run.path / f"confusion_matrix{suffix}.png",
+    )
+
+
+def write_metrics(run: RunDir, metrics: dict) -> dict:
+    """The headline of the recorded splits, report.md, the loss curves of a trained run, and metrics.json last."""
     metrics["headline"] = {split: headline(result) for split, result in metrics["splits"].items()}
     write_atomic(run.report_file, markdown_report(run.path.name, metrics, run.classes).encode())
     if run.history():
@@ -237,11 +293,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
     args = parser.parse_args(argv)
     run = RunDir(args.run)
-    if not run.model_file.is_file():
+    if not (run.model_file.is_file() or run.is_ensemble):
         raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
     try:
-        check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
-        metrics = evaluate_run(run, args.split or ["valid", "test"])
+        if run.is_ensemble:  # its members' data is checked as each is loaded
+            from genre_tf.ensemble import evaluate_ensemble
+
+            metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
+        else:
+            check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
+            metrics = evaluate_run(run, args.split or ["valid", "test"])
     except ConfigError as err:
         exit_config_error(err)
     print(format_headline(metrics))

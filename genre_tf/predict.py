@@ -4,13 +4,15 @@
     python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
     python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
     python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
+    python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
     python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
 
 The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
 size), so predictions are made exactly as in training. A track's segments are aggregated by mean
 probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one
 feature table, a CNN and a transfer model on audio): each run prepares the inputs its own way, and
-the per-track probabilities are matched by track id before they are averaged.
+the per-track probabilities are matched by track id before they are averaged. An ensemble run (genre_tf.ensemble)
+stands for its members, each weighted as the ensemble chose; beside other runs it counts as one of them.
 
 With `--output`, audio inputs are indexed once and then extracted, predicted and appended to the output a chunk
 of tracks at a time (`--chunk-tracks`), so a library of thousands of files loses at most one chunk to a kill, and
@@ -106,10 +108,23 @@ def run_cache(run: RunDir, cache_dir: Path | None) -> CacheConfig | None:
     return None if cache_dir is None else CacheConfig(cache_dir, run.config.cache.jobs)
 
 
+def expand_runs(runs: list[RunDir]) -> tuple[list[RunDir], np.ndarray]:
+    """The model runs the given runs stand for, and each one's weight: an ensemble run its members with their weights,
+    any other run itself; each given run weighs alike."""
+    expanded, weights = [], []
+    for run in runs:
+        members = run.members() if run.is_ensemble else []
+        expanded += [member.run for member in members] or [run]
+        weights += [member.weight / len(runs) for member in members] or [1 / len(runs)]
+    return expanded, np.array(weights)
+
+
 def ensemble(
     runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Per-track probabilities averaged over runs (each run preprocesses the inputs its own way)."""
+    """Per-track probabilities averaged over runs (an ensemble run: over its members, by its weights); each run
+    preprocesses the inputs its own way."""
+    runs, weights = expand_runs(runs)
     examples = []
     for run in runs:
         try:
@@ -119,24 +134,26 @@ def ensemble(
         if examples[-1].frame.empty:  # the reasons first: they are what a person needs to fix
             print_skipped(examples[-1].skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
-    return *average_runs(runs, examples), all_skipped(examples)
+    return *average_runs(runs, examples, weights=weights), all_skipped(examples)
 
 
 def average_runs(
-    runs: list[RunDir], examples: list[Examples], models: list | None = None
+    runs: list[RunDir], examples: list[Examples], models: list | None = None, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(track ids, probabilities): each run's per-track probabilities for its own examples of the same tracks,
-    matched by track id and averaged, in the first run's track order; `models`: the runs' loaded models."""
+    matched by track id and averaged (by `weights`, summing to 1; default: alike), in the first run's track order;
+    `models`: the runs' loaded models."""
     if all(e.frame.empty for e in examples):  # a chunk of skipped inputs only
         return np.array([], dtype=object), np.zeros((0, len(runs[0].classes)))
+    weights = np.full(len(runs), 1 / len(runs)) if weights is None else weights
     tracks, total = None, None
-    for run, run_examples, model in zip(runs, examples, models or [None] * len(runs), strict=True):
+    for run, run_examples, model, weight in zip(runs, examples, models or [None] * len(runs), weights, strict=True):
         run_tracks, probs = predict_frame(run, run_examples.frame, model)
         if tracks is None:
-            tracks, total = run_tracks, probs
+            tracks, total = run_tracks, weight * probs
         else:
-            total = total + in_track_order(tracks, run_tracks, probs, run)
-    return tracks, total / len(runs)
+            total = total + weight * in_track_order(tracks, run_tracks, probs, run)
+    return tracks, total
 
 
 def all_skipped(examples: list[Examples]) -> pd.DataFrame:
@@ -145,10 +162,16 @@ def all_skipped(examples: list[Examples]) -> pd.DataFrame:
 
 
 def predict_to_file(
-    runs: list[RunDir], inputs: list[Path], output: SubmissionFile, chunk_tracks: int, cache_dir: Path | None = None
+    runs: list[RunDir],
+    inputs: list[Path],
+    output: SubmissionFile,
+    chunk_tracks: int,
+    cache_dir: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict the audio inputs into `output` a chunk of tracks at a time, after the tracks it already holds; the
-    (track ids, probabilities) of this call's predictions. SystemExit when no track gets a row."""
+    (track ids, probabilities) of this call's predictions (of an ensemble run's members, by its weights). SystemExit
+    when no track gets a row."""
+    runs, weights = expand_runs(runs)
     from tqdm import tqdm
 
     from genre_tf.cache import extraction_pool
@@ -169,7 +192,7 @@ def predict_to_file(
             examples = [load_index(run, chunk, run_cache(run, cache_dir), False, pool) for run in runs]
             skipped = all_skipped(examples)
             print_skipped(skipped)
-            tracks, probs = average_runs(runs, examples, models)
+            tracks, probs = average_runs(runs, examples, models, weights)
             output.append(submission(output.classes, tracks, probs, output.with_probabilities), skipped)
             predicted.append((tracks, probs))
             bar.update(len(chunk.tracks))
@@ -269,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.chunk_tracks < 1:
         parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
-    runs = [RunDir(path) for path in args.run]
+    given = [RunDir(path) for path in args.run]
+    runs, weights = expand_runs(given)  # the models that predict
     for run in runs:
         if not run.model_file.is_file():
             raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
@@ -280,11 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
     if args.output and not reads_table(args.inputs):
-        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities))
-        tracks, probs = predict_to_file(runs, args.inputs, output, args.chunk_tracks, args.cache_dir)
+        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities, weights))
+        tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
         written = output.rows
     else:
-        tracks, probs, skipped = ensemble(runs, args.inputs, args.cache_dir)
+        tracks, probs, skipped = ensemble(given, args.inputs, args.cache_dir)
         print_skipped(skipped)
         if args.output:
             write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)

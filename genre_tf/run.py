@@ -3,6 +3,9 @@
 A refitted run (`train.refit`) holds two more run directories: `chosen/`, the model chosen on valid before the refit
 (with its config, classes and scaler), and `refit/`, the second run of the phases on train + valid whose model became
 the run's model.keras.
+
+An ensemble run (`genre_tf.ensemble`) has no model.keras: ensemble.json names its members, copies of their run
+directories under members/, with each one's weight and how it pools a track's segments (`RunDir.members`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class RunDir:
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
     loss_png = property(lambda self: self.path / "loss_curves.png")
     export_dir = property(lambda self: self.path / "export")  # genre_tf.export's SavedModel and TFLite files
+    ensemble_file = property(lambda self: self.path / "ensemble.json")  # an ensemble's members, weights, selection
+    members_dir = property(lambda self: self.path / "members")  # an ensemble's members' run directories
 
     @property
     def finished(self) -> bool:
@@ -69,6 +74,20 @@ class RunDir:
         """Whether the run's model is a refit (its chosen model was set aside for the valid figures)."""
         return self.chosen.model_file.is_file()
 
+    @property
+    def is_ensemble(self) -> bool:
+        return self.ensemble_file.is_file()
+
+    def ensemble(self) -> dict:
+        """ensemble.json: members (name, weight, pooling, source), and how they were chosen."""
+        return json.loads(self.ensemble_file.read_text())
+
+    def members(self) -> list[Member]:
+        """An ensemble's members, each an ordinary run directory under members/, with its weight and pooling."""
+        return [
+            Member(RunDir(self.members_dir / m["name"]), m["weight"], m["pooling"]) for m in self.ensemble()["members"]
+        ]
+
     def load_model(self):
         import keras
 
@@ -82,3 +101,14 @@ class RunDir:
 
     def history(self) -> list[dict]:
         return json.loads(self.history_json.read_text()) if self.history_json.is_file() else []
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of an ensemble: its track probabilities count `weight` (the weights sum to 1); `pooling` is how it
+    makes them from its segments: "mean" of their probabilities, or "logits", the softmax of their mean logits (a
+    probe; `evaluate.track_pooling`)."""
+
+    run: RunDir
+    weight: float
+    pooling: str

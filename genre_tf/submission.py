@@ -47,14 +47,18 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def made_by(runs: list[RunDir], with_probabilities: bool) -> dict:
-    """The sidecar of an output these runs write: run paths, model digests, classes, whether probabilities are in."""
-    return {
+def made_by(runs: list[RunDir], with_probabilities: bool, weights: np.ndarray | None = None) -> dict:
+    """The sidecar of an output these runs write: run paths, model digests, classes, whether probabilities are in,
+    and the runs' weights where they differ (an ensemble run's)."""
+    sidecar = {
         "runs": [str(run.path.resolve()) for run in runs],
         "models": [file_digest(run.model_file) for run in runs],
         "classes": runs[0].classes,
         "probabilities": with_probabilities,
     }
+    if weights is not None and not np.allclose(weights, weights[0]):
+        sidecar["weights"] = [round(float(w), 6) for w in weights]
+    return sidecar
 
 
 def difference(old: dict | None, new: dict) -> str:

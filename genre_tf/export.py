@@ -14,7 +14,7 @@ per common recording rate, `waveform_16000`, `waveform_22050`, `waveform_44100` 
 waveform at that rate and resamples it in the graph (`preprocessing.layers.Resample`: close to predict's soxr, not
 equal to it; the one at the model's own rate is serving_default). One signature per rate, not a rate input: each
 graph is fixed and all builtin TFLite ops, and a rate not offered is a missing signature, not a wrong answer; the
-model's weights are stored once, and each resampler adds its matrix (0.4 to 0.8 MB of float32).
+model's weights are stored once, and each resampler adds its matrix (0.65 to 1.8 MB of float32).
 
 A table model (the MLP) takes `features`, feature-table rows in the run's column order, and applies the run's scaler
 in the graph. Every signature also returns the class names and a JSON `metadata` string that says what the input

@@ -6,7 +6,7 @@ designed to come close to soxr_hq, whose band ends steeply: to 16 kHz, soxr_hq p
 0.72, 7.8 kHz at 0.06; this filter 1.00, 0.79 and 0.04, and above 7.9 kHz nothing (its stopband lies about 100 dB
 down, so the mel bands above a 16 kHz clip's 8 kHz stay as empty as soxr leaves them). Below 7.4 kHz both are flat:
 they differ in the top 8 % of the band (measured in tests/test_export.py and bench/export_rates.py). The longer
-filter costs 0.9 to 1.8 MB of matrix per rate and 26 to 65 ms per 30 s clip on 2 cores.
+filter costs 0.65 to 1.8 MB of matrix per rate and 26 to 65 ms per 30 s clip on 2 cores.
 
 A rational ratio out/in = L/M repeats its pattern every L output samples, which read M input samples; a block of
 `block_out` outputs (a multiple of L) reads `block_in` inputs plus the filter's reach on both sides. Each output of

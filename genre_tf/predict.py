@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
     parser.add_argument(
-        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks extracted and written at a time"
+        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks analysed and written at a time"
     )
-    parser.add_argument("--cache-dir", type=Path, help="cache entries go here instead of the runs' cache.dir")
+    parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
     args = parser.parse_args(argv)
     if args.chunk_tracks < 1:
         parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")

@@ -6,10 +6,15 @@ For each family (MLP on feature rows, CNN on mel images, musicnn), a run is made
 rows). Untrained weights cost what trained ones cost: this measures time, not accuracy.
 
 1. `predict --run RUN FOLDER --output results.csv` on an empty cache, in this process (TensorFlow already
-   imported, the model loaded by predict itself), with the runs' default extraction workers (one per core);
+   imported, the model loaded by predict itself), with the runs' default workers (one per core): extraction
+   processes for the MLP's feature rows, decoding threads for the audio models, which predict from the exported
+   preprocessing graph and write no cache file (the count of cache files per clip printed says so);
 2. the floor, for the audio models: every file decoded as the exported model takes it (`export.read_waveform`)
    and the run's exported SavedModel called on it, one clip after another in the same process. What predict
-   does beyond that (its cache entries, the tf.data input pipeline) is the overhead the ratio shows.
+   does beyond that (loading the model and tracing its graph, the CSV) is the overhead the ratio shows; its
+   decoding threads decode two files at once on two cores, which the floor, one clip after another, does not.
+   Wall and CPU seconds are both printed: on a machine shared with other work the wall ratio moves with the load,
+   and the CPU ratio (this process and its children, every thread) is the steadier figure.
 
     .venv/bin/python bench/predict.py --clips 100
 """
@@ -58,18 +63,24 @@ def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Pa
     return path
 
 
-def time_predict(run: Path, folder: Path, cache_dir: Path, out: Path) -> float:
-    """Seconds of one `predict --output` over the folder on an empty cache, its printout swallowed."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its children that have ended."""
+    return sum(os.times()[:4])
+
+
+def time_predict(run: Path, folder: Path, cache_dir: Path, out: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `predict --output` over the folder on an empty cache, its printout swallowed."""
     from genre_tf import predict
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         predict.main(["--run", str(run), str(folder), "--output", str(out), "--cache-dir", str(cache_dir)])
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds() - cpu
 
 
-def time_floor(run: Path, paths: list[Path], tmp: Path) -> float:
-    """Seconds to decode every file as the exported model takes it and call the exported SavedModel on it."""
+def time_floor(run: Path, paths: list[Path], tmp: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds to decode every file as the exported model takes it and call the exported SavedModel on
+    it."""
     import tensorflow as tf
 
     from genre_tf.export import export, read_waveform
@@ -81,10 +92,10 @@ def time_floor(run: Path, paths: list[Path], tmp: Path) -> float:
         export(run_dir, "saved_model", saved, progress=lambda line: None)
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     serve(waveform=tf.constant(read_waveform(paths[0], run_dir.config)))  # traced and warm before timing
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     for path in paths:
         serve(waveform=tf.constant(read_waveform(path, run_dir.config)))["probabilities"].numpy()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -105,16 +116,19 @@ def main() -> None:
             (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
             (folder / path.parent.name / path.name).symlink_to(path)
         print(f"{len(paths)} clips of 30 s (gtzan_mini), predict on an empty cache against the floor:")
+        print(f"(load average at the start: {', '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
         for name in args.families:
             run = make_run(tmp / "runs" / Path(FAMILIES[name]).stem, FAMILIES[name], classes, tmp / "unused")
-            seconds = time_predict(run, folder, tmp / f"cold_{run.name}", tmp / f"{run.name}.csv")
+            seconds, cpu = time_predict(run, folder, tmp / f"cold_{run.name}", tmp / f"{run.name}.csv")
             rows = len(pd.read_csv(tmp / f"{run.name}.csv"))
-            line = f"  {name:20s} predict {len(paths) / seconds:5.2f} clips/s ({seconds:5.1f} s, {rows} rows)"
+            line = f"  {name:20s} predict {len(paths) / seconds:5.2f} clips/s ({seconds:5.1f} s, CPU {cpu:5.1f} s, "
+            line += f"{rows} rows)"
             files = sum(1 for p in (tmp / f"cold_{run.name}").rglob("*") if p.is_file())
             line += f", {files / len(paths):.0f} cache files per clip"
             if name != "MLP (feature rows)":  # a table model's export takes feature rows, not audio
-                floor = time_floor(run, paths, tmp)
-                line += f"; floor {len(paths) / floor:5.2f} clips/s; predict takes {seconds / floor:.2f}x the floor"
+                floor, floor_cpu = time_floor(run, paths, tmp)
+                line += f"; floor {len(paths) / floor:5.2f} clips/s (CPU {floor_cpu:5.1f} s); predict takes "
+                line += f"{seconds / floor:.2f}x the floor's wall, {cpu / floor_cpu:.2f}x its CPU"
             print(line, flush=True)
     print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
 

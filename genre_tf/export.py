@@ -379,11 +379,17 @@ def signatures(module) -> dict:
 def read_waveform(path: Path, cfg: Config) -> np.ndarray:
     """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
     from genre_tf.audio import load_track
+
+    return at_model_rate(load_track(path, cfg.audio), cfg)
+
+
+def at_model_rate(y: np.ndarray, cfg: Config) -> np.ndarray:
+    """A waveform decoded at the config's audio.sample_rate, at the rate its exported audio model takes: musicnn's
+    16 kHz, else as it is."""
     from genre_tf.inputs import model_input
     from genre_tf.models import MUSICNN_PATCH
     from genre_tf.musicnn_input import to_musicnn_rate
 
-    y = load_track(path, cfg.audio)
     return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
 
 

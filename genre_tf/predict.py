@@ -14,10 +14,16 @@ feature table, a CNN and a transfer model on audio): each run prepares the input
 the per-track probabilities are matched by track id before they are averaged. An ensemble run (genre_tf.ensemble)
 stands for its members, each weighted as the ensemble chose; beside other runs it counts as one of them.
 
-With `--output`, audio inputs are indexed once and then extracted, predicted and appended to the output a chunk
+With `--output`, audio inputs are indexed once and then analysed, predicted and appended to the output a chunk
 of tracks at a time (`--chunk-tracks`), so a library of thousands of files loses at most one chunk to a kill, and
 the same command again predicts only the tracks the output lacks (genre_tf.submission: the sidecar that keeps two
 models' rows out of one file, and the cut-short row a kill leaves).
+
+An audio run (CNN, keras.applications or musicnn transfer) reads and writes no cache: each file is decoded once for
+all the audio runs given, `cache.jobs` files at a time in threads (0: one per core), its segments' inputs are made by
+the graph `export` builds (genre_tf.audio_graph; tests/test_export.py pins it to the cache's recipe), and each run's
+model is called on a chunk's segments `train.batch_size` at a time. A table run (the MLP) reads feature rows
+through the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,12 +49,19 @@ if TYPE_CHECKING:
     from genre_tf.inputs import Examples
 
 CHUNK_TRACKS = 64  # tracks per chunk with --output: 64 clips of 30 s are 640 segments of 3 s, 20 batches of 32
+# The columns of an audio run's segments as its graph predicted them (`graph_examples`): an array per segment.
+PROBABILITIES, TAGS = "probabilities", "tags"
 
 
 def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
-    """(track ids, per-track probabilities) for a frame of examples, segments averaged per track."""
+    """(track ids, per-track probabilities) for a frame of examples, segments averaged per track; segments that an
+    audio run's graph predicted already (`graph_examples`: a PROBABILITIES column) are only pooled."""
     from genre_tf.evaluate import predict_examples
 
+    if PROBABILITIES in frame:
+        no_labels = np.zeros(len(frame), int)
+        probs = stacked(frame[PROBABILITIES], len(run.classes))
+        return track_probabilities(run, frame["track_id"].to_numpy(), probs, no_labels)
     model = model or run.load_model()
     return track_probabilities(run, *predict_examples(run, model, frame, run.config.train.batch_size))
 
@@ -125,16 +139,149 @@ def ensemble(
     """Per-track probabilities averaged over runs (an ensemble run: over its members, by its weights); each run
     preprocesses the inputs its own way."""
     runs, weights = expand_runs(runs)
+    examples = runs_examples(runs, inputs, cache_dir)
+    for run_examples in examples:
+        if run_examples.frame.empty:  # the reasons first: they are what a person needs to fix
+            print_skipped(run_examples.skipped)
+            raise SystemExit("error: nothing to predict (every input was skipped)")
+    return *average_runs(runs, examples, weights=weights), all_skipped(examples)
+
+
+def runs_examples(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> list[Examples]:
+    """Each run's examples of the inputs: a feature table's rows, or the audio's (`index_examples`)."""
+    if not reads_table(inputs):
+        index = audio_index(inputs)
+        return index_examples(runs, index, audio_graphs(runs), run_workers(runs), cache_dir)
     examples = []
     for run in runs:
         try:
             examples.append(load_inputs(run, inputs, run_cache(run, cache_dir)))
         except ConfigError as err:  # a feature table given to a run that reads audio
             raise SystemExit(f"error: {run.path} cannot read these inputs: {err}") from None
-        if examples[-1].frame.empty:  # the reasons first: they are what a person needs to fix
-            print_skipped(examples[-1].skipped)
-            raise SystemExit("error: nothing to predict (every input was skipped)")
-    return *average_runs(runs, examples, weights=weights), all_skipped(examples)
+    return examples
+
+
+def index_examples(
+    runs: list[RunDir],
+    index: Index,
+    graphs: list,
+    workers: int,
+    cache_dir: Path | None = None,
+    pool=None,
+    progress: bool = True,
+) -> list[Examples]:
+    """Each run's examples of the audio of an index: an audio run's segments predicted by its graph (`graphs`: the
+    runs' AudioGraphs, None for a table run), every file decoded once for all of them; a table run's feature rows
+    through the cache (`pool`: see `prepare_index`)."""
+    audio = [i for i, graph in enumerate(graphs) if graph is not None]
+    predicted = (
+        graph_examples([runs[i] for i in audio], [graphs[i] for i in audio], index, workers, progress) if audio else []
+    )
+    by_run = dict(zip(audio, predicted, strict=True))
+    return [
+        by_run[i] if i in by_run else load_index(run, index, run_cache(run, cache_dir), progress, pool)
+        for i, run in enumerate(runs)
+    ]
+
+
+def audio_graphs(runs: list[RunDir], models: list | None = None) -> list:
+    """Each run's AudioGraph (its model: `models`, else loaded), None for a table run."""
+    from genre_tf.audio_graph import AudioGraph
+    from genre_tf.inputs import reads_features
+
+    models = models or [None] * len(runs)
+    return [
+        None if reads_features(run.config) else AudioGraph(run, model or run.load_model())
+        for run, model in zip(runs, models, strict=True)
+    ]
+
+
+def run_workers(runs: list[RunDir]) -> int:
+    """Files analysed at once: the largest `cache.jobs` of the runs (0: one per core)."""
+    return max(run.config.cache.jobs or os.cpu_count() or 1 for run in runs)
+
+
+def graph_examples(
+    runs: list[RunDir], graphs: list, index: Index, workers: int, progress: bool = True
+) -> list[Examples]:
+    """Each audio run's examples of the audio of an index, predicted by its AudioGraph: one row per segment
+    (track_id, segment, PROBABILITIES, and TAGS where the graph has a tagger), and the files it skipped with their
+    one-line reasons, as `prepare_index` lists them. The files are analysed `workers` at a time in threads (decoding
+    and resampling release the GIL), CHUNK_TRACKS at a time, so that only a chunk's model inputs are held; each
+    chunk's segments go to each run's model together, `train.batch_size` at a time."""
+    from functools import partial
+
+    from tqdm import tqdm
+
+    from genre_tf.inputs import Examples
+    from genre_tf.prepare import SKIPPED_COLUMNS
+
+    tracks = index.tracks
+    segments, skipped = [[] for _ in runs], [[] for _ in runs]
+    bar = tqdm(total=len(tracks), desc="predicting", unit="track", disable=not progress or len(tracks) < 2)
+    with bar, ThreadPoolExecutor(max(1, workers)) as threads:
+        for start in range(0, len(tracks), CHUNK_TRACKS):
+            chunk = tracks.iloc[start : start + CHUNK_TRACKS]
+            analysed = list(threads.map(partial(segment_inputs, runs, graphs), chunk["path"]))
+            for r, graph in enumerate(graphs):
+                frames, inputs = [], []
+                for track, results in zip(chunk.itertuples(), analysed, strict=True):
+                    if isinstance(results[r], str):
+                        skipped[r].append((track.path, track.track_id, results[r]))
+                    else:
+                        inputs.append(results[r][0])
+                        frames.append(pd.DataFrame({"track_id": track.track_id, "segment": results[r][1]}))
+                if frames:
+                    segments[r].append(predicted_segments(graph, frames, inputs))
+            bar.update(len(chunk))
+    problems = [(p, Path(p).stem, reason) for p, reason in index.problems]  # reported while indexing
+    empty = pd.DataFrame({"track_id": [], "segment": [], PROBABILITIES: []})
+    examples = []
+    for run_segments, run_skipped in zip(segments, skipped, strict=True):
+        frame = pd.concat(run_segments, ignore_index=True) if run_segments else empty
+        examples.append(Examples(frame, [], pd.DataFrame(run_skipped + problems, columns=SKIPPED_COLUMNS)))
+    return examples
+
+
+def segment_inputs(runs: list[RunDir], graphs: list, path: str) -> list:
+    """Per run: the file's segments as its graph makes them (the model's inputs, their positions), or the one-line
+    reason the file is skipped. The file is decoded once per distinct `audio` settings among the runs (once, for
+    runs made alike), and brought to musicnn's rate once."""
+    from genre_tf.audio import AudioError, load_track
+    from genre_tf.export import at_model_rate
+    from genre_tf.inputs import model_input
+
+    decoded: dict = {}
+    results = []
+    for run, graph in zip(runs, graphs, strict=True):
+        cfg = run.config
+        audio = repr(cfg.audio)
+        if audio not in decoded:
+            try:
+                decoded[audio] = load_track(Path(path), cfg.audio)
+            except AudioError as err:
+                decoded[audio] = str(err)
+        if isinstance(decoded[audio], str):
+            results.append(decoded[audio])
+            continue
+        at_rate = (audio, model_input(cfg))
+        if at_rate not in decoded:
+            decoded[at_rate] = at_model_rate(decoded[audio], cfg)
+        results.append(graph.segments(decoded[at_rate]))
+    return results
+
+
+def predicted_segments(graph, frames: list[pd.DataFrame], inputs: list[np.ndarray]) -> pd.DataFrame:
+    """The segments of some files (a frame per file) with the graph's outputs for their inputs, an array per row."""
+    frame = pd.concat(frames, ignore_index=True)
+    for name, values in graph.batch(np.concatenate(inputs)).items():  # PROBABILITIES, and TAGS
+        frame[name] = list(values)
+    return frame
+
+
+def stacked(column: pd.Series, width: int) -> np.ndarray:
+    """A column of arrays of `width` values as one (rows, width) array."""
+    return np.stack(column.to_numpy()) if len(column) else np.zeros((0, width), np.float32)
 
 
 def average_runs(
@@ -182,14 +329,14 @@ def predict_to_file(
     if len(todo) < len(index.tracks):
         print(f"resuming: {len(index.tracks) - len(todo)} of {len(index.tracks)} tracks already in {output.path}")
     models = [run.load_model() for run in runs]
-    workers = max(run.config.cache.jobs or os.cpu_count() or 1 for run in runs)
+    graphs, workers = audio_graphs(runs, models), run_workers(runs)
     predicted = []
     bar = tqdm(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
     with bar, extraction_pool(workers) as pool:  # workers start once
         for start in range(0, len(todo), chunk_tracks):
             problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
             chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems)
-            examples = [load_index(run, chunk, run_cache(run, cache_dir), False, pool) for run in runs]
+            examples = index_examples(runs, chunk, graphs, workers, cache_dir, pool, progress=False)
             skipped = all_skipped(examples)
             print_skipped(skipped)
             tracks, probs = average_runs(runs, examples, models, weights)
@@ -234,20 +381,35 @@ def tagger(run: RunDir):
 
 
 def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Per track, the top-k (tag, probability) of the run's musicnn tagger (`model`, else built), segments averaged."""
+    """Per track, the top-k (tag, probability) of the run's musicnn tagger, segments averaged: the tags its graph
+    gave the examples (`tag_examples`), or those of the tagger (`model`, else built) on cached patches."""
     from genre_tf.inputs import split_data
     from genre_tf.models import musicnn
 
     cfg = run.config
-    model = model or tagger(run)
     names = musicnn.TAGS[cfg.model.transfer.backbone]
-    data = split_data(examples.frame, cfg, run.classes, None)
-    scores = model.predict(data.batches(cfg.train.batch_size), verbose=0)
-    tracks, mean, _ = aggregate_tracks(data.track_ids, scores)
+    if TAGS in examples.frame:
+        track_ids, scores = examples.frame["track_id"].to_numpy(), stacked(examples.frame[TAGS], len(names))
+    else:
+        data = split_data(examples.frame, cfg, run.classes, None)
+        track_ids, scores = (
+            data.track_ids,
+            (model or tagger(run)).predict(data.batches(cfg.train.batch_size), verbose=0),
+        )
+    tracks, mean, _ = aggregate_tracks(track_ids, scores)
     return [
         (track, [(names[i], float(p[i])) for i in np.argsort(p)[::-1][:k]])
         for track, p in zip(tracks, mean, strict=True)
     ]
+
+
+def tag_examples(run: RunDir, inputs: list[Path]) -> Examples:
+    """The musicnn run's examples of the audio inputs with its tagger's tags (TAGS), from its graph; SystemExit for a
+    run without a tagger."""
+    from genre_tf.audio_graph import AudioGraph
+
+    graph = AudioGraph(run, run.load_model(), tagger(run))
+    return graph_examples([run], [graph], audio_index(inputs), run_workers([run]))[0]
 
 
 def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
@@ -286,9 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
     parser.add_argument(
-        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks extracted and written at a time"
+        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks analysed and written at a time"
     )
-    parser.add_argument("--cache-dir", type=Path, help="cache entries go here instead of the runs' cache.dir")
+    parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
     args = parser.parse_args(argv)
     if args.chunk_tracks < 1:
         parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
@@ -318,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output or written <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
     if args.tags:
-        print("\n".join(tag_lines(runs[0], load_inputs(runs[0], args.inputs, run_cache(runs[0], args.cache_dir)))))
+        print("\n".join(tag_lines(runs[0], tag_examples(runs[0], args.inputs))))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from genre_tf import cache, predict
 from genre_tf.config import save_config
 from genre_tf.dataset import index_paths, track_id_of
-from genre_tf.predict import ensemble, in_track_order, load_inputs, main, predict_frame, top_k_lines
+from genre_tf.predict import TAGS, ensemble, in_track_order, load_inputs, main, predict_frame, top_k_lines
 from genre_tf.prepare import prepare_index
 from genre_tf.representations import FEATURES, MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.run import RunDir
@@ -413,3 +413,73 @@ def test_predict_computes_only_what_the_runs_model_reads(tmp_path, make_config, 
     examples = load_inputs(run, [write_clip(tmp_path / "clip.wav", 1.0, 440.0)], progress=False)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [computed]
     assert len(examples.frame) == 2 and "zero_crossing_rate_mean" not in examples.frame
+
+
+def test_audio_runs_predict_from_the_graph_decoding_each_file_once_and_writing_no_cache(
+    tmp_path, make_audio_run, write_clip, monkeypatch
+):
+    """A CNN run and a musicnn run predicted together: each file is decoded once for both, nothing is written in the
+    runs' cache, an unreadable file is skipped with its reason, and the answer is the cache recipe's (the graph is
+    pinned to it by tests/test_export.py; the same tolerance)."""
+    from genre_tf import audio
+    from genre_tf.config import CacheConfig
+
+    same_audio = ["audio.segment_seconds=1", "audio.segment_hop=0.5"]
+    tiny_cnn = ["model.cnn.conv_blocks=1", "model.cnn.filters=4", "model.image_size=[16, 16]"]
+    musicnn_model = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=null"]
+    cnn = make_audio_run(tmp_path / "runs" / "cnn", CLASSES, *same_audio, *tiny_cnn)
+    musicnn = make_audio_run(
+        tmp_path / "runs" / "musicnn", CLASSES, *same_audio, *musicnn_model, "model.transfer.head_units=8"
+    )
+    folder = tmp_path / "clips"
+    clips = [write_clip(folder / "low.wav", 2.0, 220.0), write_clip(folder / "short.wav", 0.6, 1320.0)]
+    (folder / "bad.wav").write_text("not audio")
+    decoded = []
+    load_track = audio.load_track
+    monkeypatch.setattr(audio, "load_track", lambda path, cfg: decoded.append(path.name) or load_track(path, cfg))
+    output = tmp_path / "out" / "results.csv"
+    main(["--run", str(cnn), "--run", str(musicnn), str(folder), "--output", str(output), "--probabilities"])
+
+    assert sorted(decoded) == ["bad.wav", "low.wav", "short.wav"], "once per file, for both runs"
+    assert not (tmp_path / "runs" / "cache").exists(), "the runs' cache.dir: nothing written"
+    assert pd.read_csv(tmp_path / "out" / "results.skipped.csv")[["track_id", "reason"]].values.tolist() == [
+        ["bad", "not an audio file (text)"]
+    ]
+    rows = pd.read_csv(output)
+    assert rows["id"].tolist() == ["low", "short"]
+    cached = [
+        predict_frame(run, load_inputs(run, clips, CacheConfig(tmp_path / "reference", 1), progress=False).frame)
+        for run in (RunDir(cnn), RunDir(musicnn))
+    ]
+    assert [tracks.tolist() for tracks, _ in cached] == [["low", "short"]] * 2
+    assert not np.allclose(cached[0][1], cached[1][1], atol=0.01), "two different runs, or the average proves nothing"
+    got = rows[[f"p_{c}" for c in CLASSES]].to_numpy()
+    # export's tolerance: the cache rounds mel images to 16-bit PNGs and patches to float16 (3.4e-6 measured)
+    np.testing.assert_allclose(got, (cached[0][1] + cached[1][1]) / 2, rtol=0, atol=1e-3)
+
+
+def test_tags_of_segments_the_graph_tagged_are_averaged_per_track(tmp_path, make_config):
+    """`--tags` reads the tags an AudioGraph gave each segment (`tag_examples`; tests/test_serve.py checks the graph's
+    tags against the tagger on cached patches): per track, the 5 best of the segments' mean, in the tagger's names."""
+    from genre_tf.inputs import Examples
+    from genre_tf.models.musicnn import TAGS as TAG_NAMES
+    from genre_tf.predict import tag_lines, track_tags
+
+    run = RunDir(tmp_path / "run")
+    save_config(make_config(tmp_path, "model.kind=transfer", "model.transfer.backbone=MSD_musicnn"), run.config_file)
+    scores = np.zeros((3, 50))
+    scores[0, :6] = [0.9, 0.1, 0.5, 0.3, 0.2, 0.05]
+    scores[1, :6] = [0.7, 0.3, 0.1, 0.1, 0.2, 0.15]  # track a's mean: 0.8, 0.2, 0.3, 0.2, 0.2, 0.1
+    scores[2, 10:15] = [0.1, 0.2, 0.3, 0.4, 0.5]
+    frame = pd.DataFrame({"track_id": ["a", "a", "b"], "segment": [0, 1, 0], TAGS: list(scores)})
+    tags = track_tags(run, Examples(frame, [], pd.DataFrame()))
+    names = TAG_NAMES["MSD_musicnn"]
+    assert [track for track, _ in tags] == ["a", "b"]
+    assert [name for name, _ in tags[0][1]][:2] == [names[0], names[2]]
+    np.testing.assert_allclose([p for _, p in tags[0][1]], [0.8, 0.3, 0.2, 0.2, 0.2])
+    assert tags[1][1] == [(names[i], pytest.approx(scores[2, i])) for i in (14, 13, 12, 11, 10)]
+    assert tag_lines(run, Examples(frame, [], pd.DataFrame()))[
+        1
+    ] == f"b: MSD_musicnn tags {names[14]} 0.50, " + ", ".join(
+        f"{names[i]} {scores[2, i]:.2f}" for i in (13, 12, 11, 10)
+    )

@@ -1,0 +1,79 @@
+"""An audio run's model inputs made in the graph `export` builds, and its model called on them: what `serve` and
+`predict` run on a decoded waveform instead of reading a cache entry.
+
+The waveform comes as the exported model takes it (`export.read_waveform`); its segments' inputs are made by the
+exported preprocessing (`export.audio_frontend`, `cut_segments`), which tests/test_export.py pins to the cache's
+recipe, and the segments go to the model `train.batch_size` at a time. A musicnn run may carry its backbone's
+pretrained tagger, whose tags come from the same backbone pass where the run's backbone is still the tagger's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genre_tf.run import RunDir
+
+
+class AudioGraph:
+    """An audio run's exported preprocessing and model as two TensorFlow functions: a waveform's segments, then a
+    batch of segments' probabilities (and musicnn tags, where the run has a tagger)."""
+
+    def __init__(self, run: RunDir, model, tagger=None):
+        import tensorflow as tf
+
+        from genre_tf.export import audio_frontend, cut_segments, fit_waveform, segment_positions
+
+        frontend = audio_frontend(run.config)
+        layout = frontend.layout
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+        def segments(waveform):
+            n_samples = tf.shape(fit_waveform(waveform, layout))[0]
+            return frontend.to_input(cut_segments(waveform, frontend)), segment_positions(n_samples, layout)
+
+        inputs = segments.get_concrete_function().structured_outputs[0]
+        tagged = None if tagger is None else sharing_the_backbone(model, tagger)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="segments")])
+        def probabilities(segments):
+            if tagged is not None:
+                probabilities, tags = tagged(segments, training=False)
+                return {"probabilities": probabilities, "tags": tags}
+            outputs = {"probabilities": model(segments, training=False)}
+            if tagger is not None:
+                outputs["tags"] = tagger(segments, training=False)
+            return outputs
+
+        self._segments, self._probabilities = segments, probabilities
+        self.batch_size = run.config.train.batch_size
+        self.shares_backbone = tagged is not None
+        self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
+
+    def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the model's inputs, one per segment; each segment's position: it starts at position * hop)."""
+        inputs, positions = self._segments(waveform)
+        return inputs.numpy(), positions.numpy()
+
+    def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
+        `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
+        chunks = [self._probabilities(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+        return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in chunks[0]}
+
+
+def sharing_the_backbone(model, tagger):
+    """The run's musicnn model with the tagger's tags as a second output, computed from the run's backbone, where
+    that backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes through it once;
+    None where training changed it (the tagger then runs whole)."""
+    import keras
+
+    from genre_tf.models.transfer import get_backbone
+
+    backbone, network = get_backbone(model), get_backbone(tagger)
+    for layer in backbone.layers:
+        pretrained = network.get_layer(layer.name).get_weights()
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), pretrained, strict=True)):
+            return None
+    features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
+    logits = network.get_layer("backend_logits")(features)
+    return keras.Model(model.inputs[0], [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])

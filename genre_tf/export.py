@@ -298,15 +298,143 @@ def serving_module(run: RunDir, model=None) -> tuple:
     return module, metadata
 
 
+def ensemble_serving_module(run: RunDir) -> tuple:
+    """(tf.Module, metadata) of an ensemble run, as `serving_module` gives for one run: `serve` takes one waveform
+    and runs every member's in-graph preprocessing (each distinct input once), model and pooling (as the member pools
+    alone), then the weighted mean of the members' track probabilities. SystemExit, one line, for a member that cannot
+    run in a waveform graph, or members that take waveforms at different rates."""
+    import tensorflow as tf
+
+    from genre_tf.evaluate import track_pooling
+
+    members = run.members()
+    keys, frontends = ensemble_frontends(members)
+    loaded = [member.run.load_model() for member in members]
+    probes = [track_pooling(member.run) == "logits" for member in members]
+    weights = tf.constant([member.weight for member in members], tf.float32)
+    metadata = ensemble_metadata(run, members, frontends)
+    module = tf.Module()
+    module.model_variables = [variable.value for model in loaded for variable in model.variables]  # see serving_module
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    def serve(waveform):
+        inputs = {key: frontend.to_input(cut_segments(waveform, frontend)) for key, frontend in frontends.items()}
+        pooled = tf.stack(
+            [
+                track_probabilities(model(inputs[key], training=False), probe)
+                for model, key, probe in zip(loaded, keys, probes, strict=True)
+            ]
+        )
+        return {
+            "probabilities": tf.tensordot(weights, pooled, axes=1),
+            "member_probabilities": pooled,
+            **constant_outputs(metadata),
+        }
+
+    module.serve = serve
+    return module, metadata
+
+
+def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFrontend]]:
+    """(each member's `input_key`, the frontend of each distinct key): one input per key in the graph. SystemExit for a
+    table member, or members whose frontends take waveforms at different rates."""
+    from genre_tf.inputs import reads_features
+
+    for member in members:
+        if reads_features(member.run.config):
+            raise SystemExit(
+                f"error: member {member.run.path.name} is a table model ({member.run.config.model.kind}): its feature "
+                "rows cannot be made in a waveform graph, so this ensemble cannot be exported"
+            )
+    keys = [input_key(member.run.config) for member in members]
+    frontends = {}
+    for key, member in zip(keys, members, strict=True):
+        frontends.setdefault(key, audio_frontend(member.run.config))
+    rates = [frontends[key].layout.sample_rate for key in keys]
+    if len(set(rates)) > 1:
+        said = ", ".join(f"{member.run.path.name} {rate} Hz" for member, rate in zip(members, rates, strict=True))
+        raise SystemExit(f"error: the members take waveforms at different rates ({said}); an exported ensemble takes "
+                         "one rate, and the export has no resampler yet")  # fmt: skip
+    return keys, frontends
+
+
+def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFrontend]) -> dict:
+    """What an exported ensemble says of itself: its members (model, weight, pooling), the one rate they take, and how
+    many distinct inputs its graph makes."""
+    rate = next(iter(frontends.values())).layout.sample_rate
+    return {
+        "exported_by": "genre_tf.export",
+        "run": run.path.name,
+        "model": "ensemble: " + " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in members),
+        "classes": run.classes,
+        "input": "waveform",
+        "input_note": f"mono float32 waveform at {rate} Hz, the rate every member takes",
+        "sample_rate": rate,
+        "members": [
+            {
+                "name": member.run.path.name,
+                "model": base_metadata(member.run)["model"],
+                "weight": member.weight,
+                "pooling": member.pooling,
+                "segment_seconds": member.run.config.audio.segment_seconds,
+            }
+            for member in members
+        ],
+        "inputs": len(frontends),
+        "track_probabilities": "the weighted mean of the members' track probabilities, each pooled as the member "
+        "pools its segments (their mean, or a linear probe's softmax of their mean log-probability)",
+    }
+
+
+def describe_ensemble(metadata: dict) -> list[str]:
+    """What a person needs to call an exported ensemble: its input, outputs, members and classes."""
+    members = metadata["members"]
+    return [
+        f"input: waveform, float32 (samples,): {metadata['input_note']}; any length",
+        f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
+        f"member_probabilities ({len(members)}, classes), classes, sample_rate, metadata (JSON)",
+        f"members ({metadata['inputs']} distinct inputs made in the graph): "
+        + ", ".join(f"{m['name']} {m['weight']:.2f} ({m['model']})" for m in members),
+        f"classes: {', '.join(metadata['classes'])}",
+        *(["note: uses TF Select ops (Flex): the interpreter needs the Flex delegate"]
+          if metadata.get("tflite_select_ops") else []),
+    ]  # fmt: skip
+
+
+def check_ensemble(run: RunDir) -> None:
+    """An ensemble run whose members can be loaded, or a one-line error."""
+    for member in run.members():
+        if not member.run.model_file.is_file():
+            raise SystemExit(f"error: {member.run.path} has no model.keras (not a finished run directory)")
+
+
 def read_waveform(path: Path, cfg: Config) -> np.ndarray:
     """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
     from genre_tf.audio import load_track
+
+    return model_rate_waveform(load_track(path, cfg.audio), cfg)
+
+
+def model_rate_waveform(y: np.ndarray, cfg: Config) -> np.ndarray:
+    """A waveform decoded with the run's audio settings, at the rate its exported model takes (musicnn: 16 kHz)."""
     from genre_tf.inputs import model_input
     from genre_tf.models import MUSICNN_PATCH
     from genre_tf.musicnn_input import to_musicnn_rate
 
-    y = load_track(path, cfg.audio)
     return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
+
+
+def input_key(cfg: Config) -> str:
+    """What an audio run's segment inputs are made from and with: its representation's shaping parameters and, for
+    mel images, the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+    from genre_tf.inputs import model_input
+    from genre_tf.representations import MEL_IMAGE, shaping_parameters
+
+    name = model_input(cfg)
+    spec = shaping_parameters(name, cfg.audio, cfg.features, cfg.mel)
+    if name == MEL_IMAGE:
+        spec["image"] = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
+    return json.dumps(spec, sort_keys=True, default=str)
 
 
 def write_saved_model(module, path: Path) -> None:
@@ -350,7 +478,7 @@ def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] 
         progress(f"[{time.perf_counter() - started:5.1f} s] {text}")
 
     step(f"loading {run.path}")
-    module, metadata = serving_module(run)
+    module, metadata = (ensemble_serving_module if run.is_ensemble else serving_module)(run)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
         saved = Path(tmp) / "saved_model"
@@ -427,11 +555,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.format not in FORMATS:
         raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")
     run = RunDir(args.run)
-    check_run(run)
+    if run.is_ensemble:
+        check_ensemble(run)
+    else:
+        check_run(run)
     output = args.output or default_output(run, args.format)
     check_output(output, args.format)
     metadata = export(run, args.format, output, progress=lambda line: print(line, flush=True))
-    print("\n".join(describe(metadata)))
+    print("\n".join((describe_ensemble if run.is_ensemble else describe)(metadata)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""Ensemble runs served and exported as one: the service's answer and the exported SavedModel / TFLite file equal
+`predict --run ENSEMBLE` (each member pooling as it does alone: a CNN's mean, a probe's softmax of mean logits), the
+upload decoded once and an input read by two members made once, /health and the answer naming the members, and the
+one-line refusals of an export that cannot hold the ensemble in one waveform graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from genre_tf import audio, predict
+from genre_tf.config import save_config
+from genre_tf.export import ensemble_serving_module, main, read_waveform, tflite_bytes, write_saved_model
+from genre_tf.run import RunDir
+from genre_tf.serve import EnsemblePredictor, Limits, Upload, create_app
+
+CLASSES = ["blues", "jazz", "rock"]
+CNN = ["model.image_size=[16, 16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
+# A MobileNet linear probe's config (track-level: it pools its segments' logits) over 32 x 32 x 3 images; its model is
+# a small random stand-in reading those images (a random MobileNet's features vanish, giving uniform probabilities).
+PROBE = ["model.kind=transfer", "model.transfer.backbone=MobileNet", "model.transfer.alpha=0.25",
+         "model.transfer.weights=null", "model.level=track", "model.transfer.head_units=0", "model.channels=3",
+         "model.image_size=[32, 32]"]  # fmt: skip
+
+
+def sharpened(run: RunDir, scale: float = 30.0) -> RunDir:
+    """The run with its softmax layer `scale` times sharper: random weights alone give nearly uniform probabilities,
+    which would hide how members are pooled and weighed."""
+    model = run.load_model()
+    kernel, bias = model.get_layer("predictions").get_weights()
+    model.get_layer("predictions").set_weights([kernel * scale, bias])
+    model.save(run.model_file)
+    return run
+
+
+def probe_run(path: Path, make_config) -> RunDir:
+    import keras
+
+    run = RunDir(path)
+    run.path.mkdir(parents=True)
+    cfg = make_config(path.parent, *PROBE, f"name={path.name}", f"output_dir={path.parent}")
+    save_config(cfg, run.config_file)
+    run.classes_file.write_text(json.dumps(CLASSES))
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
+    keras.Model(inputs, keras.layers.Dense(len(CLASSES), "softmax", name="predictions")(features)).save(run.model_file)
+    return sharpened(run)
+
+
+def make_ensemble(path: Path, members: list[tuple[RunDir, float]]) -> RunDir:
+    """An ensemble run directory as `genre_tf.ensemble` writes what serve, export and predict read of it: classes,
+    ensemble.json (name, weight, pooling, source of each member) and members/<name>/ (a copy of each run)."""
+    from genre_tf.evaluate import track_pooling
+
+    run = RunDir(path)
+    run.members_dir.mkdir(parents=True)
+    run.classes_file.write_text(json.dumps(CLASSES))
+    for member, _ in members:
+        shutil.copytree(member.path, run.members_dir / member.path.name)
+    record = [{"name": m.path.name, "weight": w, "pooling": track_pooling(m), "source": str(m.path)} for m, w in members]
+    run.ensemble_file.write_text(json.dumps({"selection": "greedy", "members": record}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, write_clip, make_audio_run, make_table_run, write_feature_table, make_config) -> dict:
+    """Tone clips (one of 1.5 s per class, one of 0.3 s: shorter than a segment) and untrained members: two CNNs
+    reading one input (other seeds), a probe reading another, and an MLP on feature rows; an audio ensemble of the
+    first three and one of all four."""
+    tmp = tmp_path_factory.mktemp("ensemble_serve")
+    clips = [write_clip(tmp / "clips" / f"{g}.00000.wav", 1.5, 220.0 * (c + 1) + 70.0) for c, g in enumerate(CLASSES)]
+    clips.append(write_clip(tmp / "clips" / "rock.00001.wav", 0.3, 500.0))
+    cnn = sharpened(RunDir(make_audio_run(tmp / "runs" / "cnn", CLASSES, *CNN, seed=0)))
+    twin = sharpened(RunDir(make_audio_run(tmp / "runs" / "cnn_twin", CLASSES, *CNN, seed=4)))
+    probe = probe_run(tmp / "runs" / "probe", make_config)
+    table = write_feature_table(tmp / "table.csv", CLASSES)
+    mlp = RunDir(make_table_run(tmp / "runs" / "mlp", table, seed=2))
+    audio_members = [(cnn, 0.2), (twin, 0.3), (probe, 0.5)]
+    return {
+        "tmp": tmp,
+        "clips": clips,
+        "audio": make_ensemble(tmp / "audio_ensemble", audio_members),
+        "all": make_ensemble(tmp / "all_ensemble", [(cnn, 0.4), (twin, 0.1), (probe, 0.3), (mlp, 0.2)]),
+    }
+
+
+def predicted(run: RunDir, clips: list[Path]) -> np.ndarray:
+    """`predict --run RUN CLIPS`'s track probabilities, in the clips' order."""
+    tracks, probs, _ = predict.ensemble([run], clips)
+    assert tracks.tolist() == [clip.stem for clip in clips]
+    return probs
+
+
+def test_a_served_ensemble_answers_as_predict_and_names_its_members(runs):
+    ensemble = runs["all"]
+    client = TestClient(create_app(ensemble))
+    members = ensemble.members()
+    health = client.get("/health").json()
+    assert health["kind"] == "ensemble" and health["model"] == "all_ensemble" and health["classes"] == CLASSES
+    assert health["members"] == [
+        {"name": "cnn", "kind": "cnn", "weight": 0.4},
+        {"name": "cnn_twin", "kind": "cnn", "weight": 0.1},
+        {"name": "probe", "kind": "transfer", "weight": 0.3},
+        {"name": "mlp", "kind": "mlp", "weight": 0.2},
+    ]
+    clip = runs["clips"][1]
+    answer = client.post("/predict", files={"file": (clip.name, clip.read_bytes())}, params={"top_k": 2})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = predicted(ensemble, [clip])[0]
+    np.testing.assert_allclose(body["probabilities"], expected, rtol=0, atol=1e-5)
+    assert body["genre"] == CLASSES[int(np.argmax(expected))] and len(body["top"]) == 2
+    assert body["kind"] == "ensemble" and body["model"] == "all_ensemble"
+    alone = {member.run.path.name: predicted(member.run, [clip])[0] for member in members}
+    assert len({int(np.argmax(p)) for p in alone.values()}) >= 2, "members that agree would hide a wrong weighing"
+    for line in body["members"]:
+        np.testing.assert_allclose(line["probabilities"], alone[line["name"]], rtol=0, atol=1e-5)
+        assert line["genre"] == CLASSES[int(np.argmax(alone[line["name"]]))]
+    assert [(m["name"], m["weight"], m["pooling"]) for m in body["members"]] == [
+        ("cnn", 0.4, "mean"), ("cnn_twin", 0.1, "mean"), ("probe", 0.3, "logits"), ("mlp", 0.2, "mean")
+    ]  # fmt: skip
+    # The strip shows the heaviest member's segments: 1.5 s in 0.5 s segments.
+    assert body["segments_of"] == "cnn" and [s["start"] for s in body["segments"]] == [0.0, 0.5, 1.0]
+
+
+def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, monkeypatch):
+    predictor = EnsemblePredictor(runs["audio"], Limits())
+    decoded, made = [], []
+    load_track = audio.load_track
+    monkeypatch.setattr(audio, "load_track", lambda *args: decoded.append(args[0]) or load_track(*args))
+    for part in predictor.parts:
+        segments = part.graph.segments
+        monkeypatch.setattr(part.graph, "segments", lambda y, segments=segments: made.append(len(y)) or segments(y))
+    clips = runs["clips"]
+    answers = [predictor.predict(Upload(clip, clip.name, clip.stat().st_size), top_k=3) for clip in clips]
+    assert len(decoded) == len(clips) and len(made) == 2 * len(clips), "two CNNs read one input: 2 inputs per upload"
+    expected = predicted(runs["audio"], clips)
+    np.testing.assert_allclose([a["probabilities"] for a in answers], expected, rtol=0, atol=1e-5)
+    assert answers[-1]["segments_of"] == "probe" and len(answers[-1]["segments"]) == 1, "0.3 s: one tiled segment"
+
+
+@pytest.fixture(scope="module")
+def exported(runs) -> dict:
+    """The audio ensemble as a SavedModel and a TFLite file, and their outputs on the clips."""
+    import tensorflow as tf
+
+    folder = runs["tmp"] / "export"
+    module, metadata = ensemble_serving_module(runs["audio"])
+    write_saved_model(module, folder / "saved_model")
+    (folder / "ensemble.tflite").write_bytes(tflite_bytes(folder / "saved_model")[0])
+    serve = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
+    lite = tf.lite.Interpreter(model_path=str(folder / "ensemble.tflite")).get_signature_runner("serving_default")
+    cfg = runs["audio"].members()[0].run.config
+    waveforms = [read_waveform(clip, cfg) for clip in runs["clips"]]
+    outputs = {
+        "saved_model": [{k: v.numpy() for k, v in serve(waveform=tf.constant(y)).items()} for y in waveforms],
+        "tflite": [lite(waveform=y) for y in waveforms],
+    }
+    return {"metadata": metadata, "outputs": outputs}
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite"])
+def test_an_exported_ensemble_agrees_with_predict(runs, exported, fmt):
+    ensemble, clips = runs["audio"], runs["clips"]
+    outputs = exported["outputs"][fmt]
+    want = predicted(ensemble, clips)
+    assert len(set(want.argmax(axis=1))) >= 2
+    np.testing.assert_allclose([out["probabilities"] for out in outputs], want, rtol=0, atol=1e-4)
+    for i, member in enumerate(ensemble.members()):  # each member pooled as alone: the probe by its mean logits
+        member_want = predicted(member.run, clips)
+        np.testing.assert_allclose([out["member_probabilities"][i] for out in outputs], member_want, atol=1e-4)
+    metadata = json.loads(np.asarray(outputs[0]["metadata"]).item())
+    assert metadata == exported["metadata"] and metadata["inputs"] == 2 and metadata["sample_rate"] == 22050
+    assert [(m["name"], m["weight"], m["pooling"]) for m in metadata["members"]] == [
+        ("cnn", 0.2, "mean"), ("cnn_twin", 0.3, "mean"), ("probe", 0.5, "logits")
+    ]  # fmt: skip
+    assert [c.decode() for c in np.asarray(outputs[0]["classes"])] == CLASSES
+
+
+def test_an_export_that_cannot_hold_the_ensemble_is_refused_in_one_line(runs, make_config):
+    with pytest.raises(SystemExit) as table:
+        main(["--run", str(runs["all"].path), "--format", "saved_model"])
+    assert str(table.value) == (
+        "error: member mlp is a table model (mlp): its feature rows cannot be made in a waveform graph, so this "
+        "ensemble cannot be exported"
+    )
+    musicnn = runs["tmp"] / "musicnn"  # a musicnn config: its patches are made from 16 kHz waveforms
+    shutil.copytree(runs["audio"].members()[0].run.path, musicnn)
+    overrides = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=null"]
+    save_config(make_config(runs["tmp"], *overrides, "name=musicnn"), musicnn / "config.yaml")
+    mixed = make_ensemble(runs["tmp"] / "mixed", [(runs["audio"].members()[0].run, 0.5), (RunDir(musicnn), 0.5)])
+    with pytest.raises(SystemExit) as rates:
+        main(["--run", str(mixed.path), "--format", "tflite"])
+    assert str(rates.value) == (
+        "error: the members take waveforms at different rates (cnn 22050 Hz, musicnn 16000 Hz); an exported "
+        "ensemble takes one rate, and the export has no resampler yet"
+    )

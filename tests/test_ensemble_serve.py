@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
 
 from genre_tf import audio, predict
@@ -18,6 +19,8 @@ from genre_tf.config import save_config
 from genre_tf.export import ensemble_serving_module, main, read_waveform, tflite_bytes, write_saved_model
 from genre_tf.run import RunDir
 from genre_tf.serve import EnsemblePredictor, Limits, Upload, create_app
+
+SR = 22050
 
 CLASSES = ["blues", "jazz", "rock"]
 CNN = ["model.image_size=[16, 16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
@@ -63,9 +66,19 @@ def make_ensemble(path: Path, members: list[tuple[RunDir, float]]) -> RunDir:
     run.classes_file.write_text(json.dumps(CLASSES))
     for member, _ in members:
         shutil.copytree(member.path, run.members_dir / member.path.name)
-    record = [{"name": m.path.name, "weight": w, "pooling": track_pooling(m), "source": str(m.path)} for m, w in members]
+    record = [{"name": m.path.name, "weight": w, "pooling": track_pooling(m), "source": str(m.path)}
+              for m, w in members]  # fmt: skip
     run.ensemble_file.write_text(json.dumps({"selection": "greedy", "members": record}))
     return run
+
+
+def write_sweep(path: Path, seconds: float, start_hz: float, end_hz: float) -> Path:
+    """A mono 16-bit WAV tone gliding from `start_hz` to `end_hz`: its segments differ, so pooling them matters."""
+    t = np.arange(round(seconds * SR)) / SR
+    phase = 2 * np.pi * (start_hz * t + (end_hz - start_hz) * t**2 / (2 * seconds))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.3 * np.sin(phase)).astype(np.float32), SR, subtype="PCM_16")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +87,8 @@ def runs(tmp_path_factory, write_clip, make_audio_run, make_table_run, write_fea
     reading one input (other seeds), a probe reading another, and an MLP on feature rows; an audio ensemble of the
     first three and one of all four."""
     tmp = tmp_path_factory.mktemp("ensemble_serve")
-    clips = [write_clip(tmp / "clips" / f"{g}.00000.wav", 1.5, 220.0 * (c + 1) + 70.0) for c, g in enumerate(CLASSES)]
+    sweeps = [(110.0, 3000.0), (4000.0, 300.0), (700.0, 900.0)]
+    clips = [write_sweep(tmp / "clips" / f"{g}.00000.wav", 1.5, *sweeps[c]) for c, g in enumerate(CLASSES)]
     clips.append(write_clip(tmp / "clips" / "rock.00001.wav", 0.3, 500.0))
     cnn = sharpened(RunDir(make_audio_run(tmp / "runs" / "cnn", CLASSES, *CNN, seed=0)))
     twin = sharpened(RunDir(make_audio_run(tmp / "runs" / "cnn_twin", CLASSES, *CNN, seed=4)))
@@ -95,6 +109,13 @@ def predicted(run: RunDir, clips: list[Path]) -> np.ndarray:
     tracks, probs, _ = predict.ensemble([run], clips)
     assert tracks.tolist() == [clip.stem for clip in clips]
     return probs
+
+
+@pytest.fixture(scope="module")
+def own(runs) -> dict:
+    """`predict`'s track probabilities of the clips by the audio ensemble and by each of its members alone."""
+    ensemble = runs["audio"]
+    return {run.path.name: predicted(run, runs["clips"]) for run in [ensemble, *(m.run for m in ensemble.members())]}
 
 
 def test_a_served_ensemble_answers_as_predict_and_names_its_members(runs):
@@ -129,7 +150,7 @@ def test_a_served_ensemble_answers_as_predict_and_names_its_members(runs):
     assert body["segments_of"] == "cnn" and [s["start"] for s in body["segments"]] == [0.0, 0.5, 1.0]
 
 
-def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, monkeypatch):
+def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, own, monkeypatch):
     predictor = EnsemblePredictor(runs["audio"], Limits())
     decoded, made = [], []
     load_track = audio.load_track
@@ -140,9 +161,14 @@ def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, monkeypatc
     clips = runs["clips"]
     answers = [predictor.predict(Upload(clip, clip.name, clip.stat().st_size), top_k=3) for clip in clips]
     assert len(decoded) == len(clips) and len(made) == 2 * len(clips), "two CNNs read one input: 2 inputs per upload"
-    expected = predicted(runs["audio"], clips)
-    np.testing.assert_allclose([a["probabilities"] for a in answers], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([a["probabilities"] for a in answers], own["audio_ensemble"], rtol=0, atol=1e-5)
     assert answers[-1]["segments_of"] == "probe" and len(answers[-1]["segments"]) == 1, "0.3 s: one tiled segment"
+    # The probe, the heaviest, gives the strip its segments; its track probabilities pool their logits, not their mean.
+    segments = np.array([s["probabilities"] for s in answers[0]["segments"]])
+    probe = answers[0]["members"][2]["probabilities"]
+    logits = np.log(segments).mean(axis=0)
+    np.testing.assert_allclose(probe, np.exp(logits) / np.exp(logits).sum(), rtol=0, atol=1e-6)
+    assert np.abs(segments.mean(axis=0) - probe).max() > 1e-3, "the sweep's segments differ: pooling matters"
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +192,13 @@ def exported(runs) -> dict:
 
 
 @pytest.mark.parametrize("fmt", ["saved_model", "tflite"])
-def test_an_exported_ensemble_agrees_with_predict(runs, exported, fmt):
-    ensemble, clips = runs["audio"], runs["clips"]
+def test_an_exported_ensemble_agrees_with_predict(runs, own, exported, fmt):
     outputs = exported["outputs"][fmt]
-    want = predicted(ensemble, clips)
-    assert len(set(want.argmax(axis=1))) >= 2
+    want = own["audio_ensemble"]
     np.testing.assert_allclose([out["probabilities"] for out in outputs], want, rtol=0, atol=1e-4)
-    for i, member in enumerate(ensemble.members()):  # each member pooled as alone: the probe by its mean logits
-        member_want = predicted(member.run, clips)
+    alone = [own[name] for name in ("cnn", "cnn_twin", "probe")]
+    assert (alone[0].argmax(axis=1) != alone[2].argmax(axis=1)).all(), "members that agree would hide a wrong weighing"
+    for i, member_want in enumerate(alone):  # each member pooled as alone: the probe by its mean logits
         np.testing.assert_allclose([out["member_probabilities"][i] for out in outputs], member_want, atol=1e-4)
     metadata = json.loads(np.asarray(outputs[0]["metadata"]).item())
     assert metadata == exported["metadata"] and metadata["inputs"] == 2 and metadata["sample_rate"] == 22050

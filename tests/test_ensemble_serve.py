@@ -56,22 +56,6 @@ def probe_run(path: Path, make_config) -> RunDir:
     return sharpened(run)
 
 
-def make_ensemble(path: Path, members: list[tuple[RunDir, float]]) -> RunDir:
-    """An ensemble run directory as `genre_tf.ensemble` writes what serve, export and predict read of it: classes,
-    ensemble.json (name, weight, pooling, source of each member) and members/<name>/ (a copy of each run)."""
-    from genre_tf.evaluate import track_pooling
-
-    run = RunDir(path)
-    run.members_dir.mkdir(parents=True)
-    run.classes_file.write_text(json.dumps(CLASSES))
-    for member, _ in members:
-        shutil.copytree(member.path, run.members_dir / member.path.name)
-    record = [{"name": m.path.name, "weight": w, "pooling": track_pooling(m), "source": str(m.path)}
-              for m, w in members]  # fmt: skip
-    run.ensemble_file.write_text(json.dumps({"selection": "greedy", "members": record}))
-    return run
-
-
 def write_sweep(path: Path, seconds: float, start_hz: float, end_hz: float) -> Path:
     """A mono 16-bit WAV tone gliding from `start_hz` to `end_hz`: its segments differ, so pooling them matters."""
     t = np.arange(round(seconds * SR)) / SR
@@ -82,7 +66,8 @@ def write_sweep(path: Path, seconds: float, start_hz: float, end_hz: float) -> P
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, write_clip, make_audio_run, make_table_run, write_feature_table, make_config) -> dict:
+def runs(tmp_path_factory, write_clip, make_audio_run, make_table_run, write_feature_table, make_config,
+         make_ensemble_run) -> dict:  # fmt: skip
     """Tone clips (one of 1.5 s per class, one of 0.3 s: shorter than a segment) and untrained members: two CNNs
     reading one input (other seeds), a probe reading another, and an MLP on feature rows; an audio ensemble of the
     first three and one of all four."""
@@ -95,12 +80,14 @@ def runs(tmp_path_factory, write_clip, make_audio_run, make_table_run, write_fea
     probe = probe_run(tmp / "runs" / "probe", make_config)
     table = write_feature_table(tmp / "table.csv", CLASSES)
     mlp = RunDir(make_table_run(tmp / "runs" / "mlp", table, seed=2))
-    audio_members = [(cnn, 0.2), (twin, 0.3), (probe, 0.5)]
+    every = [(cnn.path, 0.4), (twin.path, 0.1), (probe.path, 0.3), (mlp.path, 0.2)]
     return {
         "tmp": tmp,
         "clips": clips,
-        "audio": make_ensemble(tmp / "audio_ensemble", audio_members),
-        "all": make_ensemble(tmp / "all_ensemble", [(cnn, 0.4), (twin, 0.1), (probe, 0.3), (mlp, 0.2)]),
+        "audio": RunDir(
+            make_ensemble_run(tmp / "audio_ensemble", [(cnn.path, 0.2), (twin.path, 0.3), (probe.path, 0.5)])
+        ),
+        "all": RunDir(make_ensemble_run(tmp / "all_ensemble", every)),
     }
 
 
@@ -208,7 +195,7 @@ def test_an_exported_ensemble_agrees_with_predict(runs, own, exported, fmt):
     assert [c.decode() for c in np.asarray(outputs[0]["classes"])] == CLASSES
 
 
-def test_an_export_that_cannot_hold_the_ensemble_is_refused_in_one_line(runs, make_config):
+def test_an_export_that_cannot_hold_the_ensemble_is_refused_in_one_line(runs, make_config, make_ensemble_run):
     with pytest.raises(SystemExit) as table:
         main(["--run", str(runs["all"].path), "--format", "saved_model"])
     assert str(table.value) == (
@@ -219,7 +206,8 @@ def test_an_export_that_cannot_hold_the_ensemble_is_refused_in_one_line(runs, ma
     shutil.copytree(runs["audio"].members()[0].run.path, musicnn)
     overrides = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=null"]
     save_config(make_config(runs["tmp"], *overrides, "name=musicnn"), musicnn / "config.yaml")
-    mixed = make_ensemble(runs["tmp"] / "mixed", [(runs["audio"].members()[0].run, 0.5), (RunDir(musicnn), 0.5)])
+    cnn = runs["audio"].members()[0].run.path
+    mixed = RunDir(make_ensemble_run(runs["tmp"] / "mixed", [(cnn, 0.5), (musicnn, 0.5)]))
     with pytest.raises(SystemExit) as rates:
         main(["--run", str(mixed.path), "--format", "tflite"])
     assert str(rates.value) == (

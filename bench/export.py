@@ -7,20 +7,29 @@ agreement with predict, the largest probability difference, and the latency per 
 signature on the decoded waveform, its in-graph preprocessing included (for a table model, on the clip's feature
 rows). The default runs are fold 0 of the cross-validation that `make results` trains (saved_models/results/).
 
+With --ensemble DIR it measures instead what an exported ensemble costs against its members: for the ensemble and
+each member alone, both formats' size (bytes) and latency (median of --repeats calls, after one warm-up) on one
+gtzan_mini clip, and the member that chose it best on valid (ensemble.json; the heaviest where it says nothing).
+--stand-ins makes that ensemble first, in a temporary folder: the augmented CNN and the frozen ImageNet MobileNet of
+`make results` (bench/results.py), untrained, equal weights; size and latency depend on the architecture alone.
+
     .venv/bin/python bench/export.py [--run DIR ...] [--clips 100]
+    .venv/bin/python bench/export.py --ensemble DIR | --stand-ins [--repeats 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from genre_tf.export import export, read_waveform
+from genre_tf.export import artefact_bytes, export, read_waveform
 from genre_tf.inputs import reads_features
 from genre_tf.predict import load_inputs, predict_frame
 from genre_tf.run import RunDir
@@ -95,14 +104,94 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
     return lines
 
 
+def latency_ms(predictor, x: np.ndarray, repeats: int) -> float:
+    """Median milliseconds of one call on `x`, after a warm-up call."""
+    predictor(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor(x)
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def best_member(ensemble: RunDir) -> str:
+    """The member with the best valid track accuracy alone (ensemble.json's candidates), else the heaviest."""
+    members = ensemble.members()
+    alone = {c["name"]: c.get("valid_track_accuracy") for c in ensemble.ensemble().get("candidates", [])}
+    scores = [alone.get(m.run.path.name) for m in members]
+    if all(score is not None for score in scores):
+        return members[int(np.argmax(scores))].run.path.name
+    return members[int(np.argmax([m.weight for m in members]))].run.path.name
+
+
+def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
+    """Size and latency of the exported ensemble and of each member exported alone, on one clip, as table rows."""
+    best = best_member(ensemble)
+    runs = [ensemble, *(member.run for member in ensemble.members())]
+    waveform = read_waveform(clip, runs[1].config)  # the members share one rate: the ensemble's export says so
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            label = f"{run.path.name} (ensemble)" if run is ensemble else run.path.name
+            label += " (best alone)" if run.path.name == best else ""
+            for fmt, suffix, load in (
+                ("saved_model", "", saved_model_predictor),
+                ("tflite", ".tflite", tflite_predictor),
+            ):
+                output = Path(tmp) / f"{run.path.name}{suffix}"
+                export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))
+                ms = latency_ms(load(output), waveform, repeats)
+                lines.append(f"| {label} | {fmt} | {artefact_bytes(output):,} | {ms:.1f} |")
+    return lines
+
+
+def stand_in_ensemble(folder: Path) -> RunDir:
+    """An ensemble of untrained runs of two `make results` recipes that take one rate (22050 Hz): the augmented CNN
+    and the frozen ImageNet MobileNet, with equal weights."""
+    import keras
+    from results import EXPERIMENTS  # bench/results.py: the folder of a script run by path is on sys.path
+
+    from genre_tf import models
+    from genre_tf.config import load_config, save_config
+    from genre_tf.inputs import input_shape
+
+    classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())
+    members = []
+    for name in ("cnn_augmented", "mobilenet_imagenet_frozen"):
+        cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*EXPERIMENTS[name], f"name={name}"], check_paths=False)
+        run = RunDir(folder / "ensemble" / "members" / name)
+        run.path.mkdir(parents=True)
+        save_config(cfg, run.config_file)
+        run.classes_file.write_text(json.dumps(classes))
+        keras.utils.set_random_seed(0)
+        models.build_model(cfg.model, input_shape(cfg, None), len(classes)).save(run.model_file)
+        members.append({"name": name, "weight": 0.5, "pooling": "mean", "source": "untrained stand-in"})
+    ensemble = RunDir(folder / "ensemble")
+    shutil.copyfile(ensemble.members_dir / members[0]["name"] / "classes.json", ensemble.classes_file)
+    ensemble.ensemble_file.write_text(json.dumps({"selection": "equal", "members": members}))
+    return ensemble
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, action="append", help=f"default: {', '.join(DEFAULT_RUNS)} in {RUNS}")
     parser.add_argument("--clips", type=int, default=100)
+    parser.add_argument("--ensemble", type=Path, help="an ensemble run: its export's cost against its members'")
+    parser.add_argument("--stand-ins", action="store_true", help="--ensemble of untrained results recipes")
+    parser.add_argument("--repeats", type=int, default=20, help="with --ensemble: timed calls per artefact")
     args = parser.parse_args()
     paths = sorted(CLIPS.glob("*/*.flac"))[: args.clips]
     if not paths:
         raise SystemExit(f"error: no gtzan_mini clips under {CLIPS}")
+    if args.ensemble or args.stand_ins:
+        with tempfile.TemporaryDirectory() as tmp:
+            ensemble = stand_in_ensemble(Path(tmp)) if args.stand_ins else RunDir(args.ensemble)
+            rows = bench_ensemble(ensemble, paths[0], args.repeats)
+        print(f"\none clip: {paths[0].name}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+        print("| run | format | bytes | median ms/clip |\n|---|---|---|---|")
+        print("\n".join(rows))
+        return
     runs = [RunDir(p) for p in args.run or [RUNS / name for name in DEFAULT_RUNS]]
     missing = [str(run.path) for run in runs if not run.model_file.is_file()]
     if missing:

@@ -104,45 +104,52 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
     return lines
 
 
-def latency_ms(predictor, x: np.ndarray, repeats: int) -> float:
-    """Median milliseconds of one call on `x`, after a warm-up call."""
-    predictor(x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def latencies_ms(predictors: list, x: np.ndarray, repeats: int) -> list[float]:
+    """Median milliseconds of one call of each predictor on `x`, after a warm-up call each; the calls go round the
+    predictors in turn, so that a change of load on a shared machine falls on all of them alike."""
+    times = [[] for _ in predictors]
+    for predictor in predictors:
         predictor(x)
-        times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times))
+    for _ in range(repeats):
+        for predictor, measured in zip(predictors, times, strict=True):
+            started = time.perf_counter()
+            predictor(x)
+            measured.append(time.perf_counter() - started)
+    return [1000 * float(np.median(measured)) for measured in times]
 
 
-def best_member(ensemble: RunDir) -> str:
-    """The member with the best valid track accuracy alone (ensemble.json's candidates), else the heaviest."""
+def best_member(ensemble: RunDir) -> tuple[str, str]:
+    """(name, why) of the member with the best valid track accuracy alone (ensemble.json's candidates), else of the
+    heaviest."""
     members = ensemble.members()
     alone = {c["name"]: c.get("valid_track_accuracy") for c in ensemble.ensemble().get("candidates", [])}
     scores = [alone.get(m.run.path.name) for m in members]
     if all(score is not None for score in scores):
-        return members[int(np.argmax(scores))].run.path.name
-    return members[int(np.argmax([m.weight for m in members]))].run.path.name
+        return members[int(np.argmax(scores))].run.path.name, "best alone on valid"
+    return members[int(np.argmax([m.weight for m in members]))].run.path.name, "heaviest"
 
 
 def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
     """Size and latency of the exported ensemble and of each member exported alone, on one clip, as table rows."""
-    best = best_member(ensemble)
+    best, why = best_member(ensemble)
     runs = [ensemble, *(member.run for member in ensemble.members())]
     waveform = read_waveform(clip, runs[1].config)  # the members share one rate: the ensemble's export says so
-    lines = []
+    labels, sizes, predictors = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
             label = f"{run.path.name} (ensemble)" if run is ensemble else run.path.name
-            label += " (best alone)" if run.path.name == best else ""
+            label += f" ({why})" if run.path.name == best else ""
             for fmt, suffix, load in (
                 ("saved_model", "", saved_model_predictor),
                 ("tflite", ".tflite", tflite_predictor),
             ):
                 output = Path(tmp) / f"{run.path.name}{suffix}"
                 export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))
-                ms = latency_ms(load(output), waveform, repeats)
-                lines.append(f"| {label} | {fmt} | {artefact_bytes(output):,} | {ms:.1f} |")
+                labels.append(f"{label} | {fmt}")
+                sizes.append(artefact_bytes(output))
+                predictors.append(load(output))
+        times = latencies_ms(predictors, waveform, repeats)
+    lines = [f"| {label} | {size:,} | {ms:.1f} |" for label, size, ms in zip(labels, sizes, times, strict=True)]
     return lines
 
 

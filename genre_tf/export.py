@@ -13,6 +13,10 @@ of their mean log-probabilities, as `evaluate` pools them. A musicnn run states 
 rows in the run's column order, and applies the run's scaler in the graph. Every signature also returns the class
 names and a JSON `metadata` string that says what the input is. Loading needs TensorFlow only, neither genre_tf nor
 Keras.
+
+An ensemble run (`genre_tf.ensemble`) exports as one artefact that takes one `waveform` and runs every member's
+preprocessing (each distinct input once), model and pooling, returning the weighted mean of the members' track
+probabilities and `member_probabilities`; its members must read audio, at one sample rate.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ preprocessing (`export.audio_frontend`, `cut_segments`: pinned to the cache's re
 concurrent requests' segments go to the model in shared batches (genre_tf.batching); nothing is cached. A table model
 (the MLP) reads feature rows: its upload gets a cache entry in the request's folder, made by the functions
 `python -m genre_tf.predict` uses (`load_inputs`), and its model call is taken one request at a time. Either way a
-track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. Bad input
-is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file (text)"}`).
+track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. An
+ensemble run (`genre_tf.ensemble`) is served by its members, each loaded as above (`EnsemblePredictor`): the upload is
+decoded once, each distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
+Bad input is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file
+(text)"}`).
 """
 
 from __future__ import annotations

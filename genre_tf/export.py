@@ -320,9 +320,14 @@ def ensemble_serving_module(run: RunDir) -> tuple:
     module = tf.Module()
     module.model_variables = [variable.value for model in loaded for variable in model.variables]  # see serving_module
 
+    cut_by = {key: segments_key(member.run.config) for key, member in zip(keys, members, strict=True)}
+    cutters = {cut_by[key]: frontend for key, frontend in reversed(frontends.items())}  # the first of each
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     def serve(waveform):
-        inputs = {key: frontend.to_input(cut_segments(waveform, frontend)) for key, frontend in frontends.items()}
+        # Each spectrogram's segments once, then each model input from them once (image sizes and channels differ).
+        segments = {cut: cut_segments(waveform, frontend) for cut, frontend in cutters.items()}
+        inputs = {key: frontend.to_input(segments[cut_by[key]]) for key, frontend in frontends.items()}
         pooled = tf.stack(
             [
                 track_probabilities(model(inputs[key], training=False), probe)
@@ -364,7 +369,7 @@ def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFronten
 
 def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFrontend]) -> dict:
     """What an exported ensemble says of itself: its members (model, weight, pooling), the one rate they take, and how
-    many distinct inputs its graph makes."""
+    many distinct spectrograms and model inputs its graph makes."""
     rate = next(iter(frontends.values())).layout.sample_rate
     return {
         "exported_by": "genre_tf.export",
@@ -385,6 +390,7 @@ def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFron
             for member in members
         ],
         "inputs": len(frontends),
+        "spectrograms": len({segments_key(member.run.config) for member in members}),
         "track_probabilities": "the weighted mean of the members' track probabilities, each pooled as the member "
         "pools its segments (their mean, or a linear probe's softmax of their mean log-probability)",
     }
@@ -397,7 +403,8 @@ def describe_ensemble(metadata: dict) -> list[str]:
         f"input: waveform, float32 (samples,): {metadata['input_note']}; any length",
         f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
         f"member_probabilities ({len(members)}, classes), classes, sample_rate, metadata (JSON)",
-        f"members ({metadata['inputs']} distinct inputs made in the graph): "
+        f"members ({metadata['inputs']} distinct inputs from {metadata['spectrograms']} "
+        f"spectrogram{'s' if metadata['spectrograms'] != 1 else ''} in the graph): "
         + ", ".join(f"{m['name']} {m['weight']:.2f} ({m['model']})" for m in members),
         f"classes: {', '.join(metadata['classes'])}",
         *(["note: uses TF Select ops (Flex): the interpreter needs the Flex delegate"]
@@ -428,17 +435,25 @@ def model_rate_waveform(y: np.ndarray, cfg: Config) -> np.ndarray:
     return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
 
 
-def input_key(cfg: Config) -> str:
-    """What an audio run's segment inputs are made from and with: its representation's shaping parameters and, for
-    mel images, the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+def segments_key(cfg: Config) -> str:
+    """What an audio run's segments are cut from: its representation's shaping parameters (the cache key's). Runs with
+    one key cut equal segments of the spectrogram (`cut_segments`) from a waveform."""
     from genre_tf.inputs import model_input
-    from genre_tf.representations import MEL_IMAGE, shaping_parameters
+    from genre_tf.representations import shaping_parameters
 
-    name = model_input(cfg)
-    spec = shaping_parameters(name, cfg.audio, cfg.features, cfg.mel)
-    if name == MEL_IMAGE:
-        spec["image"] = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
-    return json.dumps(spec, sort_keys=True, default=str)
+    return json.dumps(
+        shaping_parameters(model_input(cfg), cfg.audio, cfg.features, cfg.mel), sort_keys=True, default=str
+    )
+
+
+def input_key(cfg: Config) -> str:
+    """What an audio run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images,
+    the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+    from genre_tf.inputs import model_input
+    from genre_tf.representations import MEL_IMAGE
+
+    image = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
+    return json.dumps([segments_key(cfg), image if model_input(cfg) == MEL_IMAGE else None])
 
 
 def write_saved_model(module, path: Path) -> None:

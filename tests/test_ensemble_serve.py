@@ -190,7 +190,7 @@ def test_an_exported_ensemble_agrees_with_predict(runs, own, exported, fmt):
     for i, member_want in enumerate(alone):  # each member pooled as alone: the probe by its mean logits
         np.testing.assert_allclose([out["member_probabilities"][i] for out in outputs], member_want, atol=1e-4)
     metadata = json.loads(np.asarray(outputs[0]["metadata"]).item())
-    assert metadata["inputs"] == 2 and metadata["sample_rate"] == 22050
+    assert (metadata["inputs"], metadata["spectrograms"], metadata["sample_rate"]) == (2, 1, 22050)
     assert [(m["name"], m["weight"], m["pooling"]) for m in metadata["members"]] == [
         ("cnn", 0.2, "mean"), ("cnn_twin", 0.3, "mean"), ("probe", 0.5, "logits")
     ]  # fmt: skip
@@ -225,5 +225,5 @@ def test_the_command_line_says_what_an_exported_ensemble_takes(exported):
         in (said[-4])
     )
     assert said[-3].startswith("outputs: probabilities (3,) of the track: the weighted mean of the members'")
-    assert said[-2].startswith("members (2 distinct inputs made in the graph): cnn 0.20 (cnn: ")
+    assert said[-2].startswith("members (2 distinct inputs from 1 spectrogram in the graph): cnn 0.20 (cnn: ")
     assert said[-1] == "classes: blues, jazz, rock"

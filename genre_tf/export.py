@@ -8,15 +8,22 @@ An audio model (CNN; transfer on keras.applications or musicnn) takes `waveform`
 stated sample rate, of any length (a clip shorter than one segment is repeated to fill one, as `predict` does).
 The graph holds the run's preprocessing (the log-mel image, or musicnn's mel power), the segments cut as the cache
 cuts them, the model, and the track's probabilities: the mean over its segments, or for a linear probe the softmax
-of their mean log-probabilities, as `evaluate` pools them. A musicnn run states 16000 Hz: its patches are made at
-16 kHz, so the graph has no resampler and takes 16 kHz audio. A table model (the MLP) takes `features`, feature-table
-rows in the run's column order, and applies the run's scaler in the graph. Every signature also returns the class
-names and a JSON `metadata` string that says what the input is. Loading needs TensorFlow only, neither genre_tf nor
-Keras.
+of their mean log-probabilities, as `evaluate` pools them. `serving_default` takes the rate the representation is
+made at: the run's audio.sample_rate, or 16000 Hz for musicnn, whose patches are made at 16 kHz. One more signature
+per common recording rate, `waveform_16000`, `waveform_22050`, `waveform_44100` and `waveform_48000`, takes the
+waveform at that rate and resamples it in the graph (`preprocessing.layers.Resample`: close to predict's soxr, not
+equal to it; the one at the model's own rate is serving_default). One signature per rate, not a rate input: each
+graph is fixed and all builtin TFLite ops, and a rate not offered is a missing signature, not a wrong answer; the
+model's weights are stored once, and each resampler adds its matrix (0.65 to 1.8 MB of float32).
 
-An ensemble run (`genre_tf.ensemble`) exports as one artefact that takes one `waveform` and runs every member's
-preprocessing (each distinct input once), model and pooling, returning the weighted mean of the members' track
-probabilities and `member_probabilities`; its members must read audio, at one sample rate.
+A table model (the MLP) takes `features`, feature-table rows in the run's column order, and applies the run's scaler
+in the graph. Every signature also returns the class names and a JSON `metadata` string that says what the input
+is. Loading needs TensorFlow only, neither genre_tf nor Keras.
+
+An ensemble run (`genre_tf.ensemble`) exports as one artefact that takes one `waveform`, at the highest rate its
+members take, and runs every member's preprocessing (resampled in the graph for a member that takes another rate;
+each distinct spectrogram and input once), model and pooling, returning the weighted mean of the members' track
+probabilities and `member_probabilities`; its members must read audio.
 """
 
 from __future__ import annotations
@@ -39,6 +46,12 @@ from genre_tf.run import RunDir
 
 FORMATS = ("saved_model", "tflite")
 SIGNATURE = "serving_default"
+EXPORT_RATES = (16000, 22050, 44100, 48000)  # Hz: an audio model has a signature for each, `waveform_<rate>`
+
+
+def rate_signature(rate: int) -> str:
+    """The name of the signature that takes waveforms at `rate` Hz."""
+    return f"waveform_{rate}"
 
 
 @dataclass(frozen=True)
@@ -87,18 +100,50 @@ class AudioFrontend:
     silence: float  # the spectrogram's value for frames past the end of the track
     to_input: Callable  # (segments, frames, ...) -> the model's input
     note: str  # what a person must know about the input
+    input_rate: int | None = None  # Hz of the waveform taken, when not layout.sample_rate: `resample` brings it there
+    resample: Callable | None = None  # (samples,) at input_rate -> (samples,) at layout.sample_rate, trimmed first
+
+    @property
+    def rate(self) -> int:
+        """Hz of the waveform the frontend takes."""
+        return self.input_rate or self.layout.sample_rate
 
 
-def audio_frontend(cfg: Config) -> AudioFrontend:
-    """The in-graph preprocessing of the run's input representation: log-mel images or musicnn patches."""
+def audio_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+    """The in-graph preprocessing of the run's input representation: log-mel images or musicnn patches; from
+    waveforms at `input_rate` Hz, resampled in the graph, where given and not the representation's rate."""
     from genre_tf.inputs import model_input
     from genre_tf.models import MUSICNN_PATCH
 
-    return musicnn_frontend(cfg) if model_input(cfg) == MUSICNN_PATCH else mel_frontend(cfg)
+    frontend = musicnn_frontend if model_input(cfg) == MUSICNN_PATCH else mel_frontend
+    return frontend(cfg, input_rate)
 
 
-def mel_frontend(cfg: Config) -> AudioFrontend:
-    """Log-mel images as the cache makes them (`features._mel_segments`), resized as in training (`MelImage`)."""
+def resampling(frontend: AudioFrontend, input_rate: int | None, audio: AudioConfig) -> AudioFrontend:
+    """The frontend taking waveforms at `input_rate` Hz: trimmed at that rate as `audio.load_track` trims them, then
+    resampled in the graph (`preprocessing.layers.Resample`) to the frontend's rate."""
+    from genre_tf.preprocessing.layers import Resample
+
+    rate = frontend.layout.sample_rate
+    if input_rate is None or input_rate == rate:
+        return frontend
+    resample = Resample(input_rate, rate)
+    seconds = audio.max_duration if audio.duration is None else min(audio.max_duration, audio.duration)
+    max_samples = round(seconds * input_rate)
+    return replace(
+        frontend,
+        input_rate=input_rate,
+        resample=lambda waveform: resample(waveform[None, :max_samples])[0],
+        note=(
+            f"mono float32 waveform at {input_rate} Hz, resampled in the graph to {rate} Hz by a windowed sinc "
+            "(close to, not equal to, the soxr resampling of predict)"
+        ),
+    )
+
+
+def mel_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+    """Log-mel images as the cache makes them (`features._mel_segments`), resized as in training (`MelImage`); from
+    waveforms at `input_rate` Hz where given (default: the run's audio.sample_rate)."""
     import tensorflow as tf
 
     from genre_tf.audio import segment_hop_samples, segment_samples
@@ -111,7 +156,7 @@ def mel_frontend(cfg: Config) -> AudioFrontend:
     frames = mel_frames_per_segment(segment_samples(cfg.audio), cfg.mel)
     step = (segment_hop_samples(cfg.audio), cfg.mel.hop_length)  # the cache's mel_first_frame(k * hop)
     image = mel_model_input(cfg.model)
-    return AudioFrontend(
+    frontend = AudioFrontend(
         layout=segment_layout(cfg.audio, cfg.audio.sample_rate, frames, step),
         # LogMelImage gives (1, n_mels, frames, 1); segments are cut along time, so time goes to axis 1 and back.
         spectrogram=lambda waveforms: tf.transpose(log_mel(waveforms), (0, 2, 1, 3)),
@@ -119,10 +164,12 @@ def mel_frontend(cfg: Config) -> AudioFrontend:
         to_input=lambda segments: image(tf.transpose(segments, (0, 2, 1, 3))),
         note=f"mono float32 waveform at {cfg.audio.sample_rate} Hz, the run's sample rate",
     )
+    return resampling(frontend, input_rate, cfg.audio)
 
 
-def musicnn_frontend(cfg: Config) -> AudioFrontend:
-    """musicnn's mel power patches as the cache makes them (`musicnn_input.segment_patches`), from 16 kHz audio."""
+def musicnn_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+    """musicnn's mel power patches as the cache makes them (`musicnn_input.segment_patches`), from 16 kHz audio, or
+    from waveforms at `input_rate` Hz resampled to 16 kHz in the graph, where given."""
     from genre_tf import musicnn_input
     from genre_tf.audio import segment_hop_samples
     from genre_tf.preprocessing.layers import MusicnnMelPower
@@ -133,16 +180,17 @@ def musicnn_frontend(cfg: Config) -> AudioFrontend:
     # of a segment's end.
     step = (segment_hop_samples(cfg.audio) * rate, cfg.audio.sample_rate * musicnn_input.HOP_LENGTH)
     frames = musicnn_input.patch_frames(cfg.audio.segment_seconds)
-    return AudioFrontend(
+    frontend = AudioFrontend(
         layout=segment_layout(cfg.audio, rate, frames, step),
         spectrogram=MusicnnMelPower(),
         silence=0.0,
         to_input=lambda segments: segments,  # the model's first layer takes the log
         note=(
-            f"mono float32 waveform at {rate} Hz: musicnn's patches are made at 16 kHz, so the graph has no "
-            f"resampler; resample to 16 kHz first (the run reads audio at {cfg.audio.sample_rate} Hz)"
+            f"mono float32 waveform at {rate} Hz, musicnn's rate (predict reads audio at {cfg.audio.sample_rate} Hz "
+            "and resamples it to 16 kHz with soxr)"
         ),
     )
+    return resampling(frontend, input_rate, cfg.audio)
 
 
 def fit_waveform(waveform, layout: SegmentLayout):
@@ -173,6 +221,8 @@ def cut_segments(waveform, frontend: AudioFrontend):
     import tensorflow as tf
 
     layout = frontend.layout
+    if frontend.resample is not None:
+        waveform = frontend.resample(waveform)
     waveform = fit_waveform(waveform, layout)
     positions = segment_positions(tf.shape(waveform)[0], layout)
     spectrogram = frontend.spectrogram(waveform[None])[0]
@@ -216,15 +266,18 @@ def base_metadata(run: RunDir) -> dict:
     }
 
 
-def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool) -> dict:
-    """Metadata of an audio model: sample rate, segments and how a track's probabilities are made."""
+def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool, rates: tuple[int, ...] = ()) -> dict:
+    """Metadata of an audio model: sample rate, segments, how a track's probabilities are made, and the signatures
+    that take waveforms at other `rates`."""
     audio = run.config.audio
     pooling = "softmax of the segments' mean log-probability (linear probe)" if probe else "mean over the segments"
     return {
         **base_metadata(run),
         "input": "waveform",
         "input_note": frontend.note,
-        "sample_rate": frontend.layout.sample_rate,
+        "sample_rate": frontend.rate,
+        "model_sample_rate": frontend.layout.sample_rate,
+        "rate_signatures": {rate_signature(rate): rate for rate in rates},
         "segment_seconds": audio.segment_seconds,
         "segment_hop_seconds": audio.segment_hop or audio.segment_seconds,
         "track_probabilities": pooling,
@@ -262,9 +315,13 @@ def constant_outputs(metadata: dict) -> dict:
     }
 
 
-def serving_module(run: RunDir, model=None) -> tuple:
-    """(tf.Module, metadata): the module holds the run's model and `serve`, the function to trace into the signature
-    (preprocessing, model and pooling); the metadata is what the signature says of itself."""
+def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATES) -> tuple:
+    """(tf.Module, metadata): the module holds the run's model and `serve`, the function to trace into the default
+    signature (preprocessing, model and pooling); the metadata is what that signature says of itself.
+
+    An audio model's module also holds `serve_at`, {`rate_signature(rate)`: function} for each of `rates` (Hz): the
+    same preprocessing from waveforms at that rate, resampled in the graph (`serve` itself at the model's own rate).
+    """
     import tensorflow as tf
 
     from genre_tf.inputs import reads_features
@@ -282,24 +339,46 @@ def serving_module(run: RunDir, model=None) -> tuple:
         def serve(features):
             return {"probabilities": model(layer(features), training=False), **constant_outputs(metadata)}
 
-    else:
-        from genre_tf import models
+        module.serve = serve
+        return module, metadata
 
-        frontend = audio_frontend(run.config)
-        probe = models.family(run.config.model).track_level(run.config.model)
-        metadata = audio_metadata(run, frontend, probe)
+    from genre_tf import models
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
-        def serve(waveform):
-            segments = model(frontend.to_input(cut_segments(waveform, frontend)), training=False)
-            return {
-                "probabilities": track_probabilities(segments, probe),
-                "segment_probabilities": segments,
-                **constant_outputs(metadata),
-            }
-
-    module.serve = serve
+    probe = models.family(run.config.model).track_level(run.config.model)
+    frontend = audio_frontend(run.config)
+    metadata = audio_metadata(run, frontend, probe, rates)
+    module.serve = waveform_function(model, frontend, probe, metadata)
+    module.serve_at = {  # by signature name: a tracked dict takes string keys only
+        rate_signature(rate): module.serve
+        if rate == frontend.rate
+        else waveform_function(model, audio_frontend(run.config, rate), probe, metadata)
+        for rate in rates
+    }
     return module, metadata
+
+
+def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict):
+    """The tf.function of an audio model's signature: waveform at the frontend's rate -> probabilities; its constant
+    outputs say that rate and the frontend's note."""
+    import tensorflow as tf
+
+    said = {**metadata, "sample_rate": frontend.rate, "input_note": frontend.note}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    def serve(waveform):
+        segments = model(frontend.to_input(cut_segments(waveform, frontend)), training=False)
+        return {
+            "probabilities": track_probabilities(segments, probe),
+            "segment_probabilities": segments,
+            **constant_outputs(said),
+        }
+
+    return serve
+
+
+def signatures(module) -> dict:
+    """{signature name: function} of a serving module: `serving_default`, and an audio model's `waveform_<rate>`."""
+    return {SIGNATURE: module.serve, **getattr(module, "serve_at", {})}
 
 
 def ensemble_serving_module(run: RunDir) -> tuple:
@@ -457,22 +536,31 @@ def input_key(cfg: Config) -> str:
 
 
 def write_saved_model(module, path: Path) -> None:
-    """The module as a SavedModel with one signature, `serving_default`."""
+    """The module as a SavedModel with its signatures (`signatures`)."""
     import tensorflow as tf
 
-    tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
+    # Saved from a module without a `serve` attribute: the TFLite converter takes a SavedModel that has one for
+    # Keras's `model.export` and converts its serving_default alone.
+    saved = tf.Module()
+    saved.model_variables = module.model_variables
+    saved.signature_functions = signatures(module)
+    tf.saved_model.save(saved, str(path), signatures=saved.signature_functions)
 
 
 def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
-    """A SavedModel as TFLite flatbuffer bytes, and whether it needs TF Select (Flex) ops.
+    """A SavedModel, every signature, as TFLite flatbuffer bytes, and whether it needs TF Select (Flex) ops.
 
     Builtin ops first, so that any TFLite interpreter runs the file; Select ops only where builtins cannot express
     an op (they need an interpreter linked with the Flex delegate).
     """
     import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((saved_model / "saved_model.pb").read_bytes())
+    keys = sorted(key for key in proto.meta_graphs[0].signature_def if not key.startswith("__"))  # not the init op
 
     def convert(ops: list) -> bytes:
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=keys)
         converter.target_spec.supported_ops = ops
         return converter.convert()
 
@@ -537,6 +625,12 @@ def describe(metadata: dict) -> list[str]:
             f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
             "segment_probabilities (segments, classes), classes, sample_rate, metadata (JSON)",
         ]
+        other = [name for name, rate in metadata["rate_signatures"].items() if rate != metadata["sample_rate"]]
+        if other:
+            lines.append(
+                f"other rates: signatures {', '.join(other)} take the waveform at that rate and resample it in the "
+                f"graph to {metadata['model_sample_rate']} Hz (close to predict's soxr, not equal; same outputs)"
+            )
     lines.append(f"classes: {', '.join(metadata['classes'])}")
     if metadata.get("tflite_select_ops"):
         lines.append("note: uses TF Select ops (Flex): the interpreter needs the Flex delegate")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,13 @@ import soundfile as sf
 
 from genre_tf.config import Config, MelConfig, load_config, save_config
 from genre_tf.features import encode_mel_png, feature_columns
+
+# `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process its tests start, keeps
+# TensorFlow to one thread, so that two workers do not fight over both cores (a third less wall time, measured on
+# tests/test_boundary.py beside other load). Set before any test imports TensorFlow; a plain `pytest` keeps the default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 SR = 22050
 SEGMENT_SECONDS = 0.5  # tiny segments keep extraction fast: a 1.5 s clip is 3 segments

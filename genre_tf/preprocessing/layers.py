@@ -3,7 +3,8 @@
 `LogMelImage` computes, from a waveform, the same [0, 1] images the cache stores as PNGs (before their 16-bit
 rounding); `MelImage` makes any such image the model's input (size and channels), in training and in export.
 `MusicnnMelPower` computes the float16-rounded mel power that the cache stores as musicnn patches
-(`genre_tf.musicnn_input.mel_power`). `StandardScaling` and `QuantileScaling` apply a run's feature-table scaler
+(`genre_tf.musicnn_input.mel_power`). `Resample` brings a waveform to the rate a recipe reads, close to (not equal
+to) the soxr resampling of `genre_tf.audio`. `StandardScaling` and `QuantileScaling` apply a run's feature-table scaler
 (`genre_tf.scaling`) to feature rows. Tests pin each one to the recipe it repeats.
 """
 
@@ -18,6 +19,7 @@ from keras import ops
 from genre_tf import musicnn_input
 from genre_tf.config import MelConfig
 from genre_tf.preprocessing import AMIN, db_to_unit, mel_filter_bank, mel_fmax
+from genre_tf.preprocessing.resampling import resampling_kernel
 
 
 @keras.saving.register_keras_serializable(package="genre_tf")
@@ -112,6 +114,36 @@ class MusicnnMelPower(keras.layers.Layer):
         real, imag = ops.stft(padded, n_fft, hop, n_fft, window="hann", center=False)
         power = ops.matmul(real * real + imag * imag, self.filter_bank)
         return ops.cast(ops.cast(power, "float16"), "float32")
+
+
+@keras.saving.register_keras_serializable(package="genre_tf")
+class Resample(keras.layers.Layer):
+    """Waveforms (batch, samples) at `input_rate` -> (batch, ceil(samples * output_rate / input_rate)) at
+    `output_rate`: the windowed-sinc interpolation of `preprocessing.resampling`, one matrix product per block."""
+
+    def __init__(self, input_rate: int, output_rate: int, **kwargs):
+        super().__init__(**kwargs)
+        self.input_rate, self.output_rate = int(input_rate), int(output_rate)
+        self.kernel = resampling_kernel(self.input_rate, self.output_rate)
+        self.matrix = ops.convert_to_tensor(self.kernel.matrix)
+
+    def call(self, waveforms):
+        k = self.kernel
+        batch, n = ops.shape(waveforms)[0], ops.shape(waveforms)[1]
+        # ceil(n * out / in) without n * out, which overflows int32 past 13 minutes at 22050 -> 16000 Hz
+        whole, rest = n // k.block_in, n % k.block_in
+        n_out = whole * k.block_out + (rest * k.block_out + k.block_in - 1) // k.block_in
+        blocks = (n_out + k.block_out - 1) // k.block_out
+        # reach zeros before the waveform, and after it up to one block beyond the last, whose head ends its frame
+        tail = ops.zeros((batch, (blocks + 1) * k.block_in - k.reach - n), waveforms.dtype)
+        padded = ops.concatenate([ops.zeros((batch, k.reach), waveforms.dtype), waveforms, tail], axis=1)
+        rows = ops.reshape(padded, (batch, blocks + 1, k.block_in))
+        frames = ops.concatenate([rows[:, :-1], rows[:, 1:, : 2 * k.reach]], axis=2)
+        out = ops.reshape(ops.matmul(frames, self.matrix), (batch, blocks * k.block_out))
+        return out[:, :n_out]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "input_rate": self.input_rate, "output_rate": self.output_rate}
 
 
 @keras.saving.register_keras_serializable(package="genre_tf")

@@ -10,7 +10,7 @@ rows). The default runs are fold 0 of the cross-validation that `make results` t
 With --ensemble DIR it measures instead what an exported ensemble costs against its members: for the ensemble and
 each member alone, both formats' size (bytes) and latency (median of --repeats calls, after one warm-up) on one
 gtzan_mini clip, and the member that chose it best on valid (ensemble.json; the heaviest where it says nothing).
---stand-ins makes that ensemble first, in a temporary folder: the augmented CNN and the frozen ImageNet MobileNet of
+--stand-ins makes that ensemble first, in a temporary folder: the MSD musicnn linear probe and the augmented CNN of
 `make results` (bench/results.py), untrained, equal weights; size and latency depend on the architecture alone.
 
     .venv/bin/python bench/export.py [--run DIR ...] [--clips 100]
@@ -104,14 +104,14 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
     return lines
 
 
-def latencies_ms(predictors: list, x: np.ndarray, repeats: int) -> list[float]:
-    """Median milliseconds of one call of each predictor on `x`, after a warm-up call each; the calls go round the
-    predictors in turn, so that a change of load on a shared machine falls on all of them alike."""
+def latencies_ms(predictors: list, inputs: list[np.ndarray], repeats: int) -> list[float]:
+    """Median milliseconds of one call of each predictor on its input, after a warm-up call each; the calls go round
+    the predictors in turn, so that a change of load on a shared machine falls on all of them alike."""
     times = [[] for _ in predictors]
-    for predictor in predictors:
+    for predictor, x in zip(predictors, inputs, strict=True):
         predictor(x)
     for _ in range(repeats):
-        for predictor, measured in zip(predictors, times, strict=True):
+        for predictor, x, measured in zip(predictors, inputs, times, strict=True):
             started = time.perf_counter()
             predictor(x)
             measured.append(time.perf_counter() - started)
@@ -133,8 +133,7 @@ def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
     """Size and latency of the exported ensemble and of each member exported alone, on one clip, as table rows."""
     best, why = best_member(ensemble)
     runs = [ensemble, *(member.run for member in ensemble.members())]
-    waveform = read_waveform(clip, runs[1].config)  # the members share one rate: the ensemble's export says so
-    labels, sizes, predictors = [], [], []
+    labels, sizes, predictors, waveforms = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
             label = f"{run.path.name} (ensemble)" if run is ensemble else run.path.name
@@ -144,36 +143,47 @@ def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
                 ("tflite", ".tflite", tflite_predictor),
             ):
                 output = Path(tmp) / f"{run.path.name}{suffix}"
-                export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))
-                labels.append(f"{label} | {fmt}")
+                rate = export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))["sample_rate"]
+                waveforms.append(waveform_at(clip, runs[1:] if run is ensemble else [run], rate))
+                labels.append(f"{label} | {rate} Hz | {fmt}")
                 sizes.append(artefact_bytes(output))
                 predictors.append(load(output))
-        times = latencies_ms(predictors, waveform, repeats)
+        times = latencies_ms(predictors, waveforms, repeats)
     lines = [f"| {label} | {size:,} | {ms:.1f} |" for label, size, ms in zip(labels, sizes, times, strict=True)]
     return lines
 
 
+def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
+    """The clip as an artefact taking `rate` Hz takes it: decoded as the run whose model takes that rate decodes it."""
+    from genre_tf.export import audio_frontend
+
+    run = next(run for run in runs if audio_frontend(run.config).layout.sample_rate == rate)
+    return read_waveform(clip, run.config)
+
+
 def stand_in_ensemble(folder: Path) -> RunDir:
-    """An ensemble of untrained runs of two `make results` recipes that take one rate (22050 Hz): the augmented CNN
-    and the frozen ImageNet MobileNet, with equal weights."""
+    """An ensemble of untrained runs of two `make results` recipes, with equal weights: the MSD musicnn linear probe
+    (random weights: its 16 kHz patches are resampled in the ensemble's graph) and the augmented CNN (22050 Hz)."""
     import keras
     from results import EXPERIMENTS  # bench/results.py: the folder of a script run by path is on sys.path
 
     from genre_tf import models
     from genre_tf.config import load_config, save_config
+    from genre_tf.evaluate import track_pooling
     from genre_tf.inputs import input_shape
 
     classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())
     members = []
-    for name in ("cnn_augmented", "mobilenet_imagenet_frozen"):
-        cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*EXPERIMENTS[name], f"name={name}"], check_paths=False)
+    for name in ("musicnn_msd_probe", "cnn_augmented"):
+        overrides = [*EXPERIMENTS[name], f"name={name}", "model.transfer.weights=null"]
+        cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", overrides, check_paths=False)
         run = RunDir(folder / "ensemble" / "members" / name)
         run.path.mkdir(parents=True)
         save_config(cfg, run.config_file)
         run.classes_file.write_text(json.dumps(classes))
         keras.utils.set_random_seed(0)
         models.build_model(cfg.model, input_shape(cfg, None), len(classes)).save(run.model_file)
-        members.append({"name": name, "weight": 0.5, "pooling": "mean", "source": "untrained stand-in"})
+        members.append({"name": name, "weight": 0.5, "pooling": track_pooling(run), "source": "untrained stand-in"})
     ensemble = RunDir(folder / "ensemble")
     shutil.copyfile(ensemble.members_dir / members[0]["name"] / "classes.json", ensemble.classes_file)
     ensemble.ensemble_file.write_text(json.dumps({"selection": "equal", "members": members}))
@@ -196,7 +206,7 @@ def main() -> None:
             ensemble = stand_in_ensemble(Path(tmp)) if args.stand_ins else RunDir(args.ensemble)
             rows = bench_ensemble(ensemble, paths[0], args.repeats)
         print(f"\none clip: {paths[0].name}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
-        print("| run | format | bytes | median ms/clip |\n|---|---|---|---|")
+        print("| run | takes | format | bytes | median ms/clip |\n|---|---|---|---|---|")
         print("\n".join(rows))
         return
     runs = [RunDir(p) for p in args.run or [RUNS / name for name in DEFAULT_RUNS]]

@@ -385,7 +385,7 @@ def ensemble_serving_module(run: RunDir) -> tuple:
     """(tf.Module, metadata) of an ensemble run, as `serving_module` gives for one run: `serve` takes one waveform
     and runs every member's in-graph preprocessing (each distinct input once), model and pooling (as the member pools
     alone), then the weighted mean of the members' track probabilities. SystemExit, one line, for a member that cannot
-    run in a waveform graph, or members that take waveforms at different rates."""
+    run in a waveform graph."""
     import tensorflow as tf
 
     from genre_tf.evaluate import track_pooling
@@ -424,8 +424,9 @@ def ensemble_serving_module(run: RunDir) -> tuple:
 
 
 def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFrontend]]:
-    """(each member's `input_key`, the frontend of each distinct key): one input per key in the graph. SystemExit for a
-    table member, or members whose frontends take waveforms at different rates."""
+    """(each member's `input_key`, the frontend of each distinct key): one input per key in the graph, every frontend
+    taking waveforms at the highest rate a member takes (`preprocessing.layers.Resample` brings them to a member's own
+    rate). SystemExit for a table member."""
     from genre_tf.inputs import reads_features
 
     for member in members:
@@ -435,28 +436,39 @@ def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFronten
                 "rows cannot be made in a waveform graph, so this ensemble cannot be exported"
             )
     keys = [input_key(member.run.config) for member in members]
+    rate = max(member_rate(member) for member in members)
     frontends = {}
     for key, member in zip(keys, members, strict=True):
-        frontends.setdefault(key, audio_frontend(member.run.config))
-    rates = [frontends[key].layout.sample_rate for key in keys]
-    if len(set(rates)) > 1:
-        said = ", ".join(f"{member.run.path.name} {rate} Hz" for member, rate in zip(members, rates, strict=True))
-        raise SystemExit(f"error: the members take waveforms at different rates ({said}); an exported ensemble takes "
-                         "one rate, and the export has no resampler yet")  # fmt: skip
+        if key not in frontends:
+            frontends[key] = audio_frontend(member.run.config, rate)
     return keys, frontends
+
+
+def member_rate(member) -> int:
+    """Hz of the waveform a member's exported model takes alone: the rate its representation is made at."""
+    return audio_frontend(member.run.config).layout.sample_rate
 
 
 def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFrontend]) -> dict:
     """What an exported ensemble says of itself: its members (model, weight, pooling), the one rate they take, and how
     many distinct spectrograms and model inputs its graph makes."""
-    rate = next(iter(frontends.values())).layout.sample_rate
+    rate = next(iter(frontends.values())).rate
+    resampled = [
+        f"{member.run.path.name} ({member_rate(member)} Hz)" for member in members if member_rate(member) != rate
+    ]
+    note = f"mono float32 waveform at {rate} Hz, the highest rate a member takes"
+    if resampled:
+        note += (
+            f"; resampled in the graph for {', '.join(resampled)} by a windowed sinc (close to, not equal to, the soxr "
+            "resampling of predict)"
+        )
     return {
         "exported_by": "genre_tf.export",
         "run": run.path.name,
         "model": "ensemble: " + " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in members),
         "classes": run.classes,
         "input": "waveform",
-        "input_note": f"mono float32 waveform at {rate} Hz, the rate every member takes",
+        "input_note": note,
         "sample_rate": rate,
         "members": [
             {
@@ -465,6 +477,7 @@ def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFron
                 "weight": member.weight,
                 "pooling": member.pooling,
                 "segment_seconds": member.run.config.audio.segment_seconds,
+                "sample_rate": member_rate(member),
             }
             for member in members
         ],

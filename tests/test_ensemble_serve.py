@@ -207,9 +207,9 @@ def test_an_ensemble_with_a_table_member_is_refused_in_one_line(runs):
 
 def test_the_command_line_says_what_an_exported_ensemble_takes(exported):
     said = exported["said"]
-    assert (
-        "input: waveform, float32 (samples,): mono float32 waveform at 22050 Hz, the rate every member takes; "
-        in (said[-4])
+    assert said[-4] == (
+        "input: waveform, float32 (samples,): mono float32 waveform at 22050 Hz, the highest rate a member takes; "
+        "any length"
     )
     assert said[-3].startswith("outputs: probabilities (3,) of the track: the weighted mean of the members'")
     assert said[-2].startswith("members (2 distinct inputs from 1 spectrogram in the graph): cnn 0.20 (cnn: ")

@@ -7,20 +7,29 @@ agreement with predict, the largest probability difference, and the latency per 
 signature on the decoded waveform, its in-graph preprocessing included (for a table model, on the clip's feature
 rows). The default runs are fold 0 of the cross-validation that `make results` trains (saved_models/results/).
 
+With --ensemble DIR it measures instead what an exported ensemble costs against its members: for the ensemble and
+each member alone, both formats' size (bytes) and latency (median of --repeats calls, after one warm-up) on one
+gtzan_mini clip, and the member that chose it best on valid (ensemble.json; the heaviest where it says nothing).
+--stand-ins makes that ensemble first, in a temporary folder: the MSD musicnn linear probe and the augmented CNN of
+`make results` (bench/results.py), untrained, equal weights; size and latency depend on the architecture alone.
+
     .venv/bin/python bench/export.py [--run DIR ...] [--clips 100]
+    .venv/bin/python bench/export.py --ensemble DIR | --stand-ins [--repeats 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from genre_tf.export import export, read_waveform
+from genre_tf.export import artefact_bytes, export, read_waveform
 from genre_tf.inputs import reads_features
 from genre_tf.predict import load_inputs, predict_frame
 from genre_tf.run import RunDir
@@ -95,14 +104,111 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
     return lines
 
 
+def latencies_ms(predictors: list, inputs: list[np.ndarray], repeats: int) -> list[float]:
+    """Median milliseconds of one call of each predictor on its input, after a warm-up call each; the calls go round
+    the predictors in turn, so that a change of load on a shared machine falls on all of them alike."""
+    times = [[] for _ in predictors]
+    for predictor, x in zip(predictors, inputs, strict=True):
+        predictor(x)
+    for _ in range(repeats):
+        for predictor, x, measured in zip(predictors, inputs, times, strict=True):
+            started = time.perf_counter()
+            predictor(x)
+            measured.append(time.perf_counter() - started)
+    return [1000 * float(np.median(measured)) for measured in times]
+
+
+def best_member(ensemble: RunDir) -> tuple[str, str]:
+    """(name, why) of the member with the best valid track accuracy alone (ensemble.json's candidates), else of the
+    heaviest."""
+    members = ensemble.members()
+    alone = {c["name"]: c.get("valid_track_accuracy") for c in ensemble.ensemble().get("candidates", [])}
+    scores = [alone.get(m.run.path.name) for m in members]
+    if all(score is not None for score in scores):
+        return members[int(np.argmax(scores))].run.path.name, "best alone on valid"
+    return members[int(np.argmax([m.weight for m in members]))].run.path.name, "heaviest"
+
+
+def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
+    """Size and latency of the exported ensemble and of each member exported alone, on one clip, as table rows."""
+    best, why = best_member(ensemble)
+    runs = [ensemble, *(member.run for member in ensemble.members())]
+    labels, sizes, predictors, waveforms = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            label = f"{run.path.name} (ensemble)" if run is ensemble else run.path.name
+            label += f" ({why})" if run.path.name == best else ""
+            for fmt, suffix, load in (
+                ("saved_model", "", saved_model_predictor),
+                ("tflite", ".tflite", tflite_predictor),
+            ):
+                output = Path(tmp) / f"{run.path.name}{suffix}"
+                rate = export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))["sample_rate"]
+                waveforms.append(waveform_at(clip, runs[1:] if run is ensemble else [run], rate))
+                labels.append(f"{label} | {rate} Hz | {fmt}")
+                sizes.append(artefact_bytes(output))
+                predictors.append(load(output))
+        times = latencies_ms(predictors, waveforms, repeats)
+    lines = [f"| {label} | {size:,} | {ms:.1f} |" for label, size, ms in zip(labels, sizes, times, strict=True)]
+    return lines
+
+
+def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
+    """The clip as an artefact taking `rate` Hz takes it: decoded as the run whose model takes that rate decodes it."""
+    from genre_tf.export import audio_frontend
+
+    run = next(run for run in runs if audio_frontend(run.config).layout.sample_rate == rate)
+    return read_waveform(clip, run.config)
+
+
+def stand_in_ensemble(folder: Path) -> RunDir:
+    """An ensemble of untrained runs of two `make results` recipes, with equal weights: the MSD musicnn linear probe
+    (random weights: its 16 kHz patches are resampled in the ensemble's graph) and the augmented CNN (22050 Hz)."""
+    import keras
+    from results import EXPERIMENTS  # bench/results.py: the folder of a script run by path is on sys.path
+
+    from genre_tf import models
+    from genre_tf.config import load_config, save_config
+    from genre_tf.evaluate import track_pooling
+    from genre_tf.inputs import input_shape
+
+    classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())
+    members = []
+    for name in ("musicnn_msd_probe", "cnn_augmented"):
+        overrides = [*EXPERIMENTS[name], f"name={name}", "model.transfer.weights=null"]
+        cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", overrides, check_paths=False)
+        run = RunDir(folder / "ensemble" / "members" / name)
+        run.path.mkdir(parents=True)
+        save_config(cfg, run.config_file)
+        run.classes_file.write_text(json.dumps(classes))
+        keras.utils.set_random_seed(0)
+        models.build_model(cfg.model, input_shape(cfg, None), len(classes)).save(run.model_file)
+        members.append({"name": name, "weight": 0.5, "pooling": track_pooling(run), "source": "untrained stand-in"})
+    ensemble = RunDir(folder / "ensemble")
+    shutil.copyfile(ensemble.members_dir / members[0]["name"] / "classes.json", ensemble.classes_file)
+    ensemble.ensemble_file.write_text(json.dumps({"selection": "equal", "members": members}))
+    return ensemble
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, action="append", help=f"default: {', '.join(DEFAULT_RUNS)} in {RUNS}")
     parser.add_argument("--clips", type=int, default=100)
+    parser.add_argument("--ensemble", type=Path, help="an ensemble run: its export's cost against its members'")
+    parser.add_argument("--stand-ins", action="store_true", help="--ensemble of untrained results recipes")
+    parser.add_argument("--repeats", type=int, default=20, help="with --ensemble: timed calls per artefact")
     args = parser.parse_args()
     paths = sorted(CLIPS.glob("*/*.flac"))[: args.clips]
     if not paths:
         raise SystemExit(f"error: no gtzan_mini clips under {CLIPS}")
+    if args.ensemble or args.stand_ins:
+        with tempfile.TemporaryDirectory() as tmp:
+            ensemble = stand_in_ensemble(Path(tmp)) if args.stand_ins else RunDir(args.ensemble)
+            rows = bench_ensemble(ensemble, paths[0], args.repeats)
+        print(f"\none clip: {paths[0].name}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+        print("| run | takes | format | bytes | median ms/clip |\n|---|---|---|---|---|")
+        print("\n".join(rows))
+        return
     runs = [RunDir(p) for p in args.run or [RUNS / name for name in DEFAULT_RUNS]]
     missing = [str(run.path) for run in runs if not run.model_file.is_file()]
     if missing:

@@ -19,6 +19,11 @@ model's weights are stored once, and each resampler adds its matrix (0.65 to 1.8
 A table model (the MLP) takes `features`, feature-table rows in the run's column order, and applies the run's scaler
 in the graph. Every signature also returns the class names and a JSON `metadata` string that says what the input
 is. Loading needs TensorFlow only, neither genre_tf nor Keras.
+
+An ensemble run (`genre_tf.ensemble`) exports as one artefact that takes one `waveform`, at the highest rate its
+members take, and runs every member's preprocessing (resampled in the graph for a member that takes another rate;
+each distinct spectrogram and input once), model and pooling, returning the weighted mean of the members' track
+probabilities and `member_probabilities`; its members must read audio.
 """
 
 from __future__ import annotations
@@ -376,6 +381,136 @@ def signatures(module) -> dict:
     return {SIGNATURE: module.serve, **getattr(module, "serve_at", {})}
 
 
+def ensemble_serving_module(run: RunDir) -> tuple:
+    """(tf.Module, metadata) of an ensemble run, as `serving_module` gives for one run: `serve` takes one waveform
+    and runs every member's in-graph preprocessing (each distinct input once), model and pooling (as the member pools
+    alone), then the weighted mean of the members' track probabilities. SystemExit, one line, for a member that cannot
+    run in a waveform graph."""
+    import tensorflow as tf
+
+    from genre_tf.evaluate import track_pooling
+
+    members = run.members()
+    keys, frontends = ensemble_frontends(members)
+    loaded = [member.run.load_model() for member in members]
+    probes = [track_pooling(member.run) == "logits" for member in members]
+    weights = tf.constant([member.weight for member in members], tf.float32)
+    metadata = ensemble_metadata(run, members, frontends)
+    module = tf.Module()
+    module.model_variables = [variable.value for model in loaded for variable in model.variables]  # see serving_module
+
+    cut_by = {key: segments_key(member.run.config) for key, member in zip(keys, members, strict=True)}
+    cutters = {cut_by[key]: frontend for key, frontend in reversed(frontends.items())}  # the first of each
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    def serve(waveform):
+        # Each spectrogram's segments once, then each model input from them once (image sizes and channels differ).
+        segments = {cut: cut_segments(waveform, frontend) for cut, frontend in cutters.items()}
+        inputs = {key: frontend.to_input(segments[cut_by[key]]) for key, frontend in frontends.items()}
+        pooled = tf.stack(
+            [
+                track_probabilities(model(inputs[key], training=False), probe)
+                for model, key, probe in zip(loaded, keys, probes, strict=True)
+            ]
+        )
+        return {
+            "probabilities": tf.tensordot(weights, pooled, axes=1),
+            "member_probabilities": pooled,
+            **constant_outputs(metadata),
+        }
+
+    module.serve = serve
+    return module, metadata
+
+
+def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFrontend]]:
+    """(each member's `input_key`, the frontend of each distinct key): one input per key in the graph, every frontend
+    taking waveforms at the highest rate a member takes (`preprocessing.layers.Resample` brings them to a member's own
+    rate). SystemExit for a table member."""
+    from genre_tf.inputs import reads_features
+
+    for member in members:
+        if reads_features(member.run.config):
+            raise SystemExit(
+                f"error: member {member.run.path.name} is a table model ({member.run.config.model.kind}): its feature "
+                "rows cannot be made in a waveform graph, so this ensemble cannot be exported"
+            )
+    keys = [input_key(member.run.config) for member in members]
+    rate = max(member_rate(member) for member in members)
+    frontends = {}
+    for key, member in zip(keys, members, strict=True):
+        if key not in frontends:
+            frontends[key] = audio_frontend(member.run.config, rate)
+    return keys, frontends
+
+
+def member_rate(member) -> int:
+    """Hz of the waveform a member's exported model takes alone: the rate its representation is made at."""
+    return audio_frontend(member.run.config).layout.sample_rate
+
+
+def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFrontend]) -> dict:
+    """What an exported ensemble says of itself: its members (model, weight, pooling), the one rate they take, and how
+    many distinct spectrograms and model inputs its graph makes."""
+    rate = next(iter(frontends.values())).rate
+    resampled = [
+        f"{member.run.path.name} ({member_rate(member)} Hz)" for member in members if member_rate(member) != rate
+    ]
+    note = f"mono float32 waveform at {rate} Hz, the highest rate a member takes"
+    if resampled:
+        note += (
+            f"; resampled in the graph for {', '.join(resampled)} by a windowed sinc (close to, not equal to, the soxr "
+            "resampling of predict)"
+        )
+    return {
+        "exported_by": "genre_tf.export",
+        "run": run.path.name,
+        "model": "ensemble: " + " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in members),
+        "classes": run.classes,
+        "input": "waveform",
+        "input_note": note,
+        "sample_rate": rate,
+        "members": [
+            {
+                "name": member.run.path.name,
+                "model": base_metadata(member.run)["model"],
+                "weight": member.weight,
+                "pooling": member.pooling,
+                "segment_seconds": member.run.config.audio.segment_seconds,
+                "sample_rate": member_rate(member),
+            }
+            for member in members
+        ],
+        "inputs": len(frontends),
+        "spectrograms": len({segments_key(member.run.config) for member in members}),
+        "track_probabilities": "the weighted mean of the members' track probabilities, each pooled as the member "
+        "pools its segments (their mean, or a linear probe's softmax of their mean log-probability)",
+    }
+
+
+def describe_ensemble(metadata: dict) -> list[str]:
+    """What a person needs to call an exported ensemble: its input, outputs, members and classes."""
+    members = metadata["members"]
+    return [
+        f"input: waveform, float32 (samples,): {metadata['input_note']}; any length",
+        f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
+        f"member_probabilities ({len(members)}, classes), classes, sample_rate, metadata (JSON)",
+        f"members ({metadata['inputs']} distinct inputs from {metadata['spectrograms']} "
+        f"spectrogram{'s' if metadata['spectrograms'] != 1 else ''} in the graph): "
+        + ", ".join(f"{m['name']} {m['weight']:.2f} ({m['model']})" for m in members),
+        f"classes: {', '.join(metadata['classes'])}",
+        *(["note: uses TF Select ops (Flex): the interpreter needs the Flex delegate"]
+          if metadata.get("tflite_select_ops") else []),
+    ]  # fmt: skip
+
+
+def check_ensemble(run: RunDir) -> None:
+    """An ensemble run whose members can be loaded, or a one-line error."""
+    for member in run.members():
+        if not member.run.model_file.is_file():
+            raise SystemExit(f"error: {member.run.path} has no model.keras (not a finished run directory)")
+
+
 def read_waveform(path: Path, cfg: Config) -> np.ndarray:
     """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
     from genre_tf.audio import load_track
@@ -391,6 +526,27 @@ def at_model_rate(y: np.ndarray, cfg: Config) -> np.ndarray:
     from genre_tf.musicnn_input import to_musicnn_rate
 
     return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
+
+
+def segments_key(cfg: Config) -> str:
+    """What an audio run's segments are cut from: its representation's shaping parameters (the cache key's). Runs with
+    one key cut equal segments of the spectrogram (`cut_segments`) from a waveform."""
+    from genre_tf.inputs import model_input
+    from genre_tf.representations import shaping_parameters
+
+    return json.dumps(
+        shaping_parameters(model_input(cfg), cfg.audio, cfg.features, cfg.mel), sort_keys=True, default=str
+    )
+
+
+def input_key(cfg: Config) -> str:
+    """What an audio run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images,
+    the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+    from genre_tf.inputs import model_input
+    from genre_tf.representations import MEL_IMAGE
+
+    image = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
+    return json.dumps([segments_key(cfg), image if model_input(cfg) == MEL_IMAGE else None])
 
 
 def write_saved_model(module, path: Path) -> None:
@@ -443,7 +599,7 @@ def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] 
         progress(f"[{time.perf_counter() - started:5.1f} s] {text}")
 
     step(f"loading {run.path}")
-    module, metadata = serving_module(run)
+    module, metadata = (ensemble_serving_module if run.is_ensemble else serving_module)(run)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
         saved = Path(tmp) / "saved_model"
@@ -526,11 +682,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.format not in FORMATS:
         raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")
     run = RunDir(args.run)
-    check_run(run)
+    if run.is_ensemble:
+        check_ensemble(run)
+    else:
+        check_run(run)
     output = args.output or default_output(run, args.format)
     check_output(output, args.format)
     metadata = export(run, args.format, output, progress=lambda line: print(line, flush=True))
-    print("\n".join(describe(metadata)))
+    print("\n".join((describe_ensemble if run.is_ensemble else describe)(metadata)))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ preprocessing (`export.audio_frontend`, `cut_segments`: pinned to the cache's re
 concurrent requests' segments go to the model in shared batches (genre_tf.batching); nothing is cached. A table model
 (the MLP) reads feature rows: its upload gets a cache entry in the request's folder, made by the functions
 `python -m genre_tf.predict` uses (`load_inputs`), and its model call is taken one request at a time. Either way a
-track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. Bad input
-is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file (text)"}`).
+track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. An
+ensemble run (`genre_tf.ensemble`) is served by its members, each loaded as above (`EnsemblePredictor`): the upload is
+decoded once, each distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
+Bad input is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file
+(text)"}`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from genre_tf import audio
 from genre_tf.audio_graph import AudioGraph
 from genre_tf.batching import Batcher, BatchLimits, Busy
-from genre_tf.config import CacheConfig
+from genre_tf.config import AudioConfig, CacheConfig
 from genre_tf.run import RunDir
 
 MB = 1_000_000
@@ -168,6 +171,17 @@ async def receive_upload(
     return field.upload
 
 
+def checked_duration(path: Path, limits: Limits) -> float:
+    """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is over the limit."""
+    try:
+        seconds = audio.track_seconds(path)
+    except audio.AudioError as err:
+        raise BadInput(422, str(err)) from None
+    if seconds > limits.max_seconds:
+        raise BadInput(413, f"too long ({seconds:.2f} s > the limit of {limits.max_seconds:g} s)")
+    return seconds
+
+
 class Predictor:
     """The run's model, loaded once, and the answer for one stored upload."""
 
@@ -247,13 +261,7 @@ class Predictor:
 
     def duration(self, path: Path) -> float:
         """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is too long."""
-        try:
-            seconds = audio.track_seconds(path)
-        except audio.AudioError as err:
-            raise BadInput(422, str(err)) from None
-        if seconds > self.limits.max_seconds:
-            raise BadInput(413, f"too long ({seconds:.2f} s > the limit of {self.limits.max_seconds:g} s)")
-        return seconds
+        return checked_duration(path, self.limits)
 
     def examples(self, path: Path):
         """The file's examples made with the run's recipe (a table model's feature rows); its cache entry goes beside
@@ -310,9 +318,121 @@ class Predictor:
         }
 
 
+class EnsemblePredictor:
+    """An ensemble run's members, each loaded as it is served alone (a `Predictor`), answering as one: the upload is
+    decoded once per decoding setting, each distinct input (`export.input_key`) made once, each member's track
+    probabilities pooled as that member pools them, and the ensemble's are their weighted mean, as `predict --run
+    ENSEMBLE` makes them."""
+
+    def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
+        self.run, self.limits = run, limits
+        self.members = run.members()
+        self.parts = [Predictor(member.run, limits, batching) for member in self.members]
+        self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+
+    def predict(self, upload: Upload, top_k: int) -> dict:
+        """The ensemble's genres of an upload, and each member's top genre and weight."""
+        from genre_tf.ensemble import weighted_mean
+        from genre_tf.predict import track_probabilities
+
+        seconds = checked_duration(upload.path, self.limits)
+        from_graphs = self.graph_outputs(upload.path)
+        answers, tracks = [], []
+        for i, part in enumerate(self.parts):
+            segments, probs, tags = from_graphs[i] if i in from_graphs else part.table_probabilities(upload.path)
+            no_labels = np.zeros(len(probs), int)
+            tracks.append(track_probabilities(part.run, no_labels, probs, no_labels)[1][0])
+            answers.append((segments, probs, tags))
+        track = weighted_mean(tracks, np.array([member.weight for member in self.members]))
+        heaviest = int(np.argmax([member.weight for member in self.members]))  # its segments make the strip
+        tags = next((tags for _, _, tags in answers if tags is not None), None)
+        body = self.parts[heaviest].answer(upload.name, seconds, track, *answers[heaviest][:2], top_k, tags)
+        classes = self.run.classes
+        body.update(
+            model=self.run.path.name,
+            kind="ensemble",
+            segments_of=self.members[heaviest].run.path.name,
+            members=[
+                {
+                    "name": member.run.path.name,
+                    "kind": part.run.config.model.kind,
+                    "weight": member.weight,
+                    "pooling": member.pooling,
+                    "genre": classes[int(np.argmax(probs))],
+                    "probability": float(np.max(probs)),
+                    "probabilities": [float(p) for p in probs],
+                }
+                for member, part, probs in zip(self.members, self.parts, tracks, strict=True)
+            ],
+        )
+        return body
+
+    def graph_outputs(self, path: Path) -> dict[int, tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]]:
+        """Per audio member (by index): (segment positions, their probabilities, tags), each member's model call
+        batched with other requests'."""
+        graphs = [i for i, part in enumerate(self.parts) if part.graph is not None]
+        for i in graphs:
+            self.parts[i]._count_preparing(+1)  # their batchers wait for this request's segments
+        try:
+            with self._analysing:
+                inputs = self.member_inputs(path, graphs)
+        except audio.AudioError as err:
+            raise BadInput(422, str(err)) from None
+        finally:
+            for i in graphs:
+                self.parts[i]._count_preparing(-1)
+        outputs = {}
+        for i in graphs:
+            part, (segments, positions) = self.parts[i], inputs[i]
+            try:
+                out = part.batcher.predict(segments)
+            except Busy as err:
+                raise BadInput(503, str(err)) from None
+            outputs[i] = (positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None)
+        return outputs
+
+    def member_inputs(self, path: Path, graphs: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per audio member, its segments' inputs and positions: the file decoded once per decoding setting
+        (`decoding_key`), and members that read equal inputs given one computation."""
+        from genre_tf.export import at_model_rate, input_key
+
+        decoded, made, inputs = {}, {}, {}
+        for i in graphs:
+            cfg = self.parts[i].run.config
+            decoding, reading = decoding_key(cfg.audio), input_key(cfg)
+            if decoding not in decoded:
+                decoded[decoding] = audio.load_track(path, cfg.audio)
+            if reading not in made:
+                made[reading] = self.parts[i].graph.segments(at_model_rate(decoded[decoding], cfg))
+            inputs[i] = made[reading]
+        return inputs
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "model": self.run.path.name,
+            "kind": "ensemble",
+            "classes": self.run.classes,
+            "members": [
+                {"name": member.run.path.name, "kind": part.run.config.model.kind, "weight": member.weight}
+                for member, part in zip(self.members, self.parts, strict=True)
+            ],
+            "max_bytes": self.limits.max_bytes,
+            "max_seconds": self.limits.max_seconds,
+        }
+
+
+DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_rms")  # what audio.load_track reads
+
+
+def decoding_key(cfg: AudioConfig) -> tuple:
+    """The audio settings that decide a decoded waveform: runs equal in these decode a file alike."""
+    return tuple(getattr(cfg, name) for name in DECODING)
+
+
 def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:
     """The service for one run; its model is loaded here, once."""
-    predictor = Predictor(run, limits or Limits(), batching)
+    predictor = (EnsemblePredictor if run.is_ensemble else Predictor)(run, limits or Limits(), batching)
     app = FastAPI(title="genre_tf", summary=f"music genres with the run {run.path.name}")
     app.state.predictor = predictor
 
@@ -354,8 +474,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: one per core)")
     args = parser.parse_args(argv)
     run = RunDir(args.run)
-    if not run.model_file.is_file():
-        raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    from genre_tf.predict import expand_runs
+
+    for model_run in expand_runs([run])[0]:  # an ensemble: its members
+        if not model_run.model_file.is_file():
+            raise SystemExit(f"error: {model_run.path} has no model.keras (not a finished run directory)")
     if args.max_mb <= 0 or args.max_seconds <= 0 or args.workers < 0:
         raise SystemExit("error: --max-mb and --max-seconds must be positive, --workers 0 or more")
     import uvicorn

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,6 +153,29 @@ def make_audio_run(make_config) -> Callable[..., Path]:
         (run_path / "classes.json").write_text(json.dumps(classes))
         model.save(run_path / "model.keras")
         return run_path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_ensemble_run() -> Callable[..., Path]:
+    """make_ensemble_run(path, [(run_path, weight), ...]): an ensemble run directory as `genre_tf.ensemble` writes what
+    serve, export and predict read of it: classes.json (the first member's), ensemble.json (each member's name,
+    weight, pooling and source) and members/<name>/, a copy of each run directory. No metrics.json."""
+
+    def make(path: Path, members: list[tuple[Path, float]]) -> Path:
+        from genre_tf.evaluate import track_pooling
+        from genre_tf.run import RunDir
+
+        (path / "members").mkdir(parents=True)
+        shutil.copyfile(members[0][0] / "classes.json", path / "classes.json")
+        record = []
+        for member, weight in members:
+            shutil.copytree(member, path / "members" / member.name)
+            record.append({"name": member.name, "weight": weight, "pooling": track_pooling(RunDir(member)),
+                           "source": str(member)})  # fmt: skip
+        (path / "ensemble.json").write_text(json.dumps({"selection": "greedy", "members": record}))
+        return path
 
     return make
 

@@ -4,6 +4,7 @@ streamed into cleaned temporary folders, and the page in a real (headless) brows
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -345,9 +346,16 @@ def page_app(app):
 @pytest.fixture(scope="module")
 def live_server(page_app):
     """The app under uvicorn on 127.0.0.1 at a free port, in a thread: its base URL."""
+    with serving(page_app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Serve the app under uvicorn on 127.0.0.1 at a free port, in a thread: yields its base URL, then stops it."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(page_app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -426,3 +434,41 @@ def test_the_page_shows_the_apis_genre_in_a_browser(browser, live_server, page_a
         metrics = {"width": 900, "height": height, "deviceScaleFactor": 1, "mobile": False}
         browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page, no scrollbar
         assert browser.save_screenshot(str(target))
+
+
+@pytest.fixture(scope="module")
+def ensemble_app(cnn_run, make_audio_run, make_ensemble_run, tmp_path_factory):
+    """The service of an ensemble: the test run (weight 0.7) and an untrained one-block CNN (0.3)."""
+    tmp = tmp_path_factory.mktemp("serve_ensemble")
+    other = make_audio_run(tmp / "other_cnn", list(DEMO_GENRES), "model.image_size=[16, 16]", "model.cnn.conv_blocks=1")
+    return create_app(RunDir(make_ensemble_run(tmp / "pair", [(cnn_run.path, 0.7), (other, 0.3)])))
+
+
+@pytest.mark.browser
+def test_the_page_shows_an_ensembles_members(browser, ensemble_app, clips):
+    """An ensemble's page names it and its members, and under the bars shows each member's top genre and weight."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    clip = clips[DEMO_GENRES.index("folk")]
+    api = TestClient(ensemble_app).post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
+    with serving(ensemble_app) as url:
+        browser.get(url + "/")
+        model = browser.find_element(By.ID, "model")
+        WebDriverWait(browser, 20).until(lambda b: "pair" in model.text)
+        assert model.text.startswith(
+            "ensemble pair of 2 models (serve_cnn, cnn, weight 0.70; other_cnn, cnn, weight 0.30)"
+        )
+        browser.find_element(By.ID, "file").send_keys(str(clip))
+        result = browser.find_element(By.ID, "result")
+        WebDriverWait(browser, 60).until(lambda b: result.get_attribute("data-state") in ("done", "error"))
+        assert result.get_attribute("data-state") == "done", browser.find_element(By.ID, "status").text
+        assert result.get_attribute("data-genre") == api["genre"]
+        lines = browser.find_elements(By.CSS_SELECTOR, "#member-lines .member")
+        assert [(e.get_attribute("data-name"), e.get_attribute("data-genre")) for e in lines] == [
+            (m["name"], m["genre"]) for m in api["members"]
+        ]
+        assert lines[0].text == f"serve_cnn (cnn, weight 0.70): {api['members'][0]['genre']} " + (
+            f"{api['members'][0]['probability']:.3f}"
+        )
+        assert "as serve_cnn (the heaviest member) sees them" in browser.find_element(By.ID, "segment-note").text

@@ -25,7 +25,11 @@ function setStatus(text, isError = false) {
 async function loadHealth() {
   try {
     const health = await (await fetch("/health")).json();
-    $("model").textContent = `model ${health.model} (${health.kind}), ${health.classes.length} genres`;
+    $("model").textContent = health.kind === "ensemble"
+      ? `ensemble ${health.model} of ${health.members.length} models (` +
+        health.members.map((m) => `${m.name}, ${m.kind}, weight ${m.weight.toFixed(2)}`).join("; ") +
+        `), ${health.classes.length} genres`
+      : `model ${health.model} (${health.kind}), ${health.classes.length} genres`;
     $("limits").textContent =
       `wav, au, flac, ogg or mp3; up to ${health.max_bytes / 1e6} MB and ${health.max_seconds} s of audio`;
   } catch (err) {
@@ -63,6 +67,7 @@ function render(answer) {
   $("name").textContent = answer.file || "the upload";
   $("duration").textContent = `${answer.duration.toFixed(1)} s, model ${answer.model}`;
   drawBars(answer);
+  drawMembers(answer);
   drawStrip(answer);
   drawTags(answer);
   const result = $("result");
@@ -90,6 +95,24 @@ function drawBars(answer) {
   }));
 }
 
+// An ensemble's members, one line each: name, kind, weight, and its own top genre with its probability.
+function drawMembers(answer) {
+  const members = answer.members || [];
+  $("members").hidden = members.length === 0;
+  $("member-lines").replaceChildren(...members.map((member) => {
+    const line = element("li", "member",
+      `${member.name} (${member.kind}, weight ${member.weight.toFixed(2)}): ` +
+      `${member.genre} ${member.probability.toFixed(3)}`);
+    line.dataset.name = member.name;
+    line.dataset.genre = member.genre;
+    line.dataset.weight = String(member.weight);
+    const swatch = element("span", "swatch");
+    swatch.style.background = colour(answer.classes.indexOf(member.genre));
+    line.prepend(swatch);
+    return line;
+  }));
+}
+
 // One cell per segment, in time order, coloured by its most likely genre; hovering names genre and probability.
 // Segments may overlap, so a cell spans from its segment's start to the next one's (the last: to the end).
 function drawStrip(answer) {
@@ -110,7 +133,8 @@ function drawStrip(answer) {
   }));
   const n = answer.segments.length;
   $("strip").classList.toggle("dense", n > 60); // hundreds of cells: no gaps between them
-  $("segment-note").textContent = `${n} segment${n === 1 ? "" : "s"} of ${answer.segment_seconds} s`;
+  const whose = answer.segments_of ? `, as ${answer.segments_of} (the heaviest member) sees them` : "";
+  $("segment-note").textContent = `${n} segment${n === 1 ? "" : "s"} of ${answer.segment_seconds} s${whose}`;
   $("axis").replaceChildren(element("span", "", "0 s"), element("span", "", `${answer.duration.toFixed(1)} s`));
   $("legend").replaceChildren(...[...seen].sort((a, b) => a - b).map((i) => {
     const item = element("li", "", answer.classes[i]);

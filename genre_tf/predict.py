@@ -369,14 +369,22 @@ def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray
     return pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
 
 
+def check_tagged(run: RunDir) -> None:
+    """SystemExit for a run without a musicnn tagger, before any input is read."""
+    from genre_tf.inputs import model_input
+    from genre_tf.models import MUSICNN_PATCH
+
+    if model_input(run.config) != MUSICNN_PATCH:
+        raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
+
+
 def tagger(run: RunDir):
     """The pretrained tagger of the run's musicnn backbone; SystemExit for a run without one."""
-    from genre_tf.inputs import input_shape, model_input
-    from genre_tf.models import MUSICNN_PATCH, musicnn
+    from genre_tf.inputs import input_shape
+    from genre_tf.models import musicnn
 
+    check_tagged(run)
     cfg = run.config
-    if model_input(cfg) != MUSICNN_PATCH:
-        raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
     return musicnn.tagger(cfg.model.transfer.backbone, input_shape(cfg, None)[0])
 
 
@@ -386,6 +394,7 @@ def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str,
     from genre_tf.inputs import split_data
     from genre_tf.models import musicnn
 
+    check_tagged(run)
     cfg = run.config
     names = musicnn.TAGS[cfg.model.transfer.backbone]
     if TAGS in examples.frame:

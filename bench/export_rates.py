@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from predict import SHARED_DATA, make_run  # bench/predict.py, beside this script
+from predict import SHARED_DATA, make_run, spread_clips  # bench/predict.py, beside this script
 
 FAMILIES = {"musicnn": "musicnn.yaml", "cnn": "cnn.yaml"}
 
@@ -138,8 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no clips: {args.data} is not a folder")
-    paths = sorted(args.data.glob("*/*.flac"))
-    paths = paths[:: max(1, len(paths) // args.clips)][: args.clips]
+    paths = spread_clips(args.data, args.clips)
     classes = sorted({p.parent.name for p in paths})
     with tempfile.TemporaryDirectory() as tmp_name:
         for name in args.families:

@@ -282,8 +282,9 @@ def main() -> None:
     if not args.data.is_dir():
         raise SystemExit(f"no clips: {args.data} is not a folder")
     if args.representations:
-        paths = sorted(args.data.glob("*/*.flac"))
-        time_representations(paths[:: max(1, len(paths) // args.clips)][: args.clips])  # spread over the genres
+        from predict import spread_clips  # bench/predict.py, beside this script
+
+        time_representations(spread_clips(args.data, args.clips))
         return
     clips = load_clips(args.data, args.clips)
     # one BLAS thread, as in an extraction worker; more threads only fight over the cores here

@@ -37,6 +37,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 FAMILIES = {"MLP (feature rows)": "mlp.yaml", "CNN (mel images)": "cnn.yaml", "musicnn (patches)": "musicnn.yaml"}
 
 
+def spread_clips(folder: Path, n: int) -> list[Path]:
+    """n of the <genre>/*.flac clips in `folder`, taken at an even step through the sorted list, so spread over the
+    genres."""
+    paths = sorted(folder.glob("*/*.flac"))
+    return paths[:: max(1, len(paths) // n)][:n]
+
+
 def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Path:
     """A run directory as `train` leaves it, with weights from a fixed seed."""
     import keras
@@ -106,8 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no clips: {args.data} is not a folder")
-    paths = sorted(args.data.glob("*/*.flac"))
-    paths = paths[:: max(1, len(paths) // args.clips)][: args.clips]
+    paths = spread_clips(args.data, args.clips)
     classes = sorted({p.parent.name for p in paths})
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

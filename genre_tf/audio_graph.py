@@ -9,9 +9,14 @@ pretrained tagger, whose tags come from the same backbone pass where the run's b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from genre_tf.config import AudioConfig
 from genre_tf.run import RunDir
+
+DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_rms")  # what audio.load_track reads
 
 
 class AudioGraph:
@@ -77,3 +82,38 @@ def sharing_the_backbone(model, tagger):
     features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
     logits = network.get_layer("backend_logits")(features)
     return keras.Model(model.inputs[0], [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
+
+
+def decoding_key(cfg: AudioConfig) -> tuple:
+    """The audio settings that decide a decoded waveform: runs equal in these decode a file alike."""
+    return tuple(getattr(cfg, name) for name in DECODING)
+
+
+def waveform_inputs(
+    path: Path, runs: list[RunDir], graphs: list[AudioGraph]
+) -> list[tuple[np.ndarray, np.ndarray] | str]:
+    """Per audio run, a file's segments as its graph makes them (the model's inputs, their positions), or the
+    one-line reason the file cannot be decoded with that run's settings. The file is decoded once per decoding
+    setting (`decoding_key`), and runs that read equal inputs (`export.input_key`, which holds every audio setting)
+    share one computation of them."""
+    from genre_tf.audio import AudioError, load_track
+    from genre_tf.export import at_model_rate, input_key
+
+    decoded: dict = {}
+    made: dict = {}
+    results = []
+    for run, graph in zip(runs, graphs, strict=True):
+        cfg = run.config
+        decoding, reading = decoding_key(cfg.audio), input_key(cfg)
+        if decoding not in decoded:
+            try:
+                decoded[decoding] = load_track(Path(path), cfg.audio)
+            except AudioError as err:
+                decoded[decoding] = str(err)
+        if isinstance(decoded[decoding], str):
+            results.append(decoded[decoding])
+            continue
+        if reading not in made:
+            made[reading] = graph.segments(at_model_rate(decoded[decoding], cfg))
+        results.append(made[reading])
+    return results

@@ -213,6 +213,7 @@ def graph_examples(
 
     from tqdm import tqdm
 
+    from genre_tf.audio_graph import waveform_inputs
     from genre_tf.inputs import Examples
     from genre_tf.prepare import SKIPPED_COLUMNS
 
@@ -222,7 +223,7 @@ def graph_examples(
     with bar, ThreadPoolExecutor(max(1, workers)) as threads:
         for start in range(0, len(tracks), CHUNK_TRACKS):
             chunk = tracks.iloc[start : start + CHUNK_TRACKS]
-            analysed = list(threads.map(partial(segment_inputs, runs, graphs), chunk["path"]))
+            analysed = list(threads.map(partial(waveform_inputs, runs=runs, graphs=graphs), chunk["path"]))
             for r, graph in enumerate(graphs):
                 frames, inputs = [], []
                 for track, results in zip(chunk.itertuples(), analysed, strict=True):
@@ -241,34 +242,6 @@ def graph_examples(
         frame = pd.concat(run_segments, ignore_index=True) if run_segments else empty
         examples.append(Examples(frame, [], pd.DataFrame(run_skipped + problems, columns=SKIPPED_COLUMNS)))
     return examples
-
-
-def segment_inputs(runs: list[RunDir], graphs: list, path: str) -> list:
-    """Per run: the file's segments as its graph makes them (the model's inputs, their positions), or the one-line
-    reason the file is skipped. The file is decoded once per distinct `audio` settings among the runs (once, for
-    runs made alike), and brought to musicnn's rate once."""
-    from genre_tf.audio import AudioError, load_track
-    from genre_tf.export import at_model_rate
-    from genre_tf.inputs import model_input
-
-    decoded: dict = {}
-    results = []
-    for run, graph in zip(runs, graphs, strict=True):
-        cfg = run.config
-        audio = repr(cfg.audio)
-        if audio not in decoded:
-            try:
-                decoded[audio] = load_track(Path(path), cfg.audio)
-            except AudioError as err:
-                decoded[audio] = str(err)
-        if isinstance(decoded[audio], str):
-            results.append(decoded[audio])
-            continue
-        at_rate = (audio, model_input(cfg))
-        if at_rate not in decoded:
-            decoded[at_rate] = at_model_rate(decoded[audio], cfg)
-        results.append(graph.segments(decoded[at_rate]))
-    return results
 
 
 def predicted_segments(graph, frames: list[pd.DataFrame], inputs: list[np.ndarray]) -> pd.DataFrame:

@@ -41,9 +41,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from genre_tf import audio
-from genre_tf.audio_graph import AudioGraph
+from genre_tf.audio_graph import AudioGraph, waveform_inputs
 from genre_tf.batching import Batcher, BatchLimits, Busy
-from genre_tf.config import AudioConfig, CacheConfig
+from genre_tf.config import CacheConfig
 from genre_tf.run import RunDir
 
 MB = 1_000_000
@@ -375,37 +375,22 @@ class EnsemblePredictor:
             self.parts[i]._count_preparing(+1)  # their batchers wait for this request's segments
         try:
             with self._analysing:
-                inputs = self.member_inputs(path, graphs)
-        except audio.AudioError as err:
-            raise BadInput(422, str(err)) from None
+                made = waveform_inputs(path, [self.parts[i].run for i in graphs], [self.parts[i].graph for i in graphs])
         finally:
             for i in graphs:
                 self.parts[i]._count_preparing(-1)
+        reason = next((result for result in made if isinstance(result, str)), None)
+        if reason is not None:
+            raise BadInput(422, reason)
         outputs = {}
-        for i in graphs:
-            part, (segments, positions) = self.parts[i], inputs[i]
+        for i, (segments, positions) in zip(graphs, made, strict=True):
+            part = self.parts[i]
             try:
                 out = part.batcher.predict(segments)
             except Busy as err:
                 raise BadInput(503, str(err)) from None
             outputs[i] = (positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None)
         return outputs
-
-    def member_inputs(self, path: Path, graphs: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Per audio member, its segments' inputs and positions: the file decoded once per decoding setting
-        (`decoding_key`), and members that read equal inputs given one computation."""
-        from genre_tf.export import at_model_rate, input_key
-
-        decoded, made, inputs = {}, {}, {}
-        for i in graphs:
-            cfg = self.parts[i].run.config
-            decoding, reading = decoding_key(cfg.audio), input_key(cfg)
-            if decoding not in decoded:
-                decoded[decoding] = audio.load_track(path, cfg.audio)
-            if reading not in made:
-                made[reading] = self.parts[i].graph.segments(at_model_rate(decoded[decoding], cfg))
-            inputs[i] = made[reading]
-        return inputs
 
     def health(self) -> dict:
         return {
@@ -420,14 +405,6 @@ class EnsemblePredictor:
             "max_bytes": self.limits.max_bytes,
             "max_seconds": self.limits.max_seconds,
         }
-
-
-DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_rms")  # what audio.load_track reads
-
-
-def decoding_key(cfg: AudioConfig) -> tuple:
-    """The audio settings that decide a decoded waveform: runs equal in these decode a file alike."""
-    return tuple(getattr(cfg, name) for name in DECODING)
 
 
 def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:

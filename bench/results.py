@@ -15,6 +15,9 @@
    ablation that leaves one augmentation out at a time; scikit-learn SVM and logistic regression on the
    30 s features, and logistic regression on musicnn embeddings, as references.
    Prints mean and spread over folds at segment and track level, and what each augmentation adds.
+3. Ensembles (genre_tf.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy forward
+   selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s MLP, and
+   the selection over each family's best recipe. Each is set against its best member on the same fold.
 
 All of it takes about 6 hours on 2 CPU cores, most of it the CNN variants (8 minutes per fold each).
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an
@@ -111,6 +114,21 @@ EXPERIMENTS["cnn_augmented_no_masks_refit"] = [*EXPERIMENTS["cnn_augmented_no_ma
 EXPERIMENTS["cnn_augmented_no_masks_refit_follow"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT]  # the default
 TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
 
+# Ensembles of the runs above, fold by fold (genre_tf.ensemble: weights chosen on each fold's valid split alone, a
+# refitted member judged there by its model chosen on valid). The family pool takes each family's recipe with the
+# best mean track accuracy in the table above (both MLPs tie): 30 s and 3 s MLP, CNN, MobileNet, musicnn.
+ENSEMBLE_MEMBERS = {
+    "probe_cnn": ["musicnn_msd_probe", "cnn_augmented_no_masks_refit"],
+    "probe_cnn_mlp3s": ["musicnn_msd_probe", "cnn_augmented_no_masks_refit", "mlp_3s_augmented_refit"],
+    "family_best": ["mlp_30s_quantile_refit", "mlp_3s_augmented_refit", "cnn_augmented_no_masks_refit",
+                    "mobilenet_imagenet_top3_refit", "musicnn_msd_frozen_refit"],
+}  # fmt: skip
+ENSEMBLES = {
+    f"ensemble_{members}_{selection}": (runs, selection)
+    for members, runs in ENSEMBLE_MEMBERS.items()
+    for selection in ("greedy", "equal")
+}
+
 
 def run_fold(name: str, overrides: list[str], fold: int) -> dict:
     from genre_tf.config import load_config
@@ -176,39 +194,96 @@ def record_fold(row: dict) -> None:
     write_atomic(path, rows.to_csv(index=False).encode())
 
 
-def cross_validation(folds: list[int], names: list[str]) -> pd.DataFrame:
-    """Every fold of the named experiments (and the scikit-learn references), merged into bench/results/cv_folds.csv."""
-    with_sklearn = "sklearn" in names or names == list(EXPERIMENTS)
-    names = [name for name in names if name != "sklearn"]
+def with_members(names: list[str]) -> list[str]:
+    """The names, each ensemble preceded by the member experiments it needs (each once, in order)."""
+    expanded = []
+    for name in names:
+        for needed in [*ENSEMBLES[name][0], name] if name in ENSEMBLES else [name]:
+            if needed not in expanded:
+                expanded.append(needed)
+    return expanded
+
+
+def ensemble_fold(name: str, fold: int) -> tuple[dict, float]:
+    """Choose and evaluate one fold's ensemble of its members' runs of that fold; (its metrics, seconds taken)."""
+    import time
+
+    from genre_tf.config import EnsembleConfig
+    from genre_tf.ensemble import build_ensemble
+
+    members, selection = ENSEMBLES[name]
+    cfg = EnsembleConfig(
+        name=f"{name}_fold{fold}",
+        output_dir=OUT,
+        members=[OUT / f"{member}_fold{fold}" for member in members],
+        selection=selection,
+    )
+    start = time.perf_counter()
+    metrics = build_ensemble(cfg, overwrite=True)  # cheap, and always from the members' runs as they are now
+    return metrics, time.perf_counter() - start
+
+
+def fold_row(name: str, fold: int) -> dict:
+    """Train (or find) one fold's run of an experiment, or choose an ensemble over its members' runs; its row."""
+    print(f"fold {fold}: {name}", flush=True)
+    if name in ENSEMBLES:
+        metrics, seconds = ensemble_fold(name, fold)
+        weights = {m["name"].removesuffix(f"_fold{fold}"): m["weight"] for m in metrics["ensemble"]["members"]}
+        extra = {"train_seconds": seconds, "weights": " + ".join(f"{w:.2f} {m}" for m, w in weights.items())}
+    else:
+        metrics = run_fold(name, EXPERIMENTS[name], fold)
+        extra = {"epochs": metrics.get("epochs"), "train_seconds": metrics.get("train_seconds")}
+    head = metrics["headline"]["test"]
+    track_level = name in TRACK_LEVEL or name in ENSEMBLES  # an ensemble pools tracks, as a probe does
+    return {
+        "model": name,
+        "fold": fold,
+        "segment_accuracy": np.nan if track_level else head["segment_accuracy"],
+        "track_accuracy": head["track_accuracy"],
+        "valid_track_accuracy": metrics["headline"]["valid"]["track_accuracy"],  # what chose the recipe
+        "track_vote_accuracy": head["track_vote_accuracy"],
+        "macro_f1": head["macro_f1"],
+        **extra,
+    }
+
+
+def cross_validation(folds: list[int], names: list[str], with_sklearn: bool) -> pd.DataFrame:
+    """Every fold of the named experiments and ensembles (and the scikit-learn references), merged into
+    bench/results/cv_folds.csv. Fold by fold, so that an interrupted run leaves whole folds."""
     embeddings = musicnn_embeddings() if with_sklearn else None
     for fold in folds:
         if with_sklearn:
             for name, score in sklearn_fold(fold, embeddings).items():
                 record_fold({"model": name, "fold": fold, "segment_accuracy": np.nan, "track_accuracy": score})
-        for name in names:
-            overrides = EXPERIMENTS[name]
-            print(f"fold {fold}: {name}", flush=True)
-            metrics = run_fold(name, overrides, fold)
-            head = metrics["headline"]["test"]
-            record_fold(
-                {
-                    "model": name,
-                    "fold": fold,
-                    "segment_accuracy": head["segment_accuracy"] if name not in TRACK_LEVEL else np.nan,
-                    "track_accuracy": head["track_accuracy"],
-                    "valid_track_accuracy": metrics["headline"]["valid"]["track_accuracy"],  # what chose the recipe
-                    "track_vote_accuracy": head["track_vote_accuracy"],
-                    "macro_f1": head["macro_f1"],
-                    "epochs": metrics.get("epochs"),
-                    "train_seconds": metrics.get("train_seconds"),
-                }
-            )
+        for name in with_members(names):
+            record_fold(fold_row(name, fold))
     return pd.read_csv(SUMMARY / "cv_folds.csv")
+
+
+def ensembles_against_members(folds: pd.DataFrame) -> pd.DataFrame:
+    """Per ensemble and fold: its test track accuracy against its best member's on that fold (the best in
+    hindsight, by test), the weights valid chose, and the mean over the folds where the ensemble ran."""
+    accuracy = folds.set_index(["model", "fold"]).track_accuracy
+    rows = []
+    for name, (members, _) in ENSEMBLES.items():
+        for fold in sorted(folds[folds.model == name].fold):
+            alone = {member: accuracy.get((member, fold), np.nan) for member in members}
+            best = max(alone, key=lambda m: (alone[m], -members.index(m)))
+            weights = folds[(folds.model == name) & (folds.fold == fold)].weights.iloc[0]
+            rows.append({"ensemble": name, "fold": str(fold), "track_accuracy": accuracy[(name, fold)],
+                         "best_member": best, "best_member_accuracy": alone[best],
+                         "gain": accuracy[(name, fold)] - alone[best], "weights": weights})  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    means = table.groupby("ensemble", sort=False)[["track_accuracy", "best_member_accuracy", "gain"]].mean()
+    means = means.reset_index().assign(fold="mean", best_member="", weights="")
+    return pd.concat([table, means], ignore_index=True).sort_values("ensemble", kind="stable")[table.columns]
 
 
 def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
     sklearn = ("svm", "logreg", "logreg_musicnn")
-    order = [f"sklearn_{m} ({n} folds)" for m in sklearn for n in (4, 3)] + list(EXPERIMENTS)
+    order = [f"sklearn_{m} ({n} folds)" for m in sklearn for n in (4, 3)] + list(EXPERIMENTS) + list(ENSEMBLES)
     stats = folds.groupby("model").agg(
         folds=("fold", "count"),
         segment_mean=("segment_accuracy", "mean"),
@@ -335,11 +410,14 @@ def main() -> None:
         print("GTZAN feature table, fault-filtered valid split (197 tracks):")
         print(to_markdown(table))
     if args.only in (None, "cv"):
-        names = args.models.split(",") if args.models else list(EXPERIMENTS)
-        unknown = [n for n in names if n not in EXPERIMENTS and n != "sklearn"]
+        names = args.models.split(",") if args.models else [*EXPERIMENTS, *ENSEMBLES]
+        unknown = [n for n in names if n not in EXPERIMENTS and n not in ENSEMBLES and n != "sklearn"]
         if unknown:
-            raise SystemExit(f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
-        folds = cross_validation([int(f) for f in args.folds.split(",")], names)
+            known = ", ".join([*EXPERIMENTS, *ENSEMBLES])
+            raise SystemExit(f"error: unknown experiment(s) {', '.join(unknown)}; known: {known}")
+        with_sklearn = args.models is None or "sklearn" in names
+        names = [name for name in names if name != "sklearn"]
+        folds = cross_validation([int(f) for f in args.folds.split(",")], names, with_sklearn)
         summary = summarise_cv(folds)
         summary.to_csv(SUMMARY / "cv.csv", index=False)
         (SUMMARY / "cv.md").write_text(to_markdown(summary) + "\n")
@@ -353,6 +431,10 @@ def main() -> None:
         (SUMMARY / "ablation.md").write_text(to_markdown(parts.round(3)) + "\n")
         print("What each augmentation adds (the recipe with it minus without it, same folds):")
         print(to_markdown(parts.round(3)))
+        against = ensembles_against_members(folds)
+        (SUMMARY / "ensembles.md").write_text(to_markdown(against.round(3)) + "\n")
+        print("Ensembles against their best member, fold by fold (test track accuracy):")
+        print(to_markdown(against.round(3)))
 
 
 if __name__ == "__main__":

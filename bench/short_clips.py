@@ -10,7 +10,13 @@ and the augmented CNN, `saved_models/results/<model>_fold<k>`) predicts excerpts
   proportion, so time keeps its scale).
 Prints the accuracy of each way per model and excerpt length, over all folds.
 
+An ensemble run of `make results` (`--ensembles`, default the musicnn probe with the refitted CNN, its members
+weighted by valid's greedy choice and alike) is measured the way `predict` meets a short file: each excerpt is
+written as a file and predicted by `predict --run ENSEMBLE` (tiled, every member preprocessing it its own way), beside
+each of its members predicting the same files alone.
+
     .venv/bin/python bench/short_clips.py [--models musicnn_msd_frozen,cnn_augmented]
+                                          [--ensembles ensemble_probe_cnn_greedy,ensemble_probe_cnn_equal]
 """
 
 from __future__ import annotations
@@ -86,11 +92,67 @@ def fold_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def excerpt_files(run_dir: Path, folder: Path) -> pd.DataFrame:
+    """Every excerpt of the test tracks of a run's fold as a WAV file at the clip's own rate, named
+    <track>@<length>s<offset>; (track_id of the file, length, label)."""
+    import soundfile
+
+    from genre_tf.prepare import config_index
+    from genre_tf.run import RunDir
+
+    run = RunDir(run_dir)
+    tracks = config_index(run.config, progress=False).tracks
+    rows = []
+    for track in tracks[tracks.split == "test"].itertuples():
+        y, rate = soundfile.read(track.path, dtype="float32", always_2d=True)
+        for length in LENGTHS:
+            for offset in OFFSETS:
+                name = f"{track.track_id}@{length}s{offset:g}"
+                excerpt = y[round(offset * rate) : round((offset + length) * rate)]
+                soundfile.write(folder / f"{name}.wav", excerpt, rate)
+                rows.append({"track_id": name, "length": length, "label": track.label})
+    return pd.DataFrame(rows)
+
+
+def ensemble_rows(run_dir: Path) -> list[dict]:
+    """One row per (excerpt, predictor): whether `predict` with the ensemble run, or with one of its members alone,
+    names the excerpt's track's genre."""
+    import tempfile
+
+    from genre_tf.predict import ensemble
+    from genre_tf.run import RunDir
+
+    run = RunDir(run_dir)
+    predictors = {"ensemble": run} | {m.run.path.name.rsplit("_fold", 1)[0]: m.run for m in run.members()}
+    with tempfile.TemporaryDirectory() as folder:
+        excerpts = excerpt_files(run.members()[0].run.path, Path(folder)).set_index("track_id")
+        files = sorted(Path(folder).glob("*.wav"))
+        rows = []
+        for name, predictor in predictors.items():
+            tracks, probs, _ = ensemble([predictor], files)
+            top = np.array(run.classes)[probs.argmax(axis=1)]
+            for track, genre in zip(tracks, top, strict=True):
+                truth = excerpts.loc[track]
+                rows.append({"predictor": name, "length": truth.length, "correct": genre == truth.label})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="musicnn_msd_frozen,cnn_augmented", help="experiments of bench/results.py")
+    parser.add_argument("--ensembles", default="ensemble_probe_cnn_greedy,ensemble_probe_cnn_equal",
+                        help="ensembles of bench/results.py, measured through predict ('' for none)")  # fmt: skip
     args = parser.parse_args()
-    for model in args.models.split(","):
+    for name in filter(None, args.ensembles.split(",")):
+        runs = sorted(RESULTS.glob(f"{name}_fold[0-9]"))
+        if not runs:
+            raise SystemExit(f"error: no {name}_fold<k> runs under {RESULTS}; run `make results` first")
+        rows = pd.DataFrame([row for run in runs for row in ensemble_rows(run)])
+        table = rows.pivot_table(index="length", columns="predictor", values="correct", aggfunc="mean")
+        n = len(rows) // (len(LENGTHS) * rows.predictor.nunique())
+        print(f"{name}, {len(runs)} folds, {n} excerpts per length (test tracks only), tiled by predict: accuracy")
+        print(table[["ensemble", *[c for c in table.columns if c != "ensemble"]]].round(3).to_string())
+    for model in filter(None, args.models.split(",")):
         runs = sorted(RESULTS.glob(f"{model}_fold[0-9]"))
         if not runs:
             raise SystemExit(f"error: no {model}_fold<k> runs under {RESULTS}; run `make results` first")

@@ -540,13 +540,17 @@ def segments_key(cfg: Config) -> str:
 
 
 def input_key(cfg: Config) -> str:
-    """What an audio run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images,
-    the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+    """What a run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images, the
+    model's image size and channels, for feature rows whether they are the track's or its segments' (`model.level`).
+    Runs with one key read equal inputs from a waveform."""
     from genre_tf.inputs import model_input
-    from genre_tf.representations import MEL_IMAGE
+    from genre_tf.representations import FEATURES, MEL_IMAGE
 
-    image = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
-    return json.dumps([segments_key(cfg), image if model_input(cfg) == MEL_IMAGE else None])
+    shaping = {
+        MEL_IMAGE: [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode],
+        FEATURES: cfg.model.level,
+    }
+    return json.dumps([segments_key(cfg), shaping.get(model_input(cfg))])
 
 
 def write_saved_model(module, path: Path) -> None:

@@ -159,6 +159,32 @@ def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, own, monke
     assert np.abs(segments.mean(axis=0) - probe).max() > 1e-3, "the sweep's segments differ: pooling matters"
 
 
+def test_a_table_member_reads_the_upload_decoded_for_the_audio_members(runs, tmp_path, monkeypatch):
+    """The MLP's feature rows are made from the waveform the CNNs and the probe read (their decoding settings are
+    equal): one decode per upload for all four members, no cache entry written, and predict's answer."""
+    from genre_tf import cache
+
+    predictor = EnsemblePredictor(runs["all"], Limits())
+    decoded, load_track = [], audio.load_track
+    for module in (audio, cache):  # serving's loader, and the cache's, which predict's table runs go through
+        monkeypatch.setattr(module, "load_track", lambda *args: decoded.append(args[0]) or load_track(*args))
+    folder = tmp_path / "request"
+    answers = []
+    for clip in runs["clips"]:
+        folder.mkdir()
+        upload = folder / "upload.wav"
+        upload.write_bytes(clip.read_bytes())
+        answers.append(predictor.predict(Upload(upload, clip.name, upload.stat().st_size), top_k=3))
+        assert list(folder.iterdir()) == [upload], "nothing beside the upload: no cache entry"
+        upload.unlink()
+        folder.rmdir()
+    assert decoded == [folder / "upload.wav"] * len(runs["clips"]), "once per upload, for every member"
+    monkeypatch.undo()
+    np.testing.assert_allclose([a["probabilities"] for a in answers], predicted(runs["all"], runs["clips"]), atol=1e-5)
+    mlp = [a["members"][3]["probabilities"] for a in answers]
+    np.testing.assert_allclose(mlp, predicted(runs["all"].members()[3].run, runs["clips"]), rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def exported(runs) -> dict:
     """The audio ensemble as a SavedModel (by the command line) and a TFLite file, and their outputs on the clips."""

@@ -155,7 +155,9 @@ def bad_files(folder: Path, clip: Path) -> dict[str, bytes]:
     }
 
 
-def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips, tmp_path, capsys):
+def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips, tmp_path, capsys, monkeypatch):
+    loaded, load_model = [], RunDir.load_model
+    monkeypatch.setattr(RunDir, "load_model", lambda run: loaded.append(run) or load_model(run))
     expected = {
         "notes.wav": (422, "not an audio file (text)"),
         "empty.wav": (422, "empty file (0 bytes)"),
@@ -169,6 +171,7 @@ def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips
         answer = post(client, name, data)
         assert (answer.status_code, answer.json()) == (expected[name][0], {"detail": expected[name][1]}), name
         assert command_line_reason(cnn_run, path, capsys) == expected[name][1]
+    assert loaded == [], "an unreadable input is answered before any model is loaded"
     assert post(client, clips[0].name, clips[0].read_bytes()).status_code == 200, "the service keeps serving"
 
 

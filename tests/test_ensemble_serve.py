@@ -1,7 +1,8 @@
 """Ensemble runs served and exported as one: the service's answer and the exported SavedModel / TFLite file equal
 `predict --run ENSEMBLE` (each member pooling as it does alone: a CNN's mean, a probe's softmax of mean logits), the
-upload decoded once and an input read by two members made once, /health and the answer naming the members, and the
-one-line refusals of an export that cannot hold the ensemble in one waveform graph."""
+upload decoded once for every member (an MLP's feature rows too, with no cache entry) and an input read by two members
+made once, the export's signatures at other rates close to predict, /health and the answer naming the members, and
+the one-line refusals of an export that cannot hold the ensemble in one waveform graph."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ The waveform comes as the exported model takes it (`export.read_waveform`); its 
 exported preprocessing (`export.audio_frontend`, `cut_segments`), which tests/test_export.py pins to the cache's
 recipe, and the segments go to the model `train.batch_size` at a time. A musicnn run may carry its backbone's
 pretrained tagger, whose tags come from the same backbone pass where the run's backbone is still the tagger's.
+`serve` also makes a table run's (the MLP's) feature rows from the decoded waveform (`FeatureRows`, by the cache's
+functions, writing nothing), so that an upload is decoded once for every run of an ensemble.
 """
 
 from __future__ import annotations
@@ -62,8 +64,71 @@ class AudioGraph:
     def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
         `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
-        chunks = [self._probabilities(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
-        return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in chunks[0]}
+        return in_batches(self._probabilities, inputs, self.batch_size)
+
+
+class FeatureRows:
+    """A table run's (the MLP's) feature rows of a waveform, made as the cache makes them (`features.analyse_track` on
+    the track's segments, a clip shorter than one segment tiled to fill one, as `cache.analyse_file` does), and its
+    scaler and model on a batch of them: what `serve` runs on a decoded waveform instead of writing a cache entry. It
+    answers as an AudioGraph does (`segments`, `batch`), so a table run shares an upload's decoded waveform too."""
+
+    def __init__(self, run: RunDir, model):
+        import tensorflow as tf
+
+        from genre_tf.features import feature_columns
+
+        self.cfg, self.scaler = run.config, run.scaler
+        self.columns = feature_columns(self.cfg.features.n_mfcc)  # the order of the cache's rows
+
+        @tf.function(input_signature=[tf.TensorSpec([None, len(self.scaler.columns)], tf.float32, name="rows")])
+        def probabilities(rows):
+            return {"probabilities": model(rows, training=False)}
+
+        self._probabilities = probabilities
+        self.batch_size = self.cfg.train.batch_size
+        self.shares_backbone = False
+        self.batch(np.zeros((1, len(self.columns))))  # traced now, not at a request
+
+    def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the feature rows, unscaled: a track-level run's one row of the whole track, else one per segment; each
+        row's position: segment k starts at k * hop, the track's row at 0)."""
+        from genre_tf.audio import segment_bounds, segment_hop_samples, tile_to_segment
+        from genre_tf.features import analyse_track
+        from genre_tf.representations import FEATURES
+
+        audio = self.cfg.audio
+        bounds = segment_bounds(len(waveform), audio)
+        if not bounds:  # predict reads short clips tiled (`predict.load_index`)
+            waveform = tile_to_segment(waveform, audio)
+            bounds = segment_bounds(len(waveform), audio)
+        analysis = analyse_track(waveform, audio.sample_rate, self.cfg.features, self.cfg.mel, bounds, (FEATURES,))
+        if self.cfg.model.level == "track":
+            return analysis.track_row[None], np.zeros(1, int)
+        return analysis.segment_rows, np.array([start // segment_hop_samples(audio) for start, _ in bounds])
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's probabilities for feature rows, scaled by the run's scaler as `predict` scales them, computed
+        `train.batch_size` rows at a time."""
+        import pandas as pd
+
+        return in_batches(
+            self._probabilities, self.scaler.transform(pd.DataFrame(rows, columns=self.columns)), self.batch_size
+        )
+
+
+def in_batches(function, inputs: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """A model function's outputs (a dict of tensors, one row per input row) for `inputs`, `batch_size` rows a call."""
+    chunks = [function(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in chunks[0]}
+
+
+def waveform_model(run: RunDir, model, tagger=None) -> AudioGraph | FeatureRows:
+    """What makes a run's inputs from a decoded waveform and calls its model on them: a table run's FeatureRows, an
+    audio run's AudioGraph (with the musicnn `tagger`, where given)."""
+    from genre_tf.inputs import reads_features
+
+    return FeatureRows(run, model) if reads_features(run.config) else AudioGraph(run, model, tagger)
 
 
 def sharing_the_backbone(model, tagger):
@@ -90,12 +155,12 @@ def decoding_key(cfg: AudioConfig) -> tuple:
 
 
 def waveform_inputs(
-    path: Path, runs: list[RunDir], graphs: list[AudioGraph]
+    path: Path, runs: list[RunDir], graphs: list[AudioGraph | FeatureRows]
 ) -> list[tuple[np.ndarray, np.ndarray] | str]:
-    """Per audio run, a file's segments as its graph makes them (the model's inputs, their positions), or the
-    one-line reason the file cannot be decoded with that run's settings. The file is decoded once per decoding
-    setting (`decoding_key`), and runs that read equal inputs (`export.input_key`, which holds every audio setting)
-    share one computation of them."""
+    """Per run, a file's segments as its graph makes them (the model's inputs, their positions; a table run's
+    FeatureRows: its feature rows), or the one-line reason the file cannot be decoded with that run's settings. The
+    file is decoded once per decoding setting (`decoding_key`), and runs that read equal inputs (`export.input_key`,
+    which holds every audio setting) share one computation of them."""
     from genre_tf.audio import AudioError, load_track
     from genre_tf.export import at_model_rate, input_key
 

@@ -23,7 +23,8 @@ is. Loading needs TensorFlow only, neither genre_tf nor Keras.
 An ensemble run (`genre_tf.ensemble`) exports as one artefact that takes one `waveform`, at the highest rate its
 members take, and runs every member's preprocessing (resampled in the graph for a member that takes another rate;
 each distinct spectrogram and input once), model and pooling, returning the weighted mean of the members' track
-probabilities and `member_probabilities`; its members must read audio.
+probabilities and `member_probabilities`; its members must read audio. It has the same `waveform_<rate>` signatures
+as a single run (`rate_functions`), each resampling the waveform in the graph to each member's own rate.
 """
 
 from __future__ import annotations
@@ -348,13 +349,19 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     frontend = audio_frontend(run.config)
     metadata = audio_metadata(run, frontend, probe, rates)
     module.serve = waveform_function(model, frontend, probe, metadata)
-    module.serve_at = {  # by signature name: a tracked dict takes string keys only
-        rate_signature(rate): module.serve
-        if rate == frontend.rate
-        else waveform_function(model, audio_frontend(run.config, rate), probe, metadata)
-        for rate in rates
-    }
+    module.serve_at = rate_functions(
+        module.serve,
+        frontend.rate,
+        lambda rate: waveform_function(model, audio_frontend(run.config, rate), probe, metadata),
+        rates,
+    )
     return module, metadata
+
+
+def rate_functions(serve, rate: int, at_rate: Callable, rates: tuple[int, ...]) -> dict:
+    """{`rate_signature(r)`: function} for each of `rates` (Hz), by signature name (a tracked dict takes string keys
+    only): `serve` itself at its own `rate`, else `at_rate(r)`, the same graph from waveforms at r resampled in it."""
+    return {rate_signature(other): serve if other == rate else at_rate(other) for other in rates}
 
 
 def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict):
@@ -381,26 +388,44 @@ def signatures(module) -> dict:
     return {SIGNATURE: module.serve, **getattr(module, "serve_at", {})}
 
 
-def ensemble_serving_module(run: RunDir) -> tuple:
+def ensemble_serving_module(run: RunDir, rates: tuple[int, ...] = EXPORT_RATES) -> tuple:
     """(tf.Module, metadata) of an ensemble run, as `serving_module` gives for one run: `serve` takes one waveform
-    and runs every member's in-graph preprocessing (each distinct input once), model and pooling (as the member pools
-    alone), then the weighted mean of the members' track probabilities. SystemExit, one line, for a member that cannot
-    run in a waveform graph."""
+    at the highest rate a member takes and runs every member's in-graph preprocessing (each distinct input once),
+    model and pooling (as the member pools alone), then the weighted mean of the members' track probabilities;
+    `serve_at` the same from waveforms at each of `rates` (Hz). SystemExit, one line, for a member that cannot run in
+    a waveform graph."""
     import tensorflow as tf
 
     from genre_tf.evaluate import track_pooling
 
     members = run.members()
-    keys, frontends = ensemble_frontends(members)
-    loaded = [member.run.load_model() for member in members]
+    check_waveform_members(members)
+    rate = max(member_rate(member) for member in members)
+    models = [member.run.load_model() for member in members]
     probes = [track_pooling(member.run) == "logits" for member in members]
     weights = tf.constant([member.weight for member in members], tf.float32)
-    metadata = ensemble_metadata(run, members, frontends)
+    metadata = ensemble_metadata(run, members, rate, rates)
     module = tf.Module()
-    module.model_variables = [variable.value for model in loaded for variable in model.variables]  # see serving_module
+    module.model_variables = [variable.value for model in models for variable in model.variables]  # see serving_module
 
+    def at_rate(input_rate: int):
+        return ensemble_function(members, models, probes, weights, input_rate, metadata)
+
+    module.serve = at_rate(rate)
+    module.serve_at = rate_functions(module.serve, rate, at_rate, rates)
+    return module, metadata
+
+
+def ensemble_function(members: list, models: list, probes: list[bool], weights, rate: int, metadata: dict):
+    """The tf.function of an ensemble's signature: waveform at `rate` Hz -> every member's input (each distinct one
+    once, resampled in the graph to a member's own rate where it differs), model and pooling, and their weighted mean;
+    its constant outputs say that rate."""
+    import tensorflow as tf
+
+    keys, frontends = ensemble_frontends(members, rate)
     cut_by = {key: segments_key(member.run.config) for key, member in zip(keys, members, strict=True)}
     cutters = {cut_by[key]: frontend for key, frontend in reversed(frontends.items())}  # the first of each
+    said = {**metadata, "sample_rate": rate, "input_note": ensemble_note(members, rate, metadata["sample_rate"])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     def serve(waveform):
@@ -410,23 +435,32 @@ def ensemble_serving_module(run: RunDir) -> tuple:
         pooled = tf.stack(
             [
                 track_probabilities(model(inputs[key], training=False), probe)
-                for model, key, probe in zip(loaded, keys, probes, strict=True)
+                for model, key, probe in zip(models, keys, probes, strict=True)
             ]
         )
         return {
             "probabilities": tf.tensordot(weights, pooled, axes=1),
             "member_probabilities": pooled,
-            **constant_outputs(metadata),
+            **constant_outputs(said),
         }
 
-    module.serve = serve
-    return module, metadata
+    return serve
 
 
-def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFrontend]]:
-    """(each member's `input_key`, the frontend of each distinct key): one input per key in the graph, every frontend
-    taking waveforms at the highest rate a member takes (`preprocessing.layers.Resample` brings them to a member's own
-    rate). SystemExit for a table member."""
+def ensemble_frontends(members: list, rate: int) -> tuple[list[str], dict[str, AudioFrontend]]:
+    """(each member's `input_key`, the frontend of each distinct key, the first member's of it): one input per key in
+    the graph, every frontend taking waveforms at `rate` Hz (`preprocessing.layers.Resample` brings them to a member's
+    own rate)."""
+    keys = [input_key(member.run.config) for member in members]
+    frontends = {}
+    for key, member in zip(keys, members, strict=True):
+        if key not in frontends:
+            frontends[key] = audio_frontend(member.run.config, rate)
+    return keys, frontends
+
+
+def check_waveform_members(members: list) -> None:
+    """SystemExit, one line, for a table member: its feature rows cannot be made in a waveform graph."""
     from genre_tf.inputs import reads_features
 
     for member in members:
@@ -435,13 +469,6 @@ def ensemble_frontends(members: list) -> tuple[list[str], dict[str, AudioFronten
                 f"error: member {member.run.path.name} is a table model ({member.run.config.model.kind}): its feature "
                 "rows cannot be made in a waveform graph, so this ensemble cannot be exported"
             )
-    keys = [input_key(member.run.config) for member in members]
-    rate = max(member_rate(member) for member in members)
-    frontends = {}
-    for key, member in zip(keys, members, strict=True):
-        if key not in frontends:
-            frontends[key] = audio_frontend(member.run.config, rate)
-    return keys, frontends
 
 
 def member_rate(member) -> int:
@@ -449,27 +476,31 @@ def member_rate(member) -> int:
     return audio_frontend(member.run.config).layout.sample_rate
 
 
-def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFrontend]) -> dict:
-    """What an exported ensemble says of itself: its members (model, weight, pooling), the one rate they take, and how
-    many distinct spectrograms and model inputs its graph makes."""
-    rate = next(iter(frontends.values())).rate
-    resampled = [
-        f"{member.run.path.name} ({member_rate(member)} Hz)" for member in members if member_rate(member) != rate
-    ]
-    note = f"mono float32 waveform at {rate} Hz, the highest rate a member takes"
+def ensemble_note(members: list, rate: int, highest: int) -> str:
+    """What an ensemble's signature at `rate` Hz takes, and for which members it resamples in the graph (`highest`:
+    the rate of its default signature, the highest a member takes)."""
+    note = f"mono float32 waveform at {rate} Hz" + (", the highest rate a member takes" if rate == highest else "")
+    resampled = [f"{m.run.path.name} ({member_rate(m)} Hz)" for m in members if member_rate(m) != rate]
     if resampled:
         note += (
             f"; resampled in the graph for {', '.join(resampled)} by a windowed sinc (close to, not equal to, the soxr "
             "resampling of predict)"
         )
+    return note
+
+
+def ensemble_metadata(run: RunDir, members: list, rate: int, rates: tuple[int, ...] = ()) -> dict:
+    """What an exported ensemble says of itself: its members (model, weight, pooling), the rate its default signature
+    takes and the signatures at other `rates`, and how many distinct spectrograms and model inputs its graph makes."""
     return {
         "exported_by": "genre_tf.export",
         "run": run.path.name,
         "model": "ensemble: " + " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in members),
         "classes": run.classes,
         "input": "waveform",
-        "input_note": note,
+        "input_note": ensemble_note(members, rate, rate),
         "sample_rate": rate,
+        "rate_signatures": {rate_signature(other): other for other in rates},
         "members": [
             {
                 "name": member.run.path.name,
@@ -481,7 +512,7 @@ def ensemble_metadata(run: RunDir, members: list, frontends: dict[str, AudioFron
             }
             for member in members
         ],
-        "inputs": len(frontends),
+        "inputs": len({input_key(member.run.config) for member in members}),
         "spectrograms": len({segments_key(member.run.config) for member in members}),
         "track_probabilities": "the weighted mean of the members' track probabilities, each pooled as the member "
         "pools its segments (their mean, or a linear probe's softmax of their mean log-probability)",
@@ -498,6 +529,7 @@ def describe_ensemble(metadata: dict) -> list[str]:
         f"members ({metadata['inputs']} distinct inputs from {metadata['spectrograms']} "
         f"spectrogram{'s' if metadata['spectrograms'] != 1 else ''} in the graph): "
         + ", ".join(f"{m['name']} {m['weight']:.2f} ({m['model']})" for m in members),
+        *other_rates(metadata, "each member's own rate"),
         f"classes: {', '.join(metadata['classes'])}",
         *(["note: uses TF Select ops (Flex): the interpreter needs the Flex delegate"]
           if metadata.get("tflite_select_ops") else []),
@@ -540,13 +572,17 @@ def segments_key(cfg: Config) -> str:
 
 
 def input_key(cfg: Config) -> str:
-    """What an audio run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images,
-    the model's image size and channels. Runs with one key read equal inputs from a waveform."""
+    """What a run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images, the
+    model's image size and channels, for feature rows whether they are the track's or its segments' (`model.level`).
+    Runs with one key read equal inputs from a waveform."""
     from genre_tf.inputs import model_input
-    from genre_tf.representations import MEL_IMAGE
+    from genre_tf.representations import FEATURES, MEL_IMAGE
 
-    image = [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode]
-    return json.dumps([segments_key(cfg), image if model_input(cfg) == MEL_IMAGE else None])
+    shaping = {
+        MEL_IMAGE: [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode],
+        FEATURES: cfg.model.level,
+    }
+    return json.dumps([segments_key(cfg), shaping.get(model_input(cfg))])
 
 
 def write_saved_model(module, path: Path) -> None:
@@ -639,16 +675,23 @@ def describe(metadata: dict) -> list[str]:
             f"outputs: probabilities ({len(metadata['classes'])},) of the track: {metadata['track_probabilities']}; "
             "segment_probabilities (segments, classes), classes, sample_rate, metadata (JSON)",
         ]
-        other = [name for name, rate in metadata["rate_signatures"].items() if rate != metadata["sample_rate"]]
-        if other:
-            lines.append(
-                f"other rates: signatures {', '.join(other)} take the waveform at that rate and resample it in the "
-                f"graph to {metadata['model_sample_rate']} Hz (close to predict's soxr, not equal; same outputs)"
-            )
+        lines += other_rates(metadata, f"{metadata['model_sample_rate']} Hz")
     lines.append(f"classes: {', '.join(metadata['classes'])}")
     if metadata.get("tflite_select_ops"):
         lines.append("note: uses TF Select ops (Flex): the interpreter needs the Flex delegate")
     return lines
+
+
+def other_rates(metadata: dict, to: str) -> list[str]:
+    """The line on the signatures that take waveforms at other rates and resample them in the graph `to` the model's
+    rate, where the artefact has any."""
+    other = [name for name, rate in metadata["rate_signatures"].items() if rate != metadata["sample_rate"]]
+    if not other:
+        return []
+    return [
+        f"other rates: signatures {', '.join(other)} take the waveform at that rate and resample it in the graph to "
+        f"{to} (close to predict's soxr, not equal; same outputs)"
+    ]
 
 
 def check_run(run: RunDir) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -185,15 +186,39 @@ def index_examples(
 
 
 def audio_graphs(runs: list[RunDir], models: list | None = None) -> list:
-    """Each run's AudioGraph (its model: `models`, else loaded), None for a table run."""
-    from genre_tf.audio_graph import AudioGraph
+    """Each run's AudioGraph, built at its first use (`DeferredGraph`; its model: `models`, else loaded then), None
+    for a table run."""
     from genre_tf.inputs import reads_features
 
     models = models or [None] * len(runs)
     return [
-        None if reads_features(run.config) else AudioGraph(run, model or run.load_model())
+        None if reads_features(run.config) else DeferredGraph(run, model)
         for run, model in zip(runs, models, strict=True)
     ]
+
+
+class DeferredGraph:
+    """A run's AudioGraph built (its model loaded, its functions traced) when a decoded file first needs it, once,
+    whichever thread comes first: inputs whose every file is unreadable are answered without model work."""
+
+    def __init__(self, run: RunDir, model=None):
+        self._run, self._model, self._graph = run, model, None
+        self._lock = threading.Lock()
+
+    def graph(self):
+        """The AudioGraph, built by the first call."""
+        from genre_tf.audio_graph import AudioGraph
+
+        with self._lock:
+            if self._graph is None:
+                self._graph = AudioGraph(self._run, self._model or self._run.load_model())
+            return self._graph
+
+    def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.graph().segments(waveform)
+
+    def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.graph().batch(inputs)
 
 
 def run_workers(runs: list[RunDir]) -> int:

@@ -7,15 +7,16 @@
     GET  /          the page (genre_tf/web/: plain HTML, CSS and JS, nothing fetched from elsewhere)
 
 The model is loaded once. Each upload is streamed into a temporary folder of its own, deleted once the answer is
-sent. An audio model (CNN, keras.applications or musicnn transfer) is served from the graph `export` builds: the upload
-is decoded as the exported model takes it (`export.read_waveform`), its segments' inputs are made by the exported
-preprocessing (`export.audio_frontend`, `cut_segments`: pinned to the cache's recipe by tests/test_export.py), and
-concurrent requests' segments go to the model in shared batches (genre_tf.batching); nothing is cached. A table model
-(the MLP) reads feature rows: its upload gets a cache entry in the request's folder, made by the functions
-`python -m genre_tf.predict` uses (`load_inputs`), and its model call is taken one request at a time. Either way a
-track's probabilities are pooled by predict's `track_probabilities`, so the service answers as predict does. An
-ensemble run (`genre_tf.ensemble`) is served by its members, each loaded as above (`EnsemblePredictor`): the upload is
-decoded once, each distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
+sent, and decoded once (`audio.load_track`); nothing is cached. An audio model (CNN, keras.applications or musicnn
+transfer) is served from the graph `export` builds: the waveform is taken as the exported model takes it
+(`export.read_waveform`), its segments' inputs are made by the exported preprocessing (`export.audio_frontend`,
+`cut_segments`: pinned to the cache's recipe by tests/test_export.py). A table model (the MLP) reads feature rows: they
+are made from the decoded waveform by the cache's functions (`audio_graph.FeatureRows`, `features.analyse_track`) and
+scaled by the run's scaler, as predict makes them. Either way concurrent requests' segments go to the model in shared
+batches (genre_tf.batching), and a track's probabilities are pooled by predict's `track_probabilities`, so the service
+answers as predict does. An ensemble run (`genre_tf.ensemble`) is served by its members, each loaded as above
+(`EnsemblePredictor`): the upload is decoded once per decoding setting for all of them, table members included, each
+distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
 Bad input is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file
 (text)"}`).
 """
@@ -41,9 +42,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from genre_tf import audio
-from genre_tf.audio_graph import AudioGraph, waveform_inputs
+from genre_tf.audio_graph import waveform_inputs, waveform_model
 from genre_tf.batching import Batcher, BatchLimits, Busy
-from genre_tf.config import CacheConfig
 from genre_tf.run import RunDir
 
 MB = 1_000_000
@@ -186,7 +186,7 @@ class Predictor:
     """The run's model, loaded once, and the answer for one stored upload."""
 
     def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
-        from genre_tf.inputs import model_input, reads_features
+        from genre_tf.inputs import model_input
         from genre_tf.models import MUSICNN_PATCH
         from genre_tf.predict import tagger
 
@@ -196,28 +196,22 @@ class Predictor:
         self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
         self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
         self._preparing_lock = threading.Lock()
-        self.graph = self.batcher = None
-        if reads_features(run.config):
-            self._model_lock = threading.Lock()  # one Keras model is not safe to call from several threads at once
-        else:
-            self.graph = AudioGraph(run, self.model, self.tagger)
-            self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
+        self.graph = waveform_model(run, self.model, self.tagger)
+        self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
         from genre_tf.predict import track_probabilities
 
         seconds = self.duration(upload.path)
-        if self.graph is None:
-            segments, probs, tags = self.table_probabilities(upload.path)
-        else:
-            segments, probs, tags = self.graph_probabilities(upload.path)
+        segments, probs, tags = self.graph_probabilities(upload.path)
         no_labels = np.zeros(len(probs), int)
         _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
         return self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
 
     def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
-        """(segment positions, their probabilities, tags) from the exported graph, the model call batched."""
+        """(segment positions, their probabilities, tags) from the run's graph (a table run's: its feature rows), the
+        model call batched."""
         from genre_tf.export import read_waveform
 
         self._count_preparing(+1)
@@ -248,31 +242,9 @@ class Predictor:
         _, mean, _ = aggregate_tracks(np.zeros(len(scores), int), scores)
         return [(names[i], float(mean[0][i])) for i in np.argsort(mean[0])[::-1][:k]]
 
-    def table_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, None]:
-        """(segment positions, their probabilities, no tags) from the file's cache entry, one model call at a time."""
-        from genre_tf.evaluate import predict_examples
-
-        with self._analysing:
-            frame = self.examples(path).frame
-        with self._model_lock:
-            _, probs, _ = predict_examples(self.run, self.model, frame, self.run.config.train.batch_size)
-        segments = frame["segment"].to_numpy() if "segment" in frame else np.zeros(len(frame), int)
-        return segments, probs, None
-
     def duration(self, path: Path) -> float:
         """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is too long."""
         return checked_duration(path, self.limits)
-
-    def examples(self, path: Path):
-        """The file's examples made with the run's recipe (a table model's feature rows); its cache entry goes beside
-        it, extracted in this thread."""
-        from genre_tf.predict import load_inputs
-
-        cache = CacheConfig(dir=path.parent / "cache", jobs=1)  # jobs=1: no process pool per request
-        examples = load_inputs(self.run, [path], cache=cache, progress=False)
-        if not examples.skipped.empty:
-            raise BadInput(422, examples.skipped["reason"].iloc[0])
-        return examples
 
     def answer(
         self,
@@ -336,13 +308,11 @@ class EnsemblePredictor:
         from genre_tf.predict import track_probabilities
 
         seconds = checked_duration(upload.path, self.limits)
-        from_graphs = self.graph_outputs(upload.path)
-        answers, tracks = [], []
-        for i, part in enumerate(self.parts):
-            segments, probs, tags = from_graphs[i] if i in from_graphs else part.table_probabilities(upload.path)
+        answers = self.graph_outputs(upload.path)
+        tracks = []
+        for part, (_, probs, _) in zip(self.parts, answers, strict=True):
             no_labels = np.zeros(len(probs), int)
             tracks.append(track_probabilities(part.run, no_labels, probs, no_labels)[1][0])
-            answers.append((segments, probs, tags))
         track = weighted_mean(tracks, np.array([member.weight for member in self.members]))
         heaviest = int(np.argmax([member.weight for member in self.members]))  # its segments make the strip
         tags = next((tags for _, _, tags in answers if tags is not None), None)
@@ -367,29 +337,28 @@ class EnsemblePredictor:
         )
         return body
 
-    def graph_outputs(self, path: Path) -> dict[int, tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]]:
-        """Per audio member (by index): (segment positions, their probabilities, tags), each member's model call
-        batched with other requests'."""
-        graphs = [i for i, part in enumerate(self.parts) if part.graph is not None]
-        for i in graphs:
-            self.parts[i]._count_preparing(+1)  # their batchers wait for this request's segments
+    def graph_outputs(self, path: Path) -> list[tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]]:
+        """Per member: (segment positions, their probabilities, tags), from the upload decoded once per decoding
+        setting for every member (a table member's feature rows too), each member's model call batched with other
+        requests'."""
+        for part in self.parts:
+            part._count_preparing(+1)  # their batchers wait for this request's segments
         try:
             with self._analysing:
-                made = waveform_inputs(path, [self.parts[i].run for i in graphs], [self.parts[i].graph for i in graphs])
+                made = waveform_inputs(path, [part.run for part in self.parts], [part.graph for part in self.parts])
         finally:
-            for i in graphs:
-                self.parts[i]._count_preparing(-1)
+            for part in self.parts:
+                part._count_preparing(-1)
         reason = next((result for result in made if isinstance(result, str)), None)
         if reason is not None:
             raise BadInput(422, reason)
-        outputs = {}
-        for i, (segments, positions) in zip(graphs, made, strict=True):
-            part = self.parts[i]
+        outputs = []
+        for part, (segments, positions) in zip(self.parts, made, strict=True):
             try:
                 out = part.batcher.predict(segments)
             except Busy as err:
                 raise BadInput(503, str(err)) from None
-            outputs[i] = (positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None)
+            outputs.append((positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None))
         return outputs
 
     def health(self) -> dict:

@@ -155,7 +155,9 @@ def bad_files(folder: Path, clip: Path) -> dict[str, bytes]:
     }
 
 
-def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips, tmp_path, capsys):
+def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips, tmp_path, capsys, monkeypatch):
+    loaded, load_model = [], RunDir.load_model
+    monkeypatch.setattr(RunDir, "load_model", lambda run: loaded.append(run) or load_model(run))
     expected = {
         "notes.wav": (422, "not an audio file (text)"),
         "empty.wav": (422, "empty file (0 bytes)"),
@@ -169,6 +171,7 @@ def test_bad_input_gets_the_command_lines_one_line_reason(client, cnn_run, clips
         answer = post(client, name, data)
         assert (answer.status_code, answer.json()) == (expected[name][0], {"detail": expected[name][1]}), name
         assert command_line_reason(cnn_run, path, capsys) == expected[name][1]
+    assert loaded == [], "an unreadable input is answered before any model is loaded"
     assert post(client, clips[0].name, clips[0].read_bytes()).status_code == 200, "the service keeps serving"
 
 
@@ -293,20 +296,35 @@ def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, 
         assert [s["start"] for s in body["segments"]] == [s["start"] for s in expected["segments"]]
 
 
+@pytest.mark.parametrize("level", ["segment", "track"])
 def test_a_table_run_is_served_from_its_feature_rows_as_predict_does(
-    tmp_path, make_table_run, write_feature_table, clips
+    tmp_path, make_table_run, write_feature_table, clips, monkeypatch, level
 ):
-    run = RunDir(make_table_run(tmp_path / "mlp", write_feature_table(tmp_path / "table.csv", ["a", "b", "c"])))
+    table = write_feature_table(tmp_path / "table.csv", ["a", "b", "c"])
+    run = RunDir(make_table_run(tmp_path / "mlp", table, f"model.level={level}"))
     predictor = Predictor(run, Limits())
-    assert predictor.graph is None, "feature rows have no graph: the upload gets a cache entry in its folder"
     upload = tmp_path / "request" / "upload.wav"
     upload.parent.mkdir()
     shutil.copy(clips[0], upload)
+    decoded = decodes(monkeypatch)
     answer = predictor.predict(Upload(upload, clips[0].name, upload.stat().st_size), top_k=3)
+    assert decoded == [upload] and list(upload.parent.iterdir()) == [upload], "decoded once, no cache entry written"
     examples = predict.load_inputs(run, [clips[0]], CacheConfig(tmp_path / "cache", 1), progress=False)
     _, expected = predict.predict_frame(run, examples.frame, predictor.model)
     np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-6)
-    assert len(answer["segments"]) == len(examples.frame) and answer["classes"] == ["a", "b", "c"]
+    assert len(answer["segments"]) == len(examples.frame) == (1 if level == "track" else 12)
+    positions = examples.frame["segment"] if level == "segment" else [0]
+    assert [s["start"] for s in answer["segments"]] == [0.5 * k for k in positions] and answer["classes"] == list("abc")
+
+
+def decodes(monkeypatch) -> list[Path]:
+    """The files the audio loader decodes from now on, as serving (`audio`) or the cache (`cache`) calls it."""
+    from genre_tf import audio, cache
+
+    decoded, load_track = [], audio.load_track
+    for module in (audio, cache):
+        monkeypatch.setattr(module, "load_track", lambda path, cfg: decoded.append(path) or load_track(path, cfg))
+    return decoded
 
 
 @pytest.mark.slow

@@ -93,19 +93,13 @@ class FeatureRows:
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the feature rows, unscaled: a track-level run's one row of the whole track, else one per segment; each
         row's position: segment k starts at k * hop, the track's row at 0)."""
-        from genre_tf.audio import segment_bounds, segment_hop_samples, tile_to_segment
-        from genre_tf.features import analyse_track
+        from genre_tf.cache import Recipe, analyse_waveform, segment_positions
         from genre_tf.representations import FEATURES
 
-        audio = self.cfg.audio
-        bounds = segment_bounds(len(waveform), audio)
-        if not bounds:  # predict reads short clips tiled (`predict.load_index`)
-            waveform = tile_to_segment(waveform, audio)
-            bounds = segment_bounds(len(waveform), audio)
-        analysis = analyse_track(waveform, audio.sample_rate, self.cfg.features, self.cfg.mel, bounds, (FEATURES,))
+        analysis, meta = analyse_waveform(waveform, Recipe.from_config(self.cfg), (FEATURES,))  # short clips tiled
         if self.cfg.model.level == "track":
             return analysis.track_row[None], np.zeros(1, int)
-        return analysis.segment_rows, np.array([start // segment_hop_samples(audio) for start, _ in bounds])
+        return analysis.segment_rows, np.array(segment_positions(meta, self.cfg.audio))
 
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The model's probabilities for feature rows, scaled by the run's scaler as `predict` scales them, computed

@@ -273,7 +273,13 @@ def analyse_file(path: str, recipe: Recipe, names: tuple[str, ...]) -> tuple[fea
     """Decode and segment one file once and analyse it into the representations `names`: (the analysis, the meta
     of its entry). The one analysis of a track, for the local engine (`extract_track`) and the Beam engine
     (genre_tf.engines) alike; raises AudioError for bad audio."""
-    y = load_track(Path(path), recipe.audio)
+    return analyse_waveform(load_track(Path(path), recipe.audio), recipe, names)
+
+
+def analyse_waveform(y: np.ndarray, recipe: Recipe, names: tuple[str, ...]) -> tuple[features.TrackAnalysis, dict]:
+    """A decoded track (at audio.sample_rate) segmented and analysed into the representations `names`, a clip shorter
+    than one segment tiled to fill one: (the analysis, the meta of its entry). `analyse_file` after the decode, and
+    `serve`'s feature rows of an upload it decoded already (`audio_graph.FeatureRows`)."""
     bounds = segment_bounds(len(y), recipe.audio)
     short_seconds = None if bounds else len(y) / recipe.audio.sample_rate
     if not bounds:

@@ -209,3 +209,34 @@ def test_a_run_trained_from_a_stream_writes_a_normal_run(beam_run):
             track_ids, probs, labels = predict_examples(run, model, examples.split(split), 4)
             rows[name] = sorted(zip(track_ids, labels, np.round(probs, 5).tolist(), strict=True))
         assert rows["streamed"] == rows["held"]
+
+
+def test_the_multi_worker_loop_takes_a_stream_by_input_context(beam_run):
+    """fit_multi_worker with a streamed split: each input pipeline's batches come from the function of its
+    context (here the default strategy's one pipeline), `steps` of them per epoch."""
+    import keras
+    import tensorflow as tf
+
+    from genre_tf import models
+    from genre_tf.inputs import load_examples, split_data
+    from genre_tf.multi_worker import fit_multi_worker
+
+    _, output, _, _, config_file = beam_run
+    tiny = ["model.kind=cnn", "model.image_size=[16,16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
+    cfg = load_config(config_file, [*tiny, f"data.shards={output}", "data.stream=true"])
+    examples = load_examples(cfg, progress=False)
+    data = split_data(examples.split("train"), cfg, examples.classes, None)
+    contexts = []
+
+    def batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        contexts.append(context)
+        return data.stream.train_batches(4, cfg.seed, 0, 2, context)[0]
+
+    model = models.build_model(cfg.model, (16, 16, 1), len(examples.classes))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = keras.callbacks.History()
+    strategy = tf.distribute.get_strategy()
+    steps = len(data) // 4
+    fit_multi_worker(model, cfg.train, strategy, batches, None, steps, 4, range(2), [history])
+    assert [(c.num_input_pipelines, c.input_pipeline_id) for c in contexts] == [(1, 0)]
+    assert len(history.history["loss"]) == 2 and all(loss > 0 for loss in history.history["loss"])

@@ -166,7 +166,8 @@ def test_a_streamed_epoch_is_a_function_of_seed_and_epoch(beam_run):
 
 
 def test_streaming_config_errors_name_the_key(beam_run):
-    from genre_tf.inputs import load_examples
+    """Streaming without shards, with augmentation or a cached boundary is a config error; an mlp holds its rows."""
+    from genre_tf.inputs import load_examples, streams
 
     _, output, _, _, config_file = beam_run
     with pytest.raises(ConfigError, match=r"^data.stream: streams shard files: set data.shards"):
@@ -175,13 +176,17 @@ def test_streaming_config_errors_name_the_key(beam_run):
     augmented = replace(augmented, augment=replace(augmented.augment, gain_db=3.0))
     with pytest.raises(ConfigError, match=r"^data.stream: augmentation reads the train split by element index"):
         load_examples(augmented, progress=False)
+    probe = load_config(config_file, ["model.kind=transfer", f"data.shards={output}", "data.stream=true"])
+    with pytest.raises(ConfigError, match=r"^data.stream: the cached boundary holds the split"):
+        streams(probe)
+    assert not streams(load_config(config_file, ["model.kind=mlp", f"data.shards={output}", "data.stream=true"]))
 
 
 @pytest.mark.slow
 def test_a_run_trained_from_a_stream_writes_a_normal_run(beam_run):
-    """A CNN trained with data.stream: the run directory a cached run has, the cache's segments per split, and per
-    segment the prediction, track and label the held reader gives the same model (the stream lines up with its
-    table)."""
+    """A CNN trained and refitted with data.stream: the run directory a cached run has, the cache's segments per
+    split, and per segment the prediction, track and label the held reader gives the same model (the stream lines up
+    with its table)."""
     import numpy as np
 
     from genre_tf.evaluate import predict_examples
@@ -192,9 +197,10 @@ def test_a_run_trained_from_a_stream_writes_a_normal_run(beam_run):
     _, output, _, local, config_file = beam_run
     tiny = ["model.kind=cnn", "model.image_size=[16,16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
     tiny += ["train.epochs=2", "train.batch_size=4", "name=streamed", f"data.shards={output}"]
-    run_cfg = load_config(config_file, [*tiny, "data.stream=true"])
+    run_cfg = load_config(config_file, [*tiny, "data.stream=true", "train.refit=true"])
     run_dir = run_cfg.output_dir / "cnn-streamed"
     metrics = train(run_cfg, run_dir, verbose=0)
+    assert metrics["refit"]["examples"] == local.segments.split.isin(["train", "valid"]).sum()
     for part in ("config.yaml", "model.keras", "history.csv", "metrics.json", "report.md", "confusion_matrix.png"):
         assert (run_dir / part).is_file(), part
     assert len(pd.read_csv(run_dir / "history.csv")) == 2

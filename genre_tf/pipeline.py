@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from genre_tf import shards
 from genre_tf.config import ModelConfig
 from genre_tf.preprocessing import PNG_MAX
 from genre_tf.preprocessing.layers import MelImage
@@ -180,8 +181,6 @@ class ShardStream:
 
     def segments(self, files) -> tf.data.Dataset:
         """(track id, k, bytes, label) of the split's segments in `files`, in the order they are read."""
-        from genre_tf import shards
-
         rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.track_ids, tf.string), tf.range(len(self.track_ids), dtype=tf.int64)
@@ -217,10 +216,9 @@ class ShardStream:
         shuffle buffer seeded the same way: a function of (seed, epoch) alone, so a resumed run sees what an
         uninterrupted one sees. Under tf.distribute `context` names the input pipeline: it reads its own files
         (`shards.worker_files`) and makes its replicas' batches; every pipeline gives each epoch `steps` batches
-        per replica, cycling through its files' segments when it holds fewer than the split's share.
+        per replica, cycling through its files' segments when it holds fewer than the split's share (and leaving
+        some out, others each epoch, when it holds more). A pipeline whose files hold none of the split gives none.
         """
-        from genre_tf import shards
-
         batch_size = min(batch_size, self.n)
         steps = self.n // batch_size
         files = tf.constant(shards.worker_files(list(self.files), context))

@@ -8,7 +8,9 @@ shards, not with segments, and a track read from shards is byte for byte the tra
 
 A folder of shards holds `tracks-SSSSS-of-NNNNN.tfrecord`, `index.csv` (what the pipeline read) and `shards.json`
 (the manifest: its shard files, representations and their cache keys, the split note, what indexing reported). It
-may be anywhere tf.io.gfile reads (a local folder, `gs://`, `s3://`). `train` reads it when `data.shards` names it.
+may be anywhere tf.io.gfile reads (a local folder, `gs://`, `s3://`). `train` reads it when `data.shards` names it:
+whole into memory (`read_prepared`), or with `data.stream` a table of its tracks and segments without their files,
+the segments then streamed split by split (`split_segments`, genre_tf.pipeline.ShardStream).
 """
 
 from __future__ import annotations

@@ -111,14 +111,21 @@ def _segments(ds):
 
 def test_streamed_splits_hold_the_cache_examples_in_the_table_order(beam_run):
     """Per split and representation, the segments streamed from the shards are the cache's (track, k-th segment,
-    file bytes), in the order of the table read with held=False, which holds no segment bytes."""
+    file bytes), in the order of the table read with held=False, which holds no segment files but the cache's
+    segments and feature rows."""
     cfg, output, _, local, _ = beam_run
     files = shards.shard_files(str(output))
     table = shards.read_prepared(str(output), cfg, names=ALL, held=False).segments
     assert "mel_path" not in table and "musicnn_path" not in table
     cached = local.segments.assign(k=local.segments.groupby("track_id").cumcount())
+    columns = ["track_id", "segment", "label", *feature_columns(cfg.features.n_mfcc)]  # the rows held still
     for split in ("train", "valid", "test"):
         rows = table[table.split == split]
+        held, cached_rows = (
+            frame[columns].sort_values(["track_id", "segment"]).reset_index(drop=True)
+            for frame in (rows, local.segments[local.segments.split == split])
+        )
+        pd.testing.assert_frame_equal(held, cached_rows)
         for name, column in (("mel_image", "mel_path"), ("musicnn_patch", "musicnn_path")):
             streamed = _segments(_stream(files, name, table, split).segments(files))
             expected = cached[cached.split == split]

@@ -7,8 +7,10 @@ CPU seconds per track (CPU of this process and its workers), files written and b
 every segment's image back, decoded to float32 as training reads it, from the per-segment files and from the shards
 (examples/s, the second of two passes, so both read from the page cache), beside the examples/s one training step
 of the demo CNN consumes; and what `train` does with `data.shards`: the shards read into memory (seconds), then the
-images decoded from the bytes held. The cost of each track added between successive N, the start-up of either
-engine taken out, says whether cost grows linearly. The load average is printed with every line: the machine may
+images decoded from the bytes held; and with `data.stream` (pipeline.ShardStream): its table read (seconds, no
+image bytes), then one epoch of shuffled train batches and its ordered read for evaluation, each image decoded.
+The cost of each track added between successive N, the start-up of either engine taken out, says whether cost
+grows linearly. The load average is printed with every line: the machine may
 be shared, and the CPU figures are the steadier ones then.
 
     .venv/bin/python bench/scale.py --tracks 100 1000 [--workers 2] 2>/dev/null   (Beam's workers log to stderr)
@@ -72,6 +74,23 @@ def shard_segments(files: list[str]) -> tf.data.Dataset:
     return ds.map(pipeline.png_to_unit, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def stream_rates(output: Path, cfg: Config) -> tuple[float, int, float, float]:
+    """data.stream's reader over every segment of the shards: (seconds to read its table, examples of one epoch,
+    examples/s of that epoch's shuffled train batches, examples/s of the ordered read evaluation makes)."""
+    started = time.perf_counter()
+    table = shards.read_prepared(str(output), cfg, NAMES, held=False).segments
+    table_seconds = time.perf_counter() - started
+    track_ids = tuple(table["track_id"].unique())
+    files = tuple(shards.shard_files(str(output)))
+    labels = (0,) * len(track_ids)  # the reader's work does not depend on the labels
+    stream = pipeline.ShardStream(files, MEL_IMAGE, track_ids, labels, pipeline.png_to_unit, len(table))
+    train, _ = stream.train_batches(32, cfg.seed, 0, 1)
+    n_train, train_rate = read_rate(train.unbatch())
+    n_ordered, ordered_rate = read_rate(stream.batches(32).unbatch())
+    assert n_ordered == len(table), (n_ordered, len(table))
+    return table_seconds, n_train, train_rate, ordered_rate
+
+
 def train_step_rate(cfg, n_classes: int, batch_size: int = 32, steps: int = 10) -> float:
     """Examples/s one training step of the config's model consumes (after one step to build it)."""
     model = models.build_model(cfg.model, input_shape(cfg, None), n_classes)
@@ -128,6 +147,12 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
         f"N={n} tf.data read ({n_files} examples): per-segment files {files_rate:.0f} examples/s, shards streamed "
         f"{shards_rate:.0f} examples/s; train's read of the shards {load_seconds:.1f} s, then {held_rate:.0f} "
         f"examples/s from the bytes held; load {load()}",
+        flush=True,
+    )
+    table_seconds, n_train, train_rate, ordered_rate = stream_rates(output, cfg)
+    print(
+        f"N={n} data.stream: its table read {table_seconds:.1f} s, then train batches (shuffled, {n_train} examples) "
+        f"{train_rate:.0f} examples/s, the ordered read {ordered_rate:.0f} examples/s; load {load()}",
         flush=True,
     )
     return n, costs, cfg

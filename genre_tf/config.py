@@ -59,6 +59,12 @@ class DataConfig:
     # A folder of shards written by `prepare --engine beam` (a local path, gs://, s3://: what tf.io.gfile reads):
     # train reads its tracks, ids, labels and splits from there instead of preparing audio through the cache.
     shards: str | None = None
+    # With data.shards: train streams mel images and musicnn patches from the shard files (tf.data: parallel interleave,
+    # a shuffle buffer) instead of holding a split's segments in memory, and under train.distribute: multi_worker each
+    # worker reads its own shard files. For a collection larger than memory, or multi-worker training. The shuffle
+    # differs from the in-memory reader's, so a streamed run is not the same numbers as one from the cache (it is the
+    # same from one streamed run to the next, and resumes exactly). A features model (mlp) holds its rows either way.
+    stream: bool = False
 
 
 @dataclass
@@ -383,6 +389,8 @@ def _check_consistency(cfg: Config) -> None:
     if data.folds > 1 and (data.split_file is not None or data.split != "auto"):
         problem = "k-fold is a split itself, so data.split must stay auto and data.split_file unset"
         raise ConfigError("data.folds", problem)
+    if data.stream and not data.shards:
+        raise ConfigError("data.stream", "streams shard files: set data.shards to a folder of prepare --engine beam")
     if len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 8:
         raise ConfigError("model.image_size", f"must be [height, width] of at least 8, got {cfg.model.image_size}")
     if cfg.mel.db_floor >= cfg.mel.db_ceiling:

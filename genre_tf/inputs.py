@@ -7,6 +7,7 @@ the same way: the run's saved config and scaler decide everything.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def load_examples(cfg: Config, progress: bool = True) -> Examples:
     if cfg.data.shards:
         from genre_tf.shards import read_prepared
 
-        return examples_from_prepared(read_prepared(cfg.data.shards, cfg), cfg)
+        return examples_from_prepared(read_prepared(cfg.data.shards, cfg, held=not streams(cfg)), cfg)
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
 
@@ -93,31 +94,55 @@ def examples_for_index(index: Index, cfg: Config, progress: bool = True, pool: S
     return examples_from_prepared(prepare_index(index, cfg, progress=progress, pool=pool), cfg)
 
 
+def streams(cfg: Config) -> bool:
+    """Whether the model's inputs are streamed from data.shards (data.stream; a features model holds its rows).
+
+    ConfigError where the run needs a split in memory: augmentation and the cached boundary of a transfer model
+    read elements by their index."""
+    if not cfg.data.stream or reads_features(cfg):
+        return False
+    if cfg.augment.active:
+        raise ConfigError("data.stream", "augmentation reads the train split by element index; turn off augment.*")
+    from genre_tf.boundary import caches_boundary  # boundary builds on this module
+
+    if caches_boundary(cfg):
+        raise ConfigError("data.stream", "the cached boundary holds the split; set model.transfer.cache_boundary=false")
+    return True
+
+
 @dataclass
 class SplitData:
     """One split as a model sees it: a loader per element, labels and the track of each element.
 
     The training split also carries its augmentation for `pipeline.train_dataset`; `batches` never augments.
+    A split streamed from shards (data.stream) has a `stream` instead of a loader.
     """
 
-    loader: pipeline.Loader
+    loader: pipeline.Loader | None
     labels: np.ndarray
     track_ids: np.ndarray
     augmentation: pipeline.Augmentation | None = None
+    stream: pipeline.ShardStream | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batches(self, batch_size: int) -> tf.data.Dataset:
+        if self.stream is not None:
+            return self.stream.batches(batch_size)
         return pipeline.eval_dataset(self.loader, len(self), batch_size)
 
 
 def split_data(
     frame: pd.DataFrame, cfg: Config, classes: list[str], scaler: Scaler | None, train: bool = False
 ) -> SplitData:
-    """The examples of `frame` as the model reads them; `train`: with cfg.augment's augmentation for training."""
+    """The examples of `frame` as the model reads them; `train`: with cfg.augment's augmentation for training.
+
+    A frame read from shards without its inputs (data.stream) streams them from cfg.data.shards."""
     labels = pipeline.label_ids(frame["label"], classes)
     kind = model_input(cfg)
+    if kind != models.FEATURES and input_column(cfg) not in frame:
+        return SplitData(None, labels, frame["track_id"].to_numpy(), stream=shard_stream(frame, cfg, labels))
     if kind == models.FEATURES:
         read, to_input = pipeline.table_reader(scaler.transform(frame)), None
     elif kind == models.MUSICNN_PATCH:
@@ -127,6 +152,27 @@ def split_data(
     loader = pipeline.reading_loader(read, labels, to_input)
     augmented = augment.augmentation(frame, cfg, kind, read, to_input, labels, len(classes)) if train else None
     return SplitData(loader, labels, frame["track_id"].to_numpy(), augmented)
+
+
+def shard_stream(frame: pd.DataFrame, cfg: Config, labels: np.ndarray) -> pipeline.ShardStream:
+    """The split of `frame` (rows in the order the shards are read, with their class indices `labels`) streamed
+    from the shard files of cfg.data.shards."""
+    from genre_tf.shards import shard_files
+
+    kind = model_input(cfg)
+    if kind == models.MUSICNN_PATCH:
+        frames, n_mels = input_shape(cfg, None)
+        decode = partial(pipeline.patch_from_bytes, frames=frames, n_mels=n_mels)
+    else:
+        to_input = pipeline.mel_model_input(cfg.model)
+
+        def decode(data: tf.Tensor) -> tf.Tensor:
+            return to_input(pipeline.png_to_unit(data))
+
+    first = ~frame["track_id"].duplicated().to_numpy()
+    track_labels = tuple(int(label) for label in labels[first])
+    track_ids = tuple(frame["track_id"].to_numpy()[first])
+    return pipeline.ShardStream(tuple(shard_files(cfg.data.shards)), kind, track_ids, track_labels, decode, len(frame))
 
 
 def input_column(cfg: Config) -> str:

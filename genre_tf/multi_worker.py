@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -46,7 +47,7 @@ def fit_multi_worker(
     model: keras.Model,
     train_cfg: TrainConfig,
     strategy: tf.distribute.Strategy,
-    ds: tf.data.Dataset,
+    ds: tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset],
     valid: tf.data.Dataset | None,
     steps: int,
     global_batch: int,
@@ -55,8 +56,9 @@ def fit_multi_worker(
 ) -> None:
     """`fit` for MultiWorkerMirroredStrategy: Keras 3's own fit fails there (keras-team/keras#20585).
 
-    Each worker takes its share of every global batch (the dataset is distributed by element),
-    gradients are all-reduced by the strategy, and every worker validates on the whole valid split
+    Each worker takes its share of every global batch: `ds` a dataset is distributed by element; a function of
+    the input context (a split streamed from shards) makes each worker's own batches from its own shard files.
+    Gradients are all-reduced by the strategy, and every worker validates on the whole valid split
     so all of them make the same early-stopping choice. Callbacks see the logs `fit` would give.
     """
     per_example = build_loss(train_cfg, reduction=None)
@@ -79,7 +81,10 @@ def fit_multi_worker(
         probs = model(x, training=False)
         return tf.reduce_sum(per_example(y, probs)), _correct(y, probs)
 
-    batches = iter(strategy.experimental_distribute_dataset(ds))
+    if isinstance(ds, tf.data.Dataset):
+        batches = iter(strategy.experimental_distribute_dataset(ds))
+    else:
+        batches = iter(strategy.distribute_datasets_from_function(ds))
     hooks = keras.callbacks.CallbackList(callbacks, model=model)
     hooks.on_train_begin()
     for epoch in epochs:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from genre_tf import shards
 from genre_tf.config import ModelConfig
 from genre_tf.preprocessing import PNG_MAX
 from genre_tf.preprocessing.layers import MelImage
@@ -58,12 +59,13 @@ def mel_reader(sources: list[str] | list[bytes]) -> Reader:
 def patch_reader(sources: list[str] | list[bytes], frames: int, n_mels: int) -> Reader:
     """Element i -> (frames, n_mels) float32 mel power of its raw float16 patch (a path, or its bytes)."""
     read_file = file_reader(sources)
+    return lambda i: patch_from_bytes(read_file(i), frames, n_mels)
 
-    def read(i: tf.Tensor) -> tf.Tensor:
-        raw = tf.io.decode_raw(read_file(i), tf.float16, little_endian=True)
-        return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32)
 
-    return read
+def patch_from_bytes(data: tf.Tensor, frames: int, n_mels: int) -> tf.Tensor:
+    """A raw little-endian float16 musicnn patch -> (frames, n_mels) float32 mel power."""
+    raw = tf.io.decode_raw(data, tf.float16, little_endian=True)
+    return tf.cast(tf.reshape(raw, (frames, n_mels)), tf.float32)
 
 
 def reading_loader(read: Reader, y: np.ndarray, model_input: Callable | None = None) -> Loader:
@@ -156,6 +158,90 @@ def train_dataset(
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
         ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
     return _deterministic(ds.prefetch(AUTOTUNE)), steps
+
+
+STREAM_SHUFFLE_SEGMENTS = 2048  # a streamed train split's shuffle buffer, in encoded segments (PNG: ~30 KiB each)
+
+
+@dataclass(frozen=True)
+class ShardStream:
+    """A split whose segments are streamed from shard files (genre_tf.shards, data.stream), never held in memory.
+
+    `track_ids` and `labels` are the split's tracks and their class indices, in the order the shards are read
+    (`shards.read_prepared(..., held=False)`); `decode` makes a segment's bytes (`representation`) the model's input;
+    `n`: the split's segments.
+    """
+
+    files: tuple[str, ...]
+    representation: str
+    track_ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    decode: Callable[[tf.Tensor], Any]
+    n: int
+
+    def segments(self, files) -> tf.data.Dataset:
+        """(track id, k, bytes, label) of the split's segments in `files`, in the order they are read."""
+        rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.track_ids, tf.string), tf.range(len(self.track_ids), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
+        labels = tf.constant(self.labels, tf.int32)
+        ds = shards.split_segments(shards.track_dataset(files, (self.representation,)), self.representation, rows)
+        return ds.map(lambda track_id, k, data, row: (track_id, k, data, tf.gather(labels, row)))
+
+    def _examples(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        decode = self.decode
+        return ds.map(lambda track_id, k, data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def batches(self, batch_size: int) -> tf.data.Dataset:
+        """Every segment of the split, batched, in the order of `track_ids` (evaluation: never shuffled)."""
+        ds = self._examples(self.segments(list(self.files))).batch(batch_size)
+        # Known to be n segments: Keras then validates without running out of data to find the end of it.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-self.n // batch_size)))
+        return _deterministic(ds.prefetch(AUTOTUNE))
+
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        first_epoch: int,
+        epochs: int,
+        context: tf.distribute.InputContext | None = None,
+    ) -> tuple[tf.data.Dataset, int]:
+        """Shuffled training batches for epochs [first_epoch, epochs) and the steps per epoch, as `train_dataset`.
+
+        An epoch reads its shard files in an order drawn from (seed, epoch), by parallel interleave, through a
+        shuffle buffer seeded the same way: a function of (seed, epoch) alone, so a resumed run sees what an
+        uninterrupted one sees. Under tf.distribute `context` names the input pipeline: it reads its own files
+        (`shards.worker_files`) and makes its replicas' batches; every pipeline gives each epoch `steps` batches
+        per replica, cycling through its files' segments when it holds fewer than the split's share (and leaving
+        some out, others each epoch, when it holds more). A pipeline whose files hold none of the split gives none.
+        """
+        batch_size = min(batch_size, self.n)
+        steps = self.n // batch_size
+        files = tf.constant(shards.worker_files(list(self.files), context))
+        per_replica, replicas = batch_size, 1
+        if context is not None:
+            per_replica = context.get_per_replica_batch_size(batch_size)
+            replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        per_epoch = steps * replicas * per_replica
+
+        def epoch_segments(epoch: tf.Tensor) -> tf.data.Dataset:
+            epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = tf.argsort(tf.random.stateless_uniform(files.shape, seed=epoch_seed))
+            shuffle_seed = tf.random.stateless_uniform([], epoch_seed, maxval=2**31 - 1, dtype=tf.int64)
+            ds = self.segments(tf.gather(files, order))
+            return ds.shuffle(STREAM_SHUFFLE_SEGMENTS, seed=shuffle_seed).repeat().take(per_epoch)
+
+        ds = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch)).flat_map(epoch_segments)
+        ds = self._examples(ds).batch(per_replica, drop_remainder=True)
+        options = tf.data.Options()
+        options.deterministic = True
+        # The input pipeline has picked its files already: a distributed run must not split it again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.prefetch(AUTOTUNE).with_options(options), steps
 
 
 def png_to_unit(data: tf.Tensor) -> tf.Tensor:

@@ -8,7 +8,9 @@ shards, not with segments, and a track read from shards is byte for byte the tra
 
 A folder of shards holds `tracks-SSSSS-of-NNNNN.tfrecord`, `index.csv` (what the pipeline read) and `shards.json`
 (the manifest: its shard files, representations and their cache keys, the split note, what indexing reported). It
-may be anywhere tf.io.gfile reads (a local folder, `gs://`, `s3://`). `train` reads it when `data.shards` names it.
+may be anywhere tf.io.gfile reads (a local folder, `gs://`, `s3://`). `train` reads it when `data.shards` names it:
+whole into memory (`read_prepared`), or with `data.stream` a table of its tracks and segments without their files,
+the segments then streamed split by split (`split_segments`, genre_tf.pipeline.ShardStream).
 """
 
 from __future__ import annotations
@@ -72,20 +74,54 @@ def _parser(names: tuple[str, ...]):
     return lambda record: tf.io.parse_single_example(record, spec)
 
 
-def track_dataset(files: list[str], names: tuple[str, ...], cycle_length: int = 4) -> tf.data.Dataset:
-    """The tracks of shard files, parsed, read by parallel interleave (tracks come in no fixed order).
+def track_dataset(files, names: tuple[str, ...], cycle_length: int = 4) -> tf.data.Dataset:
+    """The tracks of shard files (a list, or a string tensor), parsed, read by parallel interleave.
 
-    Under tf.distribute multi-worker its auto-sharding is by file: each worker reads its own shards."""
+    The order is a function of the files' order alone (the interleave is deterministic), so two reads of the same
+    files give the tracks in the same order: a streamed split's examples line up with its table
+    (`read_prepared(..., held=False)`). Under tf.distribute multi-worker its auto-sharding is by file."""
+    n_files = len(files) if isinstance(files, (list, tuple)) else int(files.shape[0])
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset,
-        cycle_length=max(1, min(cycle_length, len(files))),
+        cycle_length=max(1, min(cycle_length, n_files)),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
+        deterministic=True,
     )
-    ds = ds.map(_parser(names), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(_parser(names), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_files(folder: str) -> list[str]:
+    """The shard files of a folder, in its manifest's order."""
+    folder = folder.rstrip("/")
+    return [f"{folder}/{name}" for name in read_manifest(folder)["files"]]
+
+
+def worker_files(files: list[str], context: tf.distribute.InputContext | None) -> list[str]:
+    """The shard files one input pipeline of a tf.distribute run reads: every n-th file from its id, so the
+    workers' files are disjoint and together all of them. None (no distribution): all files."""
+    if context is None or context.num_input_pipelines == 1:
+        return list(files)
+    if len(files) < context.num_input_pipelines:
+        workers = context.num_input_pipelines
+        problem = f"{len(files)} shard file(s) for {workers} workers: prepare with --shards {workers} or more"
+        raise ConfigError("data.shards", problem)
+    return list(files[context.input_pipeline_id :: context.num_input_pipelines])
+
+
+def split_segments(tracks: tf.data.Dataset, name: str, rows: tf.lookup.StaticHashTable) -> tf.data.Dataset:
+    """Parsed tracks -> (track id, k, the k-th segment's bytes of `name`, track row) for the tracks `rows` maps to
+    a row (>= 0) of a split's track table; the others (other splits, skipped tracks) are left out."""
+    tracks = tracks.map(lambda r: (r["track_id"], r[name], rows.lookup(r["track_id"])))
+    tracks = tracks.filter(lambda track_id, data, row: row >= 0)
+
+    def segments(track_id: tf.Tensor, data: tf.Tensor, row: tf.Tensor) -> tf.data.Dataset:
+        n = tf.shape(data, out_type=tf.int64)[0]
+        return tf.data.Dataset.from_tensor_slices((tf.fill([n], track_id), tf.range(n), data, tf.fill([n], row)))
+
+    return tracks.flat_map(segments)
 
 
 def read_manifest(folder: str) -> dict:
@@ -150,30 +186,36 @@ def _skip_reason(r: dict, audio) -> str | None:
     return result.under_policy(audio).reason
 
 
-def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None):
+def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None, held: bool = True):
     """The Prepared tables (genre_tf.prepare) of shards, as the local engine makes them from the cache: the same
     tracks in index order, with the same feature rows; a segment's `mel_path` / `musicnn_path` holds its file's
-    bytes instead of a path (genre_tf.pipeline's readers take either). `names`: default what the model reads."""
+    bytes instead of a path (genre_tf.pipeline's readers take either). `names`: default what the model reads.
+
+    `held=False` (data.stream): the segments' files are not read into the table (it has no `mel_path` /
+    `musicnn_path`), and the tracks come in the order `track_dataset` reads them, the order a streamed split's
+    examples come in (genre_tf.pipeline.ShardStream); feature rows are held still."""
     from genre_tf.prepare import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations
 
     folder = folder.rstrip("/")
     manifest = read_manifest(folder)
     names = model_representations(cfg) if names is None else representations.check(names)
     check_recipe(manifest, folder, cfg, names)
-    files = [f"{folder}/{name}" for name in manifest["files"]]
-    records = sorted(track_dataset(files, names).as_numpy_iterator(), key=lambda r: r["position"])
+    read = names if held else tuple(name for name in names if name not in PATH_COLUMNS)
+    records = list(track_dataset(shard_files(folder), read).as_numpy_iterator())
+    if held:
+        records.sort(key=lambda r: r["position"])
     columns = features.feature_columns(cfg.features.n_mfcc) if representations.FEATURES in names else []
     tables, skipped = [], []
     for r in records:
         reason = _skip_reason(r, cfg.audio)
         if reason is None:
-            tables.append(_track_tables(r, names, columns, cfg.audio))
+            tables.append(_track_tables(r, read, columns, cfg.audio))
         else:
             skipped.append((r["path"].decode(), r["track_id"].decode(), reason))
     n_failed = len(skipped)
     skipped += [tuple(problem) for problem in manifest["problems"]]
     tracks = pd.DataFrame([track for track, _ in tables], columns=[*INDEX_COLUMNS, "digest", "n_segments", *columns])
-    segment_columns = ["track_id", "segment", "label", "split", *(PATH_COLUMNS[n] for n in names if n in PATH_COLUMNS)]
+    segment_columns = ["track_id", "segment", "label", "split", *(PATH_COLUMNS[n] for n in read if n in PATH_COLUMNS)]
     segment_columns += columns
     frames = [frame for _, frame in tables]
     segments = (

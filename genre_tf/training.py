@@ -340,7 +340,7 @@ def _fit_phase(
     last_epoch = first_epoch + phase.epochs
     batch_size = cfg.train.batch_size
     data = inputs.train
-    ds, steps = train_dataset(data.loader, len(data), batch_size, cfg.seed, start_epoch, last_epoch, data.augmentation)
+    batches, steps = _train_batches(data, cfg, start_epoch, last_epoch)
     with strategy.scope():  # the schedule needs the steps per epoch, which the dataset decides
         optimizer = build_optimizer(cfg.train, phase.learning_rate, steps, phase.schedule_epochs or phase.epochs)
         loss = build_soft_loss(cfg.train) if cfg.augment.mixup_alpha else build_loss(cfg.train)
@@ -357,10 +357,10 @@ def _fit_phase(
     if cfg.train.distribute == "multi_worker":
         epochs = range(start_epoch, last_epoch)
         batch = min(batch_size, len(inputs.train))
-        fit_multi_worker(inputs.model, cfg.train, strategy, ds, inputs.valid, steps, batch, epochs, callbacks)
+        fit_multi_worker(inputs.model, cfg.train, strategy, batches, inputs.valid, steps, batch, epochs, callbacks)
         return
     inputs.model.fit(
-        ds,
+        batches if isinstance(batches, tf.data.Dataset) else batches(None),
         shuffle=False,  # train_dataset shuffles, per epoch, from the seed
         class_weight=class_weights(data.labels, len(run.classes)) if cfg.train.class_weight == "balanced" else None,
         validation_data=inputs.valid,
@@ -370,6 +370,21 @@ def _fit_phase(
         callbacks=callbacks,
         verbose=verbose,
     )
+
+
+def _train_batches(data: SplitData, cfg: Config, first_epoch: int, last_epoch: int) -> tuple:
+    """The train split's batches for epochs [first_epoch, last_epoch) and the steps per epoch. The batches are a
+    dataset, or for a split streamed from shards a function of the tf.distribute.InputContext (None: no
+    distribution), so that each worker of a multi-worker run reads its own shard files."""
+    batch_size, seed = cfg.train.batch_size, cfg.seed
+    if data.stream is None:
+        return train_dataset(data.loader, len(data), batch_size, seed, first_epoch, last_epoch, data.augmentation)
+    _, steps = data.stream.train_batches(batch_size, seed, first_epoch, last_epoch)
+
+    def batches(context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        return data.stream.train_batches(batch_size, seed, first_epoch, last_epoch, context)[0]
+
+    return batches, steps
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:

@@ -93,3 +93,163 @@ def test_a_run_trained_from_shards_equals_one_from_the_cache(beam_run):
     assert runs["shards"]["splits"] == runs["cache"]["splits"]  # every metric of valid and test, to the last bit
     pd.testing.assert_frame_equal(histories["shards"], histories["cache"], check_exact=True)
     assert set(runs["cache"]["splits"]) == {"valid", "test"} and len(histories["cache"]) == 2
+
+
+def _stream(files, name, table, split):
+    """The ShardStream of one split of a table read with held=False: its segments' bytes as read."""
+    from genre_tf.pipeline import ShardStream
+
+    rows = table[table.split == split]
+    first = ~rows.track_id.duplicated()
+    labels = tuple(range(int(first.sum())))  # any class index per track: the tests here look at the bytes
+    return ShardStream(tuple(files), name, tuple(rows.track_id[first]), labels, lambda data: data, len(rows))
+
+
+def _segments(ds):
+    return [(track_id.decode(), int(k), data) for track_id, k, data, _ in ds.as_numpy_iterator()]
+
+
+def test_streamed_splits_hold_the_cache_examples_in_the_table_order(beam_run):
+    """Per split and representation, the segments streamed from the shards are the cache's (track, k-th segment,
+    file bytes), in the order of the table read with held=False, which holds no segment files but the cache's
+    segments and feature rows."""
+    cfg, output, _, local, _ = beam_run
+    files = shards.shard_files(str(output))
+    table = shards.read_prepared(str(output), cfg, names=ALL, held=False).segments
+    assert "mel_path" not in table and "musicnn_path" not in table
+    cached = local.segments.assign(k=local.segments.groupby("track_id").cumcount())
+    columns = ["track_id", "segment", "label", *feature_columns(cfg.features.n_mfcc)]  # the rows held still
+    for split in ("train", "valid", "test"):
+        rows = table[table.split == split]
+        held, cached_rows = (
+            frame[columns].sort_values(["track_id", "segment"]).reset_index(drop=True)
+            for frame in (rows, local.segments[local.segments.split == split])
+        )
+        pd.testing.assert_frame_equal(held, cached_rows)
+        for name, column in (("mel_image", "mel_path"), ("musicnn_patch", "musicnn_path")):
+            streamed = _segments(_stream(files, name, table, split).segments(files))
+            expected = cached[cached.split == split]
+            assert sorted(streamed) == sorted(
+                zip(expected.track_id, expected.k, (Path(p).read_bytes() for p in expected[column]), strict=True)
+            )
+            assert [(t, k) for t, k, _ in streamed] == list(
+                zip(rows.track_id, rows.groupby("track_id").cumcount(), strict=True)
+            )
+
+
+def test_two_workers_stream_disjoint_shard_files(beam_run):
+    """Under 2 input pipelines each reads its own shard files, together all of them; each gives `steps` batches of
+    half the global batch per epoch."""
+    import tensorflow as tf
+
+    cfg, output, _, _, _ = beam_run
+    files = shards.shard_files(str(output))
+    table = shards.read_prepared(str(output), cfg, names=(MEL_IMAGE,), held=False).segments
+    stream = _stream(files, MEL_IMAGE, table, "train")
+    contexts = [tf.distribute.InputContext(2, worker, 2) for worker in range(2)]
+    held = [shards.worker_files(files, context) for context in contexts]
+    assert sorted(held[0] + held[1]) == sorted(files) and not set(held[0]) & set(held[1])
+    tracks = [{t for t, _, _ in _segments(stream.segments(part))} for part in held]
+    assert not tracks[0] & tracks[1] and tracks[0] | tracks[1] == set(table.track_id[table.split == "train"])
+    for context in contexts:
+        batches, steps = stream.train_batches(4, cfg.seed, 0, 2, context)
+        assert steps == len(stream.track_ids) * 3 // 4 and [len(x) for x, _ in batches] == [2] * 2 * steps
+    with pytest.raises(ConfigError, match=r"^data.shards: 2 shard file\(s\) for 3 workers"):
+        shards.worker_files(files, tf.distribute.InputContext(3, 0, 3))
+
+
+def test_a_streamed_epoch_is_a_function_of_seed_and_epoch(beam_run):
+    """Each epoch's order comes from (seed, epoch): a run resumed at epoch 1 sees the batches an uninterrupted run
+    sees there, and the epochs differ."""
+    cfg, output, _, _, _ = beam_run
+    files = shards.shard_files(str(output))
+    table = shards.read_prepared(str(output), cfg, names=(MEL_IMAGE,), held=False).segments
+    stream = _stream(files, MEL_IMAGE, table, "train")
+    whole, steps = stream.train_batches(2, cfg.seed, 0, 2)
+    resumed, _ = stream.train_batches(2, cfg.seed, 1, 2)
+    whole, resumed = ([x.tolist() for x, _ in ds.as_numpy_iterator()] for ds in (whole, resumed))
+    assert len(whole) == 2 * steps and whole[steps:] == resumed
+    assert whole[:steps] != whole[steps:]
+
+
+def test_streaming_config_errors_name_the_key(beam_run):
+    """Streaming without shards, with augmentation or a cached boundary is a config error; an mlp holds its rows."""
+    from genre_tf.inputs import load_examples, streams
+
+    _, output, _, _, config_file = beam_run
+    with pytest.raises(ConfigError, match=r"^data.stream: streams shard files: set data.shards"):
+        load_config(config_file, ["data.stream=true"])
+    augmented = load_config(config_file, ["model.kind=cnn", f"data.shards={output}", "data.stream=true"])
+    augmented = replace(augmented, augment=replace(augmented.augment, gain_db=3.0))
+    with pytest.raises(ConfigError, match=r"^data.stream: augmentation reads the train split by element index"):
+        load_examples(augmented, progress=False)
+    probe = load_config(config_file, ["model.kind=transfer", f"data.shards={output}", "data.stream=true"])
+    with pytest.raises(ConfigError, match=r"^data.stream: the cached boundary holds the split"):
+        streams(probe)
+    assert not streams(load_config(config_file, ["model.kind=mlp", f"data.shards={output}", "data.stream=true"]))
+
+
+@pytest.mark.slow
+def test_a_run_trained_from_a_stream_writes_a_normal_run(beam_run):
+    """A CNN trained and refitted with data.stream: the run directory a cached run has, the cache's segments per
+    split, and per segment the prediction, track and label the held reader gives the same model (the stream lines up
+    with its table)."""
+    import numpy as np
+
+    from genre_tf.evaluate import predict_examples
+    from genre_tf.inputs import load_examples
+    from genre_tf.run import RunDir
+    from genre_tf.training import train
+
+    _, output, _, local, config_file = beam_run
+    tiny = ["model.kind=cnn", "model.image_size=[16,16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
+    tiny += ["train.epochs=2", "train.batch_size=4", "name=streamed", f"data.shards={output}"]
+    run_cfg = load_config(config_file, [*tiny, "data.stream=true", "train.refit=true"])
+    run_dir = run_cfg.output_dir / "cnn-streamed"
+    metrics = train(run_cfg, run_dir, verbose=0)
+    assert metrics["refit"]["examples"] == local.segments.split.isin(["train", "valid"]).sum()
+    for part in ("config.yaml", "model.keras", "history.csv", "metrics.json", "report.md", "confusion_matrix.png"):
+        assert (run_dir / part).is_file(), part
+    assert len(pd.read_csv(run_dir / "history.csv")) == 2
+    run = RunDir(run_dir)
+    streamed, held = load_examples(run_cfg, progress=False), load_examples(load_config(config_file, tiny))
+    assert "mel_path" not in streamed.frame and "mel_path" in held.frame
+    model = run.load_model()
+    for split in ("valid", "test"):
+        assert metrics["splits"][split]["segment"]["n"] == (local.segments.split == split).sum()
+        rows = {}
+        for name, examples in (("streamed", streamed), ("held", held)):
+            track_ids, probs, labels = predict_examples(run, model, examples.split(split), 4)
+            rows[name] = sorted(zip(track_ids, labels, np.round(probs, 5).tolist(), strict=True))
+        assert rows["streamed"] == rows["held"]
+
+
+def test_the_multi_worker_loop_takes_a_stream_by_input_context(beam_run):
+    """fit_multi_worker with a streamed split: each input pipeline's batches come from the function of its
+    context (here the default strategy's one pipeline), `steps` of them per epoch."""
+    import keras
+    import tensorflow as tf
+
+    from genre_tf import models
+    from genre_tf.inputs import load_examples, split_data
+    from genre_tf.multi_worker import fit_multi_worker
+
+    _, output, _, _, config_file = beam_run
+    tiny = ["model.kind=cnn", "model.image_size=[16,16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
+    cfg = load_config(config_file, [*tiny, f"data.shards={output}", "data.stream=true"])
+    examples = load_examples(cfg, progress=False)
+    data = split_data(examples.split("train"), cfg, examples.classes, None)
+    contexts = []
+
+    def batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        contexts.append(context)
+        return data.stream.train_batches(4, cfg.seed, 0, 2, context)[0]
+
+    model = models.build_model(cfg.model, (16, 16, 1), len(examples.classes))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = keras.callbacks.History()
+    strategy = tf.distribute.get_strategy()
+    steps = len(data) // 4
+    fit_multi_worker(model, cfg.train, strategy, batches, None, steps, 4, range(2), [history])
+    assert [(c.num_input_pipelines, c.input_pipeline_id) for c in contexts] == [(1, 0)]
+    assert len(history.history["loss"]) == 2 and all(loss > 0 for loss in history.history["loss"])

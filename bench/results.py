@@ -1,6 +1,6 @@
 """Every number of the README's Results section, from the shared GTZAN material, in one command.
 
-    .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4] [--models name,name]
+    .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4] [--models name,name] [--summarise]
 
 1. Feature table: a 30-trial KerasTuner search for the MLP on the published table (fault-filtered split,
    valid only, tuning/mlp_table.yaml), the best config and a linear model each trained with 5 seeds and
@@ -262,23 +262,23 @@ def cross_validation(folds: list[int], names: list[str], with_sklearn: bool) -> 
 
 def ensembles_against_members(folds: pd.DataFrame) -> pd.DataFrame:
     """Per ensemble and fold: its test track accuracy against its best member's on that fold (the best in
-    hindsight, by test), the weights valid chose, and the mean over the folds where the ensemble ran."""
+    hindsight, by test), the weights valid chose; then the means over the folds where the ensemble ran."""
     accuracy = folds.set_index(["model", "fold"]).track_accuracy
     rows = []
     for name, (members, _) in ENSEMBLES.items():
+        ran = []
         for fold in sorted(folds[folds.model == name].fold):
             alone = {member: accuracy.get((member, fold), np.nan) for member in members}
             best = max(alone, key=lambda m: (alone[m], -members.index(m)))
             weights = folds[(folds.model == name) & (folds.fold == fold)].weights.iloc[0]
-            rows.append({"ensemble": name, "fold": str(fold), "track_accuracy": accuracy[(name, fold)],
-                         "best_member": best, "best_member_accuracy": alone[best],
-                         "gain": accuracy[(name, fold)] - alone[best], "weights": weights})  # fmt: skip
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    means = table.groupby("ensemble", sort=False)[["track_accuracy", "best_member_accuracy", "gain"]].mean()
-    means = means.reset_index().assign(fold="mean", best_member="", weights="")
-    return pd.concat([table, means], ignore_index=True).sort_values("ensemble", kind="stable")[table.columns]
+            ran.append({"ensemble": name, "fold": str(fold), "track_accuracy": accuracy[(name, fold)],
+                        "best_member": best, "best_member_accuracy": alone[best],
+                        "gain": accuracy[(name, fold)] - alone[best], "weights": weights})  # fmt: skip
+        if ran:
+            mean = {key: np.mean([row[key] for row in ran]) for key in ("track_accuracy", "best_member_accuracy")}
+            mean["gain"] = mean["track_accuracy"] - mean["best_member_accuracy"]
+            rows += [*ran, {"ensemble": name, "fold": "mean", **mean, "best_member": "", "weights": ""}]
+    return pd.DataFrame(rows)
 
 
 def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
@@ -393,6 +393,7 @@ def feature_table() -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["table", "cv"])
+    parser.add_argument("--summarise", action="store_true", help="only rewrite the cv summaries from cv_folds.csv")
     parser.add_argument("--folds", default="0,1,2,3,4")
     parser.add_argument(
         "--models", help="comma-separated experiments to (re)run, `sklearn` for the references; others keep their rows"
@@ -402,6 +403,9 @@ def main() -> None:
         raise SystemExit(f"error: the shared GTZAN material is not at {SHARED}")
     OUT.mkdir(parents=True, exist_ok=True)
     SUMMARY.mkdir(parents=True, exist_ok=True)
+    if args.summarise:  # after a run of some folds or models, or an edit of the tables' code: no training
+        write_cv_summaries(pd.read_csv(SUMMARY / "cv_folds.csv"))
+        return
     from genre_tf.compare import to_markdown
 
     if args.only in (None, "table"):
@@ -418,23 +422,30 @@ def main() -> None:
         with_sklearn = args.models is None or "sklearn" in names
         names = [name for name in names if name != "sklearn"]
         folds = cross_validation([int(f) for f in args.folds.split(",")], names, with_sklearn)
-        summary = summarise_cv(folds)
-        summary.to_csv(SUMMARY / "cv.csv", index=False)
-        (SUMMARY / "cv.md").write_text(to_markdown(summary) + "\n")
-        from genre_tf import plots
+        write_cv_summaries(folds)
 
-        series = {"track (mean prob.)": summary.track_mean.tolist(), "segment": summary.segment_mean.tolist()}
-        plots.comparison_png(summary.model.tolist(), series, SUMMARY / "cv.png")
-        print("gtzan_mini, grouped 5-fold cross-validation (test fold accuracy, mean and std over folds):")
-        print(to_markdown(summary))
-        parts = ablation(folds)
-        (SUMMARY / "ablation.md").write_text(to_markdown(parts.round(3)) + "\n")
-        print("What each augmentation adds (the recipe with it minus without it, same folds):")
-        print(to_markdown(parts.round(3)))
-        against = ensembles_against_members(folds)
-        (SUMMARY / "ensembles.md").write_text(to_markdown(against.round(3)) + "\n")
-        print("Ensembles against their best member, fold by fold (test track accuracy):")
-        print(to_markdown(against.round(3)))
+
+def write_cv_summaries(folds: pd.DataFrame) -> None:
+    """The cross-validation's tables and plot from its fold rows: cv.csv / cv.md / cv.png, ablation.md and
+    ensembles.md in bench/results/, each printed."""
+    from genre_tf import plots
+    from genre_tf.compare import to_markdown
+
+    summary = summarise_cv(folds)
+    summary.to_csv(SUMMARY / "cv.csv", index=False)
+    (SUMMARY / "cv.md").write_text(to_markdown(summary) + "\n")
+    series = {"track (mean prob.)": summary.track_mean.tolist(), "segment": summary.segment_mean.tolist()}
+    plots.comparison_png(summary.model.tolist(), series, SUMMARY / "cv.png")
+    print("gtzan_mini, grouped 5-fold cross-validation (test fold accuracy, mean and std over folds):")
+    print(to_markdown(summary))
+    parts = ablation(folds)
+    (SUMMARY / "ablation.md").write_text(to_markdown(parts.round(3)) + "\n")
+    print("What each augmentation adds (the recipe with it minus without it, same folds):")
+    print(to_markdown(parts.round(3)))
+    against = ensembles_against_members(folds)
+    (SUMMARY / "ensembles.md").write_text(to_markdown(against.round(3)) + "\n")
+    print("Ensembles against their best member, fold by fold (test track accuracy):")
+    print(to_markdown(against.round(3)))
 
 
 if __name__ == "__main__":

@@ -202,6 +202,10 @@ class ShardStream:
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-self.n // batch_size)))
         return _deterministic(ds.prefetch(AUTOTUNE))
 
+    def steps(self, batch_size: int) -> int:
+        """Training steps per epoch at `batch_size` (at most the split's segments), as `train_dataset` counts them."""
+        return self.n // min(batch_size, self.n)
+
     def train_batches(
         self,
         batch_size: int,
@@ -219,8 +223,8 @@ class ShardStream:
         per replica, cycling through its files' segments when it holds fewer than the split's share (and leaving
         some out, others each epoch, when it holds more). A pipeline whose files hold none of the split gives none.
         """
+        steps = self.steps(batch_size)
         batch_size = min(batch_size, self.n)
-        steps = self.n // batch_size
         files = tf.constant(shards.worker_files(list(self.files), context))
         per_replica, replicas = batch_size, 1
         if context is not None:

@@ -379,12 +379,11 @@ def _train_batches(data: SplitData, cfg: Config, first_epoch: int, last_epoch: i
     batch_size, seed = cfg.train.batch_size, cfg.seed
     if data.stream is None:
         return train_dataset(data.loader, len(data), batch_size, seed, first_epoch, last_epoch, data.augmentation)
-    _, steps = data.stream.train_batches(batch_size, seed, first_epoch, last_epoch)
 
     def batches(context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         return data.stream.train_batches(batch_size, seed, first_epoch, last_epoch, context)[0]
 
-    return batches, steps
+    return batches, data.stream.steps(batch_size)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:

@@ -64,7 +64,7 @@ def read_rate(ds: tf.data.Dataset) -> tuple[int, float]:
 
 
 def segment_files(paths: list[str]) -> tf.data.Dataset:
-    read = pipeline.mel_reader(paths)
+    read = pipeline.decoding_reader(paths, pipeline.png_to_unit)
     return tf.data.Dataset.range(len(paths)).map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -97,7 +97,7 @@ def boundary_features(
 
     activations = [np.empty((len(data), *t.shape[1:]), dtype=t.dtype) for t in frozen.outputs]
     batches = tqdm(
-        data.batches(batch_size) if len(data) else [],  # mel_reader cannot be traced over no paths
+        data.batches(batch_size) if len(data) else [],  # a file reader cannot be traced over no paths
         total=math.ceil(len(data) / batch_size),
         desc="boundary activations",
         unit="batch",

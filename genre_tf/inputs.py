@@ -6,6 +6,7 @@ the same way: the run's saved config and scaler decide everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -145,10 +146,9 @@ def split_data(
         return SplitData(None, labels, frame["track_id"].to_numpy(), stream=shard_stream(frame, cfg, labels))
     if kind == models.FEATURES:
         read, to_input = pipeline.table_reader(scaler.transform(frame)), None
-    elif kind == models.MUSICNN_PATCH:
-        read, to_input = pipeline.patch_reader(frame[input_column(cfg)].tolist(), *input_shape(cfg, scaler)), None
     else:
-        read, to_input = pipeline.mel_reader(frame[input_column(cfg)].tolist()), pipeline.mel_model_input(cfg.model)
+        decode, to_input = segment_decoding(cfg)
+        read = pipeline.decoding_reader(frame[input_column(cfg)].tolist(), decode)
     loader = pipeline.reading_loader(read, labels, to_input)
     augmented = augment.augmentation(frame, cfg, kind, read, to_input, labels, len(classes)) if train else None
     return SplitData(loader, labels, frame["track_id"].to_numpy(), augmented)
@@ -159,20 +159,27 @@ def shard_stream(frame: pd.DataFrame, cfg: Config, labels: np.ndarray) -> pipeli
     from the shard files of cfg.data.shards."""
     from genre_tf.shards import shard_files
 
-    kind = model_input(cfg)
-    if kind == models.MUSICNN_PATCH:
-        frames, n_mels = input_shape(cfg, None)
-        decode = partial(pipeline.patch_from_bytes, frames=frames, n_mels=n_mels)
-    else:
-        to_input = pipeline.mel_model_input(cfg.model)
+    decode_bytes, to_input = segment_decoding(cfg)
 
-        def decode(data: tf.Tensor) -> tf.Tensor:
-            return to_input(pipeline.png_to_unit(data))
+    def decode(data: tf.Tensor) -> tf.Tensor:
+        unit = decode_bytes(data)
+        return unit if to_input is None else to_input(unit)
 
     first = ~frame["track_id"].duplicated().to_numpy()
     track_labels = tuple(int(label) for label in labels[first])
     track_ids = tuple(frame["track_id"].to_numpy()[first])
-    return pipeline.ShardStream(tuple(shard_files(cfg.data.shards)), kind, track_ids, track_labels, decode, len(frame))
+    files = tuple(shard_files(cfg.data.shards))
+    return pipeline.ShardStream(files, model_input(cfg), track_ids, track_labels, decode, len(frame))
+
+
+def segment_decoding(cfg: Config) -> tuple[Callable[[tf.Tensor], tf.Tensor], pipeline.MelImage | None]:
+    """How a cached segment file's bytes become the model's input: decode them (a musicnn patch's mel power, or a
+    mel PNG's [0, 1] image), then, for an image model, make the image its size and channels. Augmentation works
+    between the two, on the decoded segment."""
+    if model_input(cfg) == models.MUSICNN_PATCH:
+        frames, n_mels = input_shape(cfg, None)
+        return partial(pipeline.patch_from_bytes, frames=frames, n_mels=n_mels), None
+    return pipeline.png_to_unit, pipeline.mel_model_input(cfg.model)
 
 
 def input_column(cfg: Config) -> str:

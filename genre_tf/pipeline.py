@@ -50,16 +50,11 @@ def file_reader(sources: list[str] | list[bytes]) -> Reader:
     return lambda i: tf.io.read_file(tf.gather(ps, i))
 
 
-def mel_reader(sources: list[str] | list[bytes]) -> Reader:
-    """Element i -> its cached mel PNG (a path, or its bytes) as float32 (n_mels, frames, 1) in [0, 1]."""
+def decoding_reader(sources: list[str] | list[bytes], decode: Callable[[tf.Tensor], Any]) -> Reader:
+    """Element i -> `decode` of its cached file's bytes (a path, or its bytes): `png_to_unit` for a mel PNG,
+    `patch_from_bytes` for a musicnn patch."""
     read_file = file_reader(sources)
-    return lambda i: png_to_unit(read_file(i))
-
-
-def patch_reader(sources: list[str] | list[bytes], frames: int, n_mels: int) -> Reader:
-    """Element i -> (frames, n_mels) float32 mel power of its raw float16 patch (a path, or its bytes)."""
-    read_file = file_reader(sources)
-    return lambda i: patch_from_bytes(read_file(i), frames, n_mels)
+    return lambda i: decode(read_file(i))
 
 
 def patch_from_bytes(data: tf.Tensor, frames: int, n_mels: int) -> tf.Tensor:

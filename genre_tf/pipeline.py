@@ -16,7 +16,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import shards
-from genre_tf.config import ModelConfig
+from genre_tf.config import ConfigError, ModelConfig
 from genre_tf.preprocessing import PNG_MAX
 from genre_tf.preprocessing.layers import MelImage
 
@@ -163,14 +163,15 @@ class ShardStream:
     """A split whose segments are streamed from shard files (genre_tf.shards, data.stream), never held in memory.
 
     `track_ids` and `labels` are the split's tracks and their class indices, in the order the shards are read
-    (`shards.read_prepared(..., held=False)`); `decode` makes a segment's bytes (`representation`) the model's input;
-    `n`: the split's segments.
+    (`shards.read_prepared(..., held=False)`), `track_files` the shard file each is in; `decode` makes a segment's
+    bytes (`representation`) the model's input; `n`: the split's segments.
     """
 
     files: tuple[str, ...]
     representation: str
     track_ids: tuple[str, ...]
     labels: tuple[int, ...]
+    track_files: tuple[str, ...]
     decode: Callable[[tf.Tensor], Any]
     n: int
 
@@ -201,6 +202,21 @@ class ShardStream:
         """Training steps per epoch at `batch_size` (at most the split's segments), as `train_dataset` counts them."""
         return self.n // min(batch_size, self.n)
 
+    def check_shares(self, n_pipelines: int) -> None:
+        """ConfigError where the shard files of one of `n_pipelines` input pipelines hold none of the split's
+        tracks: that pipeline would give no batches and leave the other workers waiting for it. Every worker checks
+        every share, so all of them stop with the same line, before training."""
+        held = set(self.track_files)
+        for pipeline_id in range(n_pipelines):
+            share = shards.pipeline_files(list(self.files), pipeline_id, n_pipelines)
+            if not held & set(share):
+                names = ", ".join(file.rsplit("/", 1)[-1] for file in share)
+                problem = (
+                    f"worker {pipeline_id} of {n_pipelines} would read {names}, which hold(s) none of the split's "
+                    f"{len(self.track_ids)} tracks: prepare with fewer --shards (each worker needs some of them)"
+                )
+                raise ConfigError("data.shards", problem)
+
     def train_batches(
         self,
         batch_size: int,
@@ -216,8 +232,11 @@ class ShardStream:
         uninterrupted one sees. Under tf.distribute `context` names the input pipeline: it reads its own files
         (`shards.worker_files`) and makes its replicas' batches; every pipeline gives each epoch `steps` batches
         per replica, cycling through its files' segments when it holds fewer than the split's share (and leaving
-        some out, others each epoch, when it holds more). A pipeline whose files hold none of the split gives none.
+        some out, others each epoch, when it holds more). Pipelines whose files hold none of the split are a config
+        error (`check_shares`).
         """
+        if context is not None and context.num_input_pipelines > 1:
+            self.check_shares(context.num_input_pipelines)
         steps = self.steps(batch_size)
         batch_size = min(batch_size, self.n)
         files = tf.constant(shards.worker_files(list(self.files), context))

@@ -71,18 +71,19 @@ def _parser(names: tuple[str, ...]):
     spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in TEXT_FIELDS}
     spec["position"] = tf.io.FixedLenFeature([], tf.int64)
     spec.update({name: tf.io.RaggedFeature(tf.string) for name in names})
-    return lambda record: tf.io.parse_single_example(record, spec)
+    return lambda record, file: tf.io.parse_single_example(record, spec) | {"shard": file}
 
 
 def track_dataset(files, names: tuple[str, ...], cycle_length: int = 4) -> tf.data.Dataset:
-    """The tracks of shard files (a list, or a string tensor), parsed, read by parallel interleave.
+    """The tracks of shard files (a list, or a string tensor), parsed (with `shard`, the file each came from), read
+    by parallel interleave.
 
     The order is a function of the files' order alone (the interleave is deterministic), so two reads of the same
     files give the tracks in the same order: a streamed split's examples line up with its table
     (`read_prepared(..., held=False)`). Under tf.distribute multi-worker its auto-sharding is by file."""
     n_files = len(files) if isinstance(files, (list, tuple)) else int(files.shape[0])
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset,
+        lambda file: tf.data.TFRecordDataset(file).map(lambda record: (record, file)),
         cycle_length=max(1, min(cycle_length, n_files)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -104,11 +105,15 @@ def worker_files(files: list[str], context: tf.distribute.InputContext | None) -
     workers' files are disjoint and together all of them. None (no distribution): all files."""
     if context is None or context.num_input_pipelines == 1:
         return list(files)
-    if len(files) < context.num_input_pipelines:
-        workers = context.num_input_pipelines
-        problem = f"{len(files)} shard file(s) for {workers} workers: prepare with --shards {workers} or more"
+    return pipeline_files(files, context.input_pipeline_id, context.num_input_pipelines)
+
+
+def pipeline_files(files: list[str], pipeline_id: int, n_pipelines: int) -> list[str]:
+    """Input pipeline `pipeline_id`'s share of `files` among `n_pipelines` (see `worker_files`)."""
+    if len(files) < n_pipelines:
+        problem = f"{len(files)} shard file(s) for {n_pipelines} workers: prepare with --shards {n_pipelines} or more"
         raise ConfigError("data.shards", problem)
-    return list(files[context.input_pipeline_id :: context.num_input_pipelines])
+    return list(files[pipeline_id::n_pipelines])
 
 
 def split_segments(tracks: tf.data.Dataset, name: str, rows: tf.lookup.StaticHashTable) -> tf.data.Dataset:
@@ -166,7 +171,7 @@ def _track_tables(r: dict, names: tuple[str, ...], columns: list[str], audio) ->
     meta = json.loads(text["meta"])
     track = {key: text[key] for key in INDEX_COLUMNS} | {"digest": text["digest"], "n_segments": meta["n_segments"]}
     segments = pd.DataFrame({"track_id": track["track_id"], "segment": segment_positions(meta, audio)})
-    segments["label"], segments["split"] = track["label"], track["split"]
+    segments["label"], segments["split"], segments["shard"] = track["label"], track["split"], r["shard"].decode()
     for name, column in PATH_COLUMNS.items():
         if name in names:
             segments[column] = list(r[name])
@@ -192,8 +197,9 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     bytes instead of a path (genre_tf.pipeline's readers take either). `names`: default what the model reads.
 
     `held=False` (data.stream): the segments' files are not read into the table (it has no `mel_path` /
-    `musicnn_path`), and the tracks come in the order `track_dataset` reads them, the order a streamed split's
-    examples come in (genre_tf.pipeline.ShardStream); feature rows are held still."""
+    `musicnn_path`; `shard` names the file a segment's track is in), and the tracks come in the order
+    `track_dataset` reads them, the order a streamed split's examples come in (genre_tf.pipeline.ShardStream);
+    feature rows are held still."""
     from genre_tf.prepare import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations
 
     folder = folder.rstrip("/")
@@ -216,6 +222,7 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     skipped += [tuple(problem) for problem in manifest["problems"]]
     tracks = pd.DataFrame([track for track, _ in tables], columns=[*INDEX_COLUMNS, "digest", "n_segments", *columns])
     segment_columns = ["track_id", "segment", "label", "split", *(PATH_COLUMNS[n] for n in read if n in PATH_COLUMNS)]
+    segment_columns += [] if held else ["shard"]
     segment_columns += columns
     frames = [frame for _, frame in tables]
     segments = (

@@ -102,7 +102,8 @@ def _stream(files, name, table, split):
     rows = table[table.split == split]
     first = ~rows.track_id.duplicated()
     labels = tuple(range(int(first.sum())))  # any class index per track: the tests here look at the bytes
-    return ShardStream(tuple(files), name, tuple(rows.track_id[first]), labels, lambda data: data, len(rows))
+    track_ids, track_files = tuple(rows.track_id[first]), tuple(rows.shard[first])
+    return ShardStream(tuple(files), name, track_ids, labels, track_files, lambda data: data, len(rows))
 
 
 def _segments(ds):
@@ -139,7 +140,8 @@ def test_streamed_splits_hold_the_cache_examples_in_the_table_order(beam_run):
 
 def test_two_workers_stream_disjoint_shard_files(beam_run):
     """Under 2 input pipelines each reads its own shard files, together all of them; each gives `steps` batches of
-    half the global batch per epoch."""
+    half the global batch per epoch. A split that one worker's files hold none of is a config error on every
+    worker, where it would leave the others waiting."""
     import tensorflow as tf
 
     cfg, output, _, _, _ = beam_run
@@ -156,6 +158,11 @@ def test_two_workers_stream_disjoint_shard_files(beam_run):
         assert steps == len(stream.track_ids) * 3 // 4 and [len(x) for x, _ in batches] == [2] * 2 * steps
     with pytest.raises(ConfigError, match=r"^data.shards: 2 shard file\(s\) for 3 workers"):
         shards.worker_files(files, tf.distribute.InputContext(3, 0, 3))
+    valid = _stream(files, MEL_IMAGE, table, "valid")  # 1 track: one worker's file holds none of the split
+    idle = r"worker \d of 2 would read tracks-0000\d-of-00002.tfrecord, which hold\(s\) none of the split's 1 tracks"
+    for context in contexts:  # every worker stops alike, whichever holds the track
+        with pytest.raises(ConfigError, match=rf"^data.shards: {idle}"):
+            valid.train_batches(4, cfg.seed, 0, 1, context)
 
 
 def test_a_streamed_epoch_is_a_function_of_seed_and_epoch(beam_run):

@@ -13,7 +13,7 @@ Prints the accuracy of each way per model and excerpt length, over all folds.
 An ensemble run of `make results` (`--ensembles`, default the musicnn probe with the refitted CNN, its members
 weighted by valid's greedy choice and alike) is measured the way `predict` meets a short file: each excerpt is
 written as a file and predicted by `predict --run ENSEMBLE` (tiled, every member preprocessing it its own way), beside
-each of its members predicting the same files alone.
+each of its candidates (kept by the selection or not) predicting the same files alone.
 
     .venv/bin/python bench/short_clips.py [--models musicnn_msd_frozen,cnn_augmented]
                                           [--ensembles ensemble_probe_cnn_greedy,ensemble_probe_cnn_equal]
@@ -115,15 +115,17 @@ def excerpt_files(run_dir: Path, folder: Path) -> pd.DataFrame:
 
 
 def ensemble_rows(run_dir: Path) -> list[dict]:
-    """One row per (excerpt, predictor): whether `predict` with the ensemble run, or with one of its members alone,
-    names the excerpt's track's genre."""
+    """One row per (excerpt, predictor): whether `predict` with the ensemble run, or with one of its candidates alone,
+    names the excerpt's track's genre. Every candidate is measured, kept or not (from its run directory, as
+    ensemble.json names it), so each member column covers the same excerpts on every fold."""
     import tempfile
 
     from genre_tf.predict import ensemble
     from genre_tf.run import RunDir
 
     run = RunDir(run_dir)
-    predictors = {"ensemble": run} | {m.run.path.name.rsplit("_fold", 1)[0]: m.run for m in run.members()}
+    candidates = {c["name"]: RunDir(Path(c["source"])) for c in run.ensemble()["candidates"]}
+    predictors = {"ensemble": run} | {name.rsplit("_fold", 1)[0]: found for name, found in candidates.items()}
     with tempfile.TemporaryDirectory() as folder:
         excerpts = excerpt_files(run.members()[0].run.path, Path(folder)).set_index("track_id")
         files = sorted(Path(folder).glob("*.wav"))
@@ -149,7 +151,7 @@ def main() -> None:
             raise SystemExit(f"error: no {name}_fold<k> runs under {RESULTS}; run `make results` first")
         rows = pd.DataFrame([row for run in runs for row in ensemble_rows(run)])
         table = rows.pivot_table(index="length", columns="predictor", values="correct", aggfunc="mean")
-        n = len(rows) // (len(LENGTHS) * rows.predictor.nunique())
+        n = len(rows) // (len(LENGTHS) * rows.predictor.nunique())  # every predictor meets every excerpt
         print(f"{name}, {len(runs)} folds, {n} excerpts per length (test tracks only), tiled by predict: accuracy")
         print(table[["ensemble", *[c for c in table.columns if c != "ensemble"]]].round(3).to_string())
     for model in filter(None, args.models.split(",")):

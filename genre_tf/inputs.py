@@ -165,12 +165,8 @@ def shard_stream(frame: pd.DataFrame, cfg: Config, labels: np.ndarray) -> pipeli
         unit = decode_bytes(data)
         return unit if to_input is None else to_input(unit)
 
-    first = ~frame["track_id"].duplicated().to_numpy()
-    track_labels = tuple(int(label) for label in labels[first])
-    track_ids = tuple(frame["track_id"].to_numpy()[first])
-    track_files = tuple(frame["shard"].to_numpy()[first])
     files = tuple(shard_files(cfg.data.shards))
-    return pipeline.ShardStream(files, model_input(cfg), track_ids, track_labels, track_files, decode, len(frame))
+    return pipeline.ShardStream.of_split(files, model_input(cfg), frame, labels, decode)
 
 
 def segment_decoding(cfg: Config) -> tuple[Callable[[tf.Tensor], tf.Tensor], pipeline.MelImage | None]:

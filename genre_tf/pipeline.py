@@ -175,6 +175,24 @@ class ShardStream:
     decode: Callable[[tf.Tensor], Any]
     n: int
 
+    @classmethod
+    def of_split(
+        cls,
+        files: tuple[str, ...],
+        representation: str,
+        segments: pd.DataFrame,
+        labels: np.ndarray,
+        decode: Callable[[tf.Tensor], Any],
+    ) -> ShardStream:
+        """The stream of a split's `segments` (rows of `shards.read_prepared(..., held=False)`, in the order the
+        shards are read, with their class indices `labels`): its tracks, their labels and shard files, in that
+        order."""
+        first = ~segments["track_id"].duplicated().to_numpy()
+        track_ids = tuple(segments["track_id"].to_numpy()[first])
+        track_labels = tuple(int(label) for label in np.asarray(labels)[first])
+        track_files = tuple(segments["shard"].to_numpy()[first])
+        return cls(files, representation, track_ids, track_labels, track_files, decode, len(segments))
+
     def segments(self, files) -> tf.data.Dataset:
         """(track id, k, bytes, label) of the split's segments in `files`, in the order they are read."""
         rows = tf.lookup.StaticHashTable(

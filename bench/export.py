@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_tf.export import artefact_bytes, export, read_waveform
-from genre_tf.inputs import reads_features
-from genre_tf.predict import load_inputs, predict_frame
+from genre_tf.inputs.examples import reads_features
 from genre_tf.run import RunDir
+from genre_tf.serving.export import artefact_bytes, export, read_waveform
+from genre_tf.serving.predict import load_inputs, predict_frame
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO.parent / "shared" / "data" / "gtzan_mini"
@@ -155,7 +155,7 @@ def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
 
 def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
     """The clip as an artefact taking `rate` Hz takes it: decoded as the run whose model takes that rate decodes it."""
-    from genre_tf.export import audio_frontend
+    from genre_tf.serving.export import audio_frontend
 
     run = next(run for run in runs if audio_frontend(run.config).layout.sample_rate == rate)
     return read_waveform(clip, run.config)
@@ -169,8 +169,8 @@ def stand_in_ensemble(folder: Path) -> RunDir:
 
     from genre_tf import models
     from genre_tf.config import load_config, save_config
-    from genre_tf.evaluate import track_pooling
-    from genre_tf.inputs import input_shape
+    from genre_tf.evaluation.report import track_pooling
+    from genre_tf.inputs.examples import input_shape
 
     classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())
     members = []

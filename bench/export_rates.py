@@ -37,9 +37,9 @@ def fit_head(run_path: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]
     import keras
     from sklearn.linear_model import LogisticRegression
 
-    from genre_tf.inputs import split_data
-    from genre_tf.predict import load_inputs, predict_frame
+    from genre_tf.inputs.examples import split_data
     from genre_tf.run import RunDir
+    from genre_tf.serving.predict import load_inputs, predict_frame
 
     run = RunDir(run_path)
     model = run.load_model()
@@ -57,10 +57,11 @@ def fit_head(run_path: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]
 
 
 def rate_inputs(run_path: Path, paths: list[Path], rate: int) -> list[np.ndarray]:
-    """The clips as predict decodes them (the run's rate), resampled with soxr to `rate` as genre_tf.audio does."""
+    """The clips as predict decodes them (the run's rate), resampled with soxr to `rate` as genre_tf.features.audio
+    does."""
     import librosa
 
-    from genre_tf.audio import load_track
+    from genre_tf.features.audio import load_track
     from genre_tf.run import RunDir
 
     audio = RunDir(run_path).config.audio
@@ -72,9 +73,9 @@ def predicted_at_rate(run_path: Path, paths: list[Path], waveforms: list[np.ndar
     """predict's track probabilities for the waveforms written as float WAV files at `rate`, in clip order."""
     import soundfile as sf
 
-    from genre_tf.dataset import index_paths
-    from genre_tf.predict import load_inputs, predict_frame
+    from genre_tf.data.index import index_paths
     from genre_tf.run import RunDir
+    from genre_tf.serving.predict import load_inputs, predict_frame
 
     files = []
     for path, y in zip(paths, waveforms, strict=True):
@@ -98,9 +99,9 @@ def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) ->
     """Print, per rate, the agreement of the run's exported signature for that rate with predict."""
     import tensorflow as tf
 
-    from genre_tf.dataset import index_paths
-    from genre_tf.export import EXPORT_RATES, export, rate_signature
+    from genre_tf.data.index import index_paths
     from genre_tf.run import RunDir
+    from genre_tf.serving.export import EXPORT_RATES, export, rate_signature
 
     run_path = make_run(tmp / "runs" / name, FAMILIES[name], classes, tmp / f"cache_{name}")
     print(f"{name}: predicting {len(paths)} clips and fitting the head", flush=True)

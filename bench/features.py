@@ -8,7 +8,7 @@ the one-STFT recipe does get, so the ratio is a lower bound. Both use pad_mode='
 table's truncated harmonic / percussive waveforms, so their columns must agree. The recipes run clip by clip in
 alternating order, so that load from other processes hits both alike. Wall-clock time is the headline; CPU time
 is printed beside it because it is less disturbed by other processes on a shared machine. The one-STFT recipe's
-time is split into its two HPSS median filters (`genre_tf.features._median_filter`, timed where it is called)
+time is split into its two HPSS median filters (`genre_tf.features.analysis._median_filter`, timed where it is called)
 and everything else.
 
 `--representations` times what `prepare` pays per track for each model family instead: the cache entries of one
@@ -38,11 +38,11 @@ import numpy as np
 import soundfile
 from threadpoolctl import threadpool_limits
 
-import genre_tf.features
-from genre_tf import representations
-from genre_tf.cache import Recipe, TrackCache, extract_track, file_digest
+import genre_tf.features.analysis
 from genre_tf.config import FeatureConfig, MelConfig, load_config
-from genre_tf.features import FEATURE_COLUMNS, analyse_track
+from genre_tf.extract.cache import Recipe, TrackCache, extract_track, file_digest
+from genre_tf.features import representations
+from genre_tf.features.analysis import FEATURE_COLUMNS, analyse_track
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -136,18 +136,18 @@ def column_std(benchmarked_rows: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def median_filters_timed(timings: dict[str, np.ndarray]):
-    """Time every call of genre_tf.features._median_filter (the two HPSS filters) into `timings`."""
-    original = genre_tf.features._median_filter
+    """Time every call of genre_tf.features.analysis._median_filter (the two HPSS filters) into `timings`."""
+    original = genre_tf.features.analysis._median_filter
 
     def median_filter(x: np.ndarray, size: int, axis: int) -> np.ndarray:
         with timed(timings, MEDIAN_FILTERS):
             return original(x, size, axis)
 
-    genre_tf.features._median_filter = median_filter  # looked up at call time by _hpss_waves
+    genre_tf.features.analysis._median_filter = median_filter  # looked up at call time by _hpss_waves
     try:
         yield
     finally:
-        genre_tf.features._median_filter = original
+        genre_tf.features.analysis._median_filter = original
 
 
 def one_stft_recipe(
@@ -210,7 +210,7 @@ def report_agreement(fast_rows: np.ndarray, slow_rows: np.ndarray, fast_images, 
 
 
 def profile_fast_recipe(clips: list[tuple[str, np.ndarray, int]]) -> None:
-    """Per-stage time of the one-STFT recipe: cumulative time of each function of genre_tf.features."""
+    """Per-stage time of the one-STFT recipe: cumulative time of each function of genre_tf.features.analysis."""
     profiler = cProfile.Profile()
     profiler.enable()
     for _, y, sr in clips:

@@ -1,6 +1,6 @@
 """Benchmark: `predict FOLDER --output` on a library of N distinct 30 s clips, cold, then killed halfway and resumed.
 
-Writes N synthetic clips (genre_tf.demo's styles, one random generator per clip, so every file has its own content
+Writes N synthetic clips (genre_tf.data.demo's styles, one random generator per clip, so every file has its own content
 and nothing is a cache hit) as 16-bit FLAC, then runs
 
     python -m genre_tf.predict --run RUN FOLDER --output OUT --cache-dir CACHE
@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 import soundfile as sf
 
-from genre_tf.demo import DEMO_GENRES, STYLES, render_track
+from genre_tf.data.demo import DEMO_GENRES, STYLES, render_track
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CNN = REPO / "saved_models" / "demo_cnn"

@@ -24,9 +24,9 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from genre_tf.audio import load_track, segment_bounds
 from genre_tf.config import AudioConfig
-from genre_tf.musicnn_input import PATCH_FRAMES, compress, segment_patches
+from genre_tf.features.audio import load_track, segment_bounds
+from genre_tf.features.musicnn_input import PATCH_FRAMES, compress, segment_patches
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

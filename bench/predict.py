@@ -50,8 +50,8 @@ def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Pa
 
     from genre_tf import models
     from genre_tf.config import load_config, save_config
-    from genre_tf.inputs import input_shape, model_feature_columns, reads_features
-    from genre_tf.scaling import fit_scaler
+    from genre_tf.features.scaling import fit_scaler
+    from genre_tf.inputs.examples import input_shape, model_feature_columns, reads_features
 
     overrides = [f"cache.dir={cache_dir}", f"output_dir={path.parent}", f"data.root={SHARED_DATA / 'gtzan_mini'}"]
     cfg = load_config(REPO / "configs" / config, overrides)
@@ -77,7 +77,7 @@ def cpu_seconds() -> float:
 
 def time_predict(run: Path, folder: Path, cache_dir: Path, out: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of one `predict --output` over the folder on an empty cache, its printout swallowed."""
-    from genre_tf import predict
+    from genre_tf.serving import predict
 
     started, cpu = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -90,8 +90,8 @@ def time_floor(run: Path, paths: list[Path], tmp: Path) -> tuple[float, float]:
     it."""
     import tensorflow as tf
 
-    from genre_tf.export import export, read_waveform
     from genre_tf.run import RunDir
+    from genre_tf.serving.export import export, read_waveform
 
     run_dir = RunDir(run)
     saved = tmp / f"{run.name}_saved_model"

@@ -15,8 +15,8 @@
    ablation that leaves one augmentation out at a time; scikit-learn SVM and logistic regression on the
    30 s features, and logistic regression on musicnn embeddings, as references.
    Prints mean and spread over folds at segment and track level, and what each augmentation adds.
-3. Ensembles (genre_tf.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy forward
-   selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s MLP, and
+3. Ensembles (genre_tf.evaluation.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy
+   forward selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s MLP, and
    the selection over each family's best recipe. Each is set against its best member on the same fold.
 
 All of it takes about 6 hours on 2 CPU cores, most of it the CNN variants (8 minutes per fold each).
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.cache import write_atomic
-from genre_tf.musicnn_input import PATCH_FRAMES
+from genre_tf.extract.cache import write_atomic
+from genre_tf.features.musicnn_input import PATCH_FRAMES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -114,9 +114,9 @@ EXPERIMENTS["cnn_augmented_no_masks_refit"] = [*EXPERIMENTS["cnn_augmented_no_ma
 EXPERIMENTS["cnn_augmented_no_masks_refit_follow"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT]  # the default
 TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
 
-# Ensembles of the runs above, fold by fold (genre_tf.ensemble: weights chosen on each fold's valid split alone, a
-# refitted member judged there by its model chosen on valid). The family pool takes each family's recipe with the
-# best mean track accuracy in the table above (both MLPs tie): 30 s and 3 s MLP, CNN, MobileNet, musicnn.
+# Ensembles of the runs above, fold by fold (genre_tf.evaluation.ensemble: weights chosen on each fold's valid split
+# alone, a refitted member judged there by its model chosen on valid). The family pool takes each family's recipe with
+# the best mean track accuracy in the table above (both MLPs tie): 30 s and 3 s MLP, CNN, MobileNet, musicnn.
 ENSEMBLE_MEMBERS = {
     "probe_cnn": ["musicnn_msd_probe", "cnn_augmented_no_masks_refit"],
     "probe_cnn_mlp3s": ["musicnn_msd_probe", "cnn_augmented_no_masks_refit", "mlp_3s_augmented_refit"],
@@ -132,7 +132,7 @@ ENSEMBLES = {
 
 def run_fold(name: str, overrides: list[str], fold: int) -> dict:
     from genre_tf.config import load_config
-    from genre_tf.training import train
+    from genre_tf.training.fit import train
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*overrides, f"data.fold={fold}", f"output_dir={OUT}"])
     return train(cfg, OUT / f"{name}_fold{fold}", verbose=0)
@@ -141,7 +141,7 @@ def run_fold(name: str, overrides: list[str], fold: int) -> dict:
 def musicnn_embeddings() -> pd.DataFrame:
     """Each gtzan_mini track's mean MSD_musicnn embedding (200-d penultimate of its 3 s segments), by track id."""
     from genre_tf.config import load_config
-    from genre_tf.inputs import load_examples, split_data
+    from genre_tf.inputs.examples import load_examples, split_data
     from genre_tf.models import build_model
     from genre_tf.models.transfer import split_at_boundary
 
@@ -162,9 +162,9 @@ def sklearn_fold(fold: int, embeddings: pd.DataFrame) -> dict:
     from sklearn.svm import SVC
 
     from genre_tf.config import load_config
-    from genre_tf.features import FEATURE_COLUMNS
-    from genre_tf.prepare import prepare
-    from genre_tf.representations import FEATURES
+    from genre_tf.extract.prepared import prepare
+    from genre_tf.features.analysis import FEATURE_COLUMNS
+    from genre_tf.features.representations import FEATURES
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [f"data.fold={fold}"])
     tracks = prepare(cfg, progress=False, names=(FEATURES,)).tracks
@@ -209,7 +209,7 @@ def ensemble_fold(name: str, fold: int) -> tuple[dict, float]:
     import time
 
     from genre_tf.config import EnsembleConfig
-    from genre_tf.ensemble import build_ensemble
+    from genre_tf.evaluation.ensemble import build_ensemble
 
     members, selection = ENSEMBLES[name]
     cfg = EnsembleConfig(
@@ -329,7 +329,7 @@ def table_runs(config: Path, prefix: str, overrides: list[str]) -> list:
     """One run per seed of a table config, refitted on train + valid after its epochs are chosen on valid."""
     from genre_tf.config import load_config
     from genre_tf.run import RunDir
-    from genre_tf.training import train
+    from genre_tf.training.fit import train
 
     runs = []
     for seed in SEEDS:
@@ -345,7 +345,7 @@ def table_runs(config: Path, prefix: str, overrides: list[str]) -> list:
 def valid_accuracy(runs: list, valid: pd.DataFrame) -> float:
     """Valid track accuracy of the runs' averaged probabilities, from the models chosen on valid (not the refits,
     which trained on valid)."""
-    from genre_tf.predict import predict_frame
+    from genre_tf.serving.predict import predict_frame
 
     probs = np.mean([predict_frame(run.chosen, valid)[1] for run in runs], axis=0)
     return float((np.array(runs[0].classes)[probs.argmax(axis=1)] == valid.label.to_numpy()).mean())
@@ -367,7 +367,7 @@ def feature_table() -> pd.DataFrame:
     """Search the MLP on valid; refit its best config and a linear model with 5 seeds each; submit the ensemble
     that valid prefers (the MLPs alone, or the MLPs and the linear models) from the refitted models."""
     from genre_tf.config import load_config
-    from genre_tf.inputs import load_examples
+    from genre_tf.inputs.examples import load_examples
 
     command = [sys.executable, "-m", "genre_tf.tune", "--config", str(TABLE), "--space", "tuning/mlp_table.yaml",
                "--max-trials", "30", "--name", TABLE_SEARCH]  # fmt: skip
@@ -406,7 +406,7 @@ def main() -> None:
     if args.summarise:  # after a run of some folds or models, or an edit of the tables' code: no training
         write_cv_summaries(pd.read_csv(SUMMARY / "cv_folds.csv"))
         return
-    from genre_tf.compare import to_markdown
+    from genre_tf.evaluation.compare import to_markdown
 
     if args.only in (None, "table"):
         table = feature_table()
@@ -428,8 +428,8 @@ def main() -> None:
 def write_cv_summaries(folds: pd.DataFrame) -> None:
     """The cross-validation's tables and plot from its fold rows: cv.csv / cv.md / cv.png, ablation.md and
     ensembles.md in bench/results/, each printed."""
-    from genre_tf import plots
-    from genre_tf.compare import to_markdown
+    from genre_tf.evaluation import plots
+    from genre_tf.evaluation.compare import to_markdown
 
     summary = summarise_cv(folds)
     summary.to_csv(SUMMARY / "cv.csv", index=False)

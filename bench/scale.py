@@ -27,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from genre_tf import engines, models, pipeline, shards
+from genre_tf import models
 from genre_tf.config import Config, load_config
-from genre_tf.demo import DEMO_GENRES
-from genre_tf.inputs import input_shape
-from genre_tf.prepare import config_index, prepare_index
-from genre_tf.representations import MEL_IMAGE
+from genre_tf.data.demo import DEMO_GENRES
+from genre_tf.extract import beam as engines
+from genre_tf.extract import shards
+from genre_tf.extract.prepared import config_index, prepare_index
+from genre_tf.features.representations import MEL_IMAGE
+from genre_tf.inputs import pipeline
+from genre_tf.inputs.examples import input_shape
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = (MEL_IMAGE,)

@@ -101,8 +101,8 @@ class Floor:
     def __init__(self, run: Path, clip: Path, tmp: Path):
         import tensorflow as tf
 
-        from genre_tf.export import export, read_waveform
         from genre_tf.run import RunDir
+        from genre_tf.serving.export import export, read_waveform
 
         self.run, self.clip, self.read_waveform, self.tf = RunDir(run), clip, read_waveform, tf
         saved = tmp / "saved_model"

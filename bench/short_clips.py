@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.audio import load_track, segment_samples, tile_to_segment
-from genre_tf.features import analyse_track
+from genre_tf.features.analysis import analyse_track
+from genre_tf.features.audio import load_track, segment_samples, tile_to_segment
 
 RESULTS = Path(__file__).resolve().parents[1] / "saved_models" / "results"
 LENGTHS = (2.0, 2.5)
@@ -47,9 +47,9 @@ def made(y: np.ndarray, way: str, cfg) -> np.ndarray:
 
 def model_input(y: np.ndarray, cfg, kind: str) -> np.ndarray:
     """(1, ...) input of a waveform as one segment: the musicnn patch, or the mel image at the model's height."""
+    from genre_tf.features.mel import db_to_unit
+    from genre_tf.inputs.layers import MelImage
     from genre_tf.models import MUSICNN_PATCH
-    from genre_tf.preprocessing import db_to_unit
-    from genre_tf.preprocessing.layers import MelImage
 
     analysis = analyse_track(y, cfg.audio.sample_rate, cfg.features, cfg.mel, [(0, len(y))])
     if kind == MUSICNN_PATCH:
@@ -63,10 +63,10 @@ def model_input(y: np.ndarray, cfg, kind: str) -> np.ndarray:
 
 def fold_rows(run_dir: Path) -> list[dict]:
     """One row per (test track, excerpt length, offset, way): whether the run's top genre is the track's."""
-    from genre_tf.inputs import input_shape
-    from genre_tf.inputs import model_input as input_kind
+    from genre_tf.extract.prepared import prepare
+    from genre_tf.inputs.examples import input_shape
+    from genre_tf.inputs.examples import model_input as input_kind
     from genre_tf.models import MUSICNN_PATCH, build_model
-    from genre_tf.prepare import prepare
     from genre_tf.run import RunDir
 
     run = RunDir(run_dir)
@@ -97,7 +97,7 @@ def excerpt_files(run_dir: Path, folder: Path) -> pd.DataFrame:
     <track>@<length>s<offset>; (track_id of the file, length, label)."""
     import soundfile
 
-    from genre_tf.prepare import config_index
+    from genre_tf.extract.prepared import config_index
     from genre_tf.run import RunDir
 
     run = RunDir(run_dir)
@@ -120,8 +120,8 @@ def ensemble_rows(run_dir: Path) -> list[dict]:
     ensemble.json names it), so each member column covers the same excerpts on every fold."""
     import tempfile
 
-    from genre_tf.predict import ensemble
     from genre_tf.run import RunDir
+    from genre_tf.serving.predict import ensemble
 
     run = RunDir(run_dir)
     candidates = {c["name"]: RunDir(Path(c["source"])) for c in run.ensemble()["candidates"]}

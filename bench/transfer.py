@@ -23,12 +23,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from genre_tf.boundary import boundary_split, cut_at_boundary
 from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
-from genre_tf.features import encode_mel_png
-from genre_tf.inputs import split_data
+from genre_tf.features.analysis import encode_mel_png
+from genre_tf.inputs.examples import split_data
+from genre_tf.inputs.pipeline import image_input_shape, train_dataset
 from genre_tf.models import build_model
-from genre_tf.pipeline import image_input_shape, train_dataset
+from genre_tf.training.boundary import boundary_split, cut_at_boundary
 
 CLASSES = [f"genre{i}" for i in range(10)]
 TARGETS = {0: 50.0, 1: 3.0}  # blocks -> minimum speed-up per epoch

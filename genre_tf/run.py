@@ -4,8 +4,8 @@ A refitted run (`train.refit`) holds two more run directories: `chosen/`, the mo
 (with its config, classes and scaler), and `refit/`, the second run of the phases on train + valid whose model became
 the run's model.keras.
 
-An ensemble run (`genre_tf.ensemble`) has no model.keras: ensemble.json names its members, copies of their run
-directories under members/, with each one's weight and how it pools a track's segments (`RunDir.members`).
+An ensemble run (`genre_tf.evaluation.ensemble`) has no model.keras: ensemble.json names its members, copies of their
+run directories under members/, with each one's weight and how it pools a track's segments (`RunDir.members`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from genre_tf.config import Config, load_config
-from genre_tf.scaling import Scaler, load_scaler
+from genre_tf.features.scaling import Scaler, load_scaler
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class RunDir:
     logs_dir = property(lambda self: self.path / "logs")
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
     loss_png = property(lambda self: self.path / "loss_curves.png")
-    export_dir = property(lambda self: self.path / "export")  # genre_tf.export's SavedModel and TFLite files
+    export_dir = property(lambda self: self.path / "export")  # genre_tf.serving.export's SavedModel and TFLite files
     ensemble_file = property(lambda self: self.path / "ensemble.json")  # an ensemble's members, weights, selection
     members_dir = property(lambda self: self.path / "members")  # an ensemble's members' run directories
 

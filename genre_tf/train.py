@@ -7,7 +7,7 @@ split), history.csv, metrics.json, report.md, confusion_matrix.png, loss_curves.
 and TensorBoard logs (`tensorboard --logdir saved_models`). Killed and started again with the same
 command, a run resumes after its last completed epoch. With `train.refit: true` the final model.keras is
 retrained on train + valid for the epochs chosen on valid; chosen/ keeps the chosen model, refit/ the refit's
-history (genre_tf.training).
+history (genre_tf.training.fit).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg = config_from_args(args)  # before TensorFlow loads: a config error stays one line
-    from genre_tf.evaluate import format_headline
-    from genre_tf.training import train
+    from genre_tf.evaluation.report import format_headline
+    from genre_tf.training.fit import train
 
     run_dir = Path(cfg.output_dir) / (args.name or cfg.name)
     try:

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from genre_tf.config import Config, MelConfig, load_config, save_config
-from genre_tf.features import encode_mel_png, feature_columns
+from genre_tf.features.analysis import encode_mel_png, feature_columns
 
 # `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process its tests start, keeps
 # TensorFlow to one thread, so that two workers do not fight over both cores (a third less wall time, measured on
@@ -99,8 +99,8 @@ def make_table_run(make_config) -> Callable[..., Path]:
 
     def make(run_path: Path, table_csv: Path, *overrides: str, seed: int = 0) -> Path:
         from genre_tf import models
-        from genre_tf.inputs import examples_from_table
-        from genre_tf.scaling import fit_scaler
+        from genre_tf.features.scaling import fit_scaler
+        from genre_tf.inputs.examples import examples_from_table
 
         cfg = make_config(
             run_path.parent,
@@ -140,7 +140,7 @@ def make_audio_run(make_config) -> Callable[..., Path]:
         import keras
 
         from genre_tf import models
-        from genre_tf.inputs import input_shape
+        from genre_tf.inputs.examples import input_shape
 
         cfg = make_config(
             run_path.parent, f"name={run_path.name}", f"output_dir={run_path.parent}", "model.kind=cnn", f"seed={seed}",
@@ -159,12 +159,12 @@ def make_audio_run(make_config) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def make_ensemble_run() -> Callable[..., Path]:
-    """make_ensemble_run(path, [(run_path, weight), ...]): an ensemble run directory as `genre_tf.ensemble` writes what
-    serve, export and predict read of it: classes.json (the first member's), ensemble.json (each member's name,
-    weight, pooling and source) and members/<name>/, a copy of each run directory. No metrics.json."""
+    """make_ensemble_run(path, [(run_path, weight), ...]): an ensemble run directory as `genre_tf.evaluation.ensemble`
+    writes what serve, export and predict read of it: classes.json (the first member's), ensemble.json (each member's
+    name, weight, pooling and source) and members/<name>/, a copy of each run directory. No metrics.json."""
 
     def make(path: Path, members: list[tuple[Path, float]]) -> Path:
-        from genre_tf.evaluate import track_pooling
+        from genre_tf.evaluation.report import track_pooling
         from genre_tf.run import RunDir
 
         (path / "members").mkdir(parents=True)
@@ -201,8 +201,8 @@ def tiny_demo_config(tmp_path_factory) -> Callable[..., Path]:
     """tiny_demo_config(folder, name, *lines): a config file over the tiny demo data, which is generated and
     prepared (feature rows and mel images) once per session. No test pays for its extraction again, and a test that
     kills a training finds its input ready, so the kill lands in training."""
-    from genre_tf.prepare import prepare
-    from genre_tf.representations import FEATURES, MEL_IMAGE
+    from genre_tf.extract.prepared import prepare
+    from genre_tf.features.representations import FEATURES, MEL_IMAGE
 
     data = tmp_path_factory.mktemp("tiny_demo")
     prepare(load_config(write_tiny_demo_config(data, "prepare", data)), progress=False, names=(FEATURES, MEL_IMAGE))
@@ -220,7 +220,7 @@ def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
 
     @contextlib.contextmanager
     def killed(epoch: int, refit: bool = False):
-        from genre_tf.training import EpochBackup
+        from genre_tf.training.fit import EpochBackup
 
         backup = EpochBackup.on_epoch_end
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genre_tf import evaluate, plots
 from genre_tf.config import save_config
-from genre_tf.evaluate import evaluate_run
+from genre_tf.evaluation import plots
+from genre_tf.evaluation import report as evaluate
+from genre_tf.evaluation.report import evaluate_run
+from genre_tf.features.scaling import FeatureScaler
 from genre_tf.run import RunDir
-from genre_tf.scaling import FeatureScaler
 
 HISTORY = [
     {"epoch": 0, "phase": "train", "loss": 1.2, "accuracy": 0.4, "val_loss": 1.1, "val_accuracy": 0.5},
@@ -142,14 +143,14 @@ def test_a_run_dir_needs_no_files_to_name_them():
 
 
 def test_a_model_trained_with_label_smoothing_loads_in_a_fresh_process(tmp_path):
-    """Its saved loss is registered by genre_tf.optimization, which evaluate and predict never import."""
+    """Its saved loss is registered by genre_tf.training.optimization, which evaluate and predict never import."""
     import subprocess
     import sys
 
     import keras
 
     from genre_tf.config import TrainConfig
-    from genre_tf.optimization import build_loss
+    from genre_tf.training.optimization import build_loss
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from genre_tf.config import MlpConfig, ModelConfig
-from genre_tf.representations import FEATURES
+from genre_tf.features.representations import FEATURES
 
 __all__ = ["FEATURES", "build_mlp", "describe_mlp"]
 

@@ -1,6 +1,6 @@
 """musicnn (Pons & Serra 2019) in Keras 3, with its weights converted from the `musicnn==0.1.0` wheel's checkpoints.
 
-The network reads a (time, 96) log-mel patch (`genre_tf.musicnn_input`) and has three parts:
+The network reads a (time, 96) log-mel patch (`genre_tf.features.musicnn_input`) and has three parts:
 - front-end: a scalar input BatchNorm, then musically motivated convolutions, each max-pooled over frequency:
   two timbral ones spanning 7 frames x 38 or 67 mel bands (40% / 70% of 96), 204 filters each, and three
   temporal ones spanning 128, 64 or 32 frames x 1 band, 51 filters each: 561 features per frame;
@@ -29,8 +29,8 @@ from pathlib import Path
 import keras
 
 from genre_tf.config import TransferConfig
+from genre_tf.features.musicnn_input import LOG_SCALE, MUSICNN_MODELS, N_MELS, PATCH_FRAMES
 from genre_tf.models.backbone import MUSICNN_PATCH, BackboneSource, WeightsUnavailable, load_local_weights
-from genre_tf.musicnn_input import LOG_SCALE, MUSICNN_MODELS, N_MELS, PATCH_FRAMES
 
 __all__ = [
     "MUSICNN_BLOCKS",

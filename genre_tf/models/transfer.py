@@ -12,7 +12,7 @@ ones (ReLU, Add, padding, pooling) included, as in the TensorFlow fine-tuning tu
 set it overrides `trainable_blocks`.
 
 The boundary between the frozen bottom and the trainable top (`split_at_boundary`, whose activations
-genre_tf.boundary caches) is every tensor a frozen layer produces and a trainable one reads: one for a chain
+genre_tf.training.boundary caches) is every tensor a frozen layer produces and a trainable one reads: one for a chain
 backbone, several for a DAG one such as musicnn, whose back-end reads the front-end and each mid-end.
 
 Two-phase schedule for the trainer: `set_trainable_blocks(model, 0)`, compile, fit the head; then
@@ -27,10 +27,10 @@ from pathlib import Path
 import keras
 
 from genre_tf.config import ConfigError, ModelConfig, TransferConfig
+from genre_tf.features.representations import read_by
 from genre_tf.models.backbone import MEL_IMAGE, BackboneSource
 from genre_tf.models.keras_applications import KerasApplication
 from genre_tf.models.musicnn import MUSICNN_MODELS, Musicnn
-from genre_tf.representations import read_by
 
 
 def backbone_source(name: str) -> BackboneSource:

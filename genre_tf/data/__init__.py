@@ -1,0 +1,1 @@
+"""The dataset: an index of tracks (id, path, label, split), the splits made by track, demo audio."""

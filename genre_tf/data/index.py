@@ -1,0 +1,402 @@
+"""Dataset index (track_id, path, label, split) and splits by track, made before any segmenting."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tf.config import ConfigError, DataConfig
+from genre_tf.features.audio import AUDIO_EXTENSIONS
+
+INDEX_COLUMNS = ["track_id", "path", "label", "split"]
+SPLITS = ("train", "valid", "test")
+UNASSIGNED = "unassigned"  # tracks a split file does not list: kept in the index, reported, never trained on
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+GTZAN_ID = re.compile(rf"({'|'.join(GTZAN_GENRES)})\.000\d\d")  # the 1000 clips, blues.00000 .. rock.00099
+GTZAN_SPLIT = "the GTZAN fault-filtered split"
+# Audio that the decoder cannot read: reported as skipped, so a user knows these tracks were left out.
+UNREADABLE_AUDIO = (".aac", ".aif", ".aiff", ".alac", ".ape", ".m4a", ".mka", ".mp2", ".opus", ".wma", ".wv")
+
+
+@dataclass
+class Index:
+    """The tracks of one dataset, with problems found while indexing (reported, never silently dropped)."""
+
+    tracks: pd.DataFrame
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    split_note: str = ""  # which split the tracks got and why, for the run's log and summary
+    ignored: dict[str, int] = field(default_factory=dict)  # files that are not audio, by extension: counted only
+    split_method: str = ""  # folds, file, gtzan or stratified (choose_split)
+
+
+def _hidden(name: str) -> bool:
+    # .DS_Store, ._x.wav (macOS resource forks), .git: file-system noise, never tracks.
+    return name.startswith(".")
+
+
+def _kind(name: str) -> str:
+    """`audio`, `unreadable` (audio the decoder cannot read: reported) or `other` (cover art, playlists: counted)."""
+    suffix = Path(name).suffix.lower()
+    if _hidden(name) or suffix not in (*AUDIO_EXTENSIONS, *UNREADABLE_AUDIO):
+        return "other"
+    return "audio" if suffix in AUDIO_EXTENSIONS else "unreadable"
+
+
+@dataclass
+class Walk:
+    """What folders hold besides the audio files: audio in formats we cannot read, other files by extension."""
+
+    unreadable: list[Path] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)
+
+    def audio(self, paths: list[Path]) -> list[Path]:
+        """The audio files of `paths`; the others are kept here, unreadable audio to report, the rest counted."""
+        audio = []
+        for path in paths:
+            kind = _kind(path.name)
+            if kind == "audio":
+                audio.append(path)
+            elif kind == "unreadable":
+                self.unreadable.append(path)
+            else:
+                self.ignored[path.suffix.lower() if path.suffix and not _hidden(path.name) else path.name] += 1
+        return audio
+
+
+def walk_folder(folder: Path, walk: Walk, seen: set[str] | None = None) -> list[Path]:
+    """Every audio file below `folder` at any depth, sorted by path; the other files go to `walk`. Symlinked files
+    and folders are followed, each folder once (`seen`: real paths walked), so a link up the tree is no loop."""
+    seen = set() if seen is None else seen
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        found += [Path(dirpath) / name for name in filenames]
+    return walk.audio(sorted(found, key=lambda p: p.as_posix()))
+
+
+def track_id(path: Path | str, root: Path | str) -> str:
+    """A track's id, unique by construction: GTZAN's own for a GTZAN clip (`blues.00000`), else the file's path
+    below `root` without its audio extension, POSIX-style (`rock/Led Zeppelin/IV/01`); a file outside `root` keeps
+    its absolute path."""
+    stem = track_id_of(Path(path).name)
+    if GTZAN_ID.fullmatch(stem):
+        return stem
+    full, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    return track_id_of((full.relative_to(base) if full.is_relative_to(base) else full).as_posix())
+
+
+def common_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every path (a folder itself, or a file's parent): ids are made below it."""
+    folders = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in paths]
+    return Path(os.path.commonpath(folders)) if folders else Path.cwd()
+
+
+def _dedupe(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """One row per file (two paths to one file, by a link or given twice, are one track) and per track id: a later
+    file with an id already taken (`a.mp3` beside `a.flac`, one GTZAN clip in two folders) is reported."""
+    by_file: set[str] = set()
+    by_id: dict[str, str] = {}
+    kept, problems = [], []
+    for row in rows:
+        real = os.path.realpath(row["path"])
+        if real in by_file:
+            continue
+        by_file.add(real)
+        if row["track_id"] in by_id:
+            problems.append((row["path"], f"duplicate track id ({row['track_id']}, also {by_id[row['track_id']]})"))
+            continue
+        by_id[row["track_id"]] = row["path"]
+        kept.append(row)
+    return kept, problems
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"label": str, "split": str})
+
+
+def _row(path: Path, root: Path, label: str = "") -> dict:
+    return {"track_id": track_id(path, root), "path": str(path), "label": label, "split": ""}
+
+
+def _walked_index(rows: list[dict], walk: Walk) -> Index:
+    rows, problems = _dedupe(rows)
+    problems = [(str(p), f"unsupported audio format {p.suffix.lower()}") for p in walk.unreadable] + problems
+    return Index(_frame(rows), problems, ignored=dict(walk.ignored))
+
+
+def index_folder(root: Path, labeled: bool = True) -> Index:
+    """Index a folder per genre (every audio file below a genre folder, at any depth, is of that genre), or with
+    `labeled=False` every audio file below `root` (unlabeled). Files that are not audio are counted, not listed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError("data.root", f"folder does not exist: {root}")
+    walk = Walk()
+    if not labeled:
+        return _walked_index([_row(p, root) for p in walk_folder(root, walk)], walk)
+    seen, rows = {os.path.realpath(root)}, []
+    entries = sorted(p for p in root.iterdir() if not _hidden(p.name))
+    for genre_dir in (p for p in entries if p.is_dir()):
+        rows += [_row(p, root, genre_dir.name) for p in walk_folder(genre_dir, walk, seen)]
+    # Files beside the genre folders have no label of their own; a split file with genres can give one.
+    rows += [_row(p, root) for p in walk.audio([p for p in entries if not p.is_dir()])]
+    return _walked_index(rows, walk)
+
+
+def index_paths(paths: list[Path]) -> Index:
+    """Unlabeled index of audio files, and of every audio file below the given folders (for prediction); ids are
+    made below the inputs' common folder, so `A/01.mp3` and `B/01.mp3` are two tracks."""
+    root, walk, rows = common_root(paths), Walk(), []
+    for path in map(Path, paths):
+        if path.is_dir():
+            rows += [_row(p, root) for p in walk_folder(path, walk)]
+        else:
+            rows.append(_row(path, root))  # named on the command line: read, or skipped with its reason
+    return _walked_index(rows, walk)
+
+
+def index_csv(csv_path: Path) -> Index:
+    """Index a CSV of path,label rows; relative paths are relative to the CSV's folder, and so are ids (the paths
+    as written, without the extension) unless some file lies outside it: then the files' common folder."""
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ConfigError("data.csv", f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+    base = Path(os.path.abspath(Path(csv_path).parent))
+    paths = [Path(path) if Path(path).is_absolute() else Path(csv_path).parent / path for path in table["path"]]
+    inside = all(Path(os.path.abspath(p)).is_relative_to(base) for p in paths)
+    root = base if inside else common_root(paths)
+    rows, problems = _dedupe([_row(path, root, label) for path, label in zip(paths, table["label"], strict=True)])
+    return Index(_frame(rows), problems)
+
+
+def read_split_file(path: Path) -> pd.DataFrame:
+    """A `track_id,split[,genre]` CSV indexed by track_id (the fault-filtered GTZAN split has a genre column)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"track_id", "split"} <= set(table.columns):
+        raise ConfigError("data.split_file", f"{path} must have columns track_id,split")
+    bad = set(table["split"]) - set(SPLITS)
+    if bad:
+        raise ConfigError("data.split_file", f"unknown split name(s) {', '.join(sorted(bad))} in {path}")
+    return table.drop_duplicates("track_id").set_index("track_id")
+
+
+def gtzan_split() -> pd.DataFrame:
+    """The artist-aware fault-filtered GTZAN split (Kereliuk, Sturm & Larsen 2015), shipped with the package.
+
+    Train 443, valid 197, test 290 track ids, the list torchaudio carries in its source; the 70 clips it
+    leaves out (repetitions, mislabelings, distortions) are in no split. Ids name their genre, which
+    labels GTZAN files that no genre folder labels.
+    """
+    with resources.as_file(resources.files("genre_tf.data") / "splits" / "gtzan_fault_filtered.csv") as path:
+        table = read_split_file(path)
+    table["genre"] = table.index.str.split(".").str[0]
+    return table
+
+
+def split_from_table(
+    tracks: pd.DataFrame, table: pd.DataFrame, name: str
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Splits from a split table named `name`; tracks it does not list become `unassigned` and are reported.
+
+    Where the table has a genre (or label) column, it labels the tracks that no genre folder labels.
+    """
+    tracks = tracks.copy()
+    tracks["split"] = tracks["track_id"].map(table["split"]).fillna(UNASSIGNED)
+    label_column = next((c for c in ("genre", "label") if c in table.columns), None)
+    if label_column:
+        unlabeled = tracks["label"] == ""
+        tracks.loc[unlabeled, "label"] = tracks.loc[unlabeled, "track_id"].map(table[label_column]).fillna("")
+    problems = [(p, f"not in {name}") for p in tracks.loc[tracks.split == UNASSIGNED, "path"]]
+    return tracks, problems
+
+
+def fold_numbers(tracks: pd.DataFrame, folds: int) -> np.ndarray:
+    """Grouped folds: each label's tracks sorted by id and cut into `folds` runs of neighbouring ids.
+
+    Neighbouring GTZAN ids are often the same artist, so contiguous runs keep an artist in one fold,
+    where a random assignment would leak it across folds.
+    """
+    fold = np.zeros(len(tracks), dtype=int)
+    for _, group in tracks.groupby("label", sort=True):
+        order = group.sort_values("track_id").index
+        positions = np.arange(len(order))
+        fold[tracks.index.get_indexer(order)] = positions * folds // len(order)
+    return fold
+
+
+def split_k_fold(tracks: pd.DataFrame, folds: int, fold: int) -> pd.Series:
+    """Fold `fold` is test, the next one valid, the rest train."""
+    numbers = fold_numbers(tracks, folds)
+    split = np.where(numbers == fold, "test", np.where(numbers == (fold + 1) % folds, "valid", "train"))
+    return pd.Series(split, index=tracks.index)
+
+
+def split_stratified(tracks: pd.DataFrame, valid: float, test: float, seed: int) -> pd.Series:
+    """Per label, shuffle tracks with `seed` and cut test / valid / train by the fractions."""
+    rng = np.random.default_rng(seed)
+    split = pd.Series("train", index=tracks.index, dtype=object)
+    for _, group in tracks.groupby("label", sort=True):
+        order = group.sort_values("track_id").index.to_numpy().copy()
+        rng.shuffle(order)
+        n_test = int(round(len(order) * test))
+        n_valid = int(round(len(order) * valid))
+        split[order[:n_test]] = "test"
+        split[order[n_test : n_test + n_valid]] = "valid"
+    return split
+
+
+def choose_split(track_ids: pd.Series, data: DataConfig) -> tuple[str, str]:
+    """The split a config asks for (folds, file, gtzan or stratified) and why, in words."""
+    if data.folds > 1:
+        return "folds", f"data.folds {data.folds}"
+    if data.split_file is not None:
+        return "file", f"{len(track_ids)} tracks"
+    is_gtzan = track_ids.str.fullmatch(GTZAN_ID)
+    share = f"{is_gtzan.sum()} of {len(track_ids)} track ids are GTZAN ids"
+    if data.split != "auto":
+        return data.split, f"data.split {data.split}" + (f"; {share}" if data.split == "gtzan" else "")
+    # Only a pure GTZAN index takes the GTZAN split: other tracks would all be left out of training.
+    if is_gtzan.all() and track_ids.isin(gtzan_split().index).any():
+        return "gtzan", f"{len(track_ids)} GTZAN track ids"
+    if is_gtzan.all():
+        return "stratified", f"GTZAN track ids, none in {GTZAN_SPLIT}"
+    return "stratified", f"only {share}" if is_gtzan.any() else "track ids are not GTZAN ids"
+
+
+def split_note(method: str, reason: str, data: DataConfig, seed: int, n_missing: int) -> str:
+    """One line on the split a run used and why: `gtzan fault-filtered (100 GTZAN track ids; ...)`."""
+    if method == "folds":
+        valid = (data.fold + 1) % data.folds
+        return f"grouped {data.folds}-fold by track id, fold {data.fold} test, fold {valid} valid ({reason})"
+    if method == "stratified":
+        return f"stratified by track, seed {seed} ({reason})"
+    name = f"split file {data.split_file}" if method == "file" else "gtzan fault-filtered"
+    return f"{name} ({reason}; {n_missing} not in the split reported)"
+
+
+def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
+    """Give every track a split, by track (never by segment), as the config says, and note which and why."""
+    tracks = index.tracks.copy()
+    problems = list(index.problems)
+    method, reason = choose_split(tracks.track_id, data)
+    missing = []
+    if method == "file":
+        tracks, missing = split_from_table(tracks, read_split_file(data.split_file), f"split file {data.split_file}")
+    elif method == "gtzan":
+        tracks, missing = split_from_table(tracks, gtzan_split(), GTZAN_SPLIT)
+        if len(missing) == len(tracks):
+            raise ConfigError("data.split", f"is gtzan, but none of the {len(tracks)} track ids is in {GTZAN_SPLIT}")
+    problems += missing
+    labeled = tracks.label != ""
+    if method == "folds":
+        tracks.loc[labeled, "split"] = split_k_fold(tracks[labeled], data.folds, data.fold)
+    elif method == "stratified":
+        tracks.loc[labeled, "split"] = split_stratified(tracks[labeled], data.valid_fraction, data.test_fraction, seed)
+    problems += [(path, "no label (not in a genre folder)") for path in tracks.loc[~labeled, "path"]]
+    tracks.loc[~labeled, "split"] = UNASSIGNED
+    return Index(tracks, problems, split_note(method, reason, data, seed, len(missing)), index.ignored, method)
+
+
+def stratified_minimum(valid: float, test: float) -> int:
+    """The fewest tracks a genre needs so that the stratified split gives it one in train and in every split whose
+    fraction is above 0."""
+    for n in range(1, 1000):
+        n_test, n_valid = int(round(n * test)), int(round(n * valid))
+        if (n_test or not test) and (n_valid or not valid) and n - n_test - n_valid >= 1:
+            return n
+    raise ConfigError("data.valid_fraction", f"valid {valid:g} and test {test:g} leave no track to train on")
+
+
+def _counts(genres: pd.Series) -> str:
+    return ", ".join(f"{genre} {n}" for genre, n in genres.items())
+
+
+def check_trainable(index: Index, data: DataConfig) -> None:
+    """Raise ConfigError, before any audio is read, where the split cannot give a sound model: fewer than two
+    genres, a genre with too few tracks for the split asked (or none in train), an empty train or valid split."""
+    source_key = "data.csv" if data.source in ("csv", "table") else "data.root"
+    method = index.split_method
+    tracks = index.tracks[(index.tracks.label != "") & index.tracks.split.isin(SPLITS)]
+    per_genre = tracks.groupby("label").size()
+    if len(per_genre) < 2:
+        found = f"only one genre ({_counts(per_genre)} tracks)" if len(per_genre) else "no labeled tracks"
+        raise ConfigError(source_key, f"{found}; a genre classifier needs at least two genres")
+    if method == "stratified":
+        need = stratified_minimum(data.valid_fraction, data.test_fraction)
+        rule = f"a stratified split with valid {data.valid_fraction:g} and test {data.test_fraction:g}"
+    elif method == "folds":
+        need, rule = data.folds, f"{data.folds}-fold cross-validation"
+    else:
+        need, rule = 0, ""
+    short = per_genre[per_genre < need]
+    if len(short):
+        raise ConfigError("data.split", f"too few tracks in genre {_counts(short)}: {rule} needs {need} per genre")
+    key = "data.split_file" if method == "file" else "data.split"
+    in_train = tracks[tracks.split == "train"].groupby("label").size().reindex(per_genre.index, fill_value=0)
+    if (in_train == 0).any():
+        missing = ", ".join(in_train.index[in_train == 0])
+        raise ConfigError(key, f"no training track in genre {missing} ({index.split_note})")
+    if method in ("file", "gtzan") and not (tracks.split == "valid").any():
+        raise ConfigError(key, f"the valid split is empty ({index.split_note})")
+
+
+def build_index(data: DataConfig, seed: int) -> Index:
+    """The labeled, split index for an audio dataset config (source folder, demo or csv), checked to be trainable."""
+    index = index_csv(data.csv) if data.source == "csv" else index_folder(data.root)
+    if index.tracks.empty:
+        where = data.csv if data.source == "csv" else data.root
+        ignored = sum(index.ignored.values())
+        raise ConfigError(
+            "data.root" if data.source != "csv" else "data.csv",
+            f"no audio files in {where}" + (f" ({ignored} other files ignored)" if ignored else ""),
+        )
+    index = assign_splits(index, data, seed)
+    check_trainable(index, data)
+    return index
+
+
+def track_id_of(filename: str) -> str:
+    """`blues.00000.wav` -> `blues.00000`; ids without an audio extension are kept as they are."""
+    stem, dot, ext = filename.rpartition(".")
+    return stem if dot and f".{ext.lower()}" in AUDIO_EXTENSIONS else filename
+
+
+def index_table(csv_path: Path, data: DataConfig, seed: int) -> tuple[Index, pd.DataFrame]:
+    """Index a GTZAN-style feature table (filename, length, features..., [label], [split]).
+
+    Returns the index and the table keyed by track_id. A `split` column is used as it is (rows
+    marked e.g. `excluded` are reported and left out) unless the config names a split; without one the
+    config's split applies.
+    """
+    table = pd.read_csv(csv_path, keep_default_na=False)
+    if "filename" not in table.columns:
+        raise ConfigError("data.csv", f"{csv_path} has no filename column")
+    table.insert(0, "track_id", table.pop("filename").map(track_id_of))
+    labels = table["label"].astype(str) if "label" in table.columns else pd.Series("", index=table.index)
+    paths = pd.Series(str(csv_path), index=table.index)
+    tracks = pd.DataFrame({"track_id": table["track_id"], "path": paths, "label": labels, "split": ""})
+    index = Index(tracks)
+    names_split = data.split != "auto" or data.split_file is not None or data.folds > 1
+    if "split" in table.columns and not names_split:
+        index.split_note = f"the split column of {csv_path}"
+        index.tracks["split"] = table["split"].astype(str)
+        for track_id, split in zip(table["track_id"], table["split"], strict=True):
+            if split not in SPLITS:
+                index.problems.append((track_id, f"split {split!r} in {csv_path}"))
+        index.tracks.loc[~index.tracks.split.isin(SPLITS), "split"] = UNASSIGNED
+    elif (index.tracks.label != "").any():
+        index = assign_splits(index, data, seed)
+    features = table.drop(columns=[c for c in ("label", "split") if c in table.columns]).set_index("track_id")
+    return index, features

@@ -1,0 +1,93 @@
+"""Compare runs: a markdown and CSV table and a bar chart across run directories.
+
+python -m genre_tf.compare saved_models/* [--output saved_models/comparison]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from genre_tf.evaluation import plots
+from genre_tf.run import RunDir
+
+
+def describe_model(run: RunDir) -> str:
+    """The parameters that tell runs of one family apart."""
+    from genre_tf import models
+
+    if run.is_ensemble:  # its members and their weights
+        return " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in run.members())
+    return models.family(run.config.model).describe(run.config.model)
+
+
+def comparison_row(run: RunDir) -> dict:
+    metrics = run.metrics()
+    head = metrics.get("headline", {})
+    valid, test = head.get("valid", {}), head.get("test", {})
+    return {
+        "run": run.path.name,
+        "model": metrics.get("model"),
+        "parameters": describe_model(run),
+        "params": metrics.get("params"),
+        "trainable_params": metrics.get("trainable_params"),
+        "valid_segment_acc": valid.get("segment_accuracy"),
+        "valid_track_acc": valid.get("track_accuracy"),
+        "test_segment_acc": test.get("segment_accuracy"),
+        "test_track_acc": test.get("track_accuracy"),
+        "test_balanced_acc": test.get("balanced_accuracy"),
+        "test_macro_f1": test.get("macro_f1"),
+        "epochs": metrics.get("epochs"),
+        "train_seconds": metrics.get("train_seconds"),
+    }
+
+
+def comparison_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per finished run; the directories that are not finished runs are named."""
+    rows, ignored = [], []
+    for path in run_dirs:
+        run = RunDir(path)
+        if run.finished and run.config_file.is_file():
+            rows.append(comparison_row(run))
+        elif path.is_dir():
+            ignored.append(str(path))
+    return pd.DataFrame(rows), ignored
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            if v != v:  # NaN: no such figure for this row
+                return ""
+            return f"{v:.3f}" if 0.01 <= abs(v) <= 1 else f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|---" * len(table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--output", type=Path, default=Path("saved_models/comparison"), help="path without suffix")
+    args = parser.parse_args(argv)
+    table, ignored = comparison_table(sorted(args.runs))
+    for path in ignored:
+        print(f"ignored {path}: not a finished run")
+    if table.empty:
+        raise SystemExit("error: no finished runs among the given directories")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.output.with_suffix(".csv"), index=False)
+    markdown = to_markdown(table)
+    args.output.with_suffix(".md").write_text(markdown + "\n")
+    series = {k: table[k].tolist() for k in ("valid_track_acc", "test_segment_acc", "test_track_acc")}
+    plots.comparison_png(table["run"].tolist(), series, args.output.with_suffix(".png"))
+    print(markdown)
+    print(f"written to {args.output}.md, .csv and .png")
+
+
+if __name__ == "__main__":
+    main()

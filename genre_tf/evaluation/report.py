@@ -1,0 +1,313 @@
+"""Evaluate a run at segment and track level: accuracy, per-class and macro precision / recall / F1.
+
+    python -m genre_tf.evaluate --run saved_models/demo_cnn [--split test]
+
+Track level aggregates a track's segments twice: by mean probability and by majority vote.
+Writes metrics.json, report.md and confusion_matrix.png into the run directory. In a refitted run (`train.refit`)
+the valid split is judged with the model chosen on it before the refit (`chosen/`), since the refitted model
+trained on valid; every other split with the run's (refitted) model. An ensemble run (genre_tf.evaluation.ensemble) is
+judged by its members' track probabilities, weighted as it chose them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from genre_tf.config import ConfigError, check_data_paths, exit_config_error
+from genre_tf.evaluation import plots
+from genre_tf.extract.cache import write_atomic
+from genre_tf.run import RunDir
+
+LEVELS = ("segment", "track_mean", "track_vote")
+
+
+PROBABILITY_FLOOR = 1e-30  # probabilities are floored here before their log when logits are pooled
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy, macro and per-class precision / recall / F1 and the confusion matrix.
+
+    Balanced accuracy is the mean recall over the genres present (sklearn's balanced_accuracy_score): where genres are
+    imbalanced, a model that always answers the largest one scores its share in accuracy but 1 / genres here.
+    """
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
+        "balanced_accuracy": float(recall[support > 0].mean()) if len(y_true) else None,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": per_class,
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def aggregate_tracks(track_ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track (in first-seen order): mean probability over its segments and the majority-vote class.
+
+    Vote ties go to the tied class with the highest mean probability.
+    """
+    frame = pd.DataFrame(probs)
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean = groups.mean().to_numpy()
+    votes = pd.get_dummies(pd.Series(probs.argmax(axis=1), index=track_ids)).reindex(
+        columns=range(probs.shape[1]), fill_value=0
+    )
+    counts = votes.groupby(level=0, sort=False).sum().loc[groups.mean().index].to_numpy()
+    tie_break = counts + mean * 1e-3  # mean probabilities are < 1, so they only order equal counts
+    return groups.mean().index.to_numpy(), mean, tie_break.argmax(axis=1)
+
+
+def evaluate_predictions(track_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Metrics at every level; inputs with one example per track report the segment level only once."""
+    result = {"segment": classification_metrics(labels, probs.argmax(axis=1), classes)}
+    if len(np.unique(track_ids)) == len(track_ids):
+        result["segment"]["note"] = "one example per track"
+        return result
+    tracks, mean, vote = aggregate_tracks(track_ids, probs)
+    track_labels = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first().loc[tracks].to_numpy()
+    result["track_mean"] = classification_metrics(track_labels, mean.argmax(axis=1), classes)
+    result["track_vote"] = classification_metrics(track_labels, vote, classes)
+    return result
+
+
+def headline(result: dict) -> dict:
+    """The figures a comparison table shows for one split."""
+    track = result.get("track_mean", result["segment"])
+    return {
+        "segment_accuracy": result["segment"]["accuracy"],
+        "track_accuracy": track["accuracy"],
+        "track_vote_accuracy": result.get("track_vote", track)["accuracy"],
+        "balanced_accuracy": track["balanced_accuracy"],
+        "macro_f1": track["macro_f1"],
+    }
+
+
+def refit_sentence(refit: dict) -> str:
+    """What report.md says of a refitted run's model and of which model each split's figures are."""
+    per_phase = ", ".join(f"{phase} {epochs}" for phase, epochs in refit["epochs"].items())
+    total = sum(refit["epochs"].values())
+    return (
+        f"The final model was refitted on train + valid ({refit['tracks']} tracks, {refit['examples']} examples) "
+        f"for the {total} epoch{'s' * (total != 1)} chosen on valid (per phase: {per_phase}). The valid figures are "
+        "those of the model chosen on valid before the refit (chosen/model.keras); the other splits' are the "
+        "refitted model's."
+    )
+
+
+def ensemble_lines(ensemble: dict) -> list[str]:
+    """What report.md says of an ensemble: what chose it, then each member's weight, pooling and figures alone."""
+    members = ensemble["members"]
+    if ensemble["selection"] == "greedy":
+        how = (
+            f"greedy forward selection with replacement (Caruana et al. 2004; {ensemble['rounds']} rounds, the best "
+            f"prefix kept) over the valid track-level predictions of {len(ensemble['candidates'])} candidate runs, "
+            "by valid track accuracy, ties by valid log loss"
+        )
+    else:
+        how = f"equal weights over {len(members)} runs, nothing selected"
+    chosen = [c["name"] for c in ensemble["candidates"] if c["judged_by"] != "model.keras"]
+    by_chosen = (
+        f" The refitted runs ({', '.join(chosen)}) trained on valid, so their models chosen on valid before the refit "
+        "(chosen/) stood for them in the choice and in the valid figures; their refitted models make the other splits'."
+        if chosen
+        else ""
+    )
+    runs = f"{len(members)} run{'s' * (len(members) != 1)}"
+    lines = [
+        f"An ensemble of {runs}, chosen on valid (never on test) by {how}.{by_chosen} Each member pools a "
+        "track's segments its own way (mean: of their probabilities; logits: softmax of their mean logits, a probe's "
+        "way), and the ensemble's track probabilities are the weighted mean of its members'.",
+        "",
+        "| candidate | model | pooling | weight | valid track acc. alone | valid log loss alone | test track acc. |",
+        "|---" * 7 + "|",
+    ]
+    for c in ensemble["candidates"]:
+        test = c.get("test_track_accuracy")
+        lines.append(
+            f"| {c['name']} | {c['model']} | {c['pooling']} | {c['weight']:.3f} | {c['valid_track_accuracy']:.3f} "
+            f"| {c['valid_log_loss']:.3f} | {'' if test is None else f'{test:.3f}'} |"
+        )
+    return lines
+
+
+def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
+    """report.md: headline table per split and level, then per-class figures at track level."""
+    lines = [f"# Run {name}", ""]
+    if "refit" in metrics:
+        lines += [refit_sentence(metrics["refit"]), ""]
+    if "ensemble" in metrics:
+        lines += [*ensemble_lines(metrics["ensemble"]), ""]
+    lines += ["| split | level | n | accuracy | balanced acc. | macro P | macro R | macro F1 |", "|---" * 8 + "|"]
+    for split, result in metrics["splits"].items():
+        for level in LEVELS:
+            if level in result:
+                m = result[level]
+                lines.append(
+                    f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} "
+                    f"| {m['macro_precision']:.3f} "
+                    f"| {m['macro_recall']:.3f} | {m['macro_f1']:.3f} |"
+                )
+    for split, result in metrics["splits"].items():
+        level = "track_mean" if "track_mean" in result else "segment"
+        lines += ["", f"## {split}, {level}: per class", "", "| class | precision | recall | F1 | support |"]
+        lines.append("|---" * 5 + "|")
+        for name in classes:
+            c = result[level]["per_class"][name]
+            lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    extra = {k: v for k, v in metrics.items() if k not in ("splits", "ensemble")}  # the ensemble's table is above
+    lines += ["", "## Run", "", "```json", json.dumps(extra, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def predict_split(
+    run: RunDir, model, frame: pd.DataFrame, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(track ids, probabilities, labels as class indices) of every example of a frame, pooled per track for a
+    track-level model (see `pool_track_level`)."""
+    return pool_track_level(run, *predict_examples(run, model, frame, batch_size))
+
+
+def predict_examples(
+    run: RunDir, model, frame: pd.DataFrame, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(track ids, probabilities, labels as class indices), one row per example (segment) of a frame."""
+    from genre_tf.inputs.examples import split_data
+
+    data = split_data(frame, run.config, run.classes, run.scaler)
+    probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
+    return data.track_ids, probs, data.labels
+
+
+def pool_track_level(
+    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples' predictions as the run judges them: per example, or per track for a track-level model.
+
+    A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
+    layer applied to the track's mean embedding.
+    """
+    if track_pooling(run) == "mean":
+        return track_ids, probs, labels
+    return pool_logits(track_ids, probs, labels)
+
+
+def track_pooling(run: RunDir) -> str:
+    """How the run makes a track's probabilities from its segments': "mean" of the probabilities (aggregate_tracks),
+    or "logits": softmax of their mean logits, for a track-level model (a probe; pool_logits)."""
+    from genre_tf import models
+
+    return "logits" if models.family(run.config.model).track_level(run.config.model) else "mean"
+
+
+def pool_logits(
+    track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
+    frame = pd.DataFrame(np.log(np.maximum(probs, PROBABILITY_FLOOR)))
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean_logits = groups.mean().to_numpy()
+    pooled = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
+    first_label = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first()
+    return groups.mean().index.to_numpy(), pooled / pooled.sum(axis=1, keepdims=True), first_label.to_numpy()
+
+
+def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extra: dict | None = None) -> dict:
+    """Evaluate a run's model on the given splits (valid: the chosen model of a refitted run) and write metrics.json,
+    report.md, PNGs."""
+    from genre_tf.inputs.examples import load_examples
+
+    cfg = run.config
+    model = model or run.load_model()
+    judges = {split: (run, model) for split in splits}
+    if run.refitted and "valid" in splits:  # its own scaler too: the chosen model's was fitted on train alone
+        judges["valid"] = (run.chosen, run.chosen.load_model())
+    examples = examples or load_examples(cfg, progress=False)
+    metrics = {"run": run.path.name, "model": cfg.model.kind, "classes": run.classes, "splits": {}}
+    if run.metrics_file.is_file():  # keep what training recorded (epochs, time, parameters)
+        metrics.update({k: v for k, v in run.metrics().items() if k not in ("splits", "headline")})
+    metrics.update(extra or {})
+    for split in splits:
+        frame = examples.split(split)
+        if frame.empty:
+            continue
+        record_split(run, metrics, split, *predict_split(*judges[split], frame, cfg.train.batch_size))
+    return write_metrics(run, metrics)
+
+
+def record_split(
+    run: RunDir, metrics: dict, split: str, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> None:
+    """One split's figures into metrics["splits"], and its confusion matrix PNG (test's has no suffix)."""
+    result = evaluate_predictions(track_ids, labels, probs, run.classes)
+    metrics["splits"][split] = result
+    level = "track_mean" if "track_mean" in result else "segment"
+    suffix = "" if split == "test" else f"_{split}"
+    plots.confusion_matrix_png(
+        np.array(result[level]["confusion"]),
+        run.classes,
+        f"{run.path.name}: {split}, {level.replace('_', ' ')}",
+        run.path / f"confusion_matrix{suffix}.png",
+    )
+
+
+def write_metrics(run: RunDir, metrics: dict) -> dict:
+    """The headline of the recorded splits, report.md, the loss curves of a trained run, and metrics.json last."""
+    metrics["headline"] = {split: headline(result) for split, result in metrics["splits"].items()}
+    write_atomic(run.report_file, markdown_report(run.path.name, metrics, run.classes).encode())
+    if run.history():
+        plots.loss_curves_png(run.history(), run.loss_png)
+    # Last and whole: metrics.json marks the run finished, so it appears only once every other artefact is there.
+    write_atomic(run.metrics_file, json.dumps(metrics, indent=1).encode())
+    return metrics
+
+
+def format_headline(metrics: dict) -> str:
+    rows = []
+    for split, h in metrics["headline"].items():
+        rows.append(
+            f"{split:5s}  segment acc {h['segment_accuracy']:.3f}  track acc {h['track_accuracy']:.3f} "
+            f"(vote {h['track_vote_accuracy']:.3f})  balanced acc {h['balanced_accuracy']:.3f}  "
+            f"macro F1 {h['macro_f1']:.3f}"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. saved_models/demo_mlp")
+    parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
+    args = parser.parse_args(argv)
+    run = RunDir(args.run)
+    if not (run.model_file.is_file() or run.is_ensemble):
+        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    try:
+        if run.is_ensemble:  # its members' data is checked as each is loaded
+            from genre_tf.evaluation.ensemble import evaluate_ensemble
+
+            metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
+        else:
+            check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
+            metrics = evaluate_run(run, args.split or ["valid", "test"])
+    except ConfigError as err:
+        exit_config_error(err)
+    print(format_headline(metrics))
+    print(f"written to {run.report_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""Serve a run over HTTP: a page to drop an audio file on, and the JSON API behind it.
+
+    python -m genre_tf.serve --run saved_models/demo_cnn [--host 127.0.0.1] [--port 8000]
+
+    POST /predict   multipart form field `file`: top-k genres, per-segment probabilities, duration, model
+    GET  /health    the model's name, classes and the upload limits
+    GET  /          the page (genre_tf/serving/web/: plain HTML, CSS and JS, nothing fetched from elsewhere)
+
+The model is loaded once. Each upload is streamed into a temporary folder of its own, deleted once the answer is
+sent, and decoded once (`audio.load_track`); nothing is cached. An audio model (CNN, keras.applications or musicnn
+transfer) is served from the graph `export` builds: the waveform is taken as the exported model takes it
+(`export.read_waveform`), its segments' inputs are made by the exported preprocessing (`export.audio_frontend`,
+`cut_segments`: pinned to the cache's recipe by tests/test_export.py). A table model (the MLP) reads feature rows: they
+are made from the decoded waveform by the cache's functions (`audio_graph.FeatureRows`, `features.analyse_track`) and
+scaled by the run's scaler, as predict makes them. Either way concurrent requests' segments go to the model in shared
+batches (genre_tf.serving.batching), and a track's probabilities are pooled by predict's `track_probabilities`, so the
+service answers as predict does. An ensemble run (`genre_tf.evaluation.ensemble`) is served by its members, each loaded
+as above (`EnsemblePredictor`): the upload is decoded once per decoding setting for all of them, table members
+included, each distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
+Bad input is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file
+(text)"}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from genre_tf.features import audio
+from genre_tf.run import RunDir
+from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
+from genre_tf.serving.batching import Batcher, BatchLimits, Busy
+
+MB = 1_000_000
+FORM_OVERHEAD = 64 * 1024  # room for the multipart boundaries and part headers around the file itself
+FILE_FIELD = b"file"
+WEB_DIR = resources.files("genre_tf.serving") / "web"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost: upload size, audio length, and how many uploads are analysed at once."""
+
+    max_bytes: int = 50 * MB
+    max_seconds: float = 600.0
+    workers: int = 0  # 0: one per core; more would only compete for the cores and hold more audio in memory
+
+
+class BadInput(Exception):
+    """A request refused with an HTTP status and a one-line reason for a person."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Upload:
+    """The uploaded file as stored: a fixed name in the request's folder, and the client's name, for display only."""
+
+    path: Path
+    name: str
+    size: int
+
+
+def upload_suffix(client_name: str) -> str:
+    """The one part of a client's file name that is kept: its audio extension, lower-cased; BadInput otherwise."""
+    name = PurePosixPath(client_name.replace("\\", "/")).name  # a Windows path's last part too
+    try:
+        audio.check_extension(name)
+    except audio.AudioError as err:
+        raise BadInput(415, str(err)) from None
+    return PurePosixPath(name).suffix.lower()
+
+
+class FileField:
+    """python-multipart callbacks that write the form field `file` to `folder`, refusing it past `max_bytes`."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        self.upload: Upload | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field = self._value = b""
+        self._out = None
+
+    def callbacks(self) -> dict:
+        events = ["part_begin", "header_field", "header_value", "header_end", "headers_finished"]
+        return {f"on_{event}": getattr(self, f"on_{event}") for event in [*events, "part_data", "part_end"]}
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if options.get(b"name") != FILE_FIELD or self.upload is not None:
+            return  # other fields, and a second file, are not read
+        name = options.get(b"filename", b"").decode("utf-8", "replace")
+        self.upload = Upload(self.folder / f"upload{upload_suffix(name)}", name, 0)
+        self._out = self.upload.path.open("wb")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._out is None:
+            return
+        self.upload.size += end - start
+        if self.upload.size > self.max_bytes:
+            raise BadInput(413, f"file over the upload limit ({self.max_bytes / MB:g} MB)")
+        self._out.write(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+async def receive_upload(
+    headers: Mapping[str, str], chunks: AsyncIterator[bytes], folder: Path, max_bytes: int
+) -> Upload:
+    """Stream a multipart body's field `file` into `folder` chunk by chunk, refused as soon as it is too large."""
+    kind, options = parse_options_header(headers.get("content-type"))
+    if kind != b"multipart/form-data" or b"boundary" not in options:
+        raise BadInput(415, "expected a multipart/form-data upload with the audio in the field 'file'")
+    body_limit = max_bytes + FORM_OVERHEAD
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) > body_limit:  # refused before a byte of the body is read
+        raise BadInput(413, f"file over the upload limit ({max_bytes / MB:g} MB)")
+    field = FileField(folder, max_bytes)
+    parser = MultipartParser(options[b"boundary"], field.callbacks())
+    received = 0
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > body_limit:  # other fields count too, so no part of the body streams without end
+                raise BadInput(413, f"file over the upload limit ({max_bytes / MB:g} MB)")
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as err:
+        raise BadInput(400, f"malformed multipart body: {err}") from None
+    finally:
+        field.close()
+    if field.upload is None:
+        raise BadInput(422, "no file: send the audio as the multipart form field 'file'")
+    return field.upload
+
+
+def checked_duration(path: Path, limits: Limits) -> float:
+    """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is over the limit."""
+    try:
+        seconds = audio.track_seconds(path)
+    except audio.AudioError as err:
+        raise BadInput(422, str(err)) from None
+    if seconds > limits.max_seconds:
+        raise BadInput(413, f"too long ({seconds:.2f} s > the limit of {limits.max_seconds:g} s)")
+    return seconds
+
+
+class Predictor:
+    """The run's model, loaded once, and the answer for one stored upload."""
+
+    def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
+        from genre_tf.inputs.examples import model_input
+        from genre_tf.models import MUSICNN_PATCH
+        from genre_tf.serving.predict import tagger
+
+        self.run, self.limits = run, limits
+        self.model = run.load_model()
+        self.tagger = tagger(run) if model_input(run.config) == MUSICNN_PATCH else None
+        self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+        self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
+        self._preparing_lock = threading.Lock()
+        self.graph = waveform_model(run, self.model, self.tagger)
+        self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
+
+    def predict(self, upload: Upload, top_k: int) -> dict:
+        """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
+        from genre_tf.serving.predict import track_probabilities
+
+        seconds = self.duration(upload.path)
+        segments, probs, tags = self.graph_probabilities(upload.path)
+        no_labels = np.zeros(len(probs), int)
+        _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
+        return self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
+
+    def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
+        """(segment positions, their probabilities, tags) from the run's graph (a table run's: its feature rows), the
+        model call batched."""
+        from genre_tf.serving.export import read_waveform
+
+        self._count_preparing(+1)
+        try:
+            with self._analysing:
+                waveform = read_waveform(path, self.run.config)
+                inputs, positions = self.graph.segments(waveform)
+        except audio.AudioError as err:
+            raise BadInput(422, str(err)) from None
+        finally:
+            self._count_preparing(-1)
+        try:
+            outputs = self.batcher.predict(inputs)
+        except Busy as err:
+            raise BadInput(503, str(err)) from None
+        return positions, outputs["probabilities"], self.top_tags(outputs["tags"]) if self.tagger else None
+
+    def _count_preparing(self, change: int) -> None:
+        with self._preparing_lock:
+            self._preparing += change
+
+    def top_tags(self, scores: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+        """The musicnn tagger's top-k (tag, probability) over the track, segments averaged as `predict --tags` does."""
+        from genre_tf.evaluation.report import aggregate_tracks
+        from genre_tf.models import musicnn
+
+        names = musicnn.TAGS[self.run.config.model.transfer.backbone]
+        _, mean, _ = aggregate_tracks(np.zeros(len(scores), int), scores)
+        return [(names[i], float(mean[0][i])) for i in np.argsort(mean[0])[::-1][:k]]
+
+    def duration(self, path: Path) -> float:
+        """Seconds of audio in the file, from its header; BadInput when it cannot be opened or is too long."""
+        return checked_duration(path, self.limits)
+
+    def answer(
+        self,
+        name: str,
+        seconds: float,
+        track: np.ndarray,
+        segments: np.ndarray,
+        probs: np.ndarray,
+        top_k: int,
+        tags: list[tuple[str, float]] | None,
+    ) -> dict:
+        """The JSON body: whole-file genres best first, then per segment, in the run's class order."""
+        classes, cfg = self.run.classes, self.run.config.audio
+        hop = audio.segment_hop_samples(cfg) / cfg.sample_rate
+        best = np.argsort(track)[::-1][:top_k]
+        body = {
+            "file": name,
+            "model": self.run.path.name,
+            "kind": self.run.config.model.kind,
+            "duration": round(seconds, 3),
+            "genre": classes[best[0]],
+            "top": [{"genre": classes[i], "probability": float(track[i])} for i in best],
+            "classes": classes,
+            "probabilities": [float(p) for p in track],
+            "segment_seconds": cfg.segment_seconds,
+            "segments": [
+                {"start": round(float(k) * hop, 3), "probabilities": [float(p) for p in row]}
+                for k, row in zip(segments, probs, strict=True)
+            ],
+        }
+        if tags is not None:
+            body["tags"] = [{"tag": tag, "probability": p} for tag, p in tags]
+        return body
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "model": self.run.path.name,
+            "kind": self.run.config.model.kind,
+            "classes": self.run.classes,
+            "max_bytes": self.limits.max_bytes,
+            "max_seconds": self.limits.max_seconds,
+        }
+
+
+class EnsemblePredictor:
+    """An ensemble run's members, each loaded as it is served alone (a `Predictor`), answering as one: the upload is
+    decoded once per decoding setting, each distinct input (`export.input_key`) made once, each member's track
+    probabilities pooled as that member pools them, and the ensemble's are their weighted mean, as `predict --run
+    ENSEMBLE` makes them."""
+
+    def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
+        self.run, self.limits = run, limits
+        self.members = run.members()
+        self.parts = [Predictor(member.run, limits, batching) for member in self.members]
+        self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+
+    def predict(self, upload: Upload, top_k: int) -> dict:
+        """The ensemble's genres of an upload, and each member's top genre and weight."""
+        from genre_tf.evaluation.ensemble import weighted_mean
+        from genre_tf.serving.predict import track_probabilities
+
+        seconds = checked_duration(upload.path, self.limits)
+        answers = self.graph_outputs(upload.path)
+        tracks = []
+        for part, (_, probs, _) in zip(self.parts, answers, strict=True):
+            no_labels = np.zeros(len(probs), int)
+            tracks.append(track_probabilities(part.run, no_labels, probs, no_labels)[1][0])
+        track = weighted_mean(tracks, np.array([member.weight for member in self.members]))
+        heaviest = int(np.argmax([member.weight for member in self.members]))  # its segments make the strip
+        tags = next((tags for _, _, tags in answers if tags is not None), None)
+        body = self.parts[heaviest].answer(upload.name, seconds, track, *answers[heaviest][:2], top_k, tags)
+        classes = self.run.classes
+        body.update(
+            model=self.run.path.name,
+            kind="ensemble",
+            segments_of=self.members[heaviest].run.path.name,
+            members=[
+                {
+                    "name": member.run.path.name,
+                    "kind": part.run.config.model.kind,
+                    "weight": member.weight,
+                    "pooling": member.pooling,
+                    "genre": classes[int(np.argmax(probs))],
+                    "probability": float(np.max(probs)),
+                    "probabilities": [float(p) for p in probs],
+                }
+                for member, part, probs in zip(self.members, self.parts, tracks, strict=True)
+            ],
+        )
+        return body
+
+    def graph_outputs(self, path: Path) -> list[tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]]:
+        """Per member: (segment positions, their probabilities, tags), from the upload decoded once per decoding
+        setting for every member (a table member's feature rows too), each member's model call batched with other
+        requests'."""
+        for part in self.parts:
+            part._count_preparing(+1)  # their batchers wait for this request's segments
+        try:
+            with self._analysing:
+                made = waveform_inputs(path, [part.run for part in self.parts], [part.graph for part in self.parts])
+        finally:
+            for part in self.parts:
+                part._count_preparing(-1)
+        reason = next((result for result in made if isinstance(result, str)), None)
+        if reason is not None:
+            raise BadInput(422, reason)
+        outputs = []
+        for part, (segments, positions) in zip(self.parts, made, strict=True):
+            try:
+                out = part.batcher.predict(segments)
+            except Busy as err:
+                raise BadInput(503, str(err)) from None
+            outputs.append((positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None))
+        return outputs
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "model": self.run.path.name,
+            "kind": "ensemble",
+            "classes": self.run.classes,
+            "members": [
+                {"name": member.run.path.name, "kind": part.run.config.model.kind, "weight": member.weight}
+                for member, part in zip(self.members, self.parts, strict=True)
+            ],
+            "max_bytes": self.limits.max_bytes,
+            "max_seconds": self.limits.max_seconds,
+        }
+
+
+def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:
+    """The service for one run; its model is loaded here, once."""
+    predictor = (EnsemblePredictor if run.is_ensemble else Predictor)(run, limits or Limits(), batching)
+    app = FastAPI(title="genre_tf", summary=f"music genres with the run {run.path.name}")
+    app.state.predictor = predictor
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, err: BadInput) -> JSONResponse:
+        return JSONResponse({"detail": err.reason}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
+        return JSONResponse({"detail": reason}, status_code=422)
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = Query(3, ge=1, le=100)) -> dict:
+        """Genres of an uploaded audio file (multipart form field `file`)."""
+        with tempfile.TemporaryDirectory(prefix="genre_tf-serve-") as folder:
+            upload = await receive_upload(request.headers, request.stream(), Path(folder), predictor.limits.max_bytes)
+            return await run_in_threadpool(predictor.predict, upload, top_k)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return predictor.health()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return (WEB_DIR / "index.html").read_text(encoding="utf-8")
+
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload, in MB (default 50)")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="longest audio, in seconds (default 600)")
+    parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: one per core)")
+    args = parser.parse_args(argv)
+    run = RunDir(args.run)
+    from genre_tf.serving.predict import expand_runs
+
+    for model_run in expand_runs([run])[0]:  # an ensemble: its members
+        if not model_run.model_file.is_file():
+            raise SystemExit(f"error: {model_run.path} has no model.keras (not a finished run directory)")
+    if args.max_mb <= 0 or args.max_seconds <= 0 or args.workers < 0:
+        raise SystemExit("error: --max-mb and --max-seconds must be positive, --workers 0 or more")
+    import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread for the whole process: requests are the parallelism, and extraction's per-call limit, entered
+    # and left by several threads at once, would otherwise leave some extractions with more threads (other bytes).
+    threadpool_limits(1)
+    limits = Limits(round(args.max_mb * MB), args.max_seconds, args.workers)
+    uvicorn.run(create_app(run, limits), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""Predict genres with a trained run: audio files, folders or a feature table; a Kaggle-style submission.
+
+    python -m genre_tf.predict --run saved_models/demo_cnn song.mp3            # top-k genres of one file
+    python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
+    python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
+    python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
+    python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
+    python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
+
+The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
+size), so predictions are made exactly as in training. A track's segments are aggregated by mean
+probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one
+feature table, a CNN and a transfer model on audio): each run prepares the inputs its own way, and
+the per-track probabilities are matched by track id before they are averaged. An ensemble run
+(genre_tf.evaluation.ensemble) stands for its members, each weighted as the ensemble chose; beside other runs it counts
+as one of them.
+
+With `--output`, audio inputs are indexed once and then analysed, predicted and appended to the output a chunk
+of tracks at a time (`--chunk-tracks`), so a library of thousands of files loses at most one chunk to a kill, and
+the same command again predicts only the tracks the output lacks (genre_tf.serving.submission: the sidecar that keeps
+two models' rows out of one file, and the cut-short row a kill leaves).
+
+An audio run (CNN, keras.applications or musicnn transfer) reads and writes no cache: each file is decoded once for
+all the audio runs given, `cache.jobs` files at a time in threads (0: one per core), its segments' inputs are made by
+the graph `export` builds (genre_tf.serving.audio_graph; tests/test_export.py pins it to the cache's recipe), and each
+run's model is called on a chunk's segments `train.batch_size` at a time. A table run (the MLP) reads feature rows
+through the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from genre_tf.config import CacheConfig, ConfigError
+from genre_tf.data.index import Index, index_paths
+from genre_tf.evaluation.report import aggregate_tracks
+from genre_tf.run import RunDir
+from genre_tf.serving.submission import SubmissionFile, made_by, skipped_path, submission
+
+if TYPE_CHECKING:
+    from genre_tf.inputs.examples import Examples
+
+CHUNK_TRACKS = 64  # tracks per chunk with --output: 64 clips of 30 s are 640 segments of 3 s, 20 batches of 32
+# The columns of an audio run's segments as its graph predicted them (`graph_examples`): an array per segment.
+PROBABILITIES, TAGS = "probabilities", "tags"
+
+
+def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, per-track probabilities) for a frame of examples, segments averaged per track; segments that an
+    audio run's graph predicted already (`graph_examples`: a PROBABILITIES column) are only pooled."""
+    from genre_tf.evaluation.report import predict_examples
+
+    if PROBABILITIES in frame:
+        no_labels = np.zeros(len(frame), int)
+        probs = stacked(frame[PROBABILITIES], len(run.classes))
+        return track_probabilities(run, frame["track_id"].to_numpy(), probs, no_labels)
+    model = model or run.load_model()
+    return track_probabilities(run, *predict_examples(run, model, frame, run.config.train.batch_size))
+
+
+def track_probabilities(
+    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, per-track probabilities) from per-example ones: the mean of a track's segments, or for a
+    track-level model the softmax of their mean logits."""
+    from genre_tf.evaluation.report import pool_track_level
+
+    tracks, mean, _ = aggregate_tracks(*pool_track_level(run, track_ids, probs, labels)[:2])
+    return tracks, mean
+
+
+def reads_table(inputs: list[Path]) -> bool:
+    """Whether the inputs are one feature table CSV (rows of features, not audio)."""
+    return len(inputs) == 1 and inputs[0].suffix.lower() == ".csv"
+
+
+def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = None, progress: bool = True) -> Examples:
+    """Examples for the inputs: a feature table CSV, or audio prepared with the run's recipe.
+
+    `cache` replaces the run's cache settings (where entries go, how many processes extract them).
+    """
+    from genre_tf.inputs.examples import examples_from_table
+
+    if reads_table(inputs):
+        cfg = run.config  # shared by every use of the run: changed copies only
+        return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
+    return load_index(run, audio_index(inputs), cache, progress)
+
+
+def audio_index(inputs: list[Path]) -> Index:
+    """The inputs' index (`dataset.index_paths`); SystemExit, before any audio is read, when it holds no audio."""
+    index = index_paths(inputs)
+    if index.tracks.empty and not index.problems:
+        ignored = sum(index.ignored.values())
+        found = f" ({ignored} files that are not audio)" if ignored else ""
+        raise SystemExit(f"error: nothing to predict: no audio files in {', '.join(map(str, inputs))}{found}")
+    return index
+
+
+def load_index(
+    run: RunDir, index: Index, cache: CacheConfig | None = None, progress: bool = True, pool=None
+) -> Examples:
+    """Examples for the audio of an index, prepared with the run's recipe (`pool`: see `prepare_index`)."""
+    from genre_tf.inputs.examples import examples_for_index
+
+    cfg = run.config if cache is None else replace(run.config, cache=cache)
+    # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
+    tiling = replace(cfg, audio=replace(cfg.audio, short_clips="tile"))
+    return examples_for_index(index, tiling, progress=progress, pool=pool)
+
+
+def run_cache(run: RunDir, cache_dir: Path | None) -> CacheConfig | None:
+    """The run's cache settings with entries in `cache_dir` instead (None: the run's own)."""
+    return None if cache_dir is None else CacheConfig(cache_dir, run.config.cache.jobs)
+
+
+def expand_runs(runs: list[RunDir]) -> tuple[list[RunDir], np.ndarray]:
+    """The model runs the given runs stand for, and each one's weight: an ensemble run its members with their weights,
+    any other run itself; each given run weighs alike."""
+    expanded, weights = [], []
+    for run in runs:
+        members = run.members() if run.is_ensemble else []
+        expanded += [member.run for member in members] or [run]
+        weights += [member.weight / len(runs) for member in members] or [1 / len(runs)]
+    return expanded, np.array(weights)
+
+
+def ensemble(
+    runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Per-track probabilities averaged over runs (an ensemble run: over its members, by its weights); each run
+    preprocesses the inputs its own way."""
+    runs, weights = expand_runs(runs)
+    examples = runs_examples(runs, inputs, cache_dir)
+    for run_examples in examples:
+        if run_examples.frame.empty:  # the reasons first: they are what a person needs to fix
+            print_skipped(run_examples.skipped)
+            raise SystemExit("error: nothing to predict (every input was skipped)")
+    return *average_runs(runs, examples, weights=weights), all_skipped(examples)
+
+
+def runs_examples(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> list[Examples]:
+    """Each run's examples of the inputs: a feature table's rows, or the audio's (`index_examples`)."""
+    if not reads_table(inputs):
+        index = audio_index(inputs)
+        return index_examples(runs, index, audio_graphs(runs), run_workers(runs), cache_dir)
+    examples = []
+    for run in runs:
+        try:
+            examples.append(load_inputs(run, inputs, run_cache(run, cache_dir)))
+        except ConfigError as err:  # a feature table given to a run that reads audio
+            raise SystemExit(f"error: {run.path} cannot read these inputs: {err}") from None
+    return examples
+
+
+def index_examples(
+    runs: list[RunDir],
+    index: Index,
+    graphs: list,
+    workers: int,
+    cache_dir: Path | None = None,
+    pool=None,
+    progress: bool = True,
+) -> list[Examples]:
+    """Each run's examples of the audio of an index: an audio run's segments predicted by its graph (`graphs`: the
+    runs' AudioGraphs, None for a table run), every file decoded once for all of them; a table run's feature rows
+    through the cache (`pool`: see `prepare_index`)."""
+    audio = [i for i, graph in enumerate(graphs) if graph is not None]
+    predicted = (
+        graph_examples([runs[i] for i in audio], [graphs[i] for i in audio], index, workers, progress) if audio else []
+    )
+    by_run = dict(zip(audio, predicted, strict=True))
+    return [
+        by_run[i] if i in by_run else load_index(run, index, run_cache(run, cache_dir), progress, pool)
+        for i, run in enumerate(runs)
+    ]
+
+
+def audio_graphs(runs: list[RunDir], models: list | None = None) -> list:
+    """Each run's AudioGraph, built at its first use (`DeferredGraph`; its model: `models`, else loaded then), None
+    for a table run."""
+    from genre_tf.inputs.examples import reads_features
+
+    models = models or [None] * len(runs)
+    return [
+        None if reads_features(run.config) else DeferredGraph(run, model)
+        for run, model in zip(runs, models, strict=True)
+    ]
+
+
+class DeferredGraph:
+    """A run's AudioGraph built (its model loaded, its functions traced) when a decoded file first needs it, once,
+    whichever thread comes first: inputs whose every file is unreadable are answered without model work."""
+
+    def __init__(self, run: RunDir, model=None):
+        self._run, self._model, self._graph = run, model, None
+        self._lock = threading.Lock()
+
+    def graph(self):
+        """The AudioGraph, built by the first call."""
+        from genre_tf.serving.audio_graph import AudioGraph
+
+        with self._lock:
+            if self._graph is None:
+                self._graph = AudioGraph(self._run, self._model or self._run.load_model())
+            return self._graph
+
+    def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.graph().segments(waveform)
+
+    def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.graph().batch(inputs)
+
+
+def run_workers(runs: list[RunDir]) -> int:
+    """Files analysed at once: the largest `cache.jobs` of the runs (0: one per core)."""
+    return max(run.config.cache.jobs or os.cpu_count() or 1 for run in runs)
+
+
+def graph_examples(
+    runs: list[RunDir], graphs: list, index: Index, workers: int, progress: bool = True
+) -> list[Examples]:
+    """Each audio run's examples of the audio of an index, predicted by its AudioGraph: one row per segment
+    (track_id, segment, PROBABILITIES, and TAGS where the graph has a tagger), and the files it skipped with their
+    one-line reasons, as `prepare_index` lists them. The files are analysed `workers` at a time in threads (decoding
+    and resampling release the GIL), CHUNK_TRACKS at a time, so that only a chunk's model inputs are held; each
+    chunk's segments go to each run's model together, `train.batch_size` at a time."""
+    from functools import partial
+
+    from tqdm import tqdm
+
+    from genre_tf.extract.prepared import SKIPPED_COLUMNS
+    from genre_tf.inputs.examples import Examples
+    from genre_tf.serving.audio_graph import waveform_inputs
+
+    tracks = index.tracks
+    segments, skipped = [[] for _ in runs], [[] for _ in runs]
+    bar = tqdm(total=len(tracks), desc="predicting", unit="track", disable=not progress or len(tracks) < 2)
+    with bar, ThreadPoolExecutor(max(1, workers)) as threads:
+        for start in range(0, len(tracks), CHUNK_TRACKS):
+            chunk = tracks.iloc[start : start + CHUNK_TRACKS]
+            analysed = list(threads.map(partial(waveform_inputs, runs=runs, graphs=graphs), chunk["path"]))
+            for r, graph in enumerate(graphs):
+                frames, inputs = [], []
+                for track, results in zip(chunk.itertuples(), analysed, strict=True):
+                    if isinstance(results[r], str):
+                        skipped[r].append((track.path, track.track_id, results[r]))
+                    else:
+                        inputs.append(results[r][0])
+                        frames.append(pd.DataFrame({"track_id": track.track_id, "segment": results[r][1]}))
+                if frames:
+                    segments[r].append(predicted_segments(graph, frames, inputs))
+            bar.update(len(chunk))
+    problems = [(p, Path(p).stem, reason) for p, reason in index.problems]  # reported while indexing
+    empty = pd.DataFrame({"track_id": [], "segment": [], PROBABILITIES: []})
+    examples = []
+    for run_segments, run_skipped in zip(segments, skipped, strict=True):
+        frame = pd.concat(run_segments, ignore_index=True) if run_segments else empty
+        examples.append(Examples(frame, [], pd.DataFrame(run_skipped + problems, columns=SKIPPED_COLUMNS)))
+    return examples
+
+
+def predicted_segments(graph, frames: list[pd.DataFrame], inputs: list[np.ndarray]) -> pd.DataFrame:
+    """The segments of some files (a frame per file) with the graph's outputs for their inputs, an array per row."""
+    frame = pd.concat(frames, ignore_index=True)
+    for name, values in graph.batch(np.concatenate(inputs)).items():  # PROBABILITIES, and TAGS
+        frame[name] = list(values)
+    return frame
+
+
+def stacked(column: pd.Series, width: int) -> np.ndarray:
+    """A column of arrays of `width` values as one (rows, width) array."""
+    return np.stack(column.to_numpy()) if len(column) else np.zeros((0, width), np.float32)
+
+
+def average_runs(
+    runs: list[RunDir], examples: list[Examples], models: list | None = None, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids, probabilities): each run's per-track probabilities for its own examples of the same tracks,
+    matched by track id and averaged (by `weights`, summing to 1; default: alike), in the first run's track order;
+    `models`: the runs' loaded models."""
+    if all(e.frame.empty for e in examples):  # a chunk of skipped inputs only
+        return np.array([], dtype=object), np.zeros((0, len(runs[0].classes)))
+    weights = np.full(len(runs), 1 / len(runs)) if weights is None else weights
+    tracks, total = None, None
+    for run, run_examples, model, weight in zip(runs, examples, models or [None] * len(runs), weights, strict=True):
+        run_tracks, probs = predict_frame(run, run_examples.frame, model)
+        if tracks is None:
+            tracks, total = run_tracks, weight * probs
+        else:
+            total = total + weight * in_track_order(tracks, run_tracks, probs, run)
+    return tracks, total
+
+
+def all_skipped(examples: list[Examples]) -> pd.DataFrame:
+    """The inputs some run skipped, each once (path, track_id, reason)."""
+    return pd.concat([e.skipped for e in examples]).drop_duplicates(ignore_index=True)
+
+
+def predict_to_file(
+    runs: list[RunDir],
+    inputs: list[Path],
+    output: SubmissionFile,
+    chunk_tracks: int,
+    cache_dir: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the audio inputs into `output` a chunk of tracks at a time, after the tracks it already holds; the
+    (track ids, probabilities) of this call's predictions (of an ensemble run's members, by its weights). SystemExit
+    when no track gets a row."""
+    runs, weights = expand_runs(runs)
+    from tqdm import tqdm
+
+    from genre_tf.extract.cache import extraction_pool
+
+    done = output.resume()  # first: a refusal comes before any work
+    index = audio_index(inputs)  # once: the one source of track ids, and of the order of the rows
+    todo = index.tracks[~index.tracks.track_id.isin(done)].reset_index(drop=True)
+    if len(todo) < len(index.tracks):
+        print(f"resuming: {len(index.tracks) - len(todo)} of {len(index.tracks)} tracks already in {output.path}")
+    models = [run.load_model() for run in runs]
+    graphs, workers = audio_graphs(runs, models), run_workers(runs)
+    predicted = []
+    bar = tqdm(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
+    with bar, extraction_pool(workers) as pool:  # workers start once
+        for start in range(0, len(todo), chunk_tracks):
+            problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
+            chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems)
+            examples = index_examples(runs, chunk, graphs, workers, cache_dir, pool, progress=False)
+            skipped = all_skipped(examples)
+            print_skipped(skipped)
+            tracks, probs = average_runs(runs, examples, models, weights)
+            output.append(submission(output.classes, tracks, probs, output.with_probabilities), skipped)
+            predicted.append((tracks, probs))
+            bar.update(len(chunk.tracks))
+    if output.rows == 0:
+        raise SystemExit("error: nothing to predict (every input was skipped)")
+    if not predicted:
+        return np.array([], dtype=object), np.zeros((0, len(output.classes)))
+    return np.concatenate([t for t, _ in predicted]), np.concatenate([p for _, p in predicted])
+
+
+def print_skipped(skipped: pd.DataFrame) -> None:
+    """One line per skipped input on stderr: `skipped PATH: REASON` (above a progress bar, if one is shown)."""
+    from tqdm import tqdm
+
+    for row in skipped.itertuples():
+        tqdm.write(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+
+
+def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray, run: RunDir) -> np.ndarray:
+    """A run's per-track probabilities (rows in `run_tracks` order) reordered to `tracks`, the first run's order."""
+    if set(run_tracks) != set(tracks):
+        differ = sorted(set(run_tracks) ^ set(tracks))
+        raise SystemExit(
+            f"error: {run.path} predicted other tracks than the first run ({', '.join(map(str, differ[:5]))} "
+            "differ): its recipe skipped or found other inputs, so the runs cannot be averaged"
+        )
+    return pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
+
+
+def check_tagged(run: RunDir) -> None:
+    """SystemExit for a run without a musicnn tagger, before any input is read."""
+    from genre_tf.inputs.examples import model_input
+    from genre_tf.models import MUSICNN_PATCH
+
+    if model_input(run.config) != MUSICNN_PATCH:
+        raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
+
+
+def tagger(run: RunDir):
+    """The pretrained tagger of the run's musicnn backbone; SystemExit for a run without one."""
+    from genre_tf.inputs.examples import input_shape
+    from genre_tf.models import musicnn
+
+    check_tagged(run)
+    cfg = run.config
+    return musicnn.tagger(cfg.model.transfer.backbone, input_shape(cfg, None)[0])
+
+
+def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per track, the top-k (tag, probability) of the run's musicnn tagger, segments averaged: the tags its graph
+    gave the examples (`tag_examples`), or those of the tagger (`model`, else built) on cached patches."""
+    from genre_tf.inputs.examples import split_data
+    from genre_tf.models import musicnn
+
+    check_tagged(run)
+    cfg = run.config
+    names = musicnn.TAGS[cfg.model.transfer.backbone]
+    if TAGS in examples.frame:
+        track_ids, scores = examples.frame["track_id"].to_numpy(), stacked(examples.frame[TAGS], len(names))
+    else:
+        data = split_data(examples.frame, cfg, run.classes, None)
+        track_ids, scores = (
+            data.track_ids,
+            (model or tagger(run)).predict(data.batches(cfg.train.batch_size), verbose=0),
+        )
+    tracks, mean, _ = aggregate_tracks(track_ids, scores)
+    return [
+        (track, [(names[i], float(p[i])) for i in np.argsort(p)[::-1][:k]])
+        for track, p in zip(tracks, mean, strict=True)
+    ]
+
+
+def tag_examples(run: RunDir, inputs: list[Path]) -> Examples:
+    """The musicnn run's examples of the audio inputs with its tagger's tags (TAGS), from its graph; SystemExit for a
+    run without a tagger."""
+    from genre_tf.serving.audio_graph import AudioGraph
+
+    graph = AudioGraph(run, run.load_model(), tagger(run))
+    return graph_examples([run], [graph], audio_index(inputs), run_workers([run]))[0]
+
+
+def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
+    """Per track, the top-k tags of the run's musicnn backbone (its own pretrained tagger), segments averaged."""
+    name = run.config.model.transfer.backbone
+    return [
+        f"{track}: {name} tags " + ", ".join(f"{tag} {p:.2f}" for tag, p in tags)
+        for track, tags in track_tags(run, examples, k)
+    ]
+
+
+def top_k_lines(classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
+    lines = []
+    for track, p in zip(tracks, probs, strict=True):
+        best = np.argsort(p)[::-1][:k]
+        lines.append(f"{track}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
+    return lines
+
+
+def write_at_once(output: Path, table: pd.DataFrame, skipped: pd.DataFrame) -> None:
+    """The one-shot output of a feature table's predictions, and its skipped.csv when inputs were skipped."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    if not skipped.empty:
+        skipped.to_csv(skipped_path(output), index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run", required=True, type=Path, action="append", help="a finished run; several: average them"
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
+    parser.add_argument("--output", type=Path, help="write id,class CSV here, chunk by chunk; again: resume")
+    parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
+    parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
+    parser.add_argument(
+        "--chunk-tracks", type=int, default=CHUNK_TRACKS, help="with --output: tracks analysed and written at a time"
+    )
+    parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
+    args = parser.parse_args(argv)
+    if args.chunk_tracks < 1:
+        parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
+    given = [RunDir(path) for path in args.run]
+    runs, weights = expand_runs(given)  # the models that predict
+    for run in runs:
+        if not run.model_file.is_file():
+            raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    classes = runs[0].classes
+    if any(run.classes != classes for run in runs):
+        raise SystemExit("error: the runs were trained on different classes and cannot be averaged")
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
+    if args.output and not reads_table(args.inputs):
+        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities, weights))
+        tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
+        written = output.rows
+    else:
+        tracks, probs, skipped = ensemble(given, args.inputs, args.cache_dir)
+        print_skipped(skipped)
+        if args.output:
+            write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
+        written = len(tracks)
+    if args.output:
+        print(f"{written} predictions written to {args.output}")
+    if not args.output or written <= 10:
+        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
+    if args.tags:
+        print("\n".join(tag_lines(runs[0], tag_examples(runs[0], args.inputs))))
+
+
+if __name__ == "__main__":
+    main()

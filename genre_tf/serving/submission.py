@@ -1,0 +1,176 @@
+"""A submission CSV (id, class[, p_<class>...], one row per track) written a chunk of tracks at a time, resumable.
+
+Beside `results.csv`, `predict --output results.csv` keeps `results.skipped.csv` (path,track_id,reason of the inputs
+that got no row) and `results.csv.json`, the sidecar naming what made the rows: the runs (resolved paths, and the
+SHA-1 of each model.keras), their classes and whether probabilities are written. Rows are appended and flushed chunk
+by chunk, so a kill loses at most the chunk in progress. The same command again resumes: it keeps the whole rows,
+drops a row the kill cut short, and predicts only the tracks without one. A command whose runs, classes or columns
+differ from the sidecar's is refused, so one file never mixes the predictions of two models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tf.extract.cache import file_digest, write_atomic
+from genre_tf.extract.prepared import SKIPPED_COLUMNS
+from genre_tf.run import RunDir
+
+
+def submission_columns(classes: list[str], with_probabilities: bool) -> list[str]:
+    """`id`, `class`, and with probabilities one `p_<class>` column per class, in the runs' class order."""
+    return ["id", "class", *(f"p_{name}" for name in classes if with_probabilities)]
+
+
+def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
+    """One row per track: its id, the most probable class, and optionally every class's probability (6 decimals)."""
+    table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
+    if with_probabilities:
+        for i, name in enumerate(classes):
+            table[f"p_{name}"] = probs[:, i].round(6)
+    return table
+
+
+def skipped_path(output: Path) -> Path:
+    """`results.skipped.csv` beside `results.csv`: the inputs that got no row, and why."""
+    return output.with_suffix(".skipped.csv")
+
+
+def sidecar_path(output: Path) -> Path:
+    """`results.csv.json` beside `results.csv`: what made its rows."""
+    return output.with_name(output.name + ".json")
+
+
+def made_by(runs: list[RunDir], with_probabilities: bool, weights: np.ndarray | None = None) -> dict:
+    """The sidecar of an output these runs write: run paths, model digests, classes, whether probabilities are in,
+    and the runs' weights where they differ (an ensemble run's)."""
+    sidecar = {
+        "runs": [str(run.path.resolve()) for run in runs],
+        "models": [file_digest(run.model_file) for run in runs],
+        "classes": runs[0].classes,
+        "probabilities": with_probabilities,
+    }
+    if weights is not None and not np.allclose(weights, weights[0]):
+        sidecar["weights"] = [round(float(w), 6) for w in weights]
+    return sidecar
+
+
+def difference(old: dict | None, new: dict) -> str:
+    """What an output's sidecar says against what this command would write, in words, for the refusal."""
+    if old is None:
+        return "it has no readable sidecar naming them"
+    if old.get("runs") != new["runs"]:
+        return f"made by {', '.join(old.get('runs', []))}; this command runs {', '.join(new['runs'])}"
+    if old.get("models") != new["models"]:
+        return "a run's model.keras has changed since"
+    if old.get("classes") != new["classes"]:
+        return f"classes {', '.join(old.get('classes', []))}; these runs' {', '.join(new['classes'])}"
+    if old.get("probabilities"):
+        return "written with --probabilities; this command is without"
+    return "written without --probabilities; this command is with"
+
+
+def whole_lines(path: Path) -> tuple[list[str], bool]:
+    """The lines of an appended CSV that are whole (newline-ended, as many fields as the header), the header first,
+    and whether any was not: a kill in the middle of a write leaves the last row cut short."""
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):
+        return [], bool(lines)
+    n_fields = len(_fields(lines[0]))
+    whole = [line for line in lines if line.endswith("\n") and len(_fields(line)) == n_fields]
+    return whole, len(whole) < len(lines)
+
+
+def keep_whole_lines(path: Path) -> list[str]:
+    """The whole lines of an appended CSV (`whole_lines`); the file is rewritten without the others, or removed when
+    not even its header is whole."""
+    lines, cut = whole_lines(path)
+    if cut and lines:
+        write_atomic(path, "".join(lines).encode())
+    elif cut:
+        path.unlink()
+    return lines
+
+
+def _fields(line: str) -> list[str]:
+    return next(csv.reader([line]), [])
+
+
+@dataclass
+class SubmissionFile:
+    """An output CSV and its skipped.csv, appended a chunk at a time; created with the first chunk that has rows."""
+
+    path: Path
+    classes: list[str]
+    with_probabilities: bool
+    sidecar: dict  # `made_by` of this command's runs
+    rows: int = 0  # rows in the file
+    started: bool = False
+    _skipped: set[tuple[str, ...]] = field(default_factory=set)  # rows of skipped.csv, so a resume adds none twice
+    _pending: list[tuple[str, ...]] = field(default_factory=list)  # skipped rows held until the file is created
+
+    @property
+    def columns(self) -> list[str]:
+        return submission_columns(self.classes, self.with_probabilities)
+
+    def resume(self) -> set[str]:
+        """The track ids the file already has a row for; SystemExit when other runs made it. A row cut short by a
+        kill is dropped from the file here."""
+        if not self.path.is_file():
+            return set()
+        lines, _ = whole_lines(self.path)
+        if not lines:  # killed before its header was whole: it holds no predictions
+            return set()
+        old = self._sidecar()
+        if old != self.sidecar:
+            raise self._refusal(difference(old, self.sidecar))
+        if _fields(lines[0]) != self.columns:
+            raise self._refusal(f"its columns are {lines[0].strip()}")
+        lines = keep_whole_lines(self.path)
+        self.rows, self.started = len(lines) - 1, True
+        if skipped_path(self.path).is_file():
+            self._skipped = {tuple(_fields(line)) for line in keep_whole_lines(skipped_path(self.path))[1:]}
+        return {_fields(line)[0] for line in lines[1:]}
+
+    def _refusal(self, reason: str) -> SystemExit:
+        return SystemExit(
+            f"error: {self.path} holds predictions of other runs ({reason}); remove it or choose another --output"
+        )
+
+    def _sidecar(self) -> dict | None:
+        try:
+            return json.loads(sidecar_path(self.path).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _start(self) -> None:
+        """A fresh file: the sidecar first (so a file with rows always has one), then the header; no skipped.csv."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(sidecar_path(self.path), json.dumps(self.sidecar, indent=1).encode())
+        skipped_path(self.path).unlink(missing_ok=True)
+        pd.DataFrame(columns=self.columns).to_csv(self.path, index=False)
+        self.started = True
+
+    def append(self, table: pd.DataFrame, skipped: pd.DataFrame) -> None:
+        """Add a chunk's rows (`submission`) and its skipped inputs not listed yet, both flushed when this returns."""
+        for row in skipped[SKIPPED_COLUMNS].astype(str).itertuples(index=False, name=None):
+            if row not in self._skipped:
+                self._skipped.add(row)
+                self._pending.append(row)
+        if table.empty and not self.started:
+            return
+        if not self.started:
+            self._start()
+        if self._pending:
+            listed = skipped_path(self.path).is_file()
+            pending = pd.DataFrame(self._pending, columns=SKIPPED_COLUMNS)
+            pending.to_csv(skipped_path(self.path), mode="a", header=not listed, index=False)
+            self._pending = []
+        table[self.columns].to_csv(self.path, mode="a", header=False, index=False)
+        self.rows += len(table)

@@ -1,0 +1,528 @@
+"""Training machinery shared by `train` and `tune`: phases, resumable fit, run directories.
+
+A run directory gets config.yaml, model.keras (best epoch on the valid split), history.csv,
+metrics.json, report.md, confusion_matrix.png, loss_curves.png, skipped.csv and TensorBoard logs.
+Killed and started again, a run resumes after its last completed epoch (an epoch backup of the
+weights, optimizer and dropout random state; history.json for the choices made so far). The test split is used once,
+after training, for the final report.
+
+Refit (`train.refit`). The first fit chooses the model on valid: per phase, the epochs up to the last one that
+improved the monitored valid figure (0 for a phase that never improved on the phase before it). Then:
+  1. the chosen model moves to `chosen/` with a copy of the run's config, classes and train-fitted scaler;
+  2. the phases run a second time into `refit/`, a run directory of its own (history.json, phases.json, epoch
+     backups, TensorBoard logs), on train + valid, for exactly the chosen epochs of each phase, with no early
+     stopping and no choice: each epoch's model replaces the last. The scaler is fitted on train + valid, the model
+     starts from the same seeded initial weights as the first fit, and the learning rate schedule spans the phase's
+     configured epochs, so the refit follows the first fit's learning rate curve up to the chosen epoch (with
+     `train.refit_schedule: anneal` it spans the chosen epochs instead, so a cosine decays to its floor by the end);
+  3. the refit's scaler is copied and its model moved (one rename) onto the run's scaler.json and model.keras.
+Each step is done once and skipped when found done, so a kill anywhere resumes (inside step 2 from the refit's epoch
+backup). The report judges valid with the chosen model (valid trained the refitted one) and test with the refitted
+model, and says how many tracks, examples and epochs the refit trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from genre_tf import models
+from genre_tf.config import Config, ConfigError, save_config, to_dict
+from genre_tf.evaluation.report import evaluate_run
+from genre_tf.extract.cache import write_atomic
+from genre_tf.features.scaling import Scaler, fit_scaler
+from genre_tf.inputs import augment
+from genre_tf.inputs.examples import Examples, SplitData, input_shape, load_examples, reads_features, split_data
+from genre_tf.inputs.pipeline import train_dataset
+from genre_tf.models import transfer
+from genre_tf.run import RunDir
+from genre_tf.training import boundary
+from genre_tf.training.multi_worker import fit_multi_worker, is_chief, make_strategy, worker_run_dir
+from genre_tf.training.optimization import build_loss, build_optimizer, build_soft_loss
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One `fit`: how many epochs, at which learning rate, with how much of a backbone trainable."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    backbone: str | None = None  # None: no backbone; "frozen"; "configured": as trainable_blocks / _layers say
+    schedule_epochs: int | None = None  # the epochs the learning rate schedule spans; None: `epochs`
+    # False in a refit: no valid split, so no early stopping and no choice; every epoch's model replaces the last.
+    validates: bool = True
+
+
+def plan_phases(cfg: Config) -> list[Phase]:
+    """One phase, or for a partly unfrozen backbone with fine_tune_epochs: head first, then fine-tune."""
+    model, train = cfg.model, cfg.train
+    if not models.family(model).has_backbone:
+        return [Phase("train", train.epochs, train.learning_rate)]
+    t = model.transfer
+    frozen = (t.trainable_blocks if t.trainable_layers is None else t.trainable_layers) == 0
+    if frozen or train.fine_tune_epochs == 0:
+        return [Phase("train", train.epochs, train.learning_rate, "configured")]
+    return [
+        Phase("head", train.epochs, train.learning_rate, "frozen"),
+        Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, "configured"),
+    ]
+
+
+def _improved(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value > best if monitor == "val_accuracy" else value < best
+
+
+def seed_generators(model: keras.Model) -> list:
+    """The random-state generators of a model's layers (dropout), nested models included."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found += seed_generators(layer)
+        if getattr(layer, "seed_generator", None) is not None:
+            found.append(layer.seed_generator)
+    return found
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Weights, optimizer and dropout random state after every epoch, safe against a kill at any moment.
+
+    Keras' BackupAndRestore writes its weights file in place, so a kill during the write leaves a
+    truncated file, and it does not keep the dropout layers' random state, so a resumed run draws
+    other masks. Here each epoch's weights and random state go to new files and a small pointer,
+    replaced atomically, names the last complete pair.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+        self.pointer = folder / "latest.json"
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = f"epoch-{epoch + 1:04d}"
+        self.model.save_weights(self.folder / f"{stem}.weights.h5")
+        seeds = np.array([np.asarray(g.state) for g in seed_generators(self.model)])
+        np.save(self.folder / f"{stem}.seeds.npy", seeds)
+        write_atomic(self.pointer, json.dumps({"epoch": epoch + 1, "stem": stem}).encode())
+        for old in self.folder.glob("epoch-*"):
+            if not old.name.startswith(stem):
+                old.unlink()
+
+    def epoch(self) -> int | None:
+        """The epoch the last backup continues from, or None."""
+        return json.loads(self.pointer.read_text())["epoch"] if self.pointer.is_file() else None
+
+    def restore(self, model: keras.Model) -> int | None:
+        """Load the last backup into a compiled model; the epoch to continue from, or None."""
+        if not self.pointer.is_file():
+            return None
+        state = json.loads(self.pointer.read_text())
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.folder / f"{state['stem']}.weights.h5")
+        seeds = np.load(self.folder / f"{state['stem']}.seeds.npy")
+        for generator, value in zip(seed_generators(model), seeds, strict=True):
+            generator.state.assign(value)
+        return state["epoch"]
+
+
+class Tracker(keras.callbacks.Callback):
+    """Best-on-valid checkpoint, early stopping and epoch history, all of it resumable.
+
+    The state lives in history.json, rewritten atomically after every epoch; on resume it is cut
+    back to the epoch the backup restores, and the best value and patience count are derived from
+    it again, so a resumed run makes the same choices as an uninterrupted one.
+    """
+
+    def __init__(self, run: RunDir, phase: Phase, cfg: Config, start_epoch: int, full_model: keras.Model):
+        super().__init__()
+        self.run, self.phase, self.cfg, self.start_epoch = run, phase, cfg, start_epoch
+        self.full_model = full_model  # what model.keras holds, also while only the top above a boundary fits
+        self.history = [h for h in run.history() if h["epoch"] < start_epoch]
+        monitor = self.cfg.train.monitor
+        self.best, self.wait = None, 0
+        for h in self.history if phase.validates else []:
+            better = _improved(h[monitor], self.best, monitor)
+            self.best = h[monitor] if better else self.best
+            if h["phase"] == self.phase.name:
+                self.wait = 0 if better else self.wait + 1
+
+    @property
+    def patience_exhausted(self) -> bool:
+        return bool(self.cfg.train.patience) and self.wait >= self.cfg.train.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, "phase": self.phase.name, **{k: float(v) for k, v in (logs or {}).items()}}
+        # What the schedule gives at the step count the epoch ended on; a float32, so 7 digits say all of it.
+        row["learning_rate"] = float(f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.7g}")
+        if self._keeps(row):
+            tmp = self.run.path / ".tmp-model.keras"
+            self.full_model.save(tmp)
+            os.replace(tmp, self.run.model_file)
+        self.history.append(row)
+        write_atomic(self.run.history_json, json.dumps(self.history, indent=1).encode())
+        if self.patience_exhausted:
+            self.model.stop_training = True
+
+    def _keeps(self, row: dict) -> bool:
+        """Whether this epoch's model becomes model.keras: the best on valid so far, or in a refit, every epoch's."""
+        if not self.phase.validates:
+            return True
+        monitor = self.cfg.train.monitor
+        if _improved(row[monitor], self.best, monitor):
+            self.best, self.wait = row[monitor], 0
+            return True
+        self.wait += 1
+        return False
+
+
+def _check_run_dir(run: RunDir, cfg: Config, overwrite: bool) -> None:
+    """A run directory belongs to one config: refuse to mix two runs in it."""
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    if not run.config_file.is_file():
+        return
+    saved, new = _flat(to_dict(run.config)), _flat(to_dict(cfg))
+    changed = [key for key in sorted(saved.keys() | new.keys()) if saved.get(key) != new.get(key)]
+    if changed:
+        raise ConfigError(
+            "--name",
+            f"{run.path} holds a run of another config ({', '.join(changed[:4])} differ); "
+            "pick another --name or pass --overwrite",
+        )
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _log_hparams(run: RunDir, cfg: Config) -> None:
+    from tensorboard.plugins.hparams import api as hp
+
+    flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in _flat(to_dict(cfg)).items()}
+    writer = tf.summary.create_file_writer(str(run.logs_dir))
+    with writer.as_default():
+        hp.hparams(flat, trial_id=run.path.name)
+    writer.close()  # a tuner writes one per trial: open writers would pile up
+
+
+def _log_confusion_images(run: RunDir) -> None:
+    pngs = sorted(run.path.glob("confusion_matrix*.png"))
+    writer = tf.summary.create_file_writer(str(run.logs_dir / "evaluation"))
+    with writer.as_default():
+        for png in pngs:
+            image = tf.io.decode_png(tf.io.read_file(str(png)), channels=3)[None]
+            tf.summary.image(png.stem, image, step=0)
+    writer.close()
+
+
+@dataclass
+class PhaseInputs:
+    """What one phase fits: the model whose weights train (the whole model, or its top above a cached boundary)
+    and the train and valid data in that model's input."""
+
+    model: keras.Model
+    train: SplitData
+    valid: tf.data.Dataset | None  # None in a refit
+
+
+@dataclass
+class PhaseLog:
+    """phases.json: the phases a run has finished and the seconds they took, so a resumed run skips them."""
+
+    done: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, run: RunDir) -> PhaseLog:
+        path = run.path / "phases.json"
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def finish(self, run: RunDir, phase: Phase, seconds: float) -> None:
+        self.done.append(phase.name)
+        self.seconds += seconds
+        write_atomic(run.path / "phases.json", json.dumps({"done": self.done, "seconds": self.seconds}).encode())
+
+
+def fit_phases(
+    run: RunDir,
+    cfg: Config,
+    examples: Examples,
+    scaler: Scaler | None,
+    strategy: tf.distribute.Strategy,
+    verbose: int,
+    phases: list[Phase] | None = None,
+) -> dict:
+    """Run every phase not yet finished (those of plan_phases unless given); returns what the run record needs
+    (epochs, time, parameters). Phases that do not validate (a refit) read the train split alone."""
+    phases = plan_phases(cfg) if phases is None else phases
+    classes = run.classes
+    splits = ("train", "valid") if all(phase.validates for phase in phases) else ("train",)
+    frames = {split: examples.split(split) for split in splits}
+    data = {split: split_data(frame, cfg, classes, scaler, train=split == "train") for split, frame in frames.items()}
+    if note := boundary.cache_off_note(cfg):
+        print(note)
+    log = PhaseLog.load(run)
+    keras.utils.set_random_seed(cfg.seed)  # the initial weights depend on the seed alone: a refit starts from them too
+    with strategy.scope():
+        model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
+    for phase in phases:
+        if phase.name in log.done:
+            continue
+        started = time.perf_counter()
+        with strategy.scope():
+            inputs = _phase_inputs(run, cfg, phase, model, frames, data)
+        _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
+        log.finish(run, phase, time.perf_counter() - started)
+        shutil.rmtree(run.backup_dir / phase.name, ignore_errors=True)
+    return {
+        "epochs": len(run.history()),
+        "train_seconds": round(log.seconds, 1),
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "classes_n": len(classes),
+    }
+
+
+def _phase_inputs(
+    run: RunDir, cfg: Config, phase: Phase, model: keras.Model, frames: dict, data: dict[str, SplitData]
+) -> PhaseInputs:
+    """Set what trains in this phase, start from the best weights so far, and pick the model and data to fit."""
+    if phase.backbone == "frozen":
+        transfer.set_trainable_blocks(model, 0)
+    elif phase.backbone == "configured":
+        transfer.apply_trainable(model, cfg.model.transfer)
+    if run.model_file.is_file():  # a later phase starts from the best weights so far
+        model.load_weights(run.model_file)
+    batch_size = cfg.train.batch_size
+    if not boundary.caches_boundary(cfg):
+        valid = data["valid"].batches(batch_size) if "valid" in data else None
+        if valid is not None and cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels: valid goes one-hot
+            valid = valid.map(lambda x, y: (x, tf.one_hot(y, len(run.classes))))
+        return PhaseInputs(model, data["train"], valid)
+    # The frozen bottom runs once, not every epoch; the top shares its weights with `model`.
+    blocks = 0 if phase.backbone == "frozen" else cfg.model.transfer.trainable_blocks
+    cut = boundary.cut_at_boundary(model, blocks, cfg.model)
+    train = boundary.boundary_split(cut, frames["train"], cfg, run.classes)
+    valid = None
+    if "valid" in frames:
+        valid = boundary.boundary_split(cut, frames["valid"], cfg, run.classes).batches(batch_size)
+    return PhaseInputs(cut.top, train, valid)
+
+
+def _fit_phase(
+    run: RunDir,
+    cfg: Config,
+    phase: Phase,
+    model: keras.Model,
+    inputs: PhaseInputs,
+    strategy: tf.distribute.Strategy,
+    verbose: int,
+) -> None:
+    """Fit one phase from where it stopped (its epoch backup), keeping the best model on valid in the run."""
+    first_epoch = sum(h["phase"] != phase.name for h in run.history())  # earlier phases are complete
+    backup = EpochBackup(run.backup_dir / phase.name)
+    start_epoch = backup.epoch() or first_epoch
+    last_epoch = first_epoch + phase.epochs
+    batch_size = cfg.train.batch_size
+    data = inputs.train
+    batches, steps = _train_batches(data, cfg, start_epoch, last_epoch)
+    with strategy.scope():  # the schedule needs the steps per epoch, which the dataset decides
+        optimizer = build_optimizer(cfg.train, phase.learning_rate, steps, phase.schedule_epochs or phase.epochs)
+        loss = build_soft_loss(cfg.train) if cfg.augment.mixup_alpha else build_loss(cfg.train)
+        inputs.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    backup.restore(inputs.model)
+    tracker = Tracker(run, phase, cfg, start_epoch, model)
+    callbacks = [tracker, backup]  # history before backup: see Tracker
+    if is_chief():
+        callbacks.append(keras.callbacks.TensorBoard(str(run.logs_dir), write_graph=False))
+    note = "" if phase.validates else " (refit on train + valid)"
+    print(f"phase {phase.name}: {phase.epochs} epochs at learning rate {phase.learning_rate:g}{note}")
+    if tracker.patience_exhausted:  # it stopped early just before a kill: nothing left to fit
+        return
+    if cfg.train.distribute == "multi_worker":
+        epochs = range(start_epoch, last_epoch)
+        batch = min(batch_size, len(inputs.train))
+        fit_multi_worker(inputs.model, cfg.train, strategy, batches, inputs.valid, steps, batch, epochs, callbacks)
+        return
+    inputs.model.fit(
+        batches if isinstance(batches, tf.data.Dataset) else batches(None),
+        shuffle=False,  # train_dataset shuffles, per epoch, from the seed
+        class_weight=class_weights(data.labels, len(run.classes)) if cfg.train.class_weight == "balanced" else None,
+        validation_data=inputs.valid,
+        epochs=last_epoch,
+        initial_epoch=start_epoch,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+def _train_batches(data: SplitData, cfg: Config, first_epoch: int, last_epoch: int) -> tuple:
+    """The train split's batches for epochs [first_epoch, last_epoch) and the steps per epoch. The batches are a
+    dataset, or for a split streamed from shards a function of the tf.distribute.InputContext (None: no
+    distribution), so that each worker of a multi-worker run reads its own shard files."""
+    batch_size, seed = cfg.train.batch_size, cfg.seed
+    if data.stream is None:
+        return train_dataset(data.loader, len(data), batch_size, seed, first_epoch, last_epoch, data.augmentation)
+
+    def batches(context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        return data.stream.train_batches(batch_size, seed, first_epoch, last_epoch, context)[0]
+
+    return batches, data.stream.steps(batch_size)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights, n / (classes * count), as sklearn's class_weight="balanced" makes them."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {c: float(len(labels) / (n_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
+def _write_history_csv(run: RunDir) -> None:
+    import pandas as pd
+
+    pd.DataFrame(run.history()).to_csv(run.history_csv, index=False)
+
+
+def _fit_run_scaler(run: RunDir, cfg: Config, examples: Examples) -> Scaler | None:
+    """The feature scaler of a features model, fitted on the examples' train split only and saved in the run."""
+    if not reads_features(cfg):
+        return None
+    scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns, cfg.seed)
+    scaler.save(run.scaler_file)
+    return scaler
+
+
+def chosen_epochs(history: list[dict], monitor: str) -> dict[str, int]:
+    """Per phase, how many of its epochs led to the run's model: up to its last epoch that improved on the best so far
+    (as Tracker judged it), 0 for a phase that never did. A later phase starts from the best model before it."""
+    chosen, best, seen = {}, None, {}
+    for row in history:
+        phase = row["phase"]
+        seen[phase] = seen.get(phase, 0) + 1
+        chosen.setdefault(phase, 0)
+        if _improved(row[monitor], best, monitor):
+            best, chosen[phase] = row[monitor], seen[phase]
+    return chosen
+
+
+def refit_examples(examples: Examples) -> Examples:
+    """What a refit trains on: the valid split joined to train (the test split stays apart)."""
+    frame = examples.frame.assign(split=examples.frame["split"].replace("valid", "train"))
+    return Examples(frame, examples.feature_columns, examples.skipped)
+
+
+def _keep_chosen(run: RunDir) -> None:
+    """Move the model chosen on valid to chosen/, with the config, classes and scaler it goes with; once only."""
+    chosen = run.chosen
+    if chosen.model_file.is_file():  # moved already: run/model.keras may be the refit's by now
+        return
+    chosen.path.mkdir(parents=True, exist_ok=True)
+    for part in ("config_file", "classes_file", "scaler_file"):
+        if getattr(run, part).is_file():  # no scaler for image models
+            write_atomic(getattr(chosen, part), getattr(run, part).read_bytes())
+    os.replace(run.model_file, chosen.model_file)  # last: its presence says chosen/ is complete
+
+
+def _promote(run: RunDir, refit_run: RunDir) -> None:
+    """Make the refit the run's model: its scaler copied over the run's, then its model moved onto model.keras.
+
+    Done again on every resume: train() writes the train-fitted scaler to the run before it gets here.
+    """
+    if refit_run.scaler_file.is_file():
+        write_atomic(run.scaler_file, refit_run.scaler_file.read_bytes())
+    if refit_run.model_file.is_file():  # else moved already
+        os.replace(refit_run.model_file, run.model_file)
+
+
+def refit(run: RunDir, cfg: Config, examples: Examples, strategy: tf.distribute.Strategy, verbose: int) -> dict:
+    """Train the run's recipe again on train + valid for the epochs chosen on valid, and make that the run's model
+    (the module docstring gives the steps); returns what the report says of the refit."""
+    epochs = chosen_epochs(run.history(), cfg.train.monitor)
+    follow = cfg.train.refit_schedule == "follow"
+    phases = [
+        replace(phase, epochs=epochs[phase.name], schedule_epochs=phase.epochs if follow else None, validates=False)
+        for phase in plan_phases(cfg)
+        if epochs.get(phase.name)
+    ]
+    _keep_chosen(run)
+    target = run.refit
+    target.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, target.config_file)
+    write_atomic(target.classes_file, run.classes_file.read_bytes())
+    merged = refit_examples(examples)
+    scaler = _fit_run_scaler(target, cfg, merged)
+    record = fit_phases(target, cfg, merged, scaler, strategy, verbose, phases)
+    shutil.rmtree(target.backup_dir, ignore_errors=True)
+    _write_history_csv(target)
+    _promote(run, target)
+    rows = merged.split("train")
+    return {
+        "tracks": int(rows["track_id"].nunique()),
+        "examples": len(rows),
+        "epochs": {p.name: p.epochs for p in phases},
+        "train_seconds": record["train_seconds"],
+    }
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    overwrite: bool = False,
+    verbose: int = 2,
+    eval_splits: tuple[str, ...] = ("valid", "test"),
+    examples: Examples | None = None,
+) -> dict:
+    """Train (or resume, or find finished) the run of `cfg` in `run_dir`; returns its metrics.
+
+    A tuner passes `eval_splits=("valid",)`, so the test split stays unseen, and the examples it
+    loaded once for all trials.
+    """
+    run = RunDir(worker_run_dir(Path(run_dir)))
+    _check_run_dir(run, cfg, overwrite)
+    augment.check_augment(cfg)
+    if run.finished:
+        print(f"{run.path} is already finished; pass --overwrite to train it again")
+        return run.metrics()
+    strategy = make_strategy(cfg.train.distribute)  # collective ops must exist before any other TF work
+    keras.utils.set_random_seed(cfg.seed)
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config_file)
+    examples = examples or load_examples(cfg)
+    examples.skipped.to_csv(run.skipped_file, index=False)
+    for split in ("train", "valid"):
+        if examples.split(split).empty:
+            raise ConfigError("data", f"the {split} split is empty; check the split settings")
+    classes = examples.classes
+    write_atomic(run.classes_file, json.dumps(classes).encode())
+    scaler = _fit_run_scaler(run, cfg, examples)
+    if is_chief():
+        _log_hparams(run, cfg)
+    record = fit_phases(run, cfg, examples, scaler, strategy, verbose)
+    record["split"] = examples.split_note
+    if cfg.train.refit:
+        record["refit"] = refit(run, cfg, examples, strategy, verbose)
+    if not is_chief():  # the chief keeps the artefacts; a worker's scratch folder goes
+        shutil.rmtree(run.path, ignore_errors=True)
+        return record
+    shutil.rmtree(run.backup_dir, ignore_errors=True)
+    _write_history_csv(run)
+    metrics = evaluate_run(run, list(eval_splits), examples=examples, extra=record)
+    _log_confusion_images(run)
+    return metrics

@@ -77,7 +77,7 @@ def cpu_seconds() -> float:
 
 def time_predict(run: Path, folder: Path, cache_dir: Path, out: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of one `predict --output` over the folder on an empty cache, its printout swallowed."""
-    from genre_tf.serving import predict
+    from genre_tf import predict
 
     started, cpu = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -16,8 +16,8 @@
    30 s features, and logistic regression on musicnn embeddings, as references.
    Prints mean and spread over folds at segment and track level, and what each augmentation adds.
 3. Ensembles (genre_tf.evaluation.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy
-   forward selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s MLP, and
-   the selection over each family's best recipe. Each is set against its best member on the same fold.
+   forward selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s
+   MLP, and the selection over each family's best recipe. Each is set against its best member on the same fold.
 
 All of it takes about 6 hours on 2 CPU cores, most of it the CNN variants (8 minutes per fold each).
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an

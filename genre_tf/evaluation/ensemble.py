@@ -19,7 +19,6 @@ confusion matrices. evaluate, predict and compare take it like any run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -31,16 +30,14 @@ import pandas as pd
 from genre_tf.config import (
     ConfigError,
     EnsembleConfig,
-    add_config_arguments,
     check_data_paths,
-    exit_config_error,
     load_config,
     load_ensemble_config,
     save_config,
     to_dict,
 )
 from genre_tf.evaluation.compare import describe_model
-from genre_tf.evaluation.report import PROBABILITY_FLOOR, format_headline, record_split, track_pooling, write_metrics
+from genre_tf.evaluation.report import PROBABILITY_FLOOR, record_split, track_pooling, write_metrics
 from genre_tf.extract.cache import write_atomic
 from genre_tf.run import RunDir
 from genre_tf.serving.predict import in_track_order, predict_frame
@@ -273,21 +270,3 @@ def evaluate_ensemble(
             alone[member.run.path.name][f"{split}_track_accuracy"] = track_score(member_probs, labels)[0]
         record_split(run, metrics, split, tracks, weighted_mean(probs, weights), labels)
     return write_metrics(run, metrics)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.ensemble", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_ensemble_config(args.config, args.overrides)  # before TensorFlow loads: errors stay one line
-        metrics = build_ensemble(cfg, args.overwrite)
-    except ConfigError as err:
-        exit_config_error(err)
-    print(format_headline(metrics))
-    print(f"run written to {Path(cfg.output_dir) / cfg.name}")
-
-
-if __name__ == "__main__":
-    main()

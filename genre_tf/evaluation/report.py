@@ -11,15 +11,12 @@ judged by its members' track probabilities, weighted as it chose them.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from genre_tf.config import ConfigError, check_data_paths, exit_config_error
 from genre_tf.evaluation import plots
 from genre_tf.extract.cache import write_atomic
 from genre_tf.run import RunDir
@@ -285,29 +282,3 @@ def format_headline(metrics: dict) -> str:
             f"macro F1 {h['macro_f1']:.3f}"
         )
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. saved_models/demo_mlp")
-    parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
-    args = parser.parse_args(argv)
-    run = RunDir(args.run)
-    if not (run.model_file.is_file() or run.is_ensemble):
-        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
-    try:
-        if run.is_ensemble:  # its members' data is checked as each is loaded
-            from genre_tf.evaluation.ensemble import evaluate_ensemble
-
-            metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
-        else:
-            check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
-            metrics = evaluate_run(run, args.split or ["valid", "test"])
-    except ConfigError as err:
-        exit_config_error(err)
-    print(format_headline(metrics))
-    print(f"written to {run.report_file}")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,6 @@ and writes sharded records instead (genre_tf.extract.beam, genre_tf.extract.shar
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error, save_config
+from genre_tf.config import Config, save_config
 from genre_tf.data.index import SPLITS, Index, build_index
 from genre_tf.extract.cache import Recipe, SharedPool, TrackCache, extract_all, write_atomic
 from genre_tf.features import analysis as features
@@ -242,55 +241,6 @@ def chosen_representations(choice: str, cfg: Config) -> tuple[str, ...]:
     return representations.check([name.strip() for name in choice.split(",") if name.strip()])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.prepare", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: cache.jobs, 0 = all cores)")
-    parser.add_argument(
-        "--representations",
-        default="model",
-        help="what to compute: model (what the config's model reads), all, or a comma-separated list of "
-        f"{', '.join(representations.ALL)}",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=("local", "beam"),
-        default="local",
-        help="local: this machine's processes, into the cache (default); beam: an Apache Beam pipeline, into shards "
-        "(needs pip install 'genre_tf[beam]')",
-    )
-    parser.add_argument(
-        "--beam-options",
-        default="--runner=DirectRunner",
-        help="--engine beam: Beam pipeline options as one string, given as --beam-options='--runner=... ...'",
-    )
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="--engine beam: the shards' folder, any path tf.io.gfile writes (default: <cache.dir>/shards/<name>); "
-        "train reads it with data.shards: FOLDER",
-    )
-    parser.add_argument(
-        "--shards", type=int, default=None, help="--engine beam: shard files (default: 1 per 256 tracks)"
-    )
-    args = parser.parse_args(argv)
-    if args.engine == "local" and (args.output or args.shards):
-        parser.error("--output and --shards are for --engine beam; the local engine writes the cache")
-    cfg = config_from_args(args)
-    try:
-        names = chosen_representations(args.representations, cfg)
-        if args.engine == "beam":
-            prepare_on_beam(cfg, names, args.output, args.beam_options, args.shards)
-            return
-        prepared = prepare(cfg, jobs=args.jobs, names=names)
-    except ConfigError as err:
-        exit_config_error(err)
-    out_dir = prepared_dir(cfg)
-    write_prepared(prepared, cfg, out_dir)
-    print(format_summary(prepared))
-    print(f"written to {out_dir}")
-
-
 def prepare_on_beam(
     cfg: Config, names: tuple[str, ...], output: str | None, beam_options: str, n_shards: int | None
 ) -> None:
@@ -303,7 +253,3 @@ def prepare_on_beam(
     manifest = engines.run_pipeline(config_index(cfg), cfg, names, output, beam_options, n_shards)
     print(engines.summary(manifest, output))
     print(f"train from them with --set data.shards={output}")
-
-
-if __name__ == "__main__":
-    main()

@@ -29,7 +29,6 @@ as a single run (`rate_functions`), each resampling the waveform in the graph to
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -714,26 +713,3 @@ def check_output(output: Path, fmt: str) -> None:
         raise SystemExit(f"error: {output} exists and is not a SavedModel; give another --output")
     if fmt == "tflite" and output.is_dir():
         raise SystemExit(f"error: {output} is a folder; give a file path for --format tflite")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
-    parser.add_argument("--format", required=True, help="saved_model (a folder) or tflite (a file)")
-    parser.add_argument("--output", type=Path, help="default: <run>/export/saved_model or <run>/export/<run>.tflite")
-    args = parser.parse_args(argv)
-    if args.format not in FORMATS:
-        raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")
-    run = RunDir(args.run)
-    if run.is_ensemble:
-        check_ensemble(run)
-    else:
-        check_run(run)
-    output = args.output or default_output(run, args.format)
-    check_output(output, args.format)
-    metadata = export(run, args.format, output, progress=lambda line: print(line, flush=True))
-    print("\n".join((describe_ensemble if run.is_ensemble else describe)(metadata)))
-
-
-if __name__ == "__main__":
-    main()

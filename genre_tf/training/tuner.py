@@ -20,7 +20,6 @@ trials and writes the summary; the workers train.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import subprocess
@@ -35,10 +34,7 @@ import yaml
 from genre_tf.config import (
     Config,
     ConfigError,
-    add_config_arguments,
-    config_from_args,
     config_from_dict,
-    exit_config_error,
     save_config,
     set_key,
     to_dict,
@@ -222,31 +218,3 @@ def summarise(tuner, cfg: Config, params: list[Param], out_dir: Path):
     best_cfg = trial_config(cfg, params, best.hyperparameters, f"{out_dir.name}_best")
     save_config(best_cfg, out_dir / "best.yaml")
     return table
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.tune", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--space", required=True, type=Path, help="search space, e.g. tuning/mlp.yaml")
-    parser.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
-    parser.add_argument("--max-trials", type=int, default=10)
-    parser.add_argument("--name", help="search name (default: <config name>_<space name>)")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    try:
-        params = read_space(args.space, cfg)
-        out_dir = Path("tuning") / (args.name or f"{cfg.name}_{args.space.stem}")
-        tuner = make_tuner(args.tuner, cfg, params, out_dir, args.max_trials)
-        tuner.search()
-    except ConfigError as err:
-        exit_config_error(err)
-    if os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
-        table = summarise(tuner, cfg, params, out_dir)
-        from genre_tf.evaluation.compare import to_markdown
-
-        print(to_markdown(table))
-        print(f"best config: {out_dir / 'best.yaml'}; trials: {out_dir / 'trials.md'}")
-
-
-if __name__ == "__main__":
-    main()

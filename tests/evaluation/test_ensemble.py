@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from genre_tf import evaluate
+from genre_tf import predict as predict_command
 from genre_tf.config import Config, ConfigError, load_ensemble_config, save_config
-from genre_tf.evaluation import report as evaluate
+from genre_tf.ensemble import main
 from genre_tf.evaluation.compare import comparison_table
-from genre_tf.evaluation.ensemble import build_ensemble, greedy_selection, main
+from genre_tf.evaluation.ensemble import build_ensemble, greedy_selection
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
 
@@ -189,7 +191,7 @@ def test_evaluate_predict_and_compare_take_an_ensemble_run(members, built, own, 
     assert built.metrics()["params"] == sum(m.run.metrics()["params"] for m in built.members())
     output = tmp_path / "out.csv"
     clips = split_clips(members["root"], "test")
-    predict.main(["--run", str(built.path), *map(str, clips), "--output", str(output), "--probabilities"])
+    predict_command.main(["--run", str(built.path), *map(str, clips), "--output", str(output), "--probabilities"])
     written = pd.read_csv(output)[[f"p_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(written, own["test"]["ens"], atol=2e-6)
     sidecar = json.loads(output.with_name("out.csv.json").read_text())

@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from genre_tf import predict as predict_command
 from genre_tf.config import CacheConfig, save_config
 from genre_tf.data.demo import DEMO_GENRES, generate_demo
 from genre_tf.features.audio import spread_segments
@@ -85,7 +86,7 @@ def post(client: TestClient, name: str, data: bytes, **params):
 def command_line_reason(run: RunDir, path: Path, capsys) -> str:
     """What `python -m genre_tf.predict --run RUN PATH` says of a file it skips."""
     with pytest.raises(SystemExit, match="nothing to predict"):
-        predict.main(["--run", str(run.path), str(path)])
+        predict_command.main(["--run", str(run.path), str(path)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith(f"skipped {path}: ")]
     assert len(lines) == 1, err
@@ -98,7 +99,7 @@ def test_a_prediction_equals_the_command_lines(client, cnn_run, clips, tmp_path,
     assert answer.status_code == 200, answer.text
     body = answer.json()
     output = tmp_path / "sub.csv"
-    predict.main(["--run", str(cnn_run.path), str(clip), "--probabilities", "--output", str(output)])
+    predict_command.main(["--run", str(cnn_run.path), str(clip), "--probabilities", "--output", str(output)])
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     row = pd.read_csv(output).iloc[0]
     expected = [row[f"p_{genre}"] for genre in DEMO_GENRES]

@@ -17,11 +17,12 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from genre_tf.config import save_config
+from genre_tf.export import main
 from genre_tf.features import audio
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
 from genre_tf.serving.app import EnsemblePredictor, Limits, Upload, create_app
-from genre_tf.serving.export import ensemble_serving_module, main, read_waveform, tflite_bytes, write_saved_model
+from genre_tf.serving.export import ensemble_serving_module, read_waveform, tflite_bytes, write_saved_model
 
 SR = 22050
 

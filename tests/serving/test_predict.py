@@ -15,9 +15,10 @@ from genre_tf.data.index import index_paths, track_id_of
 from genre_tf.extract import cache
 from genre_tf.extract.prepared import prepare_index
 from genre_tf.features.representations import FEATURES, MEL_IMAGE, MUSICNN_PATCH
+from genre_tf.predict import main
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
-from genre_tf.serving.predict import TAGS, ensemble, in_track_order, load_inputs, main, predict_frame, top_k_lines
+from genre_tf.serving.predict import TAGS, ensemble, in_track_order, load_inputs, predict_frame, top_k_lines
 from genre_tf.serving.submission import submission
 
 CLASSES = ["blues", "jazz", "rock"]
@@ -220,7 +221,7 @@ def test_a_run_moved_away_from_its_data_still_predicts(
 ):
     """Defect: loading a run checked that its training data still existed, so a run copied to another machine, or used
     from another working directory, could not predict, export or serve. Evaluation reads that data and still says so."""
-    from genre_tf.evaluation import report as evaluate
+    from genre_tf import evaluate
 
     csv = write_feature_table(tmp_path / "train.csv", CLASSES)
     split_file = tmp_path / "split.csv"

@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from genre_tf import compare, predict
 from genre_tf.config import load_config
-from genre_tf.evaluation import compare
 from genre_tf.evaluation.report import evaluate_run
 from genre_tf.inputs.pipeline import label_ids
 from genre_tf.run import RunDir
-from genre_tf.serving import predict
 from genre_tf.training import fit as training
 from genre_tf.training.fit import chosen_epochs, plan_phases, train
 
@@ -137,7 +136,6 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_demo_config)
 # `python -m genre_tf.train` that kills itself (SIGKILL, nothing cleaned up) in the middle of its third epoch.
 TRAIN_KILLED_IN_EPOCH_3 = """
 import os, runpy, signal
-from genre_tf.evaluation import compare
 from genre_tf.serving import predict
 from genre_tf.training import fit as training
 

@@ -1,0 +1,33 @@
+"""An ensemble of runs as one run: members of any families, weighted by a choice made on valid alone.
+
+python -m genre_tf.ensemble --config configs/ensemble.yaml [--set selection=equal] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genre_tf.config import ConfigError, add_config_arguments, exit_config_error, load_ensemble_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.ensemble", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
+    args = parser.parse_args(argv)
+    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
+    from genre_tf.evaluation.ensemble import build_ensemble
+    from genre_tf.evaluation.report import format_headline
+
+    try:
+        cfg = load_ensemble_config(args.config, args.overrides)  # before TensorFlow loads: errors stay one line
+        metrics = build_ensemble(cfg, args.overwrite)
+    except ConfigError as err:
+        exit_config_error(err)
+    print(format_headline(metrics))
+    print(f"run written to {Path(cfg.output_dir) / cfg.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Evaluate a run at segment and track level: accuracy, per-class and macro precision / recall / F1.
+
+python -m genre_tf.evaluate --run saved_models/demo_cnn [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genre_tf.config import ConfigError, check_data_paths, exit_config_error
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. saved_models/demo_mlp")
+    parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
+    args = parser.parse_args(argv)
+    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
+    from genre_tf.evaluation.report import evaluate_run, format_headline
+    from genre_tf.run import RunDir
+
+    run = RunDir(args.run)
+    if not (run.model_file.is_file() or run.is_ensemble):
+        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    try:
+        if run.is_ensemble:  # its members' data is checked as each is loaded
+            from genre_tf.evaluation.ensemble import evaluate_ensemble
+
+            metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
+        else:
+            check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again
+            metrics = evaluate_run(run, args.split or ["valid", "test"])
+    except ConfigError as err:
+        exit_config_error(err)
+    print(format_headline(metrics))
+    print(f"written to {run.report_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Predict genres with a trained run: audio files, folders or a feature table; a Kaggle-style submission.
+
+python -m genre_tf.predict --run saved_models/demo_cnn song.mp3            # top-k genres of one file
+python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
+python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
+python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
+python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
+python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run", required=True, type=Path, action="append", help="a finished run; several: average them"
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
+    parser.add_argument("--output", type=Path, help="write id,class CSV here, chunk by chunk; again: resume")
+    parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
+    parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
+    parser.add_argument(
+        "--chunk-tracks", type=int, default=64, help="with --output: tracks analysed and written at a time"
+    )
+    parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
+    args = parser.parse_args(argv)
+    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
+    from genre_tf.run import RunDir
+    from genre_tf.serving.predict import (
+        ensemble,
+        expand_runs,
+        predict_to_file,
+        print_skipped,
+        reads_table,
+        tag_examples,
+        tag_lines,
+        top_k_lines,
+        write_at_once,
+    )
+    from genre_tf.serving.submission import SubmissionFile, made_by, submission
+
+    if args.chunk_tracks < 1:
+        parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
+    given = [RunDir(path) for path in args.run]
+    runs, weights = expand_runs(given)  # the models that predict
+    for run in runs:
+        if not run.model_file.is_file():
+            raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    classes = runs[0].classes
+    if any(run.classes != classes for run in runs):
+        raise SystemExit("error: the runs were trained on different classes and cannot be averaged")
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
+    if args.output and not reads_table(args.inputs):
+        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities, weights))
+        tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
+        written = output.rows
+    else:
+        tracks, probs, skipped = ensemble(given, args.inputs, args.cache_dir)
+        print_skipped(skipped)
+        if args.output:
+            write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
+        written = len(tracks)
+    if args.output:
+        print(f"{written} predictions written to {args.output}")
+    if not args.output or written <= 10:
+        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
+    if args.tags:
+        print("\n".join(tag_lines(runs[0], tag_examples(runs[0], args.inputs))))
+
+
+if __name__ == "__main__":
+    main()

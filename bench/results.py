@@ -15,7 +15,7 @@
    ablation that leaves one augmentation out at a time; scikit-learn SVM and logistic regression on the
    30 s features, and logistic regression on musicnn embeddings, as references.
    Prints mean and spread over folds at segment and track level, and what each augmentation adds.
-3. Ensembles (genre_tf.evaluation.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy
+3. Ensembles (genre_tf.training.ensemble) of those runs, fold by fold, chosen on each fold's valid split (greedy
    forward selection, and equal weights): the musicnn probe with the refitted CNN, the two with the refitted 3 s
    MLP, and the selection over each family's best recipe. Each is set against its best member on the same fold.
 
@@ -114,7 +114,7 @@ EXPERIMENTS["cnn_augmented_no_masks_refit"] = [*EXPERIMENTS["cnn_augmented_no_ma
 EXPERIMENTS["cnn_augmented_no_masks_refit_follow"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT]  # the default
 TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
 
-# Ensembles of the runs above, fold by fold (genre_tf.evaluation.ensemble: weights chosen on each fold's valid split
+# Ensembles of the runs above, fold by fold (genre_tf.training.ensemble: weights chosen on each fold's valid split
 # alone, a refitted member judged there by its model chosen on valid). The family pool takes each family's recipe with
 # the best mean track accuracy in the table above (both MLPs tie): 30 s and 3 s MLP, CNN, MobileNet, musicnn.
 ENSEMBLE_MEMBERS = {
@@ -209,7 +209,7 @@ def ensemble_fold(name: str, fold: int) -> tuple[dict, float]:
     import time
 
     from genre_tf.config import EnsembleConfig
-    from genre_tf.evaluation.ensemble import build_ensemble
+    from genre_tf.training.ensemble import build_ensemble
 
     members, selection = ENSEMBLES[name]
     cfg = EnsembleConfig(

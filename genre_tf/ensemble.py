@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
     args = parser.parse_args(argv)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
-    from genre_tf.evaluation.ensemble import build_ensemble
     from genre_tf.evaluation.report import format_headline
+    from genre_tf.training.ensemble import build_ensemble
 
     try:
         cfg = load_ensemble_config(args.config, args.overrides)  # before TensorFlow loads: errors stay one line

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
     try:
         if run.is_ensemble:  # its members' data is checked as each is loaded
-            from genre_tf.evaluation.ensemble import evaluate_ensemble
+            from genre_tf.training.ensemble import evaluate_ensemble
 
             metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
         else:

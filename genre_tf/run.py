@@ -4,7 +4,7 @@ A refitted run (`train.refit`) holds two more run directories: `chosen/`, the mo
 (with its config, classes and scaler), and `refit/`, the second run of the phases on train + valid whose model became
 the run's model.keras.
 
-An ensemble run (`genre_tf.evaluation.ensemble`) has no model.keras: ensemble.json names its members, copies of their
+An ensemble run (`genre_tf.training.ensemble`) has no model.keras: ensemble.json names its members, copies of their
 run directories under members/, with each one's weight and how it pools a track's segments (`RunDir.members`).
 """
 

@@ -159,7 +159,7 @@ def make_audio_run(make_config) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def make_ensemble_run() -> Callable[..., Path]:
-    """make_ensemble_run(path, [(run_path, weight), ...]): an ensemble run directory as `genre_tf.evaluation.ensemble`
+    """make_ensemble_run(path, [(run_path, weight), ...]): an ensemble run directory as `genre_tf.training.ensemble`
     writes what serve, export and predict read of it: classes.json (the first member's), ensemble.json (each member's
     name, weight, pooling and source) and members/<name>/, a copy of each run directory. No metrics.json."""
 

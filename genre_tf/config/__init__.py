@@ -238,7 +238,7 @@ class Config:
 
 @dataclass
 class EnsembleConfig:
-    """An ensemble run (genre_tf.evaluation.ensemble): member runs' track probabilities, weighted by a choice made on
+    """An ensemble run (genre_tf.training.ensemble): member runs' track probabilities, weighted by a choice made on
     valid."""
 
     name: str = "ensemble"

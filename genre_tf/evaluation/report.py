@@ -5,7 +5,7 @@
 Track level aggregates a track's segments twice: by mean probability and by majority vote.
 Writes metrics.json, report.md and confusion_matrix.png into the run directory. In a refitted run (`train.refit`)
 the valid split is judged with the model chosen on it before the refit (`chosen/`), since the refitted model
-trained on valid; every other split with the run's (refitted) model. An ensemble run (genre_tf.evaluation.ensemble) is
+trained on valid; every other split with the run's (refitted) model. An ensemble run (genre_tf.training.ensemble) is
 judged by its members' track probabilities, weighted as it chose them.
 """
 

@@ -14,7 +14,7 @@ transfer) is served from the graph `export` builds: the waveform is taken as the
 are made from the decoded waveform by the cache's functions (`audio_graph.FeatureRows`, `features.analyse_track`) and
 scaled by the run's scaler, as predict makes them. Either way concurrent requests' segments go to the model in shared
 batches (genre_tf.serving.batching), and a track's probabilities are pooled by predict's `track_probabilities`, so the
-service answers as predict does. An ensemble run (`genre_tf.evaluation.ensemble`) is served by its members, each loaded
+service answers as predict does. An ensemble run (`genre_tf.training.ensemble`) is served by its members, each loaded
 as above (`EnsemblePredictor`): the upload is decoded once per decoding setting for all of them, table members
 included, each distinct input made once, and the answer is `predict --run ENSEMBLE`'s, with a line per member.
 Bad input is answered with a 4xx and the one-line reason the command line gives (`{"detail": "not an audio file
@@ -303,8 +303,8 @@ class EnsemblePredictor:
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The ensemble's genres of an upload, and each member's top genre and weight."""
-        from genre_tf.evaluation.ensemble import weighted_mean
         from genre_tf.serving.predict import track_probabilities
+        from genre_tf.training.ensemble import weighted_mean
 
         seconds = checked_duration(upload.path, self.limits)
         answers = self.graph_outputs(upload.path)

@@ -20,7 +20,7 @@ A table model (the MLP) takes `features`, feature-table rows in the run's column
 in the graph. Every signature also returns the class names and a JSON `metadata` string that says what the input
 is. Loading needs TensorFlow only, neither genre_tf nor Keras.
 
-An ensemble run (`genre_tf.evaluation.ensemble`) exports as one artefact that takes one `waveform`, at the highest rate
+An ensemble run (`genre_tf.training.ensemble`) exports as one artefact that takes one `waveform`, at the highest rate
 its members take, and runs every member's preprocessing (resampled in the graph for a member that takes another rate;
 each distinct spectrogram and input once), model and pooling, returning the weighted mean of the members' track
 probabilities and `member_probabilities`; its members must read audio. It has the same `waveform_<rate>` signatures

@@ -12,7 +12,7 @@ size), so predictions are made exactly as in training. A track's segments are ag
 probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one
 feature table, a CNN and a transfer model on audio): each run prepares the inputs its own way, and
 the per-track probabilities are matched by track id before they are averaged. An ensemble run
-(genre_tf.evaluation.ensemble) stands for its members, each weighted as the ensemble chose; beside other runs it counts
+(genre_tf.training.ensemble) stands for its members, each weighted as the ensemble chose; beside other runs it counts
 as one of them.
 
 With `--output`, audio inputs are indexed once and then analysed, predicted and appended to the output a chunk

@@ -20,9 +20,9 @@ from genre_tf import predict as predict_command
 from genre_tf.config import Config, ConfigError, load_ensemble_config, save_config
 from genre_tf.ensemble import main
 from genre_tf.evaluation.compare import comparison_table
-from genre_tf.evaluation.ensemble import build_ensemble, greedy_selection
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
+from genre_tf.training.ensemble import build_ensemble, greedy_selection
 
 CLASSES = ["blues", "jazz", "rock"]
 SPLIT = {0: "train", 1: "train", 2: "valid", 3: "test"}  # per class, track number -> split

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from genre_tf.evaluation.predictions import predict_frame
 from genre_tf.inputs.examples import reads_features
 from genre_tf.run import RunDir
 from genre_tf.serving.export import artefact_bytes, export, read_waveform
-from genre_tf.serving.predict import load_inputs, predict_frame
+from genre_tf.serving.predict import load_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO.parent / "shared" / "data" / "gtzan_mini"
@@ -169,7 +170,7 @@ def stand_in_ensemble(folder: Path) -> RunDir:
 
     from genre_tf import models
     from genre_tf.config import load_config, save_config
-    from genre_tf.evaluation.report import track_pooling
+    from genre_tf.evaluation.pooling import track_pooling
     from genre_tf.inputs.examples import input_shape
 
     classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())

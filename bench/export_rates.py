@@ -37,9 +37,10 @@ def fit_head(run_path: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]
     import keras
     from sklearn.linear_model import LogisticRegression
 
+    from genre_tf.evaluation.predictions import predict_frame
     from genre_tf.inputs.examples import split_data
     from genre_tf.run import RunDir
-    from genre_tf.serving.predict import load_inputs, predict_frame
+    from genre_tf.serving.predict import load_inputs
 
     run = RunDir(run_path)
     model = run.load_model()
@@ -74,8 +75,9 @@ def predicted_at_rate(run_path: Path, paths: list[Path], waveforms: list[np.ndar
     import soundfile as sf
 
     from genre_tf.data.index import index_paths
+    from genre_tf.evaluation.predictions import predict_frame
     from genre_tf.run import RunDir
-    from genre_tf.serving.predict import load_inputs, predict_frame
+    from genre_tf.serving.predict import load_inputs
 
     files = []
     for path, y in zip(paths, waveforms, strict=True):

@@ -345,7 +345,7 @@ def table_runs(config: Path, prefix: str, overrides: list[str]) -> list:
 def valid_accuracy(runs: list, valid: pd.DataFrame) -> float:
     """Valid track accuracy of the runs' averaged probabilities, from the models chosen on valid (not the refits,
     which trained on valid)."""
-    from genre_tf.serving.predict import predict_frame
+    from genre_tf.evaluation.predictions import predict_frame
 
     probs = np.mean([predict_frame(run.chosen, valid)[1] for run in runs], axis=0)
     return float((np.array(runs[0].classes)[probs.argmax(axis=1)] == valid.label.to_numpy()).mean())

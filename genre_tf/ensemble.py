@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
     args = parser.parse_args(argv)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
-    from genre_tf.evaluation.report import format_headline
+    from genre_tf.evaluation.metrics import format_headline
     from genre_tf.training.ensemble import build_ensemble
 
     try:

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
     args = parser.parse_args(argv)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
-    from genre_tf.evaluation.report import evaluate_run, format_headline
+    from genre_tf.evaluation.metrics import format_headline
+    from genre_tf.evaluation.report import evaluate_run
     from genre_tf.run import RunDir
 
     run = RunDir(args.run)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from genre_tf.config import ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.data.index import Index
 from genre_tf.features import representations
 
 
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.extract.prepared import (
         chosen_representations,
+        config_index,
         format_summary,
         prepare,
-        prepare_on_beam,
         prepared_dir,
         write_prepared,
     )
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         names = chosen_representations(args.representations, cfg)
         if args.engine == "beam":
-            prepare_on_beam(cfg, names, args.output, args.beam_options, args.shards)
+            prepare_on_beam(config_index(cfg), cfg, names, args.output, args.beam_options, args.shards)
             return
         prepared = prepare(cfg, jobs=args.jobs, names=names)
     except ConfigError as err:
@@ -69,6 +70,20 @@ def main(argv: list[str] | None = None) -> None:
     write_prepared(prepared, cfg, out_dir)
     print(format_summary(prepared))
     print(f"written to {out_dir}")
+
+
+def prepare_on_beam(
+    index: Index, cfg: Config, names: tuple[str, ...], output: str | None, beam_options: str, n_shards: int | None
+) -> None:
+    """The Beam engine (genre_tf.extract.beam): the index analysed on a Beam runner into shards."""
+    try:  # Lazy: Apache Beam is an optional dependency (genre_tf[beam]), imported only for --engine beam.
+        from genre_tf.extract import beam
+    except ImportError as err:
+        raise SystemExit(f"prepare --engine beam needs Apache Beam ({err}): pip install 'genre_tf[beam]'") from None
+    output = output or beam.default_output(cfg)
+    manifest = beam.run_pipeline(index, cfg, names, output, beam_options, n_shards)
+    print(beam.summary(manifest, output))
+    print(f"train from them with --set data.shards={output}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import keras
+
 from genre_tf.config import Config, load_config
 from genre_tf.features.scaling import Scaler, load_scaler
 
@@ -89,9 +91,6 @@ class RunDir:
         ]
 
     def load_model(self):
-        import keras
-
-        import genre_tf.models  # noqa: F401  (registers the custom layers the saved model uses)
 
         # Uncompiled: a saved run is for predicting, and its training loss may be one this process never imported.
         return keras.models.load_model(self.model_file, compile=False)
@@ -107,7 +106,7 @@ class RunDir:
 class Member:
     """One run of an ensemble: its track probabilities count `weight` (the weights sum to 1); `pooling` is how it
     makes them from its segments: "mean" of their probabilities, or "logits", the softmax of their mean logits (a
-    probe; `evaluate.track_pooling`)."""
+    probe; `evaluation.pooling.track_pooling`)."""
 
     run: RunDir
     weight: float

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg = config_from_args(args)  # before TensorFlow loads: a config error stays one line
-    from genre_tf.evaluation.report import format_headline
+    from genre_tf.evaluation.metrics import format_headline
     from genre_tf.training.fit import train
 
     run_dir = Path(cfg.output_dir) / (args.name or cfg.name)

@@ -164,7 +164,7 @@ def make_ensemble_run() -> Callable[..., Path]:
     name, weight, pooling and source) and members/<name>/, a copy of each run directory. No metrics.json."""
 
     def make(path: Path, members: list[tuple[Path, float]]) -> Path:
-        from genre_tf.evaluation.report import track_pooling
+        from genre_tf.evaluation.pooling import track_pooling
         from genre_tf.run import RunDir
 
         (path / "members").mkdir(parents=True)

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from genre_tf import models
 from genre_tf.run import RunDir
 
 
 def describe_model(run: RunDir) -> str:
     """The parameters that tell runs of one family apart."""
-    from genre_tf import models
-
     if run.is_ensemble:  # its members and their weights
         return " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in run.members())
     return models.family(run.config.model).describe(run.config.model)

@@ -14,83 +14,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from genre_tf.evaluation import plots
+from genre_tf.evaluation.metrics import evaluate_predictions, headline
+from genre_tf.evaluation.predictions import predict_split
 from genre_tf.extract.cache import write_atomic
+from genre_tf.inputs.examples import load_examples
 from genre_tf.run import RunDir
 
 LEVELS = ("segment", "track_mean", "track_vote")
-
-
-PROBABILITY_FLOOR = 1e-30  # probabilities are floored here before their log when logits are pooled
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, macro and per-class precision / recall / F1 and the confusion matrix.
-
-    Balanced accuracy is the mean recall over the genres present (sklearn's balanced_accuracy_score): where genres are
-    imbalanced, a model that always answers the largest one scores its share in accuracy but 1 / genres here.
-    """
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
-    }
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
-        "balanced_accuracy": float(recall[support > 0].mean()) if len(y_true) else None,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "per_class": per_class,
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def aggregate_tracks(track_ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per track (in first-seen order): mean probability over its segments and the majority-vote class.
-
-    Vote ties go to the tied class with the highest mean probability.
-    """
-    frame = pd.DataFrame(probs)
-    frame["track"] = track_ids
-    groups = frame.groupby("track", sort=False)
-    mean = groups.mean().to_numpy()
-    votes = pd.get_dummies(pd.Series(probs.argmax(axis=1), index=track_ids)).reindex(
-        columns=range(probs.shape[1]), fill_value=0
-    )
-    counts = votes.groupby(level=0, sort=False).sum().loc[groups.mean().index].to_numpy()
-    tie_break = counts + mean * 1e-3  # mean probabilities are < 1, so they only order equal counts
-    return groups.mean().index.to_numpy(), mean, tie_break.argmax(axis=1)
-
-
-def evaluate_predictions(track_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
-    """Metrics at every level; inputs with one example per track report the segment level only once."""
-    result = {"segment": classification_metrics(labels, probs.argmax(axis=1), classes)}
-    if len(np.unique(track_ids)) == len(track_ids):
-        result["segment"]["note"] = "one example per track"
-        return result
-    tracks, mean, vote = aggregate_tracks(track_ids, probs)
-    track_labels = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first().loc[tracks].to_numpy()
-    result["track_mean"] = classification_metrics(track_labels, mean.argmax(axis=1), classes)
-    result["track_vote"] = classification_metrics(track_labels, vote, classes)
-    return result
-
-
-def headline(result: dict) -> dict:
-    """The figures a comparison table shows for one split."""
-    track = result.get("track_mean", result["segment"])
-    return {
-        "segment_accuracy": result["segment"]["accuracy"],
-        "track_accuracy": track["accuracy"],
-        "track_vote_accuracy": result.get("track_vote", track)["accuracy"],
-        "balanced_accuracy": track["balanced_accuracy"],
-        "macro_f1": track["macro_f1"],
-    }
 
 
 def refit_sentence(refit: dict) -> str:
@@ -170,64 +102,9 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def predict_split(
-    run: RunDir, model, frame: pd.DataFrame, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(track ids, probabilities, labels as class indices) of every example of a frame, pooled per track for a
-    track-level model (see `pool_track_level`)."""
-    return pool_track_level(run, *predict_examples(run, model, frame, batch_size))
-
-
-def predict_examples(
-    run: RunDir, model, frame: pd.DataFrame, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(track ids, probabilities, labels as class indices), one row per example (segment) of a frame."""
-    from genre_tf.inputs.examples import split_data
-
-    data = split_data(frame, run.config, run.classes, run.scaler)
-    probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
-    return data.track_ids, probs, data.labels
-
-
-def pool_track_level(
-    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Examples' predictions as the run judges them: per example, or per track for a track-level model.
-
-    A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
-    layer applied to the track's mean embedding.
-    """
-    if track_pooling(run) == "mean":
-        return track_ids, probs, labels
-    return pool_logits(track_ids, probs, labels)
-
-
-def track_pooling(run: RunDir) -> str:
-    """How the run makes a track's probabilities from its segments': "mean" of the probabilities (aggregate_tracks),
-    or "logits": softmax of their mean logits, for a track-level model (a probe; pool_logits)."""
-    from genre_tf import models
-
-    return "logits" if models.family(run.config.model).track_level(run.config.model) else "mean"
-
-
-def pool_logits(
-    track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
-    frame = pd.DataFrame(np.log(np.maximum(probs, PROBABILITY_FLOOR)))
-    frame["track"] = track_ids
-    groups = frame.groupby("track", sort=False)
-    mean_logits = groups.mean().to_numpy()
-    pooled = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
-    first_label = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first()
-    return groups.mean().index.to_numpy(), pooled / pooled.sum(axis=1, keepdims=True), first_label.to_numpy()
-
-
 def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extra: dict | None = None) -> dict:
     """Evaluate a run's model on the given splits (valid: the chosen model of a refitted run) and write metrics.json,
     report.md, PNGs."""
-    from genre_tf.inputs.examples import load_examples
-
     cfg = run.config
     model = model or run.load_model()
     judges = {split: (run, model) for split in splits}
@@ -271,14 +148,3 @@ def write_metrics(run: RunDir, metrics: dict) -> dict:
     # Last and whole: metrics.json marks the run finished, so it appears only once every other artefact is there.
     write_atomic(run.metrics_file, json.dumps(metrics, indent=1).encode())
     return metrics
-
-
-def format_headline(metrics: dict) -> str:
-    rows = []
-    for split, h in metrics["headline"].items():
-        rows.append(
-            f"{split:5s}  segment acc {h['segment_accuracy']:.3f}  track acc {h['track_accuracy']:.3f} "
-            f"(vote {h['track_vote_accuracy']:.3f})  balanced acc {h['balanced_accuracy']:.3f}  "
-            f"macro F1 {h['macro_f1']:.3f}"
-        )
-    return "\n".join(rows)

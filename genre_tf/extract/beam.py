@@ -22,6 +22,7 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from threadpoolctl import threadpool_limits
 
 from genre_tf.config import Config
 from genre_tf.data.index import Index
@@ -46,8 +47,6 @@ class AnalyseTrack(beam.DoFn):
         self.skipped = Metrics.counter("prepare", "skipped")
 
     def setup(self) -> None:
-        from threadpoolctl import threadpool_limits
-
         threadpool_limits(1)  # as the local engine's workers: one BLAS thread keeps the float sums, so the bytes
 
     def process(self, line: str):

@@ -20,11 +20,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 from genre_tf.features import analysis as features
@@ -134,8 +136,6 @@ def _writer_alive(tmp: Path) -> bool:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    from io import BytesIO
-
     buffer = BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -401,8 +401,6 @@ def extract_all(
 ) -> list[TrackResult]:
     """Extract the representations `names` of every file (cache hits cost one hash; a file that has some of them
     is analysed for the rest only), in parallel over `jobs` processes (or `pool`'s), in input order."""
-    from tqdm import tqdm
-
     cache = TrackCache(cache_dir, recipe, names)
     cache.clean_partial()
     results: dict[int, TrackResult] = {}

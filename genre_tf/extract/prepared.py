@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tf.config import Config, save_config
+from genre_tf.data.demo import generate_demo
 from genre_tf.data.index import SPLITS, Index, build_index
 from genre_tf.extract.cache import Recipe, SharedPool, TrackCache, extract_all, write_atomic
 from genre_tf.features import analysis as features
@@ -171,8 +172,6 @@ def config_index(cfg: Config, progress: bool = True) -> Index:
     """The index of the tracks a config describes (demo audio generated first when it asks for it), its split and
     tracks per genre printed with `progress`: what either engine then prepares."""
     if cfg.data.source == "demo":
-        from genre_tf.data.demo import generate_demo
-
         generate_demo(
             cfg.data.root, cfg.data.demo_tracks_per_genre, cfg.data.demo_seconds, cfg.audio.sample_rate, cfg.seed
         )
@@ -239,17 +238,3 @@ def chosen_representations(choice: str, cfg: Config) -> tuple[str, ...]:
     if choice == "all":
         return representations.ALL
     return representations.check([name.strip() for name in choice.split(",") if name.strip()])
-
-
-def prepare_on_beam(
-    cfg: Config, names: tuple[str, ...], output: str | None, beam_options: str, n_shards: int | None
-) -> None:
-    """The Beam engine (genre_tf.extract.beam): the config's index analysed on a Beam runner into shards."""
-    try:
-        from genre_tf.extract import beam as engines
-    except ImportError as err:
-        raise SystemExit(f"prepare --engine beam needs Apache Beam ({err}): pip install 'genre_tf[beam]'") from None
-    output = output or engines.default_output(cfg)
-    manifest = engines.run_pipeline(config_index(cfg), cfg, names, output, beam_options, n_shards)
-    print(engines.summary(manifest, output))
-    print(f"train from them with --set data.shards={output}")

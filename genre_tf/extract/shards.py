@@ -25,6 +25,7 @@ import tensorflow as tf
 from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import INDEX_COLUMNS
 from genre_tf.extract.cache import Recipe, TrackResult, entry_files, segment_positions
+from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations
 from genre_tf.features import analysis as features
 from genre_tf.features import representations
 
@@ -166,8 +167,6 @@ def _npy(data: bytes) -> np.ndarray:
 
 def _track_tables(r: dict, names: tuple[str, ...], columns: list[str], audio) -> tuple[dict, pd.DataFrame]:
     """A usable track's record -> its row of the tracks table and its rows of the segments table."""
-    from genre_tf.extract.prepared import PATH_COLUMNS
-
     text = {key: r[key].decode() for key in TEXT_FIELDS}
     meta = json.loads(text["meta"])
     track = {key: text[key] for key in INDEX_COLUMNS} | {"digest": text["digest"], "n_segments": meta["n_segments"]}
@@ -201,8 +200,6 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     `musicnn_path`; `shard` names the file a segment's track is in), and the tracks come in the order
     `track_dataset` reads them, the order a streamed split's examples come in (genre_tf.inputs.pipeline.ShardStream);
     feature rows are held still."""
-    from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations
-
     folder = folder.rstrip("/")
     manifest = read_manifest(folder)
     names = model_representations(cfg) if names is None else representations.check(names)

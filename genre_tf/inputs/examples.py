@@ -20,10 +20,12 @@ from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import Index, index_table
 from genre_tf.extract.cache import SharedPool
 from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, prepare, prepare_index
+from genre_tf.extract.shards import read_prepared, shard_files
 from genre_tf.features import musicnn_input, representations
 from genre_tf.features.analysis import feature_columns
 from genre_tf.features.scaling import Scaler
 from genre_tf.inputs import augment, pipeline
+from genre_tf.inputs.recipe import caches_boundary
 
 
 @dataclass
@@ -86,8 +88,6 @@ def load_examples(cfg: Config, progress: bool = True) -> Examples:
             print(f"split: {examples.split_note}", flush=True)
         return examples
     if cfg.data.shards:
-        from genre_tf.extract.shards import read_prepared
-
         return examples_from_prepared(read_prepared(cfg.data.shards, cfg, held=not streams(cfg)), cfg)
     return examples_from_prepared(prepare(cfg, progress=progress), cfg)
 
@@ -106,7 +106,6 @@ def streams(cfg: Config) -> bool:
         return False
     if cfg.augment.active:
         raise ConfigError("data.stream", "augmentation reads the train split by element index; turn off augment.*")
-    from genre_tf.training.boundary import caches_boundary  # boundary builds on this module
 
     if caches_boundary(cfg):
         raise ConfigError("data.stream", "the cached boundary holds the split; set model.transfer.cache_boundary=false")
@@ -159,8 +158,6 @@ def split_data(
 def shard_stream(frame: pd.DataFrame, cfg: Config, labels: np.ndarray) -> pipeline.ShardStream:
     """The split of `frame` (rows in the order the shards are read, with their class indices `labels`) streamed
     from the shard files of cfg.data.shards."""
-    from genre_tf.extract.shards import shard_files
-
     decode_bytes, to_input = segment_decoding(cfg)
 
     def decode(data: tf.Tensor) -> tf.Tensor:

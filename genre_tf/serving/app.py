@@ -40,10 +40,16 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
+from genre_tf.evaluation.predictions import track_probabilities
 from genre_tf.features import audio
+from genre_tf.inputs.examples import model_input
+from genre_tf.models import MUSICNN_PATCH, musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
+from genre_tf.serving.export import read_waveform
+from genre_tf.serving.predict import tagger
 
 MB = 1_000_000
 FORM_OVERHEAD = 64 * 1024  # room for the multipart boundaries and part headers around the file itself
@@ -185,10 +191,6 @@ class Predictor:
     """The run's model, loaded once, and the answer for one stored upload."""
 
     def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
-        from genre_tf.inputs.examples import model_input
-        from genre_tf.models import MUSICNN_PATCH
-        from genre_tf.serving.predict import tagger
-
         self.run, self.limits = run, limits
         self.model = run.load_model()
         self.tagger = tagger(run) if model_input(run.config) == MUSICNN_PATCH else None
@@ -200,8 +202,6 @@ class Predictor:
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
-        from genre_tf.serving.predict import track_probabilities
-
         seconds = self.duration(upload.path)
         segments, probs, tags = self.graph_probabilities(upload.path)
         no_labels = np.zeros(len(probs), int)
@@ -211,8 +211,6 @@ class Predictor:
     def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
         """(segment positions, their probabilities, tags) from the run's graph (a table run's: its feature rows), the
         model call batched."""
-        from genre_tf.serving.export import read_waveform
-
         self._count_preparing(+1)
         try:
             with self._analysing:
@@ -234,9 +232,6 @@ class Predictor:
 
     def top_tags(self, scores: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The musicnn tagger's top-k (tag, probability) over the track, segments averaged as `predict --tags` does."""
-        from genre_tf.evaluation.report import aggregate_tracks
-        from genre_tf.models import musicnn
-
         names = musicnn.TAGS[self.run.config.model.transfer.backbone]
         _, mean, _ = aggregate_tracks(np.zeros(len(scores), int), scores)
         return [(names[i], float(mean[0][i])) for i in np.argsort(mean[0])[::-1][:k]]
@@ -303,9 +298,6 @@ class EnsemblePredictor:
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The ensemble's genres of an upload, and each member's top genre and weight."""
-        from genre_tf.serving.predict import track_probabilities
-        from genre_tf.training.ensemble import weighted_mean
-
         seconds = checked_duration(upload.path, self.limits)
         answers = self.graph_outputs(upload.path)
         tracks = []

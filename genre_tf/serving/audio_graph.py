@@ -13,10 +13,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 from genre_tf.config import AudioConfig
+from genre_tf.extract.cache import Recipe, analyse_waveform, segment_positions
+from genre_tf.features.analysis import feature_columns
+from genre_tf.features.audio import AudioError, load_track
+from genre_tf.features.representations import FEATURES
+from genre_tf.inputs.examples import reads_features
+from genre_tf.models.transfer import get_backbone
 from genre_tf.run import RunDir
+from genre_tf.serving.export import (
+    at_model_rate,
+    audio_frontend,
+    cut_segments,
+    fit_waveform,
+    graph_segment_positions,
+    input_key,
+)
 
 DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_rms")  # what audio.load_track reads
 
@@ -26,9 +43,6 @@ class AudioGraph:
     batch of segments' probabilities (and musicnn tags, where the run has a tagger)."""
 
     def __init__(self, run: RunDir, model, tagger=None):
-        import tensorflow as tf
-
-        from genre_tf.serving.export import audio_frontend, cut_segments, fit_waveform, segment_positions
 
         frontend = audio_frontend(run.config)
         layout = frontend.layout
@@ -36,7 +50,7 @@ class AudioGraph:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
         def segments(waveform):
             n_samples = tf.shape(fit_waveform(waveform, layout))[0]
-            return frontend.to_input(cut_segments(waveform, frontend)), segment_positions(n_samples, layout)
+            return frontend.to_input(cut_segments(waveform, frontend)), graph_segment_positions(n_samples, layout)
 
         inputs = segments.get_concrete_function().structured_outputs[0]
         tagged = None if tagger is None else sharing_the_backbone(model, tagger)
@@ -74,9 +88,6 @@ class FeatureRows:
     answers as an AudioGraph does (`segments`, `batch`), so a table run shares an upload's decoded waveform too."""
 
     def __init__(self, run: RunDir, model):
-        import tensorflow as tf
-
-        from genre_tf.features.analysis import feature_columns
 
         self.cfg, self.scaler = run.config, run.scaler
         self.columns = feature_columns(self.cfg.features.n_mfcc)  # the order of the cache's rows
@@ -93,9 +104,6 @@ class FeatureRows:
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the feature rows, unscaled: a track-level run's one row of the whole track, else one per segment; each
         row's position: segment k starts at k * hop, the track's row at 0)."""
-        from genre_tf.extract.cache import Recipe, analyse_waveform, segment_positions
-        from genre_tf.features.representations import FEATURES
-
         analysis, meta = analyse_waveform(waveform, Recipe.from_config(self.cfg), (FEATURES,))  # short clips tiled
         if self.cfg.model.level == "track":
             return analysis.track_row[None], np.zeros(1, int)
@@ -104,8 +112,6 @@ class FeatureRows:
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The model's probabilities for feature rows, scaled by the run's scaler as `predict` scales them, computed
         `train.batch_size` rows at a time."""
-        import pandas as pd
-
         return in_batches(
             self._probabilities, self.scaler.transform(pd.DataFrame(rows, columns=self.columns)), self.batch_size
         )
@@ -120,8 +126,6 @@ def in_batches(function, inputs: np.ndarray, batch_size: int) -> dict[str, np.nd
 def waveform_model(run: RunDir, model, tagger=None) -> AudioGraph | FeatureRows:
     """What makes a run's inputs from a decoded waveform and calls its model on them: a table run's FeatureRows, an
     audio run's AudioGraph (with the musicnn `tagger`, where given)."""
-    from genre_tf.inputs.examples import reads_features
-
     return FeatureRows(run, model) if reads_features(run.config) else AudioGraph(run, model, tagger)
 
 
@@ -129,9 +133,6 @@ def sharing_the_backbone(model, tagger):
     """The run's musicnn model with the tagger's tags as a second output, computed from the run's backbone, where
     that backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes through it once;
     None where training changed it (the tagger then runs whole)."""
-    import keras
-
-    from genre_tf.models.transfer import get_backbone
 
     backbone, network = get_backbone(model), get_backbone(tagger)
     for layer in backbone.layers:
@@ -155,9 +156,6 @@ def waveform_inputs(
     FeatureRows: its feature rows), or the one-line reason the file cannot be decoded with that run's settings. The
     file is decoded once per decoding setting (`decoding_key`), and runs that read equal inputs (`export.input_key`,
     which holds every audio setting) share one computation of them."""
-    from genre_tf.features.audio import AudioError, load_track
-    from genre_tf.serving.export import at_model_rate, input_key
-
     decoded: dict = {}
     made: dict = {}
     results = []

@@ -39,9 +39,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
+from genre_tf import models
 from genre_tf.config import AudioConfig, Config, ConfigError
-from genre_tf.evaluation.report import PROBABILITY_FLOOR
+from genre_tf.evaluation.pooling import PROBABILITY_FLOOR, track_pooling, weighted_mean
+from genre_tf.extract.cache import write_atomic
+from genre_tf.features import musicnn_input
+from genre_tf.features.analysis import mel_frames_per_segment
+from genre_tf.features.audio import load_track, segment_hop_samples, segment_samples
+from genre_tf.features.mel import AMIN, db_to_unit
+from genre_tf.features.musicnn_input import to_musicnn_rate
+from genre_tf.features.representations import FEATURES, MEL_IMAGE, shaping_parameters
+from genre_tf.features.scaling import QuantileScaler
+from genre_tf.inputs.examples import model_input, reads_features
+from genre_tf.inputs.layers import LogMelImage, MusicnnMelPower, QuantileScaling, Resample, StandardScaling
+from genre_tf.inputs.pipeline import mel_model_input
+from genre_tf.models import MUSICNN_PATCH
 from genre_tf.run import RunDir
 
 FORMATS = ("saved_model", "tflite")
@@ -74,8 +89,6 @@ class SegmentLayout:
 
 def segment_layout(audio: AudioConfig, sample_rate: int, frames: int, frame_step: tuple[int, int]) -> SegmentLayout:
     """The run's segments (audio.segment_seconds, segment_hop, duration) at `sample_rate`."""
-    from genre_tf.features.audio import segment_hop_samples, segment_samples
-
     at_rate = replace(audio, sample_rate=sample_rate)
     seconds = audio.max_duration if audio.duration is None else min(audio.max_duration, audio.duration)
     divisor = math.gcd(*frame_step)  # keeps k * step inside int32 in the graph
@@ -112,9 +125,6 @@ class AudioFrontend:
 def audio_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
     """The in-graph preprocessing of the run's input representation: log-mel images or musicnn patches; from
     waveforms at `input_rate` Hz, resampled in the graph, where given and not the representation's rate."""
-    from genre_tf.inputs.examples import model_input
-    from genre_tf.models import MUSICNN_PATCH
-
     frontend = musicnn_frontend if model_input(cfg) == MUSICNN_PATCH else mel_frontend
     return frontend(cfg, input_rate)
 
@@ -122,8 +132,6 @@ def audio_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
 def resampling(frontend: AudioFrontend, input_rate: int | None, audio: AudioConfig) -> AudioFrontend:
     """The frontend taking waveforms at `input_rate` Hz: trimmed at that rate as `audio.load_track` trims them, then
     resampled in the graph (`preprocessing.layers.Resample`) to the frontend's rate."""
-    from genre_tf.inputs.layers import Resample
-
     rate = frontend.layout.sample_rate
     if input_rate is None or input_rate == rate:
         return frontend
@@ -144,13 +152,6 @@ def resampling(frontend: AudioFrontend, input_rate: int | None, audio: AudioConf
 def mel_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
     """Log-mel images as the cache makes them (`features._mel_segments`), resized as in training (`MelImage`); from
     waveforms at `input_rate` Hz where given (default: the run's audio.sample_rate)."""
-    import tensorflow as tf
-
-    from genre_tf.features.analysis import mel_frames_per_segment
-    from genre_tf.features.audio import segment_hop_samples, segment_samples
-    from genre_tf.features.mel import AMIN, db_to_unit
-    from genre_tf.inputs.layers import LogMelImage
-    from genre_tf.inputs.pipeline import mel_model_input
 
     log_mel = LogMelImage(cfg.audio.sample_rate, vars(cfg.mel), pad_mode=cfg.features.pad_mode)
     frames = mel_frames_per_segment(segment_samples(cfg.audio), cfg.mel)
@@ -170,10 +171,6 @@ def mel_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
 def musicnn_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
     """musicnn's mel power patches as the cache makes them (`musicnn_input.segment_patches`), from 16 kHz audio, or
     from waveforms at `input_rate` Hz resampled to 16 kHz in the graph, where given."""
-    from genre_tf.features import musicnn_input
-    from genre_tf.features.audio import segment_hop_samples
-    from genre_tf.inputs.layers import MusicnnMelPower
-
     rate = musicnn_input.MUSICNN_SAMPLE_RATE
     # The cache starts segment k's patch at first_frame(k * hop, run's rate) = ceil(k * hop * 16000 / (run's rate *
     # 256)). Segments are counted on the 16 kHz waveform: the count the cache gets, unless a clip ends within a sample
@@ -195,8 +192,6 @@ def musicnn_frontend(cfg: Config, input_rate: int | None = None) -> AudioFronten
 
 def fit_waveform(waveform, layout: SegmentLayout):
     """Trim (and with audio.duration pad) as `audio.load_track` does; repeat a clip shorter than one segment."""
-    import tensorflow as tf
-
     waveform = waveform[: layout.max_samples]
     if layout.fixed_samples is not None:
         waveform = tf.pad(waveform, [[0, layout.fixed_samples - tf.shape(waveform)[0]]])
@@ -206,11 +201,9 @@ def fit_waveform(waveform, layout: SegmentLayout):
     return tf.tile(waveform, [repeats])[:length]
 
 
-def segment_positions(n_samples, layout: SegmentLayout):
+def graph_segment_positions(n_samples, layout: SegmentLayout):
     """Which segments a fitted waveform of `n_samples` keeps, as `audio.spread_segments` picks them (segment k
     starts at sample k * hop)."""
-    import tensorflow as tf
-
     n_segments = (n_samples - layout.segment_samples) // layout.hop_samples + 1
     keep = n_segments if layout.max_segments is None else tf.minimum(n_segments, layout.max_segments)
     return (2 * tf.range(keep) + 1) * n_segments // (2 * keep)
@@ -218,13 +211,11 @@ def segment_positions(n_samples, layout: SegmentLayout):
 
 def cut_segments(waveform, frontend: AudioFrontend):
     """(segments, frames, ...) of the waveform's spectrogram, each segment's frames as the cache slices them."""
-    import tensorflow as tf
-
     layout = frontend.layout
     if frontend.resample is not None:
         waveform = frontend.resample(waveform)
     waveform = fit_waveform(waveform, layout)
-    positions = segment_positions(tf.shape(waveform)[0], layout)
+    positions = graph_segment_positions(tf.shape(waveform)[0], layout)
     spectrogram = frontend.spectrogram(waveform[None])[0]
     silence = tf.fill(tf.concat([[layout.frames], tf.shape(spectrogram)[1:]], 0), frontend.silence)
     spectrogram = tf.concat([spectrogram, silence], 0)  # frames past the end of the track are silent
@@ -235,8 +226,6 @@ def cut_segments(waveform, frontend: AudioFrontend):
 
 def track_probabilities(segment_probabilities, probe: bool):
     """A track's probabilities: the segments' mean, or for a linear probe the softmax of their mean log."""
-    import tensorflow as tf
-
     if not probe:
         return tf.reduce_mean(segment_probabilities, axis=0)
     return tf.nn.softmax(tf.reduce_mean(tf.math.log(tf.maximum(segment_probabilities, PROBABILITY_FLOOR)), axis=0))
@@ -244,9 +233,6 @@ def track_probabilities(segment_probabilities, probe: bool):
 
 def scaling_layer(run: RunDir):
     """The run's feature scaler as a layer: `StandardScaling` or `QuantileScaling`."""
-    from genre_tf.features.scaling import QuantileScaler
-    from genre_tf.inputs.layers import QuantileScaling, StandardScaling
-
     scaler = run.scaler
     if isinstance(scaler, QuantileScaler):
         return QuantileScaling(scaler.quantiles.tolist(), scaler.references.tolist())
@@ -255,8 +241,6 @@ def scaling_layer(run: RunDir):
 
 def base_metadata(run: RunDir) -> dict:
     """What every artefact says about itself: the run, its model and classes."""
-    from genre_tf import models
-
     cfg = run.config
     return {
         "exported_by": "genre_tf.serving.export",
@@ -286,8 +270,6 @@ def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool, rates: tup
 
 def table_metadata(run: RunDir) -> dict:
     """Metadata of a table model: its feature columns, in input order, and its scaler."""
-    from genre_tf.features.scaling import QuantileScaler
-
     scaler = run.scaler
     kind = "quantile" if isinstance(scaler, QuantileScaler) else "standard"
     return {
@@ -306,8 +288,6 @@ def table_metadata(run: RunDir) -> dict:
 
 def constant_outputs(metadata: dict) -> dict:
     """Outputs every signature carries: class names, sample rate and the metadata as JSON."""
-    import tensorflow as tf
-
     return {
         "classes": tf.constant(metadata["classes"]),
         "sample_rate": tf.constant(metadata["sample_rate"], tf.int32),
@@ -322,9 +302,6 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     An audio model's module also holds `serve_at`, {`rate_signature(rate)`: function} for each of `rates` (Hz): the
     same preprocessing from waveforms at that rate, resampled in the graph (`serve` itself at the model's own rate).
     """
-    import tensorflow as tf
-
-    from genre_tf.inputs.examples import reads_features
 
     model = run.load_model() if model is None else model
     module = tf.Module()
@@ -341,8 +318,6 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
 
         module.serve = serve
         return module, metadata
-
-    from genre_tf import models
 
     probe = models.family(run.config.model).track_level(run.config.model)
     frontend = audio_frontend(run.config)
@@ -366,8 +341,6 @@ def rate_functions(serve, rate: int, at_rate: Callable, rates: tuple[int, ...]) 
 def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict):
     """The tf.function of an audio model's signature: waveform at the frontend's rate -> probabilities; its constant
     outputs say that rate and the frontend's note."""
-    import tensorflow as tf
-
     said = {**metadata, "sample_rate": frontend.rate, "input_note": frontend.note}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
@@ -393,16 +366,13 @@ def ensemble_serving_module(run: RunDir, rates: tuple[int, ...] = EXPORT_RATES) 
     model and pooling (as the member pools alone), then the weighted mean of the members' track probabilities;
     `serve_at` the same from waveforms at each of `rates` (Hz). SystemExit, one line, for a member that cannot run in
     a waveform graph."""
-    import tensorflow as tf
-
-    from genre_tf.evaluation.report import track_pooling
 
     members = run.members()
     check_waveform_members(members)
     rate = max(member_rate(member) for member in members)
     models = [member.run.load_model() for member in members]
     probes = [track_pooling(member.run) == "logits" for member in members]
-    weights = tf.constant([member.weight for member in members], tf.float32)
+    weights = [member.weight for member in members]
     metadata = ensemble_metadata(run, members, rate, rates)
     module = tf.Module()
     module.model_variables = [variable.value for model in models for variable in model.variables]  # see serving_module
@@ -419,8 +389,6 @@ def ensemble_function(members: list, models: list, probes: list[bool], weights, 
     """The tf.function of an ensemble's signature: waveform at `rate` Hz -> every member's input (each distinct one
     once, resampled in the graph to a member's own rate where it differs), model and pooling, and their weighted mean;
     its constant outputs say that rate."""
-    import tensorflow as tf
-
     keys, frontends = ensemble_frontends(members, rate)
     cut_by = {key: segments_key(member.run.config) for key, member in zip(keys, members, strict=True)}
     cutters = {cut_by[key]: frontend for key, frontend in reversed(frontends.items())}  # the first of each
@@ -431,15 +399,13 @@ def ensemble_function(members: list, models: list, probes: list[bool], weights, 
         # Each spectrogram's segments once, then each model input from them once (image sizes and channels differ).
         segments = {cut: cut_segments(waveform, frontend) for cut, frontend in cutters.items()}
         inputs = {key: frontend.to_input(segments[cut_by[key]]) for key, frontend in frontends.items()}
-        pooled = tf.stack(
-            [
-                track_probabilities(model(inputs[key], training=False), probe)
-                for model, key, probe in zip(models, keys, probes, strict=True)
-            ]
-        )
+        pooled = [
+            track_probabilities(model(inputs[key], training=False), probe)
+            for model, key, probe in zip(models, keys, probes, strict=True)
+        ]
         return {
-            "probabilities": tf.tensordot(weights, pooled, axes=1),
-            "member_probabilities": pooled,
+            "probabilities": weighted_mean(pooled, weights),
+            "member_probabilities": tf.stack(pooled),
             **constant_outputs(said),
         }
 
@@ -460,8 +426,6 @@ def ensemble_frontends(members: list, rate: int) -> tuple[list[str], dict[str, A
 
 def check_waveform_members(members: list) -> None:
     """SystemExit, one line, for a table member: its feature rows cannot be made in a waveform graph."""
-    from genre_tf.inputs.examples import reads_features
-
     for member in members:
         if reads_features(member.run.config):
             raise SystemExit(
@@ -544,27 +508,18 @@ def check_ensemble(run: RunDir) -> None:
 
 def read_waveform(path: Path, cfg: Config) -> np.ndarray:
     """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
-    from genre_tf.features.audio import load_track
-
     return at_model_rate(load_track(path, cfg.audio), cfg)
 
 
 def at_model_rate(y: np.ndarray, cfg: Config) -> np.ndarray:
     """A waveform decoded at the config's audio.sample_rate, at the rate its exported audio model takes: musicnn's
     16 kHz, else as it is."""
-    from genre_tf.features.musicnn_input import to_musicnn_rate
-    from genre_tf.inputs.examples import model_input
-    from genre_tf.models import MUSICNN_PATCH
-
     return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
 
 
 def segments_key(cfg: Config) -> str:
     """What an audio run's segments are cut from: its representation's shaping parameters (the cache key's). Runs with
     one key cut equal segments of the spectrogram (`cut_segments`) from a waveform."""
-    from genre_tf.features.representations import shaping_parameters
-    from genre_tf.inputs.examples import model_input
-
     return json.dumps(
         shaping_parameters(model_input(cfg), cfg.audio, cfg.features, cfg.mel), sort_keys=True, default=str
     )
@@ -574,9 +529,6 @@ def input_key(cfg: Config) -> str:
     """What a run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images, the
     model's image size and channels, for feature rows whether they are the track's or its segments' (`model.level`).
     Runs with one key read equal inputs from a waveform."""
-    from genre_tf.features.representations import FEATURES, MEL_IMAGE
-    from genre_tf.inputs.examples import model_input
-
     shaping = {
         MEL_IMAGE: [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode],
         FEATURES: cfg.model.level,
@@ -586,8 +538,6 @@ def input_key(cfg: Config) -> str:
 
 def write_saved_model(module, path: Path) -> None:
     """The module as a SavedModel with its signatures (`signatures`)."""
-    import tensorflow as tf
-
     # Saved from a module without a `serve` attribute: the TFLite converter takes a SavedModel that has one for
     # Keras's `model.export` and converts its serving_default alone.
     saved = tf.Module()
@@ -602,9 +552,6 @@ def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
     Builtin ops first, so that any TFLite interpreter runs the file; Select ops only where builtins cannot express
     an op (they need an interpreter linked with the Flex delegate).
     """
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
     proto = saved_model_pb2.SavedModel.FromString((saved_model / "saved_model.pb").read_bytes())
     keys = sorted(key for key in proto.meta_graphs[0].signature_def if not key.startswith("__"))  # not the init op
 
@@ -626,8 +573,6 @@ def default_output(run: RunDir, fmt: str) -> Path:
 
 def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] = print) -> dict:
     """Write the run as a SavedModel folder or a .tflite file at `output`; returns the artefact's metadata."""
-    from genre_tf.extract.cache import write_atomic
-
     started = time.perf_counter()
 
     def step(text: str) -> None:

@@ -34,48 +34,39 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from genre_tf.config import CacheConfig, ConfigError
 from genre_tf.data.index import Index, index_paths
-from genre_tf.evaluation.report import aggregate_tracks
+from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
+from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
+from genre_tf.extract.cache import extraction_pool
+from genre_tf.extract.prepared import SKIPPED_COLUMNS
+from genre_tf.inputs.examples import (
+    Examples,
+    examples_for_index,
+    examples_from_table,
+    input_shape,
+    model_input,
+    reads_features,
+    split_data,
+)
+from genre_tf.models import MUSICNN_PATCH, musicnn
 from genre_tf.run import RunDir
+from genre_tf.serving.audio_graph import AudioGraph, waveform_inputs
 from genre_tf.serving.submission import SubmissionFile, skipped_path, submission
 
 if TYPE_CHECKING:
     from genre_tf.inputs.examples import Examples
 
 CHUNK_TRACKS = 64  # tracks per chunk with --output: 64 clips of 30 s are 640 segments of 3 s, 20 batches of 32
-# The columns of an audio run's segments as its graph predicted them (`graph_examples`): an array per segment.
-PROBABILITIES, TAGS = "probabilities", "tags"
-
-
-def predict_frame(run: RunDir, frame: pd.DataFrame, model=None) -> tuple[np.ndarray, np.ndarray]:
-    """(track ids, per-track probabilities) for a frame of examples, segments averaged per track; segments that an
-    audio run's graph predicted already (`graph_examples`: a PROBABILITIES column) are only pooled."""
-    from genre_tf.evaluation.report import predict_examples
-
-    if PROBABILITIES in frame:
-        no_labels = np.zeros(len(frame), int)
-        probs = stacked(frame[PROBABILITIES], len(run.classes))
-        return track_probabilities(run, frame["track_id"].to_numpy(), probs, no_labels)
-    model = model or run.load_model()
-    return track_probabilities(run, *predict_examples(run, model, frame, run.config.train.batch_size))
-
-
-def track_probabilities(
-    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(track ids, per-track probabilities) from per-example ones: the mean of a track's segments, or for a
-    track-level model the softmax of their mean logits."""
-    from genre_tf.evaluation.report import pool_track_level
-
-    tracks, mean, _ = aggregate_tracks(*pool_track_level(run, track_ids, probs, labels)[:2])
-    return tracks, mean
+TAGS = "tags"  # the column of the musicnn tagger's outputs per segment, beside evaluation's PROBABILITIES
 
 
 def reads_table(inputs: list[Path]) -> bool:
@@ -88,8 +79,6 @@ def load_inputs(run: RunDir, inputs: list[Path], cache: CacheConfig | None = Non
 
     `cache` replaces the run's cache settings (where entries go, how many processes extract them).
     """
-    from genre_tf.inputs.examples import examples_from_table
-
     if reads_table(inputs):
         cfg = run.config  # shared by every use of the run: changed copies only
         return examples_from_table(inputs[0], replace(cfg, data=replace(cfg.data, split_file=None)))
@@ -110,8 +99,6 @@ def load_index(
     run: RunDir, index: Index, cache: CacheConfig | None = None, progress: bool = True, pool=None
 ) -> Examples:
     """Examples for the audio of an index, prepared with the run's recipe (`pool`: see `prepare_index`)."""
-    from genre_tf.inputs.examples import examples_for_index
-
     cfg = run.config if cache is None else replace(run.config, cache=cache)
     # A clip shorter than one segment (a 2 s excerpt, say) is repeated to fill one, not skipped.
     tiling = replace(cfg, audio=replace(cfg.audio, short_clips="tile"))
@@ -188,8 +175,6 @@ def index_examples(
 def audio_graphs(runs: list[RunDir], models: list | None = None) -> list:
     """Each run's AudioGraph, built at its first use (`DeferredGraph`; its model: `models`, else loaded then), None
     for a table run."""
-    from genre_tf.inputs.examples import reads_features
-
     models = models or [None] * len(runs)
     return [
         None if reads_features(run.config) else DeferredGraph(run, model)
@@ -207,8 +192,6 @@ class DeferredGraph:
 
     def graph(self):
         """The AudioGraph, built by the first call."""
-        from genre_tf.serving.audio_graph import AudioGraph
-
         with self._lock:
             if self._graph is None:
                 self._graph = AudioGraph(self._run, self._model or self._run.load_model())
@@ -234,13 +217,6 @@ def graph_examples(
     one-line reasons, as `prepare_index` lists them. The files are analysed `workers` at a time in threads (decoding
     and resampling release the GIL), CHUNK_TRACKS at a time, so that only a chunk's model inputs are held; each
     chunk's segments go to each run's model together, `train.batch_size` at a time."""
-    from functools import partial
-
-    from tqdm import tqdm
-
-    from genre_tf.extract.prepared import SKIPPED_COLUMNS
-    from genre_tf.inputs.examples import Examples
-    from genre_tf.serving.audio_graph import waveform_inputs
 
     tracks = index.tracks
     segments, skipped = [[] for _ in runs], [[] for _ in runs]
@@ -277,11 +253,6 @@ def predicted_segments(graph, frames: list[pd.DataFrame], inputs: list[np.ndarra
     return frame
 
 
-def stacked(column: pd.Series, width: int) -> np.ndarray:
-    """A column of arrays of `width` values as one (rows, width) array."""
-    return np.stack(column.to_numpy()) if len(column) else np.zeros((0, width), np.float32)
-
-
 def average_runs(
     runs: list[RunDir], examples: list[Examples], models: list | None = None, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -291,14 +262,12 @@ def average_runs(
     if all(e.frame.empty for e in examples):  # a chunk of skipped inputs only
         return np.array([], dtype=object), np.zeros((0, len(runs[0].classes)))
     weights = np.full(len(runs), 1 / len(runs)) if weights is None else weights
-    tracks, total = None, None
-    for run, run_examples, model, weight in zip(runs, examples, models or [None] * len(runs), weights, strict=True):
+    tracks, aligned = None, []
+    for run, run_examples, model in zip(runs, examples, models or [None] * len(runs), strict=True):
         run_tracks, probs = predict_frame(run, run_examples.frame, model)
-        if tracks is None:
-            tracks, total = run_tracks, weight * probs
-        else:
-            total = total + weight * in_track_order(tracks, run_tracks, probs, run)
-    return tracks, total
+        tracks = run_tracks if tracks is None else tracks
+        aligned.append(in_track_order(tracks, run_tracks, probs, run))
+    return tracks, weighted_mean(aligned, weights)
 
 
 def all_skipped(examples: list[Examples]) -> pd.DataFrame:
@@ -317,9 +286,6 @@ def predict_to_file(
     (track ids, probabilities) of this call's predictions (of an ensemble run's members, by its weights). SystemExit
     when no track gets a row."""
     runs, weights = expand_runs(runs)
-    from tqdm import tqdm
-
-    from genre_tf.extract.cache import extraction_pool
 
     done = output.resume()  # first: a refusal comes before any work
     index = audio_index(inputs)  # once: the one source of track ids, and of the order of the rows
@@ -350,37 +316,18 @@ def predict_to_file(
 
 def print_skipped(skipped: pd.DataFrame) -> None:
     """One line per skipped input on stderr: `skipped PATH: REASON` (above a progress bar, if one is shown)."""
-    from tqdm import tqdm
-
     for row in skipped.itertuples():
         tqdm.write(f"skipped {row.path}: {row.reason}", file=sys.stderr)
 
 
-def in_track_order(tracks: np.ndarray, run_tracks: np.ndarray, probs: np.ndarray, run: RunDir) -> np.ndarray:
-    """A run's per-track probabilities (rows in `run_tracks` order) reordered to `tracks`, the first run's order."""
-    if set(run_tracks) != set(tracks):
-        differ = sorted(set(run_tracks) ^ set(tracks))
-        raise SystemExit(
-            f"error: {run.path} predicted other tracks than the first run ({', '.join(map(str, differ[:5]))} "
-            "differ): its recipe skipped or found other inputs, so the runs cannot be averaged"
-        )
-    return pd.DataFrame(probs, index=run_tracks).loc[tracks].to_numpy()
-
-
 def check_tagged(run: RunDir) -> None:
     """SystemExit for a run without a musicnn tagger, before any input is read."""
-    from genre_tf.inputs.examples import model_input
-    from genre_tf.models import MUSICNN_PATCH
-
     if model_input(run.config) != MUSICNN_PATCH:
         raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
 
 
 def tagger(run: RunDir):
     """The pretrained tagger of the run's musicnn backbone; SystemExit for a run without one."""
-    from genre_tf.inputs.examples import input_shape
-    from genre_tf.models import musicnn
-
     check_tagged(run)
     cfg = run.config
     return musicnn.tagger(cfg.model.transfer.backbone, input_shape(cfg, None)[0])
@@ -389,9 +336,6 @@ def tagger(run: RunDir):
 def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str, list[tuple[str, float]]]]:
     """Per track, the top-k (tag, probability) of the run's musicnn tagger, segments averaged: the tags its graph
     gave the examples (`tag_examples`), or those of the tagger (`model`, else built) on cached patches."""
-    from genre_tf.inputs.examples import split_data
-    from genre_tf.models import musicnn
-
     check_tagged(run)
     cfg = run.config
     names = musicnn.TAGS[cfg.model.transfer.backbone]
@@ -413,8 +357,6 @@ def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str,
 def tag_examples(run: RunDir, inputs: list[Path]) -> Examples:
     """The musicnn run's examples of the audio inputs with its tagger's tags (TAGS), from its graph; SystemExit for a
     run without a tagger."""
-    from genre_tf.serving.audio_graph import AudioGraph
-
     graph = AudioGraph(run, run.load_model(), tagger(run))
     return graph_examples([run], [graph], audio_index(inputs), run_workers([run]))[0]
 

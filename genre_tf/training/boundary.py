@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from genre_tf import models
 from genre_tf.config import Config, ModelConfig
@@ -94,7 +95,6 @@ def boundary_features(
     path = Path(cache_dir) / "boundary" / f"{key}.{'npz' if several else 'npy'}"
     if path.is_file():
         return _load_activations(path)
-    from tqdm import tqdm
 
     activations = [np.empty((len(data), *t.shape[1:]), dtype=t.dtype) for t in frozen.outputs]
     batches = tqdm(
@@ -153,31 +153,3 @@ def track_means(
     means = sums / np.bincount(inverse, minlength=len(tracks)).reshape(-1, *[1] * (activations.ndim - 1))
     order = np.argsort(first)
     return means[order].astype(activations.dtype), labels[first[order]], tracks[order]
-
-
-AUGMENTED = "boundary cache off: augmentation changes what the frozen backbone sees"
-
-
-def caches_boundary(cfg: Config) -> bool:
-    """Whether training can run on cached boundary activations: a transfer model cut by blocks, caching on, and
-    no augmentation (every item of cfg.augment changes the frozen part's inputs, so its activations too).
-
-    Distributed training keeps the plain path: the cached path is not tested under tf.distribute. So does a
-    backbone whose BatchNorm trains.
-    """
-    return _cacheable(cfg) and not cfg.augment.active
-
-
-def cache_off_note(cfg: Config) -> str | None:
-    """The log line of a run that would train on the cache were it not for its augmentation, else None."""
-    return AUGMENTED if _cacheable(cfg) and cfg.augment.active else None
-
-
-def _cacheable(cfg: Config) -> bool:
-    transfer = cfg.model.transfer
-    cut_by_blocks = transfer.cache_boundary and transfer.trainable_layers is None
-    # With BatchNorm learning the backbone trains in training mode, which the cut (inference mode) does not give.
-    frozen_statistics = transfer.batch_norm == "frozen"
-    return (
-        models.family(cfg.model).has_backbone and cut_by_blocks and frozen_statistics and cfg.train.distribute == "none"
-    )

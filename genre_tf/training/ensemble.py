@@ -37,10 +37,13 @@ from genre_tf.config import (
     to_dict,
 )
 from genre_tf.evaluation.compare import describe_model
-from genre_tf.evaluation.report import PROBABILITY_FLOOR, record_split, track_pooling, write_metrics
+from genre_tf.evaluation.pooling import PROBABILITY_FLOOR, track_pooling, weighted_mean
+from genre_tf.evaluation.predictions import in_track_order, predict_frame
+from genre_tf.evaluation.report import record_split, write_metrics
 from genre_tf.extract.cache import write_atomic
+from genre_tf.inputs.examples import load_examples
 from genre_tf.run import RunDir
-from genre_tf.serving.predict import in_track_order, predict_frame
+from genre_tf.training.fit import train
 
 if TYPE_CHECKING:
     from genre_tf.inputs.examples import Examples
@@ -53,8 +56,6 @@ def member_run(path: Path) -> RunDir:
     """The finished run a member entry names: a run directory, or a config whose run is trained first (resumed, or
     found finished)."""
     if path.suffix.lower() in (".yaml", ".yml"):
-        from genre_tf.training.fit import train
-
         cfg = load_config(path)
         run_dir = Path(cfg.output_dir) / cfg.name
         print(f"member {path}: run {run_dir}", flush=True)
@@ -70,8 +71,6 @@ def member_run(path: Path) -> RunDir:
 
 def load_members(runs: list[RunDir]) -> list[Examples]:
     """Each run's labeled examples, made by its own recipe; ConfigError unless they share classes and split."""
-    from genre_tf.inputs.examples import load_examples
-
     examples = []
     for run in runs:
         try:
@@ -174,10 +173,6 @@ def copy_member(run: RunDir, target: RunDir) -> None:
         for part in MEMBER_PARTS:
             if getattr(source, part).is_file():
                 shutil.copyfile(getattr(source, part), getattr(copy, part))
-
-
-def weighted_mean(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    return np.tensordot(weights, np.stack(probs), axes=1)
 
 
 def prepare_run_dir(run: RunDir, cfg: EnsembleConfig, overwrite: bool) -> None:

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from genre_tf import models
 from genre_tf.config import Config, ConfigError, save_config, to_dict
@@ -213,8 +215,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _log_hparams(run: RunDir, cfg: Config) -> None:
-    from tensorboard.plugins.hparams import api as hp
-
     flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in _flat(to_dict(cfg)).items()}
     writer = tf.summary.create_file_writer(str(run.logs_dir))
     with writer.as_default():
@@ -395,8 +395,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 def _write_history_csv(run: RunDir) -> None:
-    import pandas as pd
-
     pd.DataFrame(run.history()).to_csv(run.history_csv, index=False)
 
 

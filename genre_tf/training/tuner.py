@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras_tuner as kt
+import pandas as pd
 import yaml
 
 from genre_tf.config import (
@@ -39,6 +41,8 @@ from genre_tf.config import (
     set_key,
     to_dict,
 )
+from genre_tf.evaluation.compare import to_markdown
+from genre_tf.run import RunDir
 
 KINDS = ("int", "float", "choice", "bool")
 # Keys that change what the examples are; a search holds them fixed so all trials share one dataset.
@@ -164,9 +168,6 @@ def run_trial_process(trial_cfg: Config, run_dir: Path) -> dict:
 
 def make_tuner(kind: str, cfg: Config, params: list[Param], out_dir: Path, max_trials: int):
     """A KerasTuner tuner whose trials are `train` runs of the trial's config, one process each."""
-    import keras_tuner as kt
-
-    from genre_tf.run import RunDir
 
     metric, direction = objective_of(cfg)
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
@@ -193,9 +194,6 @@ def make_tuner(kind: str, cfg: Config, params: list[Param], out_dir: Path, max_t
 
 def summarise(tuner, cfg: Config, params: list[Param], out_dir: Path):
     """trials.csv / trials.md, one row per finished trial, best first; best.yaml from the best trial."""
-    import pandas as pd
-
-    from genre_tf.run import RunDir
 
     metric, direction = objective_of(cfg)
     rows = []
@@ -211,7 +209,6 @@ def summarise(tuner, cfg: Config, params: list[Param], out_dir: Path):
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(metric, ascending=direction == "min").reset_index(drop=True)
     table.to_csv(out_dir / "trials.csv", index=False)
-    from genre_tf.evaluation.compare import to_markdown
 
     (out_dir / "trials.md").write_text(to_markdown(table) + "\n")
     best = tuner.oracle.get_best_trials(1)[0]

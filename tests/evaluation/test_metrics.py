@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from genre_tf.evaluation.report import aggregate_tracks, classification_metrics, evaluate_predictions
+from genre_tf.evaluation.metrics import classification_metrics, evaluate_predictions
+from genre_tf.evaluation.pooling import aggregate_tracks
 
 
 def test_aggregate_mean_and_vote():

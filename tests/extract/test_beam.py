@@ -202,7 +202,7 @@ def test_a_run_trained_from_a_stream_writes_a_normal_run(beam_run):
     with its table)."""
     import numpy as np
 
-    from genre_tf.evaluation.report import predict_examples
+    from genre_tf.evaluation.predictions import predict_examples
     from genre_tf.inputs.examples import load_examples
     from genre_tf.run import RunDir
     from genre_tf.training.fit import train

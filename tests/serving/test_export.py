@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from genre_tf.data.index import index_paths
+from genre_tf.evaluation.predictions import predict_frame
 from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import analyse_track
 from genre_tf.features.audio import load_track, segment_bounds
@@ -40,7 +41,7 @@ from genre_tf.serving.export import (
     tflite_bytes,
     write_saved_model,
 )
-from genre_tf.serving.predict import load_inputs, predict_frame
+from genre_tf.serving.predict import load_inputs
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]

@@ -12,13 +12,14 @@ from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from genre_tf.config import save_config
 from genre_tf.data.index import index_paths, track_id_of
+from genre_tf.evaluation.predictions import in_track_order, predict_frame
 from genre_tf.extract import cache
 from genre_tf.extract.prepared import prepare_index
 from genre_tf.features.representations import FEATURES, MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.predict import main
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
-from genre_tf.serving.predict import TAGS, ensemble, in_track_order, load_inputs, predict_frame, top_k_lines
+from genre_tf.serving.predict import TAGS, ensemble, load_inputs, top_k_lines
 from genre_tf.serving.submission import submission
 
 CLASSES = ["blues", "jazz", "rock"]

@@ -16,11 +16,12 @@ from conftest import MEL_CLASSES, MEL_IMAGES
 from genre_tf.config import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs.examples import Examples, split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
+from genre_tf.inputs.recipe import caches_boundary
 from genre_tf.models import build_model
 from genre_tf.run import RunDir
 from genre_tf.training import boundary
 from genre_tf.training import fit as training
-from genre_tf.training.boundary import boundary_features, boundary_split, caches_boundary, cut_at_boundary
+from genre_tf.training.boundary import boundary_features, boundary_split, cut_at_boundary
 
 CLASSES, N_IMAGES = MEL_CLASSES, MEL_IMAGES
 BATCH = 4

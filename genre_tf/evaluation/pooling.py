@@ -1,0 +1,72 @@
+"""A track's probabilities from its segments', and several runs' from theirs: the pooling every command shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genre_tf import models
+from genre_tf.run import RunDir
+
+PROBABILITY_FLOOR = 1e-30  # probabilities are floored here before their log when logits are pooled
+
+
+def aggregate_tracks(track_ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track (in first-seen order): mean probability over its segments and the majority-vote class.
+
+    Vote ties go to the tied class with the highest mean probability.
+    """
+    frame = pd.DataFrame(probs)
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean = groups.mean().to_numpy()
+    votes = pd.get_dummies(pd.Series(probs.argmax(axis=1), index=track_ids)).reindex(
+        columns=range(probs.shape[1]), fill_value=0
+    )
+    counts = votes.groupby(level=0, sort=False).sum().loc[groups.mean().index].to_numpy()
+    tie_break = counts + mean * 1e-3  # mean probabilities are < 1, so they only order equal counts
+    return groups.mean().index.to_numpy(), mean, tie_break.argmax(axis=1)
+
+
+def pool_track_level(
+    run: RunDir, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples' predictions as the run judges them: per example, or per track for a track-level model.
+
+    A linear probe predicts whole tracks: softmax of its segments' mean logits, which is exactly the softmax
+    layer applied to the track's mean embedding.
+    """
+    if track_pooling(run) == "mean":
+        return track_ids, probs, labels
+    return pool_logits(track_ids, probs, labels)
+
+
+def track_pooling(run: RunDir) -> str:
+    """How the run makes a track's probabilities from its segments': "mean" of the probabilities (aggregate_tracks),
+    or "logits": softmax of their mean logits, for a track-level model (a probe; pool_logits)."""
+    return "logits" if models.family(run.config.model).track_level(run.config.model) else "mean"
+
+
+def pool_logits(
+    track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
+    frame = pd.DataFrame(np.log(np.maximum(probs, PROBABILITY_FLOOR)))
+    frame["track"] = track_ids
+    groups = frame.groupby("track", sort=False)
+    mean_logits = groups.mean().to_numpy()
+    pooled = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
+    first_label = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first()
+    return groups.mean().index.to_numpy(), pooled / pooled.sum(axis=1, keepdims=True), first_label.to_numpy()
+
+
+def weighted_mean(probabilities: Sequence, weights: Sequence) -> Any:
+    """The ensemble average, the one that predict, evaluate, serve and export use: each member's track probabilities
+    times its weight (the weights sum to 1), summed in member order. Numpy arrays and graph tensors alike."""
+    total = None
+    for weight, probs in zip(weights, probabilities, strict=True):
+        total = weight * probs if total is None else total + weight * probs
+    return total

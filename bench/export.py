@@ -32,7 +32,8 @@ import numpy as np
 from genre_tf.evaluation.predictions import predict_frame
 from genre_tf.inputs.examples import reads_features
 from genre_tf.run import RunDir
-from genre_tf.serving.export import artefact_bytes, export, read_waveform
+from genre_tf.serving.export import artefact_bytes, export
+from genre_tf.serving.frontend import read_waveform
 from genre_tf.serving.predict import load_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
 
 def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
     """The clip as an artefact taking `rate` Hz takes it: decoded as the run whose model takes that rate decodes it."""
-    from genre_tf.serving.export import audio_frontend
+    from genre_tf.serving.frontend import audio_frontend
 
     run = next(run for run in runs if audio_frontend(run.config).layout.sample_rate == rate)
     return read_waveform(clip, run.config)

@@ -103,7 +103,8 @@ def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) ->
 
     from genre_tf.data.index import index_paths
     from genre_tf.run import RunDir
-    from genre_tf.serving.export import EXPORT_RATES, export, rate_signature
+    from genre_tf.serving.export import export
+    from genre_tf.serving.frontend import EXPORT_RATES, rate_signature
 
     run_path = make_run(tmp / "runs" / name, FAMILIES[name], classes, tmp / f"cache_{name}")
     print(f"{name}: predicting {len(paths)} clips and fitting the head", flush=True)

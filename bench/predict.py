@@ -91,7 +91,8 @@ def time_floor(run: Path, paths: list[Path], tmp: Path) -> tuple[float, float]:
     import tensorflow as tf
 
     from genre_tf.run import RunDir
-    from genre_tf.serving.export import export, read_waveform
+    from genre_tf.serving.export import export
+    from genre_tf.serving.frontend import read_waveform
 
     run_dir = RunDir(run)
     saved = tmp / f"{run.name}_saved_model"

@@ -102,7 +102,8 @@ class Floor:
         import tensorflow as tf
 
         from genre_tf.run import RunDir
-        from genre_tf.serving.export import export, read_waveform
+        from genre_tf.serving.export import export
+        from genre_tf.serving.frontend import read_waveform
 
         self.run, self.clip, self.read_waveform, self.tf = RunDir(run), clip, read_waveform, tf
         saved = tmp / "saved_model"

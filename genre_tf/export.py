@@ -19,16 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
-    from genre_tf.serving.export import (
-        FORMATS,
-        check_ensemble,
-        check_output,
-        check_run,
-        default_output,
-        describe,
-        describe_ensemble,
-        export,
-    )
+    from genre_tf.serving.export import FORMATS, check_output, check_run, default_output, describe, export
+    from genre_tf.serving.export_ensemble import check_ensemble, describe_ensemble
 
     if args.format not in FORMATS:
         raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")

@@ -220,7 +220,7 @@ def killed_after() -> Callable[..., contextlib.AbstractContextManager]:
 
     @contextlib.contextmanager
     def killed(epoch: int, refit: bool = False):
-        from genre_tf.training.fit import EpochBackup
+        from genre_tf.training.tracking import EpochBackup
 
         backup = EpochBackup.on_epoch_end
 

@@ -48,7 +48,7 @@ from genre_tf.models import MUSICNN_PATCH, musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
-from genre_tf.serving.export import read_waveform
+from genre_tf.serving.frontend import read_waveform
 from genre_tf.serving.predict import tagger
 
 MB = 1_000_000

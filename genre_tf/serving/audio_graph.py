@@ -26,7 +26,7 @@ from genre_tf.features.representations import FEATURES
 from genre_tf.inputs.examples import reads_features
 from genre_tf.models.transfer import get_backbone
 from genre_tf.run import RunDir
-from genre_tf.serving.export import (
+from genre_tf.serving.frontend import (
     at_model_rate,
     audio_frontend,
     cut_segments,

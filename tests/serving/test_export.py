@@ -20,6 +20,7 @@ import soundfile as sf
 
 from genre_tf.data.index import index_paths
 from genre_tf.evaluation.predictions import predict_frame
+from genre_tf.export import main
 from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import analyse_track
 from genre_tf.features.audio import load_track, segment_bounds
@@ -28,19 +29,8 @@ from genre_tf.inputs.examples import examples_from_table, split_data
 from genre_tf.models import MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.models.musicnn import musicnn_weights
 from genre_tf.run import RunDir
-from genre_tf.serving.export import (
-    FORMATS,
-    cut_segments,
-    describe,
-    main,
-    mel_frontend,
-    musicnn_frontend,
-    rate_signature,
-    read_waveform,
-    serving_module,
-    tflite_bytes,
-    write_saved_model,
-)
+from genre_tf.serving.export import FORMATS, describe, serving_module, tflite_bytes, write_saved_model
+from genre_tf.serving.frontend import cut_segments, mel_frontend, musicnn_frontend, rate_signature, read_waveform
 from genre_tf.serving.predict import load_inputs
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

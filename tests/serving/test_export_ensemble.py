@@ -22,7 +22,9 @@ from genre_tf.features import audio
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
 from genre_tf.serving.app import EnsemblePredictor, Limits, Upload, create_app
-from genre_tf.serving.export import ensemble_serving_module, read_waveform, tflite_bytes, write_saved_model
+from genre_tf.serving.export import tflite_bytes, write_saved_model
+from genre_tf.serving.export_ensemble import ensemble_serving_module
+from genre_tf.serving.frontend import read_waveform
 
 SR = 22050
 

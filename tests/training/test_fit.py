@@ -55,7 +55,7 @@ def test_train_evaluate_predict_compare(tmp_path, tiny_demo_config, capsys):
     assert sum(map(sum, test["segment"]["confusion"])) == 18
     assert run.config == cfg
 
-    evaluated = run_cli("genre_tf.evaluation.report", "--run", str(run.path), "--split", "test")
+    evaluated = run_cli("genre_tf.evaluate", "--run", str(run.path), "--split", "test")
     assert "track acc" in evaluated.stdout
     assert json.loads(run.metrics_file.read_text())["splits"]["test"] == test
 

@@ -33,7 +33,7 @@ import keras_tuner as kt
 import pandas as pd
 import yaml
 
-from genre_tf.config import (
+from genre_tf.config.schema import (
     Config,
     ConfigError,
     config_from_dict,

@@ -170,7 +170,7 @@ def stand_in_ensemble(folder: Path) -> RunDir:
     from results import EXPERIMENTS  # bench/results.py: the folder of a script run by path is on sys.path
 
     from genre_tf import models
-    from genre_tf.config.schema import load_config, save_config
+    from genre_tf.config import load_config, save_config
     from genre_tf.evaluation.pooling import track_pooling
     from genre_tf.inputs.examples import input_shape
 

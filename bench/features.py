@@ -39,7 +39,7 @@ import soundfile
 from threadpoolctl import threadpool_limits
 
 import genre_tf.features.analysis
-from genre_tf.config.schema import FeatureConfig, MelConfig, load_config
+from genre_tf.config import FeatureConfig, MelConfig, load_config
 from genre_tf.extract.cache import Recipe, TrackCache, extract_track, file_digest
 from genre_tf.features import representations
 from genre_tf.features.analysis import FEATURE_COLUMNS, analyse_track

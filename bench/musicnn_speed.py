@@ -24,7 +24,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from genre_tf.config.schema import AudioConfig
+from genre_tf.config import AudioConfig
 from genre_tf.features.audio import load_track, segment_bounds
 from genre_tf.features.musicnn_input import PATCH_FRAMES, compress, segment_patches
 
@@ -94,7 +94,7 @@ def main() -> None:
 
 def twin_seconds_per_256(patches: np.ndarray) -> float:
     """Seconds of `fit` per 256 patches for musicnn trained whole from random weights (after one warm-up step)."""
-    from genre_tf.config.schema import ModelConfig, TransferConfig
+    from genre_tf.config import ModelConfig, TransferConfig
     from genre_tf.models import build_model
 
     twin = TransferConfig(backbone="MSD_musicnn", weights=None, trainable_blocks=5, batch_norm="train", head_units=0)

@@ -49,7 +49,7 @@ def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Pa
     import keras
 
     from genre_tf import models
-    from genre_tf.config.schema import load_config, save_config
+    from genre_tf.config import load_config, save_config
     from genre_tf.features.scaling import fit_scaler
     from genre_tf.inputs.examples import input_shape, model_feature_columns, reads_features
 

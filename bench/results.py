@@ -131,7 +131,7 @@ ENSEMBLES = {
 
 
 def run_fold(name: str, overrides: list[str], fold: int) -> dict:
-    from genre_tf.config.schema import load_config
+    from genre_tf.config import load_config
     from genre_tf.training.fit import train
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*overrides, f"data.fold={fold}", f"output_dir={OUT}"])
@@ -140,7 +140,7 @@ def run_fold(name: str, overrides: list[str], fold: int) -> dict:
 
 def musicnn_embeddings() -> pd.DataFrame:
     """Each gtzan_mini track's mean MSD_musicnn embedding (200-d penultimate of its 3 s segments), by track id."""
-    from genre_tf.config.schema import load_config
+    from genre_tf.config import load_config
     from genre_tf.inputs.examples import load_examples, split_data
     from genre_tf.models import build_model
     from genre_tf.models.transfer import split_at_boundary
@@ -161,7 +161,7 @@ def sklearn_fold(fold: int, embeddings: pd.DataFrame) -> dict:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from genre_tf.config.schema import load_config
+    from genre_tf.config import load_config
     from genre_tf.extract.prepared import prepare
     from genre_tf.features.analysis import FEATURE_COLUMNS
     from genre_tf.features.representations import FEATURES
@@ -208,7 +208,7 @@ def ensemble_fold(name: str, fold: int) -> tuple[dict, float]:
     """Choose and evaluate one fold's ensemble of its members' runs of that fold; (its metrics, seconds taken)."""
     import time
 
-    from genre_tf.config.schema import EnsembleConfig
+    from genre_tf.config import EnsembleConfig
     from genre_tf.training.ensemble import build_ensemble
 
     members, selection = ENSEMBLES[name]
@@ -327,7 +327,7 @@ SEEDS = range(5)
 
 def table_runs(config: Path, prefix: str, overrides: list[str]) -> list:
     """One run per seed of a table config, refitted on train + valid after its epochs are chosen on valid."""
-    from genre_tf.config.schema import load_config
+    from genre_tf.config import load_config
     from genre_tf.run import RunDir
     from genre_tf.training.fit import train
 
@@ -366,7 +366,7 @@ def sklearn_table_valid(examples) -> float:
 def feature_table() -> pd.DataFrame:
     """Search the MLP on valid; refit its best config and a linear model with 5 seeds each; submit the ensemble
     that valid prefers (the MLPs alone, or the MLPs and the linear models) from the refitted models."""
-    from genre_tf.config.schema import load_config
+    from genre_tf.config import load_config
     from genre_tf.inputs.examples import load_examples
 
     command = [sys.executable, "-m", "genre_tf.tune", "--config", str(TABLE), "--space", "tuning/mlp_table.yaml",

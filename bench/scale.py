@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import Config, load_config
+from genre_tf.config import Config, load_config
 from genre_tf.data.demo import DEMO_GENRES
 from genre_tf.extract import beam as engines
 from genre_tf.extract import shards

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from genre_tf.config.schema import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
+from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features.analysis import encode_mel_png
 from genre_tf.inputs.examples import split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset

@@ -28,7 +28,7 @@ WORKER = """
 import json, resource, sys, time
 from pathlib import Path
 from genre_tf.extract.cache import Recipe, extract_all
-from genre_tf.config.schema import load_config
+from genre_tf.config import load_config
 song, cache = sys.argv[1], Path(sys.argv[2])
 cfg = load_config("configs/gtzan_mini.yaml", [f"cache.dir={cache}"])
 started, cpu = time.perf_counter(), time.process_time()

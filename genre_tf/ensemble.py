@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_tf.config.schema import ConfigError, add_config_arguments, exit_config_error, load_ensemble_config
+from genre_tf.config import ConfigError, add_config_arguments, exit_config_error, load_ensemble_config
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_tf.config.schema import ConfigError, check_data_paths, exit_config_error
+from genre_tf.config import ConfigError, check_data_paths, exit_config_error
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from genre_tf.config.schema import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error
 from genre_tf.data.index import Index
 from genre_tf.features import representations
 

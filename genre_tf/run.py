@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from genre_tf.config.schema import Config, load_config
+from genre_tf.config import Config, load_config
 from genre_tf.features.scaling import Scaler, load_scaler
 
 

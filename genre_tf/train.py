@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_tf.config.schema import ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config import ConfigError, add_config_arguments, config_from_args, exit_config_error
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from genre_tf.config.schema import ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config import ConfigError, add_config_arguments, config_from_args, exit_config_error
 
 
 def main(argv: list[str] | None = None) -> None:

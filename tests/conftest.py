@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from genre_tf.config.schema import Config, MelConfig, load_config, save_config
+from genre_tf.config import Config, MelConfig, load_config, save_config
 from genre_tf.features.analysis import encode_mel_png, feature_columns
 
 # `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process its tests start, keeps

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genre_tf.config.schema import save_config
+from genre_tf.config import save_config
 from genre_tf.evaluation import plots
 from genre_tf.evaluation import report as evaluate
 from genre_tf.evaluation.report import evaluate_run
@@ -149,7 +149,7 @@ def test_a_model_trained_with_label_smoothing_loads_in_a_fresh_process(tmp_path)
 
     import keras
 
-    from genre_tf.config.schema import TrainConfig
+    from genre_tf.config import TrainConfig
     from genre_tf.training.optimization import build_loss
 
     inputs = keras.Input((3,))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.config.schema import ConfigError, DataConfig
+from genre_tf.config import ConfigError, DataConfig
 from genre_tf.features.audio import AUDIO_EXTENSIONS
 
 INDEX_COLUMNS = ["track_id", "path", "label", "split"]

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from threadpoolctl import threadpool_limits
 
-from genre_tf.config.schema import Config
+from genre_tf.config import Config
 from genre_tf.data.index import Index
 from genre_tf.extract import shards
 from genre_tf.extract.cache import Recipe, analyse_file, compile_kernels, file_digest

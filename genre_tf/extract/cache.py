@@ -28,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from genre_tf.config.schema import AudioConfig, Config, FeatureConfig, MelConfig
+from genre_tf.config import AudioConfig, Config, FeatureConfig, MelConfig
 from genre_tf.features import analysis as features
 from genre_tf.features import representations
 from genre_tf.features.audio import (

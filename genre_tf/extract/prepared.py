@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_tf.config.schema import Config, save_config
+from genre_tf.config import Config, save_config
 from genre_tf.data.demo import generate_demo
 from genre_tf.data.index import SPLITS, Index, build_index
 from genre_tf.extract.cache import Recipe, SharedPool, TrackCache, extract_all, write_atomic

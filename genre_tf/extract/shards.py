@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config.schema import Config, ConfigError
+from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import INDEX_COLUMNS
 from genre_tf.extract.cache import Recipe, TrackResult, entry_files, segment_positions
 from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.fft
 from PIL import Image
 
-from genre_tf.config.schema import FeatureConfig, MelConfig
+from genre_tf.config import FeatureConfig, MelConfig
 from genre_tf.features import musicnn_input
 from genre_tf.features.mel import PNG_MAX, db_to_unit, mel_fmax, sparse_mel_filter_bank, unit_to_db
 from genre_tf.features.representations import ALL, FEATURES, MEL_IMAGE, MUSICNN_PATCH

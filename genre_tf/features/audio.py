@@ -15,7 +15,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from genre_tf.config.schema import AudioConfig
+from genre_tf.config import AudioConfig
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".au", ".flac", ".ogg", ".mp3")
 

@@ -15,7 +15,7 @@ import librosa
 import numpy as np
 import scipy.sparse
 
-from genre_tf.config.schema import MelConfig
+from genre_tf.config import MelConfig
 
 PNG_MAX = 65535  # a mel image's [0, 1] scale maps onto the full range of a 16-bit PNG
 AMIN = 1e-10  # power floor before the logarithm, as librosa.power_to_db

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from genre_tf.config.schema import AudioConfig, ConfigError, FeatureConfig, MelConfig, ModelConfig
+from genre_tf.config import AudioConfig, ConfigError, FeatureConfig, MelConfig, ModelConfig
 from genre_tf.features.musicnn_input import MUSICNN_MODELS
 
 FEATURES = "features"  # rows of the feature table

@@ -28,7 +28,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import Config, ConfigError
+from genre_tf.config import Config, ConfigError
 from genre_tf.features import musicnn_input, representations
 from genre_tf.features.analysis import mel_first_frame, mel_frames_per_segment
 from genre_tf.features.audio import segment_hop_samples, segment_samples

@@ -16,7 +16,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import Config, ConfigError
+from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import Index, index_table
 from genre_tf.extract.cache import SharedPool
 from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, prepare, prepare_index

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from genre_tf.config.schema import MelConfig
+from genre_tf.config import MelConfig
 from genre_tf.features import musicnn_input
 from genre_tf.features.mel import AMIN, db_to_unit, mel_filter_bank, mel_fmax
 from genre_tf.features.resampling import resampling_kernel

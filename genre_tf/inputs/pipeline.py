@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config.schema import ConfigError, ModelConfig
+from genre_tf.config import ConfigError, ModelConfig
 from genre_tf.extract import shards
 from genre_tf.features.mel import PNG_MAX
 from genre_tf.inputs.layers import MelImage

@@ -4,7 +4,7 @@ frozen boundary) or can stream, decided once from the config."""
 from __future__ import annotations
 
 from genre_tf import models
-from genre_tf.config.schema import Config
+from genre_tf.config import Config
 
 AUGMENTED = "boundary cache off: augmentation changes what the frozen backbone sees"
 

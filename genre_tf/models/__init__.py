@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import keras
 
-from genre_tf.config.schema import ConfigError, ModelConfig
+from genre_tf.config import ConfigError, ModelConfig
 from genre_tf.models.backbone import MEL_IMAGE, MUSICNN_PATCH, WeightsUnavailable
 from genre_tf.models.cnn import build_cnn, describe_cnn
 from genre_tf.models.mlp import FEATURES, build_mlp, describe_mlp

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from genre_tf.config.schema import ConfigError, TransferConfig
+from genre_tf.config import ConfigError, TransferConfig
 from genre_tf.features.representations import MEL_IMAGE, MUSICNN_PATCH
 
 __all__ = ["MEL_IMAGE", "MUSICNN_PATCH", "BackboneSource", "WeightsUnavailable", "load_local_weights"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from genre_tf.config.schema import CnnConfig, ModelConfig
+from genre_tf.config import CnnConfig, ModelConfig
 
 
 def build_cnn(cfg: CnnConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from genre_tf.config.schema import ConfigError, TransferConfig
+from genre_tf.config import ConfigError, TransferConfig
 from genre_tf.models.backbone import BackboneSource, WeightsUnavailable, load_local_weights
 
 DOWNLOAD_TIMEOUT_S = 15.0  # per socket wait: an unreachable host fails in seconds, a slow download still finishes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from genre_tf.config.schema import MlpConfig, ModelConfig
+from genre_tf.config import MlpConfig, ModelConfig
 from genre_tf.features.representations import FEATURES
 
 __all__ = ["FEATURES", "build_mlp", "describe_mlp"]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import keras
 
-from genre_tf.config.schema import TransferConfig
+from genre_tf.config import TransferConfig
 from genre_tf.features.musicnn_input import LOG_SCALE, MUSICNN_MODELS, N_MELS, PATCH_FRAMES
 from genre_tf.models.backbone import MUSICNN_PATCH, BackboneSource, WeightsUnavailable, load_local_weights
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import keras
 
-from genre_tf.config.schema import ConfigError, ModelConfig, TransferConfig
+from genre_tf.config import ConfigError, ModelConfig, TransferConfig
 from genre_tf.features.representations import read_by
 from genre_tf.models.backbone import MEL_IMAGE, BackboneSource
 from genre_tf.models.keras_applications import KerasApplication

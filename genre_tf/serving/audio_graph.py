@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config.schema import AudioConfig
+from genre_tf.config import AudioConfig
 from genre_tf.extract.cache import Recipe, analyse_waveform, segment_positions
 from genre_tf.features.analysis import feature_columns
 from genre_tf.features.audio import AudioError, load_track

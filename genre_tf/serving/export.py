@@ -39,7 +39,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from genre_tf import models
-from genre_tf.config.schema import ConfigError
+from genre_tf.config import ConfigError
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import QuantileScaler
 from genre_tf.inputs.examples import reads_features

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import AudioConfig, Config
+from genre_tf.config import AudioConfig, Config
 from genre_tf.evaluation.pooling import PROBABILITY_FLOOR
 from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import mel_frames_per_segment

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from genre_tf.config.schema import CacheConfig, ConfigError
+from genre_tf.config import CacheConfig, ConfigError
 from genre_tf.data.index import Index, index_paths
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked

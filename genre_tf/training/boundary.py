@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from genre_tf import models
-from genre_tf.config.schema import Config, ModelConfig
+from genre_tf.config import Config, ModelConfig
 from genre_tf.extract.cache import atomic_file
 from genre_tf.inputs import pipeline
 from genre_tf.inputs.examples import SplitData, input_column, split_data

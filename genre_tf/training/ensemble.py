@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from genre_tf.config.schema import (
+from genre_tf.config import (
     ConfigError,
     EnsembleConfig,
     check_data_paths,

@@ -36,7 +36,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import Config, ConfigError, save_config
+from genre_tf.config import Config, ConfigError, save_config
 from genre_tf.evaluation.report import evaluate_run
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import Scaler, fit_scaler

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from genre_tf.config.schema import ConfigError, TrainConfig
+from genre_tf.config import ConfigError, TrainConfig
 from genre_tf.training.optimization import build_loss
 
 

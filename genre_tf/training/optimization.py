@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from genre_tf.config.schema import TrainConfig
+from genre_tf.config import TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="genre_tf")

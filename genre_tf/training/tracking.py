@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from genre_tf.config.schema import Config, ConfigError, to_dict
+from genre_tf.config import Config, ConfigError, to_dict
 from genre_tf.extract.cache import write_atomic
 from genre_tf.run import RunDir
 

@@ -33,14 +33,7 @@ import keras_tuner as kt
 import pandas as pd
 import yaml
 
-from genre_tf.config.schema import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    save_config,
-    set_key,
-    to_dict,
-)
+from genre_tf.config import Config, ConfigError, config_from_dict, save_config, set_key, to_dict
 from genre_tf.evaluation.compare import to_markdown
 from genre_tf.run import RunDir
 

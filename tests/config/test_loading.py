@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from genre_tf.config.schema import ConfigError, load_config, save_config
+from genre_tf.config import ConfigError, load_config, save_config
 
 DEMO = ["data.source=demo", "data.root=data/demo"]
 

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genre_tf.config.schema import AudioConfig, load_config
+from genre_tf.config import AudioConfig, load_config
 from genre_tf.data.demo import DEMO_GENRES, STYLES, generate_demo
 from genre_tf.features.audio import load_track
 

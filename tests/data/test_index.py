@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genre_tf.config.schema import ConfigError, load_config
+from genre_tf.config import ConfigError, load_config
 from genre_tf.data.demo import generate_demo
 from genre_tf.data.index import (
     GTZAN_GENRES,

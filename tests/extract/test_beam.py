@@ -13,7 +13,11 @@ import pytest
 pytest.importorskip("apache_beam", reason="apache_beam is not installed: pip install 'genre_tf[beam]'")
 
 from genre_tf import prepare  # noqa: E402
-from genre_tf.config.schema import ConfigError, load_config, save_config  # noqa: E402
+from genre_tf.config import (
+    ConfigError,  # noqa: E402
+    load_config,
+    save_config,
+)
 from genre_tf.extract import shards  # noqa: E402
 from genre_tf.extract.prepared import config_index, prepare_index  # noqa: E402
 from genre_tf.features.analysis import feature_columns  # noqa: E402

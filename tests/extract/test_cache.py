@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from genre_tf.config.schema import load_config
+from genre_tf.config import load_config
 from genre_tf.data.demo import generate_demo
 from genre_tf.extract.cache import Recipe, TrackStore, extract_all, file_digest, legacy_note
 from genre_tf.features import analysis as features

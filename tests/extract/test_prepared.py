@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_tf.config.schema import load_config
+from genre_tf.config import load_config
 from genre_tf.data.index import INDEX_COLUMNS, Index, index_paths
 from genre_tf.extract.cache import Recipe, TrackStore, file_digest
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, genre_lines, prepare_index, skipped_lines, write_prepared

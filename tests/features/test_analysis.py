@@ -16,7 +16,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from genre_tf.config.schema import FeatureConfig, MelConfig
+from genre_tf.config import FeatureConfig, MelConfig
 from genre_tf.features.analysis import (
     FEATURE_COLUMNS,
     _chroma,

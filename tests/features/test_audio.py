@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from genre_tf.config.schema import AudioConfig
+from genre_tf.config import AudioConfig
 from genre_tf.features.audio import AUDIO_EXTENSIONS, AudioError, load_track, segment_bounds, spread_segments
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy.stats import norm
 
-from genre_tf.config.schema import AudioConfig, FeatureConfig, MelConfig
+from genre_tf.config import AudioConfig, FeatureConfig, MelConfig
 from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import analyse_track, decode_mel_png, encode_mel_png
 from genre_tf.features.audio import segment_bounds

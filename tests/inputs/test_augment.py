@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config.schema import AugmentConfig, Config, ConfigError, MelConfig
+from genre_tf.config import AugmentConfig, Config, ConfigError, MelConfig
 from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import encode_mel_png, feature_columns, mel_first_frame, mel_frames_per_segment
 from genre_tf.features.scaling import FeatureScaler

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from genre_tf import models
-from genre_tf.config.schema import ConfigError
+from genre_tf.config import ConfigError
 from genre_tf.data.index import index_paths
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, prepare_index
 from genre_tf.features.analysis import FEATURE_COLUMNS, encode_mel_png, feature_columns

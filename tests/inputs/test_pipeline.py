@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from genre_tf.config.schema import MelConfig
+from genre_tf.config import MelConfig
 from genre_tf.features.analysis import encode_mel_png
 from genre_tf.features.mel import unit_to_db
 from genre_tf.features.scaling import FeatureScaler

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from genre_tf.config.schema import CnnConfig, ConfigError, MlpConfig, ModelConfig, TransferConfig
+from genre_tf.config import CnnConfig, ConfigError, MlpConfig, ModelConfig, TransferConfig
 from genre_tf.models import FAMILIES, WeightsUnavailable, build_model, keras_applications
 from genre_tf.models.keras_applications import ImagePreprocessing
 from genre_tf.models.transfer import (

@@ -10,7 +10,7 @@ import librosa
 import numpy as np
 import pytest
 
-from genre_tf.config.schema import ConfigError
+from genre_tf.config import ConfigError
 from genre_tf.features.musicnn_input import MUSICNN_SAMPLE_RATE, PATCH_FRAMES, log_mel, patches
 from genre_tf.models import musicnn
 from genre_tf.models.musicnn import (
@@ -184,7 +184,7 @@ def test_missing_wheel_is_a_one_line_config_error(monkeypatch):
 
 
 def musicnn_transfer(**kw) -> keras.Model:
-    from genre_tf.config.schema import ModelConfig, TransferConfig
+    from genre_tf.config import ModelConfig, TransferConfig
     from genre_tf.models import build_model
 
     transfer = TransferConfig(**{"backbone": "MSD_musicnn", "weights": None, "head_units": 0, **kw})
@@ -195,7 +195,7 @@ def musicnn_transfer(**kw) -> keras.Model:
 @pytest.mark.parametrize("clip", CLIPS[:1])
 def test_cached_patches_give_the_reference_input(clip):
     """Audio as `prepare` loads it (22050 Hz), patches as the cache stores them, the log in the preprocess layer."""
-    from genre_tf.config.schema import AudioConfig, FeatureConfig, MelConfig
+    from genre_tf.config import AudioConfig, FeatureConfig, MelConfig
     from genre_tf.features.analysis import analyse_track
     from genre_tf.features.audio import load_track
 
@@ -275,7 +275,7 @@ def test_tagger_gives_the_reference_tag_probabilities(monkeypatch, cache_dir):
 
 
 def test_tags_need_a_musicnn_run(tmp_path):
-    from genre_tf.config.schema import load_config, save_config
+    from genre_tf.config import load_config, save_config
     from genre_tf.run import RunDir
     from genre_tf.serving.predict import tag_lines
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import MEL_CLASSES, MEL_IMAGES
 
-from genre_tf.config.schema import CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
+from genre_tf.config import CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features import representations
 from genre_tf.features.representations import MEL_IMAGE
 from genre_tf.inputs.examples import split_data

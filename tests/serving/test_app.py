@@ -23,7 +23,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from genre_tf import predict as predict_command
-from genre_tf.config.schema import CacheConfig, save_config
+from genre_tf.config import CacheConfig, save_config
 from genre_tf.data.demo import DEMO_GENRES, generate_demo
 from genre_tf.features.audio import spread_segments
 from genre_tf.run import RunDir

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from genre_tf.config.schema import save_config
+from genre_tf.config import save_config
 from genre_tf.export import main
 from genre_tf.features import audio
 from genre_tf.run import RunDir

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
-from genre_tf.config.schema import save_config
+from genre_tf.config import save_config
 from genre_tf.data.index import index_paths, track_id_of
 from genre_tf.evaluation.predictions import in_track_order, predict_frame
 from genre_tf.extract import cache
@@ -424,7 +424,7 @@ def test_audio_runs_predict_from_the_graph_decoding_each_file_once_and_writing_n
     """A CNN run and a musicnn run predicted together: each file is decoded once for both, nothing is written in the
     runs' cache, an unreadable file is skipped with its reason, and the answer is the cache recipe's (the graph is
     pinned to it by tests/test_export.py; the same tolerance)."""
-    from genre_tf.config.schema import CacheConfig
+    from genre_tf.config import CacheConfig
     from genre_tf.features import audio
 
     same_audio = ["audio.segment_seconds=1", "audio.segment_hop=0.5"]

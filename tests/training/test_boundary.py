@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import MEL_CLASSES, MEL_IMAGES
 
-from genre_tf.config.schema import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
+from genre_tf.config import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs.examples import Examples, split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
 from genre_tf.inputs.recipe import caches_boundary

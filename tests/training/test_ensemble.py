@@ -17,7 +17,7 @@ import yaml
 
 from genre_tf import evaluate
 from genre_tf import predict as predict_command
-from genre_tf.config.schema import Config, ConfigError, load_ensemble_config, save_config
+from genre_tf.config import Config, ConfigError, load_ensemble_config, save_config
 from genre_tf.ensemble import main
 from genre_tf.evaluation.compare import comparison_table
 from genre_tf.run import RunDir

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from genre_tf import compare, predict
-from genre_tf.config.schema import load_config
+from genre_tf.config import load_config
 from genre_tf.evaluation.report import evaluate_run
 from genre_tf.inputs.pipeline import label_ids
 from genre_tf.run import RunDir

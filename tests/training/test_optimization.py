@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_tf.config.schema import TrainConfig
+from genre_tf.config import TrainConfig
 from genre_tf.inputs.pipeline import label_ids
 from genre_tf.run import RunDir
 from genre_tf.training.fit import class_weights, train

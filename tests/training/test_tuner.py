@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from genre_tf import train as train_module
-from genre_tf.config.schema import ConfigError, load_config
+from genre_tf.config import ConfigError, load_config
 from genre_tf.training import tuner as tune_module
 from genre_tf.training.tuner import make_tuner, read_space, summarise, trial_config
 

@@ -31,9 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
+# ruff, and the layer contract of pyproject.toml's [tool.importlinter] (lower layers never import upper ones).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check genre_tf tests bench
 	$(VENV)/bin/ruff format --check genre_tf tests bench
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix genre_tf tests bench

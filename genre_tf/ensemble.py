@@ -16,12 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
     args = parser.parse_args(argv)
-    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
+    try:
+        cfg = load_ensemble_config(args.config, args.overrides)
+    except ConfigError as err:
+        exit_config_error(err)
+    # Lazy: TensorFlow loads once the config is checked, so --help and a config error are one line and instant.
     from genre_tf.evaluation.metrics import format_headline
     from genre_tf.training.ensemble import build_ensemble
 
     try:
-        cfg = load_ensemble_config(args.config, args.overrides)  # before TensorFlow loads: errors stay one line
         metrics = build_ensemble(cfg, args.overwrite)
     except ConfigError as err:
         exit_config_error(err)

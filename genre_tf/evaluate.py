@@ -20,14 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     from genre_tf.evaluation.metrics import format_headline
     from genre_tf.evaluation.report import evaluate_run
     from genre_tf.run import RunDir
+    from genre_tf.training.ensemble import evaluate_ensemble
 
     run = RunDir(args.run)
     if not (run.model_file.is_file() or run.is_ensemble):
         raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
     try:
         if run.is_ensemble:  # its members' data is checked as each is loaded
-            from genre_tf.training.ensemble import evaluate_ensemble
-
             metrics = evaluate_ensemble(run, args.split or ["valid", "test"])
         else:
             check_data_paths(run.config.data)  # a run is loaded without its data; evaluating reads that data again

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import uvicorn
+from threadpoolctl import threadpool_limits
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.serve", description=__doc__.splitlines()[0])
@@ -21,18 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.app import MB, Limits, create_app
-
-    run = RunDir(args.run)
     from genre_tf.serving.predict import expand_runs
 
+    run = RunDir(args.run)
     for model_run in expand_runs([run])[0]:  # an ensemble: its members
         if not model_run.model_file.is_file():
             raise SystemExit(f"error: {model_run.path} has no model.keras (not a finished run directory)")
     if args.max_mb <= 0 or args.max_seconds <= 0 or args.workers < 0:
         raise SystemExit("error: --max-mb and --max-seconds must be positive, --workers 0 or more")
-    import uvicorn
-    from threadpoolctl import threadpool_limits
-
     # One BLAS thread for the whole process: requests are the parallelism, and extraction's per-call limit, entered
     # and left by several threads at once, would otherwise leave some extractions with more threads (other bytes).
     threadpool_limits(1)

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
         "--evaluate", default="valid,test", help="splits evaluated after training (a tuner trial: valid)"
     )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)  # before TensorFlow loads: a config error stays one line
+    cfg = config_from_args(args)
+    # Lazy: TensorFlow loads once the config is checked, so a config error is one line and instant.
     from genre_tf.evaluation.metrics import format_headline
     from genre_tf.training.fit import train
 

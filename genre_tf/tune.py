@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-trials", type=int, default=10)
     parser.add_argument("--name", help="search name (default: <config name>_<space name>)")
     args = parser.parse_args(argv)
-    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
+    cfg = config_from_args(args)
+    # Lazy: TensorFlow loads once the config is checked, so --help and a config error are one line and instant.
+    from genre_tf.evaluation.compare import to_markdown
     from genre_tf.training.tuner import make_tuner, read_space, summarise
 
-    cfg = config_from_args(args)
     try:
         params = read_space(args.space, cfg)
         out_dir = Path("tuning") / (args.name or f"{cfg.name}_{args.space.stem}")
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> None:
         exit_config_error(err)
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
         table = summarise(tuner, cfg, params, out_dir)
-        from genre_tf.evaluation.compare import to_markdown
-
         print(to_markdown(table))
         print(f"best config: {out_dir / 'best.yaml'}; trials: {out_dir / 'trials.md'}")
 

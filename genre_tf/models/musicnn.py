@@ -217,7 +217,7 @@ def checkpoint_prefix(model_name: str) -> Path:
 
 def convert_checkpoint(model_name: str, model: keras.Model) -> None:
     """Assign the wheel's TF1 checkpoint to `model`, one checkpoint variable per Keras weight, shapes checked."""
-    # TensorFlow only reads the TF1 checkpoint; the network itself runs on any Keras backend.
+    # Lazy: TensorFlow only reads the TF1 checkpoint, once; the network itself runs on any Keras backend.
     import tensorflow as tf
 
     reader = tf.compat.v1.train.NewCheckpointReader(str(checkpoint_prefix(model_name)) + os.sep)

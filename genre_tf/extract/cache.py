@@ -43,7 +43,6 @@ from genre_tf.features.audio import (
 TMP_PREFIX = ".tmp-"
 # The file of segment i of a per-segment representation: a 16-bit mel PNG, or raw little-endian float16 (frames, 96)
 # musicnn patch, which tf.io.decode_raw reads.
-SEGMENT_FILES = {representations.MEL_IMAGE: "mel_{:04d}.png", representations.MUSICNN_PATCH: "musicnn_{:04d}.f16"}
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def entry_files(representation: str, analysis: features.TrackAnalysis, mel: MelC
         segments = [features.encode_mel_png(image, mel) for image in analysis.mel_segments]
     else:
         segments = [patch.astype("<f2").tobytes() for patch in analysis.musicnn_segments]
-    name = SEGMENT_FILES[representation]
+    name = representations.SEGMENT_FILES[representation]
     return {name.format(i): data for i, data in enumerate(segments)}
 
 
@@ -225,8 +224,8 @@ class TrackStore:
         return segment_positions(json.loads((self.entry(digest) / "meta.json").read_text()), self.recipe.audio)
 
     def paths(self, digest: str, n_segments: int) -> list[str]:
-        """The segments' files (SEGMENT_FILES) of a per-segment representation."""
-        name = SEGMENT_FILES[self.representation]
+        """The segments' files (representations.SEGMENT_FILES) of a per-segment representation."""
+        name = representations.SEGMENT_FILES[self.representation]
         return [str(self.entry(digest) / name.format(i)) for i in range(n_segments)]
 
 

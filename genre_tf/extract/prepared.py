@@ -46,20 +46,17 @@ def prepared_dir(cfg: Config) -> Path:
     return Path(cfg.cache.dir) / "prepared" / cfg.name
 
 
-PATH_COLUMNS = {representations.MEL_IMAGE: "mel_path", representations.MUSICNN_PATCH: "musicnn_path"}
-
-
 def _segment_table(tracks: pd.DataFrame, cache: TrackCache, columns: list[str]) -> pd.DataFrame:
     """One row per segment: its track, place, label and split, its cached files, and its feature row if computed."""
     layout = next(iter(cache.stores.values()))  # every store holds the same segments of a track
     names = ["track_id", "segment", "label", "split"]
-    names += [PATH_COLUMNS[name] for name in cache.names if name in PATH_COLUMNS]
+    names += [representations.PATH_COLUMNS[name] for name in cache.names if name in representations.PATH_COLUMNS]
     names += columns if representations.FEATURES in cache.names else []
     frames = []
     for track in tracks.itertuples():
         frame = pd.DataFrame({"track_id": track.track_id, "segment": layout.segment_positions(track.digest)})
         frame["label"], frame["split"] = track.label, track.split  # segment: k, it starts k segment hops in
-        for name, column in PATH_COLUMNS.items():
+        for name, column in representations.PATH_COLUMNS.items():
             if name in cache.names:
                 frame[column] = cache[name].paths(track.digest, track.n_segments)
         if representations.FEATURES in cache.names:
@@ -67,11 +64,6 @@ def _segment_table(tracks: pd.DataFrame, cache: TrackCache, columns: list[str]) 
             frame = pd.concat([frame, pd.DataFrame(rows, columns=columns)], axis=1)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)[names] if frames else pd.DataFrame(columns=names)
-
-
-def model_representations(cfg: Config) -> tuple[str, ...]:
-    """The representations a config's model reads (one today; a tuple, as `prepare_index` takes)."""
-    return (representations.read_by(cfg.model),)
 
 
 def prepare_index(
@@ -87,7 +79,7 @@ def prepare_index(
     calls (`cache.extraction_pool`)."""
     started = time.perf_counter()
     recipe = Recipe.from_config(cfg)
-    cache = TrackCache(cfg.cache.dir, recipe, model_representations(cfg) if names is None else names)
+    cache = TrackCache(cfg.cache.dir, recipe, (representations.read_by(cfg.model),) if names is None else names)
     paths = index.tracks["path"].tolist()
     jobs = cfg.cache.jobs if jobs is None else jobs
     results = extract_all(paths, cfg.cache.dir, recipe, cache.names, jobs=jobs, progress=progress, pool=pool)
@@ -193,7 +185,7 @@ def write_prepared(prepared: Prepared, cfg: Config, out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     if representations.FEATURES in prepared.stats["representations"]:
         write_atomic(out_dir / "features_track.csv", _csv_bytes(prepared.tracks.drop(columns=["path", "digest"])))
-        paths = [column for column in PATH_COLUMNS.values() if column in prepared.segments]
+        paths = [column for column in representations.PATH_COLUMNS.values() if column in prepared.segments]
         write_atomic(out_dir / "features_segment.csv", _csv_bytes(prepared.segments.drop(columns=paths)))
     write_atomic(out_dir / "skipped.csv", _csv_bytes(prepared.skipped))
     write_atomic(out_dir / "summary.json", json.dumps(prepared.stats, indent=1).encode())
@@ -234,7 +226,7 @@ def ignored_lines(ignored: dict[str, int]) -> list[str]:
 def chosen_representations(choice: str, cfg: Config) -> tuple[str, ...]:
     """--representations: `model`, `all`, or names; ConfigError for an unknown one."""
     if choice == "model":
-        return model_representations(cfg)
+        return (representations.read_by(cfg.model),)
     if choice == "all":
         return representations.ALL
     return representations.check([name.strip() for name in choice.split(",") if name.strip()])

@@ -25,9 +25,10 @@ import tensorflow as tf
 from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import INDEX_COLUMNS
 from genre_tf.extract.cache import Recipe, TrackResult, entry_files, segment_positions
-from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, genre_counts, model_representations
+from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, genre_counts
 from genre_tf.features import analysis as features
 from genre_tf.features import representations
+from genre_tf.features.representations import PATH_COLUMNS
 
 MANIFEST = "shards.json"
 INDEX = "index.csv"
@@ -202,7 +203,7 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     feature rows are held still."""
     folder = folder.rstrip("/")
     manifest = read_manifest(folder)
-    names = model_representations(cfg) if names is None else representations.check(names)
+    names = (representations.read_by(cfg.model),) if names is None else representations.check(names)
     check_recipe(manifest, folder, cfg, names)
     read = names if held else tuple(name for name in names if name not in PATH_COLUMNS)
     records = list(track_dataset(shard_files(folder), read).as_numpy_iterator())
@@ -219,7 +220,13 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     n_failed = len(skipped)
     skipped += [tuple(problem) for problem in manifest["problems"]]
     tracks = pd.DataFrame([track for track, _ in tables], columns=[*INDEX_COLUMNS, "digest", "n_segments", *columns])
-    segment_columns = ["track_id", "segment", "label", "split", *(PATH_COLUMNS[n] for n in read if n in PATH_COLUMNS)]
+    segment_columns = [
+        "track_id",
+        "segment",
+        "label",
+        "split",
+        *(PATH_COLUMNS[n] for n in read if n in PATH_COLUMNS),
+    ]
     segment_columns += [] if held else ["shard"]
     segment_columns += columns
     frames = [frame for _, frame in tables]

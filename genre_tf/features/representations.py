@@ -24,6 +24,11 @@ MEL_IMAGE = "mel_image"  # the cached log-mel PNG of a segment
 MUSICNN_PATCH = "musicnn_patch"  # the cached 16 kHz mel power patch of a segment, float16-rounded
 ALL = (FEATURES, MEL_IMAGE, MUSICNN_PATCH)
 
+# The per-segment representations' cached files: the column of a prepared segment table that holds a segment's file
+# (or, read from shards, its bytes), and the file's name in a track's cache entry.
+PATH_COLUMNS = {MEL_IMAGE: "mel_path", MUSICNN_PATCH: "musicnn_path"}
+SEGMENT_FILES = {MEL_IMAGE: "mel_{:04d}.png", MUSICNN_PATCH: "musicnn_{:04d}.f16"}
+
 # Bumped when a representation's recipe changes what it computes: its entries are then made again, the others kept.
 VERSIONS = {FEATURES: "1", MEL_IMAGE: "1", MUSICNN_PATCH: "1"}
 

@@ -19,7 +19,7 @@ from genre_tf import models
 from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import Index, index_table
 from genre_tf.extract.cache import SharedPool
-from genre_tf.extract.prepared import PATH_COLUMNS, SKIPPED_COLUMNS, Prepared, prepare, prepare_index
+from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
 from genre_tf.extract.shards import read_prepared, shard_files
 from genre_tf.features import musicnn_input, representations
 from genre_tf.features.analysis import feature_columns
@@ -180,7 +180,7 @@ def segment_decoding(cfg: Config) -> tuple[Callable[[tf.Tensor], tf.Tensor], pip
 
 def input_column(cfg: Config) -> str:
     """The examples' column of cached input files the model reads (its content-addressed paths)."""
-    return PATH_COLUMNS[model_input(cfg)]
+    return representations.PATH_COLUMNS[model_input(cfg)]
 
 
 def input_shape(cfg: Config, scaler: Scaler | None) -> tuple[int, ...]:

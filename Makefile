@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0
 	# librosa's numba kernels compiled once into their on-disk cache (half a minute), as pip compiles bytecode:
 	# every later process, test workers and extraction workers alike, loads them instead of compiling its own.
-	$(PY) -c "from genre_tf.extract.cache import compile_kernels; compile_kernels()"
+	$(PY) -c "from genre_tf.extract.pool import compile_kernels; compile_kernels()"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,7 +40,8 @@ from threadpoolctl import threadpool_limits
 
 import genre_tf.features.analysis
 from genre_tf.config import FeatureConfig, MelConfig, load_config
-from genre_tf.extract.cache import Recipe, TrackCache, extract_track, file_digest
+from genre_tf.extract.cache import Recipe, TrackCache, file_digest
+from genre_tf.extract.track import extract_track
 from genre_tf.features import representations
 from genre_tf.features.analysis import FEATURE_COLUMNS, analyse_track
 

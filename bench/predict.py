@@ -9,7 +9,7 @@ rows). Untrained weights cost what trained ones cost: this measures time, not ac
    imported, the model loaded by predict itself), with the runs' default workers (one per core): extraction
    processes for the MLP's feature rows, decoding threads for the audio models, which predict from the exported
    preprocessing graph and write no cache file (the count of cache files per clip printed says so);
-2. the floor, for the audio models: every file decoded as the exported model takes it (`export.read_waveform`)
+2. the floor, for the audio models: every file decoded as the exported model takes it (`frontend.read_waveform`)
    and the run's exported SavedModel called on it, one clip after another in the same process. What predict
    does beyond that (loading the model and tracing its graph, the CSV) is the overhead the ratio shows; its
    decoding threads decode two files at once on two cores, which the floor, one clip after another, does not.

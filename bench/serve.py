@@ -3,7 +3,7 @@
 Starts `python -m genre_tf.serve` on 127.0.0.1 (a free port) with a run, and exports the run's SavedModel in this
 process. With a real 30 s clip (gtzan_mini, FLAC) it then
 1. single client: uploads the clip `--single` times, one after another, alternating with the floor, which decodes
-   the same file as the exported model takes it (`export.read_waveform`) and calls the SavedModel on it: p50 / p95
+   the same file as the exported model takes it (`frontend.read_waveform`) and calls the SavedModel on it: p50 / p95
    of each, and the service's p50 as a multiple of the floor's;
 2. sends `--concurrent` uploads at once: how many are answered, latency p50 / p95, and the throughput in clips/s
    against what the floor allows (one clip per floor p50, one after another on these cores);

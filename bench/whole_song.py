@@ -1,7 +1,7 @@
 """Benchmark: what one whole song costs to prepare: wall time, CPU time, peak memory and files, per track length.
 
 A song is made by joining gtzan_mini clips end to end (20 clips: 10 minutes) and written as a 44.1 kHz stereo MP3,
-as a user's library has it. Each length is extracted in a fresh process (`genre_tf.extract.cache.extract_all`, one job,
+as a user's library has it. Each length is extracted in a fresh process (`genre_tf.extract.pool.extract_all`, one job,
 a cold cache in a temporary folder) under the recipe of configs/gtzan_mini.yaml, so the peak resident memory
 printed is that of one extraction worker for that track.
 
@@ -27,7 +27,8 @@ CLIPS = REPO.parent / "shared" / "data" / "gtzan_mini"
 WORKER = """
 import json, resource, sys, time
 from pathlib import Path
-from genre_tf.extract.cache import Recipe, extract_all
+from genre_tf.extract.cache import Recipe
+from genre_tf.extract.pool import extract_all
 from genre_tf.config import load_config
 song, cache = sys.argv[1], Path(sys.argv[2])
 cfg = load_config("configs/gtzan_mini.yaml", [f"cache.dir={cache}"])

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genre_tf.config import ConfigError
+from genre_tf.run import RunDir
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.export", description=__doc__.splitlines()[0])
@@ -17,22 +20,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", required=True, help="saved_model (a folder) or tflite (a file)")
     parser.add_argument("--output", type=Path, help="default: <run>/export/saved_model or <run>/export/<run>.tflite")
     args = parser.parse_args(argv)
-    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
-    from genre_tf.run import RunDir
-    from genre_tf.serving.export import FORMATS, check_output, check_run, default_output, describe, export
-    from genre_tf.serving.export_ensemble import check_ensemble, describe_ensemble
+    run = RunDir(args.run)
+    check_ensemble(run) if run.is_ensemble else check_run(run)  # before TensorFlow loads: errors stay one line
+    # Lazy: the library (TensorFlow) loads once the run is checked, so --help and a bad run are one line and instant.
+    from genre_tf.serving.export import FORMATS, check_output, default_output, describe, export
+    from genre_tf.serving.export_ensemble import describe_ensemble
 
     if args.format not in FORMATS:
         raise SystemExit(f"error: --format must be saved_model or tflite, got {args.format!r}")
-    run = RunDir(args.run)
-    if run.is_ensemble:
-        check_ensemble(run)
-    else:
-        check_run(run)
     output = args.output or default_output(run, args.format)
     check_output(output, args.format)
     metadata = export(run, args.format, output, progress=lambda line: print(line, flush=True))
     print("\n".join((describe_ensemble if run.is_ensemble else describe)(metadata)))
+
+
+def check_run(run: RunDir) -> None:
+    """A run that can be exported, or a one-line error."""
+    if not run.path.is_dir():
+        raise SystemExit(f"error: no such run directory: {run.path}")
+    if not run.model_file.is_file():
+        raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    try:
+        run.config  # noqa: B018  (reads and validates config.yaml)
+    except ConfigError as err:
+        raise SystemExit(f"error: {run.config_file}: {err}") from None
+
+
+def check_ensemble(run: RunDir) -> None:
+    """An ensemble run whose members can be loaded, or a one-line error."""
+    for member in run.members():
+        if not member.run.model_file.is_file():
+            raise SystemExit(f"error: {member.run.path} has no model.keras (not a finished run directory)")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import keras
-
 from genre_tf.config import Config, load_config
 from genre_tf.features.scaling import Scaler, load_scaler
 
@@ -91,9 +89,11 @@ class RunDir:
         ]
 
     def load_model(self):
+        """The run's model.keras, with the custom layers of genre_tf.models registered."""
+        # Lazy: Keras (TensorFlow) loads only when a model does, so reading a run's config, classes or metrics is fast.
+        from genre_tf.models import load_saved_model
 
-        # Uncompiled: a saved run is for predicting, and its training loss may be one this process never imported.
-        return keras.models.load_model(self.model_file, compile=False)
+        return load_saved_model(self.model_file)
 
     def metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text())

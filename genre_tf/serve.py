@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
-    from genre_tf.serving.app import MB, Limits, create_app
+    from genre_tf.serving.app import create_app
     from genre_tf.serving.predict import expand_runs
+    from genre_tf.serving.uploads import MB, Limits
 
     run = RunDir(args.run)
     for model_run in expand_runs([run])[0]:  # an ensemble: its members

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from genre_tf import models
+from genre_tf.evaluation import plots
 from genre_tf.run import RunDir
 
 
@@ -64,3 +65,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|---" * len(table.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def write_comparison(table: pd.DataFrame, output: Path) -> str:
+    """The table as output.csv and output.md, and a bar chart of its accuracies as output.png; returns the markdown."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output.with_suffix(".csv"), index=False)
+    markdown = to_markdown(table)
+    output.with_suffix(".md").write_text(markdown + "\n")
+    series = {k: table[k].tolist() for k in ("valid_track_acc", "test_segment_acc", "test_track_acc")}
+    plots.comparison_png(table["run"].tolist(), series, output.with_suffix(".png"))
+    return markdown

@@ -3,7 +3,7 @@
     python -m genre_tf.prepare --config C --engine beam [--beam-options "--runner=DirectRunner ..."] [--output DIR]
 
 As TFDS runs one `_generate_examples` under its local loop or Beam, both engines call the one analysis of a track
-(`cache.analyse_file`); only where the result goes differs: the local engine writes cache entries, this one a
+(`track.analyse_file`); only where the result goes differs: the local engine writes cache entries, this one a
 record per track into sharded TFRecord files (genre_tf.extract.shards). The pipeline reads the index from the output
 folder (written there first), so the workers of a cluster runner need only that folder and the audio's paths.
 Imported only for `--engine beam`: the local engine needs no Beam installed.
@@ -27,7 +27,9 @@ from threadpoolctl import threadpool_limits
 from genre_tf.config import Config
 from genre_tf.data.index import Index
 from genre_tf.extract import shards
-from genre_tf.extract.cache import Recipe, analyse_file, compile_kernels, file_digest
+from genre_tf.extract.cache import Recipe, file_digest
+from genre_tf.extract.pool import compile_kernels
+from genre_tf.extract.track import analyse_file
 from genre_tf.features.audio import AudioError
 
 TRACKS_PER_SHARD = 256  # the default shard count gives shards of about this many tracks

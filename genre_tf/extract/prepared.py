@@ -24,7 +24,8 @@ import pandas as pd
 from genre_tf.config import Config, save_config
 from genre_tf.data.demo import generate_demo
 from genre_tf.data.index import SPLITS, Index, build_index
-from genre_tf.extract.cache import Recipe, SharedPool, TrackCache, extract_all, write_atomic
+from genre_tf.extract.cache import Recipe, TrackCache, write_atomic
+from genre_tf.extract.pool import SharedPool, extract_all
 from genre_tf.features import analysis as features
 from genre_tf.features import representations
 
@@ -76,7 +77,7 @@ def prepare_index(
 ) -> Prepared:
     """Extract (or find in the cache) the representations `names` (default: what the config's model reads) of
     every track of an index and assemble the tables; `pool`: extraction's worker processes, shared with other
-    calls (`cache.extraction_pool`)."""
+    calls (`pool.extraction_pool`)."""
     started = time.perf_counter()
     recipe = Recipe.from_config(cfg)
     cache = TrackCache(cfg.cache.dir, recipe, (representations.read_by(cfg.model),) if names is None else names)

@@ -55,7 +55,7 @@ def track_record(
     analysed: tuple[features.TrackAnalysis, dict] | str,
 ) -> bytes:
     """One track as a serialized tf.train.Example: `track` is its index row (with `position`); `analysed` is
-    `cache.analyse_file`'s (analysis, meta), or the skip reason (a str) where the file was bad."""
+    `track.analyse_file`'s (analysis, meta), or the skip reason (a str) where the file was bad."""
     fields = {key: str(track[key]) for key in INDEX_COLUMNS}
     fields["digest"] = digest or ""
     if isinstance(analysed, str):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from genre_tf import models
 from genre_tf.config import Config, ConfigError
 from genre_tf.data.index import Index, index_table
-from genre_tf.extract.cache import SharedPool
+from genre_tf.extract.pool import SharedPool
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
 from genre_tf.extract.shards import read_prepared, shard_files
 from genre_tf.features import musicnn_input, representations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
@@ -66,3 +67,9 @@ def family(cfg: ModelConfig) -> Family:
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
     """Build (not compile) the `cfg.kind` model for inputs of `input_shape` (no batch axis) and n_classes."""
     return family(cfg).build(cfg, input_shape, n_classes)
+
+
+def load_saved_model(path: Path) -> keras.Model:
+    """A saved model.keras, its custom layers registered by importing this package; uncompiled: a saved run is for
+    predicting, and its training loss may be one this process never imported."""
+    return keras.models.load_model(path, compile=False)

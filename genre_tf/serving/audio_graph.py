@@ -1,8 +1,8 @@
 """An audio run's model inputs made in the graph `export` builds, and its model called on them: what `serve` and
 `predict` run on a decoded waveform instead of reading a cache entry.
 
-The waveform comes as the exported model takes it (`export.read_waveform`); its segments' inputs are made by the
-exported preprocessing (`export.audio_frontend`, `cut_segments`), which tests/test_export.py pins to the cache's
+The waveform comes as the exported model takes it (`frontend.read_waveform`); its segments' inputs are made by the
+exported preprocessing (`frontend.audio_frontend`, `cut_segments`), which tests/test_export.py pins to the cache's
 recipe, and the segments go to the model `train.batch_size` at a time. A musicnn run may carry its backbone's
 pretrained tagger, whose tags come from the same backbone pass where the run's backbone is still the tagger's.
 `serve` also makes a table run's (the MLP's) feature rows from the decoded waveform (`FeatureRows`, by the cache's
@@ -19,9 +19,11 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf.config import AudioConfig
-from genre_tf.extract.cache import Recipe, analyse_waveform, segment_positions
+from genre_tf.extract.cache import Recipe, segment_positions
+from genre_tf.extract.track import analyse_waveform
+from genre_tf.features import audio
 from genre_tf.features.analysis import feature_columns
-from genre_tf.features.audio import AudioError, load_track
+from genre_tf.features.audio import AudioError
 from genre_tf.features.representations import FEATURES
 from genre_tf.inputs.examples import reads_features
 from genre_tf.models.transfer import get_backbone
@@ -83,7 +85,7 @@ class AudioGraph:
 
 class FeatureRows:
     """A table run's (the MLP's) feature rows of a waveform, made as the cache makes them (`features.analyse_track` on
-    the track's segments, a clip shorter than one segment tiled to fill one, as `cache.analyse_file` does), and its
+    the track's segments, a clip shorter than one segment tiled to fill one, as `track.analyse_file` does), and its
     scaler and model on a batch of them: what `serve` runs on a decoded waveform instead of writing a cache entry. It
     answers as an AudioGraph does (`segments`, `batch`), so a table run shares an upload's decoded waveform too."""
 
@@ -164,7 +166,7 @@ def waveform_inputs(
         decoding, reading = decoding_key(cfg.audio), input_key(cfg)
         if decoding not in decoded:
             try:
-                decoded[decoding] = load_track(Path(path), cfg.audio)
+                decoded[decoding] = audio.load_track(Path(path), cfg.audio)
             except AudioError as err:
                 decoded[decoding] = str(err)
         if isinstance(decoded[decoding], str):

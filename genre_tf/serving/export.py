@@ -39,7 +39,6 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from genre_tf import models
-from genre_tf.config import ConfigError
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import QuantileScaler
 from genre_tf.inputs.examples import reads_features
@@ -254,18 +253,6 @@ def describe(metadata: dict) -> list[str]:
     if metadata.get("tflite_select_ops"):
         lines.append("note: uses TF Select ops (Flex): the interpreter needs the Flex delegate")
     return lines
-
-
-def check_run(run: RunDir) -> None:
-    """A run that can be exported, or a one-line error."""
-    if not run.path.is_dir():
-        raise SystemExit(f"error: no such run directory: {run.path}")
-    if not run.model_file.is_file():
-        raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
-    try:
-        run.config  # noqa: B018  (reads and validates config.yaml)
-    except ConfigError as err:
-        raise SystemExit(f"error: {run.config_file}: {err}") from None
 
 
 def check_output(output: Path, fmt: str) -> None:

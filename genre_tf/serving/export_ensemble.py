@@ -161,10 +161,3 @@ def describe_ensemble(metadata: dict) -> list[str]:
         *(["note: uses TF Select ops (Flex): the interpreter needs the Flex delegate"]
           if metadata.get("tflite_select_ops") else []),
     ]  # fmt: skip
-
-
-def check_ensemble(run: RunDir) -> None:
-    """An ensemble run whose members can be loaded, or a one-line error."""
-    for member in run.members():
-        if not member.run.model_file.is_file():
-            raise SystemExit(f"error: {member.run.path} has no model.keras (not a finished run directory)")

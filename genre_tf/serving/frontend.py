@@ -20,9 +20,9 @@ import tensorflow as tf
 from genre_tf import models
 from genre_tf.config import AudioConfig, Config
 from genre_tf.evaluation.pooling import PROBABILITY_FLOOR
-from genre_tf.features import musicnn_input
+from genre_tf.features import audio, musicnn_input
 from genre_tf.features.analysis import mel_frames_per_segment
-from genre_tf.features.audio import load_track, segment_hop_samples, segment_samples
+from genre_tf.features.audio import segment_hop_samples, segment_samples
 from genre_tf.features.mel import AMIN, db_to_unit
 from genre_tf.features.musicnn_input import to_musicnn_rate
 from genre_tf.features.representations import FEATURES, MEL_IMAGE, shaping_parameters
@@ -190,7 +190,7 @@ def cut_segments(waveform, frontend: AudioFrontend):
 
 def read_waveform(path: Path, cfg: Config) -> np.ndarray:
     """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
-    return at_model_rate(load_track(path, cfg.audio), cfg)
+    return at_model_rate(audio.load_track(path, cfg.audio), cfg)
 
 
 def at_model_rate(y: np.ndarray, cfg: Config) -> np.ndarray:

@@ -46,7 +46,7 @@ from genre_tf.config import CacheConfig, ConfigError
 from genre_tf.data.index import Index, index_paths
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
-from genre_tf.extract.cache import extraction_pool
+from genre_tf.extract.pool import extraction_pool
 from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.inputs.examples import (
     Examples,

@@ -43,6 +43,7 @@ from genre_tf.features.scaling import Scaler, fit_scaler
 from genre_tf.inputs import augment
 from genre_tf.inputs.examples import Examples, SplitData, input_shape, load_examples, reads_features, split_data
 from genre_tf.inputs.pipeline import train_dataset
+from genre_tf.inputs.recipe import cache_off_note, caches_boundary
 from genre_tf.models import transfer
 from genre_tf.run import RunDir
 from genre_tf.training import boundary
@@ -101,7 +102,7 @@ def fit_phases(
     splits = ("train", "valid") if all(phase.validates for phase in phases) else ("train",)
     frames = {split: examples.split(split) for split in splits}
     data = {split: split_data(frame, cfg, classes, scaler, train=split == "train") for split, frame in frames.items()}
-    if note := boundary.cache_off_note(cfg):
+    if note := cache_off_note(cfg):
         print(note)
     log = PhaseLog.load(run)
     keras.utils.set_random_seed(cfg.seed)  # the initial weights depend on the seed alone: a refit starts from them too
@@ -136,7 +137,7 @@ def _phase_inputs(
     if run.model_file.is_file():  # a later phase starts from the best weights so far
         model.load_weights(run.model_file)
     batch_size = cfg.train.batch_size
-    if not boundary.caches_boundary(cfg):
+    if not caches_boundary(cfg):
         valid = data["valid"].batches(batch_size) if "valid" in data else None
         if valid is not None and cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels: valid goes one-hot
             valid = valid.map(lambda x, y: (x, tf.one_hot(y, len(run.classes))))

@@ -14,7 +14,8 @@ import soundfile as sf
 
 from genre_tf.config import load_config
 from genre_tf.data.demo import generate_demo
-from genre_tf.extract.cache import Recipe, TrackStore, extract_all, file_digest, legacy_note
+from genre_tf.extract.cache import Recipe, TrackStore, file_digest, legacy_note
+from genre_tf.extract.pool import extract_all
 from genre_tf.features import analysis as features
 from genre_tf.features.representations import ALL, FEATURES, MEL_IMAGE, MUSICNN_PATCH
 

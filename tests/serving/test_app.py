@@ -28,7 +28,8 @@ from genre_tf.data.demo import DEMO_GENRES, generate_demo
 from genre_tf.features.audio import spread_segments
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
-from genre_tf.serving.app import MB, BadInput, Limits, Predictor, Upload, create_app, receive_upload
+from genre_tf.serving.app import Predictor, create_app
+from genre_tf.serving.uploads import MB, BadInput, Limits, Upload, receive_upload
 
 REPO = Path(__file__).resolve().parents[2]
 BOUNDARY = "genre-tf-test-boundary"
@@ -319,13 +320,11 @@ def test_a_table_run_is_served_from_its_feature_rows_as_predict_does(
 
 
 def decodes(monkeypatch) -> list[Path]:
-    """The files the audio loader decodes from now on, as serving (`audio`) or the cache (`cache`) calls it."""
-    from genre_tf.extract import cache
+    """The files the audio loader decodes from now on: serving and the cache both call it as `audio.load_track`."""
     from genre_tf.features import audio
 
     decoded, load_track = [], audio.load_track
-    for module in (audio, cache):
-        monkeypatch.setattr(module, "load_track", lambda path, cfg: decoded.append(path) or load_track(path, cfg))
+    monkeypatch.setattr(audio, "load_track", lambda path, cfg: decoded.append(path) or load_track(path, cfg))
     return decoded
 
 

@@ -21,10 +21,11 @@ from genre_tf.export import main
 from genre_tf.features import audio
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
-from genre_tf.serving.app import EnsemblePredictor, Limits, Upload, create_app
+from genre_tf.serving.app import EnsemblePredictor, create_app
 from genre_tf.serving.export import tflite_bytes, write_saved_model
 from genre_tf.serving.export_ensemble import ensemble_serving_module
 from genre_tf.serving.frontend import read_waveform
+from genre_tf.serving.uploads import Limits, Upload
 
 SR = 22050
 
@@ -167,12 +168,10 @@ def test_an_upload_is_decoded_once_and_a_shared_input_made_once(runs, own, monke
 def test_a_table_member_reads_the_upload_decoded_for_the_audio_members(runs, tmp_path, monkeypatch):
     """The MLP's feature rows are made from the waveform the CNNs and the probe read (their decoding settings are
     equal): one decode per upload for all four members, no cache entry written, and predict's answer."""
-    from genre_tf.extract import cache
-
     predictor = EnsemblePredictor(runs["all"], Limits())
     decoded, load_track = [], audio.load_track
-    for module in (audio, cache):  # serving's loader, and the cache's, which predict's table runs go through
-        monkeypatch.setattr(module, "load_track", lambda *args: decoded.append(args[0]) or load_track(*args))
+    # serving's loader and the cache's, which predict's table runs go through: both call audio.load_track
+    monkeypatch.setattr(audio, "load_track", lambda *args: decoded.append(args[0]) or load_track(*args))
     folder = tmp_path / "request"
     answers = []
     for clip in runs["clips"]:

@@ -13,7 +13,7 @@ from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from genre_tf.config import save_config
 from genre_tf.data.index import index_paths, track_id_of
 from genre_tf.evaluation.predictions import in_track_order, predict_frame
-from genre_tf.extract import cache
+from genre_tf.extract import pool
 from genre_tf.extract.prepared import prepare_index
 from genre_tf.features.representations import FEATURES, MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.predict import main
@@ -195,7 +195,7 @@ def test_predicting_training_audio_reads_the_training_cache_entries(tmp_path, ma
     def no_extraction(path, digest, track_cache):
         raise AssertionError(f"{path} extracted again into {track_cache.names}")
 
-    monkeypatch.setattr(cache, "extract_track", no_extraction)
+    monkeypatch.setattr(pool, "extract_track", no_extraction)
     examples = load_inputs(run, clips)
     assert examples.frame[["track_id", "segment"]].values.tolist() == [["long", 0], ["long", 1], ["short", 0]]
     assert examples.skipped.empty

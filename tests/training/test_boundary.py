@@ -16,7 +16,7 @@ from conftest import MEL_CLASSES, MEL_IMAGES
 from genre_tf.config import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs.examples import Examples, split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
-from genre_tf.inputs.recipe import caches_boundary
+from genre_tf.inputs.recipe import cache_off_note, caches_boundary
 from genre_tf.models import build_model
 from genre_tf.run import RunDir
 from genre_tf.training import boundary
@@ -109,11 +109,9 @@ def test_augmentation_turns_the_cache_off_and_training_says_so(tmp_path, frame, 
     for item in ({"mixup_alpha": 0.2}, {"time_shift": 0.5}, {"freq_masks": 1, "freq_mask_bands": 4}):
         assert not caches_boundary(replace(cached, augment=AugmentConfig(**item))), item
     assert caches_boundary(replace(cached, augment=AugmentConfig(time_masks=2))), "a mask of width 0 is no mask"
-    assert boundary.cache_off_note(cached) is None
-    assert (
-        boundary.cache_off_note(augmented) == "boundary cache off: augmentation changes what the frozen backbone sees"
-    )
-    assert boundary.cache_off_note(replace(augmented, model=ModelConfig(kind="cnn"))) is None  # it never caches
+    assert cache_off_note(cached) is None
+    assert cache_off_note(augmented) == "boundary cache off: augmentation changes what the frozen backbone sees"
+    assert cache_off_note(replace(augmented, model=ModelConfig(kind="cnn"))) is None  # it never caches
 
     fitted = {}
     monkeypatch.setattr(

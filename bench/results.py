@@ -113,21 +113,6 @@ EXPERIMENTS["cnn_augmented_no_masks_refit"] = [*EXPERIMENTS["cnn_augmented_no_ma
                                                "train.refit_schedule=anneal"]  # fmt: skip
 EXPERIMENTS["cnn_augmented_no_masks_refit_follow"] = [*EXPERIMENTS["cnn_augmented_no_masks"], *REFIT]  # the default
 TRACK_LEVEL = {name for name, overrides in EXPERIMENTS.items() if "model.level=track" in overrides}
-# The training recipes, before and after: per family, the earlier recipe, the recipes that improved on it, and what
-# changed (recipes.md).
-RECIPES = [
-    ("MLP, 30 s features", "mlp_30s", ["mlp_30s_refit", "mlp_30s_quantile_refit"],
-     "quantile scaler (valid's choice), refit"),
-    ("MLP, 3 s features", "mlp_3s", ["mlp_3s_augmented", "mlp_3s_augmented_refit"],
-     "feature noise 0.2, mixup 0.2, cosine schedule with one warm-up epoch; refit"),
-    ("CNN from scratch", "cnn", ["cnn_augmented", "cnn_augmented_no_masks", "cnn_augmented_no_masks_refit"],
-     "gain up to 6 dB, time crops up to half a hop, mixup 0.2, cosine schedule, SpecAugment 2 x 16 frames and "
-     "2 x 16 bands (dropped after the ablation); refit with its schedule squeezed into the chosen epochs "
-     "(`train.refit_schedule: anneal`)"),
-    ("MobileNet, ImageNet, top 3 blocks fine-tuned", "mobilenet_imagenet_top3", ["mobilenet_imagenet_top3_refit"],
-     "cosine schedule, refit"),
-    ("MSD_musicnn frozen, new head", "musicnn_msd_frozen", ["musicnn_msd_frozen_refit"], "cosine schedule, refit"),
-]  # fmt: skip
 
 # Ensembles of the runs above, fold by fold (genre_tf.ensemble: weights chosen on each fold's valid split alone, a
 # refitted member judged there by its model chosen on valid). The family pool takes each family's recipe with the
@@ -310,6 +295,23 @@ def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
         train_seconds_mean=("train_seconds", "mean"),
     )
     return stats.reindex([m for m in order if m in stats.index]).reset_index()
+
+
+# The training recipes, before and after: per family, the earlier recipe, the recipes that improved on it, and what
+# changed (recipes.md).
+RECIPES = [
+    ("MLP, 30 s features", "mlp_30s", ["mlp_30s_refit", "mlp_30s_quantile_refit"],
+     "quantile scaler (valid's choice), refit"),
+    ("MLP, 3 s features", "mlp_3s", ["mlp_3s_augmented", "mlp_3s_augmented_refit"],
+     "feature noise 0.2, mixup 0.2, cosine schedule with one warm-up epoch; refit"),
+    ("CNN from scratch", "cnn", ["cnn_augmented", "cnn_augmented_no_masks", "cnn_augmented_no_masks_refit"],
+     "gain up to 6 dB, time crops up to half a hop, mixup 0.2, cosine schedule, SpecAugment 2 x 16 frames and "
+     "2 x 16 bands (dropped after the ablation); refit with its schedule squeezed into the chosen epochs "
+     "(`train.refit_schedule: anneal`)"),
+    ("MobileNet, ImageNet, top 3 blocks fine-tuned", "mobilenet_imagenet_top3", ["mobilenet_imagenet_top3_refit"],
+     "cosine schedule, refit"),
+    ("MSD_musicnn frozen, new head", "musicnn_msd_frozen", ["musicnn_msd_frozen_refit"], "cosine schedule, refit"),
+]  # fmt: skip
 
 
 def recipes(summary: pd.DataFrame) -> pd.DataFrame:

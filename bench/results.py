@@ -484,8 +484,8 @@ def main() -> None:
 
 
 def write_cv_summaries(folds: pd.DataFrame) -> None:
-    """The cross-validation's tables and plot from its fold rows: cv.csv / cv.md / cv.png, recipes.md, ablation.md,
-    ensembles.md and ensembles_musicnn.md in bench/results/, each printed."""
+    """The tables and plot of the fold rows: cv.csv / .md / .png, recipes.md, ensembles_musicnn.md, ablation.md and
+    ensembles.md in bench/results/, each printed."""
     from genre_tf import plots
     from genre_tf.compare import to_markdown
 

@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: demo test lint format bench results install clean
+.PHONY: demo test lint format bench results docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,16 @@ bench: $(STAMP)
 # Every number of the README's Results section, from ../shared/data (about 6 hours on 2 cores; resumable).
 results: $(STAMP)
 	$(PY) bench/results.py
+
+# The documentation site into site/: the pages of docs/, the API reference from the docstrings (read, not imported),
+# the Results and Benchmarks tables from bench/results/. --strict: a broken link, anchor or included file fails it.
+# The two variables quiet a notice some plugins print about a future MkDocs 2; the docs extra keeps mkdocs below 2.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 clean:
 	rm -rf data/cache data/demo saved_models/*/

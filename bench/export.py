@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.evaluation.predictions import predict_frame
 from genre_tf.inputs.examples import reads_features
@@ -83,13 +84,13 @@ def track_probabilities(predictor, x: np.ndarray, per_row: bool) -> tuple[np.nda
     return (probs.mean(axis=0) if per_row else probs), seconds
 
 
-def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
-    """Agreement, largest difference and latency of both formats of one run, as printable lines."""
+def bench_run(run: RunDir, paths: list[Path]) -> list[dict]:
+    """Agreement, largest difference and latency of both formats of one run, a row each."""
     print(f"{run.path.name}: predicting {len(paths)} clips with predict", flush=True)
     examples = load_inputs(run, paths)
     tracks, expected = predict_frame(run, examples.frame)
     inputs = clip_inputs(run, paths, examples)
-    lines = []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, suffix, load in (("saved_model", "", saved_model_predictor), ("tflite", ".tflite", tflite_predictor)):
             output = Path(tmp) / f"{run.path.name}{suffix}"
@@ -99,11 +100,18 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[str]:
             got = np.stack([probs for probs, _ in results])
             agree = np.mean(got.argmax(axis=1) == expected.argmax(axis=1))
             ms = 1000 * np.array([seconds for _, seconds in results])
-            lines.append(
-                f"| {run.path.name} | {fmt} | {len(tracks)} | {agree:.1%} | {np.abs(got - expected).max():.2e} "
-                f"| {np.median(ms):.1f} | {ms.mean():.1f} |"
+            rows.append(
+                {
+                    "run": run.path.name,
+                    "format": fmt,
+                    "clips": len(tracks),
+                    "top-1 agreement": f"{agree:.1%}",
+                    "max prob diff": f"{np.abs(got - expected).max():.2e}",
+                    "median ms/clip": f"{np.median(ms):.1f}",
+                    "mean ms/clip": f"{ms.mean():.1f}",
+                }
             )
-    return lines
+    return rows
 
 
 def latencies_ms(predictors: list, inputs: list[np.ndarray], repeats: int) -> list[float]:
@@ -131,8 +139,8 @@ def best_member(ensemble: RunDir) -> tuple[str, str]:
     return members[int(np.argmax([m.weight for m in members]))].run.path.name, "heaviest"
 
 
-def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
-    """Size and latency of the exported ensemble and of each member exported alone, on one clip, as table rows."""
+def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[dict]:
+    """Size and latency of the exported ensemble and of each member exported alone, on one clip, a row each."""
     best, why = best_member(ensemble)
     runs = [ensemble, *(member.run for member in ensemble.members())]
     labels, sizes, predictors, waveforms = [], [], [], []
@@ -147,12 +155,14 @@ def bench_ensemble(ensemble: RunDir, clip: Path, repeats: int) -> list[str]:
                 output = Path(tmp) / f"{run.path.name}{suffix}"
                 rate = export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))["sample_rate"]
                 waveforms.append(waveform_at(clip, runs[1:] if run is ensemble else [run], rate))
-                labels.append(f"{label} | {rate} Hz | {fmt}")
+                labels.append({"artefact": label, "takes": f"{rate} Hz", "format": fmt})
                 sizes.append(artefact_bytes(output))
                 predictors.append(load(output))
         times = latencies_ms(predictors, waveforms, repeats)
-    lines = [f"| {label} | {size:,} | {ms:.1f} |" for label, size, ms in zip(labels, sizes, times, strict=True)]
-    return lines
+    return [
+        {"ensemble": ensemble.path.name, **label, "bytes": f"{size:,}", "median ms/clip": f"{ms:.1f}"}
+        for label, size, ms in zip(labels, sizes, times, strict=True)
+    ]
 
 
 def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
@@ -207,18 +217,22 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ensemble = stand_in_ensemble(Path(tmp)) if args.stand_ins else RunDir(args.ensemble)
             rows = bench_ensemble(ensemble, paths[0], args.repeats)
-        print(f"\none clip: {paths[0].name}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        print(f"\none clip: {paths[0].name}; load average {load}")
         print("| run | takes | format | bytes | median ms/clip |\n|---|---|---|---|---|")
-        print("\n".join(rows))
+        print("\n".join(f"| {r['artefact']} | {r['takes']} | {r['format']} | {r['bytes']} | {r['median ms/clip']} |"
+                        for r in rows))  # fmt: skip
+        record("export_ensemble", [row | {"clip": paths[0].name, "load average": load} for row in rows], ["ensemble"])
         return
     runs = [RunDir(p) for p in args.run or [RUNS / name for name in DEFAULT_RUNS]]
     missing = [str(run.path) for run in runs if not run.model_file.is_file()]
     if missing:
         raise SystemExit(f"error: no trained run at {', '.join(missing)} (make results trains them, or give --run)")
-    rows = [line for run in runs for line in bench_run(run, paths)]
+    rows = [row for run in runs for row in bench_run(run, paths)]
     print("\n| run | format | clips | top-1 agreement | max prob diff | median ms/clip | mean ms/clip |")
     print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print("\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows))
+    record("export", rows, key=["run"])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from predict import SHARED_DATA, make_run, spread_clips  # bench/predict.py, beside this script
+from result_table import record  # bench/result_table.py, beside this script
 
 FAMILIES = {"musicnn": "musicnn.yaml", "cnn": "cnn.yaml"}
 
@@ -90,15 +91,25 @@ def predicted_at_rate(run_path: Path, paths: list[Path], waveforms: list[np.ndar
     return np.stack([by_track[track] for track in index_paths(files).tracks.track_id])
 
 
-def agreement(got: np.ndarray, want: np.ndarray) -> str:
+def agreement_figures(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float]:
     """Top-1 agreement, largest and mean absolute probability difference."""
     diff = np.abs(got - want)
-    top1 = np.mean(got.argmax(axis=1) == want.argmax(axis=1))
-    return f"top-1 {top1:6.1%}, max {diff.max():.4f}, mean {diff.mean():.5f}"
+    return float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))), float(diff.max()), float(diff.mean())
 
 
-def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) -> None:
-    """Print, per rate, the agreement of the run's exported signature for that rate with predict."""
+def agreement(got: np.ndarray, want: np.ndarray) -> str:
+    top1, most, mean = agreement_figures(got, want)
+    return f"top-1 {top1:6.1%}, max {most:.4f}, mean {mean:.5f}"
+
+
+def agreement_cell(got: np.ndarray, want: np.ndarray) -> str:
+    """The figures of `agreement` as a table shows them: top-1, max, mean."""
+    top1, most, mean = agreement_figures(got, want)
+    return f"{top1:.0%}, {most:.2g}, {mean:.2g}"
+
+
+def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) -> list[dict]:
+    """Print, per rate, the agreement of the run's exported signature for that rate with predict; a row each."""
     import tensorflow as tf
 
     from genre_tf.data.index import index_paths
@@ -117,6 +128,7 @@ def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) ->
     signatures = tf.saved_model.load(str(saved)).signatures
     print(f"{name}: predict's top-1 spans {len(set(expected.argmax(axis=1)))} classes, mean top probability "
           f"{expected.max(axis=1).mean():.2f}; serving_default takes {metadata['sample_rate']} Hz")  # fmt: skip
+    rows = []
     for rate in EXPORT_RATES:
         key = rate_signature(rate)
         serve = signatures[key]
@@ -132,6 +144,19 @@ def bench_family(name: str, paths: list[Path], classes: list[str], tmp: Path) ->
         print(f"  {key}: {1000 * np.median(seconds[1:]):4.0f} ms per clip ({graph})", flush=True)
         print(f"    against predict on the clip:                 {agreement(np.stack(got), expected)}")
         print(f"    against predict on the same audio at {rate}: {agreement(np.stack(got), same_audio)}", flush=True)
+        rows.append(
+            {
+                "run": name,
+                "clips": len(paths),
+                "mean top probability": round(float(expected.max(axis=1).mean()), 2),
+                "signature": key + (" (serving_default)" if rate == to else ""),
+                "in the graph": "no resampler" if rate == to else f"{rate} -> {to} Hz",
+                "against predict on the clip: top-1, max, mean": agreement_cell(np.stack(got), expected),
+                "against predict on the same audio at that rate": agreement_cell(np.stack(got), same_audio),
+                "ms per 30 s clip": round(1000 * np.median(seconds[1:])),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -145,9 +170,10 @@ def main() -> None:
     paths = spread_clips(args.data, args.clips)
     classes = sorted({p.parent.name for p in paths})
     with tempfile.TemporaryDirectory() as tmp_name:
-        for name in args.families:
-            bench_family(name, paths, classes, Path(tmp_name))
-    print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+        rows = [row for name in args.families for row in bench_family(name, paths, classes, Path(tmp_name))]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {load})")
+    record("export_rates", [row | {"load average at the end": load} for row in rows], key=["run", "clips"])
 
 
 if __name__ == "__main__":

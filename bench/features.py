@@ -36,6 +36,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import soundfile
+from result_table import record  # bench/result_table.py, beside this script
 from threadpoolctl import threadpool_limits
 
 import genre_tf.features.analysis
@@ -180,8 +181,9 @@ def run_recipes(clips: list[tuple[str, np.ndarray, int]]) -> dict:
     return result
 
 
-def report_speed(result: dict, n: int) -> None:
-    """Per-clip ms of both recipes, their ratio, and the one-STFT recipe's median filters against the rest."""
+def report_speed(result: dict, n: int) -> dict:
+    """Per-clip ms of both recipes, their ratio, and the one-STFT recipe's median filters against the rest; the
+    figures printed, for bench/results/features.csv."""
     seconds = {name: np.array(result["seconds"][name]) for name in RECIPES}  # (n, 2): wall, cpu per clip
     fast, slow = RECIPES
     for name in RECIPES:
@@ -196,10 +198,22 @@ def report_speed(result: dict, n: int) -> None:
     print("one-STFT recipe, where the time goes:")
     print(f"  HPSS median filters (2)  {median_filters[0]:6.0f} ms/clip wall, {median_filters[1]:6.0f} ms/clip cpu")
     print(f"  everything else          {rest[0]:6.0f} ms/clip wall, {rest[1]:6.0f} ms/clip cpu")
+    (fast_wall, fast_cpu), (slow_wall, slow_cpu) = (1000 * seconds[name].mean(axis=0) for name in RECIPES)
+    return {
+        "one-STFT CPU ms/clip": round(fast_cpu),
+        "notebook CPU ms/clip": round(slow_cpu),
+        "CPU ratio": round(cpu_ratio, 1),
+        "wall ratio": round(wall_ratio, 1),
+        "one-STFT clips/s": round(1000 / fast_wall, 2),
+        "notebook clips/s": round(1000 / slow_wall, 2),
+        "HPSS median filters CPU ms/clip": round(median_filters[1]),
+        "everything else CPU ms/clip": round(rest[1]),
+    }
 
 
-def report_agreement(fast_rows: np.ndarray, slow_rows: np.ndarray, fast_images, slow_images) -> None:
-    """Max column difference in units of column std, and the mel-image difference away from segment edges."""
+def report_agreement(fast_rows: np.ndarray, slow_rows: np.ndarray, fast_images, slow_images) -> float:
+    """Max column difference in units of column std (returned), and the mel-image difference away from segment
+    edges."""
     diff = np.abs(fast_rows - slow_rows) / column_std(slow_rows)
     worst = diff.max(axis=0)
     order = np.argsort(worst)[::-1][:3]
@@ -208,6 +222,7 @@ def report_agreement(fast_rows: np.ndarray, slow_rows: np.ndarray, fast_images, 
     # segment starts are not on the clip's hop grid, so its frames sit up to one hop off the notebook's
     gaps = np.concatenate([np.abs(a - b).ravel() for a, b in zip(fast_images, slow_images, strict=True)])
     print(f"mel images: same shapes, median |dB difference| {np.median(gaps):.2f} dB (frames up to one hop apart)")
+    return float(worst.max())
 
 
 def profile_fast_recipe(clips: list[tuple[str, np.ndarray, int]]) -> None:
@@ -263,12 +278,26 @@ def time_representations(paths: list[Path]) -> None:
     n = len(paths)
     print(f"{n} clips of 30 s, 3 s segments, one process, one BLAS thread; decode + analyse + write per track:")
     full = np.array(seconds[next(iter(REPRESENTATION_SETS))]).mean(axis=0)
+    rows = []
     for name, times in seconds.items():
         wall, cpu = np.array(times).mean(axis=0)
         print(
             f"  {name:30s} {1000 * wall:6.0f} ms wall {1000 * cpu:6.0f} ms cpu  ({full[0] / wall:4.1f}x faster)  "
             f"{files[name] / n:4.0f} files  {size[name] / n / 1024:6.0f} KiB per track"
         )
+        rows.append(
+            {
+                "clips": n,
+                "representations": name,
+                "wall ms": round(1000 * wall),
+                "CPU ms": round(1000 * cpu),
+                "x less wall": round(full[0] / wall, 1),
+                "x less CPU": round(full[1] / cpu, 1),
+                "files per track": round(files[name] / n),
+                "KiB per track": round(size[name] / n / 1024),
+            }
+        )
+    record("features_representations", rows, key=["clips"])
 
 
 def main() -> None:
@@ -295,8 +324,10 @@ def main() -> None:
     n = len(clips)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{n} clips, single process, one BLAS thread, recipes alternating; load average now {load}")
-    report_speed(result, n)
-    report_agreement(*(np.array(result["rows"][name]) for name in RECIPES), *result["images"].values())
+    figures = report_speed(result, n)
+    worst = report_agreement(*(np.array(result["rows"][name]) for name in RECIPES), *result["images"].values())
+    record("features", [{"clips": n, **figures, "max column difference (std)": f"{worst:.1e}", "load average": load}],
+           key=["clips"])  # fmt: skip
     if args.profile:
         print("\nnotebook recipe, per stage:")
         stages = result["stages"]["notebook recipe"]

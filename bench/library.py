@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import soundfile as sf
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.data.demo import DEMO_GENRES, STYLES, render_track
 
@@ -137,8 +138,8 @@ def gb(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def cold(run: Path, folder: Path, work: Path, tracks: int) -> Path:
-    """The uninterrupted run on a fresh cache; its output."""
+def cold(run: Path, folder: Path, work: Path, tracks: int) -> tuple[Path, dict]:
+    """The uninterrupted run on a fresh cache; its output and figures."""
     output, cache = work / "cold" / "results.csv", work / "cold" / "cache"
     command = predict_command(run, folder, output, cache)
     measured = run_predict(command, output, work / "cold.log")
@@ -149,11 +150,17 @@ def cold(run: Path, folder: Path, work: Path, tracks: int) -> Path:
         f"{cache_files(cache)} files written in the cache ({cache_entries(cache)} track entries)"
     )
     print(f"  {measured.stdout.splitlines()[0]}")
-    return output
+    return output, {
+        "cold s": round(measured.seconds),
+        "cold tracks/s": round(tracks / measured.seconds, 2),
+        "peak RSS, all processes": gb(measured.peak_tree_bytes),
+        "peak RSS, predict's own": gb(measured.peak_main_bytes),
+        "cache files written": cache_files(cache),
+    }
 
 
-def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_output: Path) -> None:
-    """Killed once half the rows are in, then the same command again on what the kill left."""
+def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_output: Path) -> dict:
+    """Killed once half the rows are in, then the same command again on what the kill left; the figures."""
     output, cache = work / "resumed" / "results.csv", work / "resumed" / "cache"
     command = predict_command(run, folder, output, cache)
     killed = run_predict(command, output, work / "killed.log", kill_at_rows=tracks // 2)
@@ -170,8 +177,17 @@ def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_ou
         f"predicted {resumed.rows_at_end - kept} tracks, extracted {cache_entries(cache) - entries_at_kill}; "
         f"peak RSS {gb(resumed.peak_tree_bytes)}"
     )
+    identical = output.read_bytes() == cold_output.read_bytes()
     print(f"  killed + resumed {killed.seconds + resumed.seconds:.1f} s; output identical to the cold run's: "
-          f"{output.read_bytes() == cold_output.read_bytes()}")  # fmt: skip
+          f"{identical}")  # fmt: skip
+    return {
+        "killed after s": round(killed.seconds),
+        "rows at the kill": killed.rows_at_end,
+        "resumed: kept": kept,
+        "resumed s": round(resumed.seconds),
+        "resumed tracks/s": round((tracks - kept) / resumed.seconds, 2),
+        "output identical to the cold run's": identical,
+    }
 
 
 def predict_command(run: Path, folder: Path, output: Path, cache: Path) -> list[str]:
@@ -198,8 +214,10 @@ def main() -> None:
     size = sum(p.stat().st_size for p in folder.rglob("*.flac"))
     print(f"library: {args.tracks} clips of {args.seconds:g} s in {folder} ({gb(size)} of FLAC), "
           f"ready in {time.perf_counter() - started:.0f} s; run {run}; {os.cpu_count()} cores")  # fmt: skip
-    cold_output = cold(run, folder, work, args.tracks)
-    killed_and_resumed(run, folder, work, args.tracks, cold_output)
+    cold_output, figures = cold(run, folder, work, args.tracks)
+    figures |= killed_and_resumed(run, folder, work, args.tracks, cold_output)
+    row = {"tracks": args.tracks, "seconds each": args.seconds, "FLAC": gb(size), "run": run.name, **figures}
+    record("library", [row], key=["tracks", "seconds each", "run"])
     if args.workdir is None:
         shutil.rmtree(work / "cold" / "cache")
         shutil.rmtree(work / "resumed" / "cache")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.config import AudioConfig
 from genre_tf.features.audio import load_track, segment_bounds
@@ -89,7 +90,13 @@ def main() -> None:
           f"{n / seconds['embedding']:6.2f} clips/s")  # fmt: skip
     total = seconds["ours"] + seconds["embedding"]
     print(f"{'input + embedding':24s} {1000 * total / n:7.1f} ms/clip  {n / total:6.2f} clips/s")
-    print(f"random twin training: {twin_seconds_per_256(np.resize(ours, (64, *ours.shape[1:]))):.1f} s per 256 patches")
+    twin = twin_seconds_per_256(np.resize(ours, (64, *ours.shape[1:])))
+    print(f"random twin training: {twin:.1f} s per 256 patches")
+    row = {"clips": n, "patches": patches}
+    for name, label in (("ours", "genre_tf input"), ("package", "musicnn package input"), ("embedding", "embedding")):
+        row |= {f"{label} ms/clip": round(1000 * seconds[name] / n, 1), f"{label} clips/s": round(n / seconds[name], 2)}
+    row |= {"input + embedding clips/s": round(n / total, 2), "random twin training s per 256 patches": round(twin, 1)}
+    record("musicnn_speed", [row], key=["clips"])
 
 
 def twin_seconds_per_256(patches: np.ndarray) -> float:

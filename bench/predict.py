@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from result_table import record  # bench/result_table.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -123,7 +124,9 @@ def main() -> None:
             (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
             (folder / path.parent.name / path.name).symlink_to(path)
         print(f"{len(paths)} clips of 30 s (gtzan_mini), predict on an empty cache against the floor:")
-        print(f"(load average at the start: {', '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
+        start_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"(load average at the start: {start_load})", flush=True)
+        table = []
         for name in args.families:
             run = make_run(tmp / "runs" / Path(FAMILIES[name]).stem, FAMILIES[name], classes, tmp / "unused")
             seconds, cpu = time_predict(run, folder, tmp / f"cold_{run.name}", tmp / f"{run.name}.csv")
@@ -132,12 +135,29 @@ def main() -> None:
             line += f"{rows} rows)"
             files = sum(1 for p in (tmp / f"cold_{run.name}").rglob("*") if p.is_file())
             line += f", {files / len(paths):.0f} cache files per clip"
+            row = {
+                "family": name,
+                "clips": len(paths),
+                "predict clips/s": round(len(paths) / seconds, 2),
+                "wall s": round(seconds, 1),
+                "CPU s": round(cpu, 1),
+                "cache files per clip": round(files / len(paths)),
+            }
             if name != "MLP (feature rows)":  # a table model's export takes feature rows, not audio
                 floor, floor_cpu = time_floor(run, paths, tmp)
                 line += f"; floor {len(paths) / floor:5.2f} clips/s (CPU {floor_cpu:5.1f} s); predict takes "
                 line += f"{seconds / floor:.2f}x the floor's wall, {cpu / floor_cpu:.2f}x its CPU"
+                row |= {
+                    "floor clips/s": round(len(paths) / floor, 2),
+                    "x the floor's wall": round(seconds / floor, 2),
+                    "x its CPU": round(cpu / floor_cpu, 2),
+                }
             print(line, flush=True)
-    print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+            table.append(row)
+    end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"(cores: {len(os.sched_getaffinity(0))}; load average now {end_load})")
+    loads = {"load average (start; end)": f"{start_load}; {end_load}"}
+    record("predict", [row | loads for row in table], key=["family", "clips"])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every number of the README's Results section, from the shared GTZAN material, in one command.
+"""Every table of the docs' Results page (docs/results.md), from the shared GTZAN material, in one command.
 
     .venv/bin/python bench/results.py [--only table|cv] [--folds 0,1,2,3,4] [--models name,name] [--summarise]
 
@@ -21,7 +21,7 @@
 
 All of it takes about 6 hours on 2 CPU cores, most of it the CNN variants (8 minutes per fold each).
 Runs are ordinary run directories under saved_models/results/ (resumable: run it again after an
-interruption); the summaries the README shows go to bench/results/ (*.md, *.csv, cv.png).
+interruption); the summaries the Results page includes go to bench/results/ (*.md, *.csv, cv.png).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from genre_tf.features.musicnn_input import PATCH_FRAMES
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 OUT = REPO / "saved_models" / "results"  # run directories (git ignores them)
-SUMMARY = REPO / "bench" / "results"  # the tables and plot the README shows
+SUMMARY = REPO / "bench" / "results"  # the tables and plot the docs' Results page includes
 MOBILENET = SHARED / "weights" / "mobilenet_v1_0.25_imagenet_notop.weights.h5"
 IMAGES = ["model.channels=3", "model.image_size=[128, 128]"]
 TRANSFER = [*IMAGES, "model.kind=transfer", "model.transfer.head_units=128", "model.transfer.dropout=0.5"]
@@ -297,6 +297,64 @@ def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
     return stats.reindex([m for m in order if m in stats.index]).reset_index()
 
 
+# The training recipes, before and after: per family, the earlier recipe, the recipes that improved on it, and what
+# changed (recipes.md).
+RECIPES = [
+    ("MLP, 30 s features", "mlp_30s", ["mlp_30s_refit", "mlp_30s_quantile_refit"],
+     "quantile scaler (valid's choice), refit"),
+    ("MLP, 3 s features", "mlp_3s", ["mlp_3s_augmented", "mlp_3s_augmented_refit"],
+     "feature noise 0.2, mixup 0.2, cosine schedule with one warm-up epoch; refit"),
+    ("CNN from scratch", "cnn", ["cnn_augmented", "cnn_augmented_no_masks", "cnn_augmented_no_masks_refit"],
+     "gain up to 6 dB, time crops up to half a hop, mixup 0.2, cosine schedule, SpecAugment 2 x 16 frames and "
+     "2 x 16 bands (dropped after the ablation); refit with its schedule squeezed into the chosen epochs "
+     "(`train.refit_schedule: anneal`)"),
+    ("MobileNet, ImageNet, top 3 blocks fine-tuned", "mobilenet_imagenet_top3", ["mobilenet_imagenet_top3_refit"],
+     "cosine schedule, refit"),
+    ("MSD_musicnn frozen, new head", "musicnn_msd_frozen", ["musicnn_msd_frozen_refit"], "cosine schedule, refit"),
+]  # fmt: skip
+
+
+def recipes(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per family of RECIPES: test track accuracy, mean ± std over the folds (and segment accuracy where there is
+    one), of the earlier recipe and of those after it."""
+    stats = summary.set_index("model")
+
+    def figure(name: str) -> str:
+        if name not in stats.index:
+            return ""
+        row = stats.loc[name]
+        segment = "" if np.isnan(row.segment_mean) else f", segment {row.segment_mean:.3f}"
+        return f"{row.track_mean:.2f} ± {row.track_std:.2f}{segment} (`{name}`)"
+
+    rows = [
+        {"model": label, "before": figure(before), "after": "; ".join(filter(None, map(figure, after))),
+         "what changed": changed}
+        for label, before, after, changed in RECIPES
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+TEST_TRACKS_PER_FOLD = 20  # gtzan_mini: 100 tracks in 5 folds
+
+
+def ensembles_against_musicnn(folds: pd.DataFrame) -> pd.DataFrame:
+    """Per ensemble: its mean test track accuracy against the musicnn model of its pool, the member a user would pick
+    alone, and the test tracks it gains or loses against it fold by fold."""
+    accuracy = folds.set_index(["model", "fold"]).track_accuracy
+    rows = []
+    for name, (members, _) in ENSEMBLES.items():
+        ran = sorted(folds[folds.model == name].fold)
+        alone = next(member for member in members if member.startswith("musicnn"))
+        if not ran or any((alone, fold) not in accuracy.index for fold in ran):
+            continue
+        gained = [round((accuracy[(name, fold)] - accuracy[(alone, fold)]) * TEST_TRACKS_PER_FOLD) for fold in ran]
+        rows.append({"ensemble": name, "mean": np.mean([accuracy[(name, fold)] for fold in ran]),
+                     "musicnn alone": alone, "its mean": np.mean([accuracy[(alone, fold)] for fold in ran]),
+                     "folds": ", ".join(map(str, ran)),
+                     "tracks gained per fold": " / ".join(f"{n:+d}" if n else "0" for n in gained)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def ablation(folds: pd.DataFrame) -> pd.DataFrame:
     """Per augmentation: the recipe's track and segment accuracy with and without it, on the folds where the full
     recipe and every one of its ablations ran (so that the rows of a recipe compare alike)."""
@@ -426,7 +484,7 @@ def main() -> None:
 
 
 def write_cv_summaries(folds: pd.DataFrame) -> None:
-    """The cross-validation's tables and plot from its fold rows: cv.csv / cv.md / cv.png, ablation.md and
+    """The tables and plot of the fold rows: cv.csv / .md / .png, recipes.md, ensembles_musicnn.md, ablation.md and
     ensembles.md in bench/results/, each printed."""
     from genre_tf.evaluation import plots
     from genre_tf.evaluation.compare import to_markdown
@@ -438,6 +496,10 @@ def write_cv_summaries(folds: pd.DataFrame) -> None:
     plots.comparison_png(summary.model.tolist(), series, SUMMARY / "cv.png")
     print("gtzan_mini, grouped 5-fold cross-validation (test fold accuracy, mean and std over folds):")
     print(to_markdown(summary))
+    before_after = recipes(summary)
+    (SUMMARY / "recipes.md").write_text(to_markdown(before_after) + "\n")
+    print("Training recipes, before and after (test track accuracy, mean ± std over folds):")
+    print(to_markdown(before_after))
     parts = ablation(folds)
     (SUMMARY / "ablation.md").write_text(to_markdown(parts.round(3)) + "\n")
     print("What each augmentation adds (the recipe with it minus without it, same folds):")
@@ -446,6 +508,10 @@ def write_cv_summaries(folds: pd.DataFrame) -> None:
     (SUMMARY / "ensembles.md").write_text(to_markdown(against.round(3)) + "\n")
     print("Ensembles against their best member, fold by fold (test track accuracy):")
     print(to_markdown(against.round(3)))
+    musicnn = ensembles_against_musicnn(folds)
+    (SUMMARY / "ensembles_musicnn.md").write_text(to_markdown(musicnn.round(3)) + "\n")
+    print("Ensembles against the musicnn model of their pool (test track accuracy; tracks per fold):")
+    print(to_markdown(musicnn.round(3)))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf import models
 from genre_tf.config import Config, load_config
@@ -106,8 +107,9 @@ def train_step_rate(cfg, n_classes: int, batch_size: int = 32, steps: int = 10) 
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
-    """Both engines on N demo tracks: (the tracks indexed, each engine's (wall, CPU) seconds, the config)."""
+def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config, dict]:
+    """Both engines on N demo tracks: (the tracks indexed, each engine's (wall, CPU) seconds, the config, the
+    figures printed)."""
     per_genre = -(-n_tracks // len(DEMO_GENRES))
     base = [f"data.root={tmp / f'demo-{n_tracks}'}", f"data.demo_tracks_per_genre={per_genre}", f"cache.jobs={workers}"]
     cfg = load_config(REPO / "configs" / "demo_cnn.yaml", [*base, f"cache.dir={tmp / f'cache-{n_tracks}'}"])
@@ -119,6 +121,13 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     costs = {"local": (wall, cpu)}
     files, size = folder_size(Path(cfg.cache.dir))
+    row = {
+        "tracks": n,
+        "local ms CPU per track": round(cpu / n * 1000),
+        "local ms wall per track": round(wall / n * 1000),
+        "local files": files,
+        "local KiB per track": round(size / n / 1024, 1),
+    }
     print(
         f"N={n} local: {wall / n * 1000:.0f} ms wall, {cpu / n * 1000:.0f} ms CPU per track ({wall:.1f} s); "
         f"{files} files, {size / n / 1024:.1f} KiB per track; load {load()}",
@@ -132,6 +141,12 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     costs["beam"] = (wall, cpu)
     files, size = folder_size(output)
+    row |= {
+        "Beam ms CPU per track": round(cpu / n * 1000),
+        "Beam ms wall per track": round(wall / n * 1000),
+        "Beam files (shards)": f"{files} ({len(manifest['files'])})",
+        "Beam KiB per track": round(size / n / 1024, 1),
+    }
     print(
         f"N={n} beam:  {wall / n * 1000:.0f} ms wall, {cpu / n * 1000:.0f} ms CPU per track ({wall:.1f} s); "
         f"{files} files ({len(manifest['files'])} shards), {size / n / 1024:.1f} KiB per track; load {load()}",
@@ -151,24 +166,45 @@ def run(n_tracks: int, workers: int, tmp: Path) -> tuple[int, dict, Config]:
         f"examples/s from the bytes held; load {load()}",
         flush=True,
     )
+    row |= {
+        "examples": n_files,
+        "read ex/s: segment files": round(files_rate),
+        "shards streamed": round(shards_rate),
+        "train's read of the shards s": round(load_seconds, 1),
+        "then ex/s from the bytes held": round(held_rate),
+    }
     table_seconds, n_train, train_rate, ordered_rate = stream_rates(output, cfg)
     print(
         f"N={n} data.stream: its table read {table_seconds:.1f} s, then train batches (shuffled, {n_train} examples) "
         f"{train_rate:.0f} examples/s, the ordered read {ordered_rate:.0f} examples/s; load {load()}",
         flush=True,
     )
-    return n, costs, cfg
+    row |= {
+        "data.stream: table read s": round(table_seconds, 1),
+        "train batches ex/s": round(train_rate),
+        "ordered read ex/s": round(ordered_rate),
+        "load": load(),
+    }
+    return n, costs, cfg, row
 
 
-def marginal_lines(costs: dict[int, dict[str, tuple[float, float]]]) -> list[str]:
+def marginal_costs(costs: dict[int, dict[str, tuple[float, float]]]) -> list[dict]:
     """The cost of each added track between successive N, per engine: what stays when the fixed start-up is
     taken out (equal figures from N to N say the cost grows linearly)."""
-    lines, sizes = [], sorted(costs)
+    rows, sizes = [], sorted(costs)
     for small, large in zip(sizes, sizes[1:], strict=False):
         for engine in costs[small]:
             wall, cpu = ((costs[large][engine][k] - costs[small][engine][k]) / (large - small) * 1000 for k in range(2))
-            lines.append(f"N={small}->{large} {engine}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per added track")
-    return lines
+            rows.append(
+                {
+                    "from N": small,
+                    "to N": large,
+                    "engine": engine,
+                    "ms wall per added track": round(wall),
+                    "ms CPU per added track": round(cpu),
+                }
+            )
+    return rows
 
 
 def main() -> None:
@@ -176,13 +212,21 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--workers", type=int, default=2, help="processes of either engine")
     args = parser.parse_args()
-    costs = {}
+    costs, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="genre_tf_scale_") as folder:
         for n_tracks in args.tracks:
-            n, costs[n], cfg = run(n_tracks, args.workers, Path(folder))
-    print("\n".join(marginal_lines(costs)))
+            n, costs[n], cfg, row = run(n_tracks, args.workers, Path(folder))
+            rows.append(row)
+    marginal = marginal_costs(costs)
+    for r in marginal:
+        print(
+            f"N={r['from N']}->{r['to N']} {r['engine']}: {r['ms wall per added track']} ms wall, "
+            f"{r['ms CPU per added track']} ms CPU per added track"
+        )
     rate = train_step_rate(cfg, len(DEMO_GENRES))
     print(f"the demo CNN's training step consumes {rate:.0f} examples/s (batch 32); load {load()}")
+    record("scale", [row | {"training step ex/s": round(rate)} for row in rows], key=["tracks"])
+    record("scale_marginal", marginal, key=["from N", "to N", "engine"])
 
 
 if __name__ == "__main__":

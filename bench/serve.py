@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+from result_table import record  # bench/result_table.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -119,8 +120,8 @@ class Floor:
         return time.perf_counter() - started
 
 
-def single_client(url: str, body: bytes, floor: Floor, n: int, timeout: float) -> float:
-    """n uploads one after another, each followed by the floor; the floor's p50 in seconds."""
+def single_client(url: str, body: bytes, floor: Floor, n: int, timeout: float) -> tuple[float, dict]:
+    """n uploads one after another, each followed by the floor; the floor's p50 in seconds, and the figures."""
     service, floors = [], []
     for _ in range(n):
         status, seconds = post(url, body, timeout)
@@ -133,29 +134,41 @@ def single_client(url: str, body: bytes, floor: Floor, n: int, timeout: float) -
     print(f"  service p50 {p50 * 1e3:.0f} ms, p95 {percentile(service, 95) * 1e3:.0f} ms")
     print(f"  floor   p50 {floor_p50 * 1e3:.0f} ms, p95 {percentile(floors, 95) * 1e3:.0f} ms (decode + SavedModel)")
     print(f"  the service's p50 is {p50 / floor_p50:.2f}x the floor's")
-    return floor_p50
+    return floor_p50, {
+        "single client p50 ms": round(p50 * 1e3),
+        "p95 ms": round(percentile(service, 95) * 1e3),
+        "floor p50 ms": round(floor_p50 * 1e3),
+        "ratio": f"{p50 / floor_p50:.2f}x",
+    }
 
 
-def burst(url: str, body: bytes, n: int, timeout: float, floor_p50: float) -> None:
-    """n uploads at once: answered count, latency percentiles, and throughput against the floor's."""
+def burst(url: str, body: bytes, n: int, timeout: float, floor_p50: float) -> dict:
+    """n uploads at once: answered count, latency percentiles, and throughput against the floor's (returned)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         results = list(pool.map(lambda _: post(url, body, timeout), range(n)))
     wall = time.perf_counter() - started
     answered = [seconds for status, seconds in results if status == 200]
     print(f"{n} concurrent uploads: {len(answered)} answered 200 in {wall:.1f} s (load average {load_average()})")
+    figures = {"at once: answered": f"{len(answered)} of {n}"}
     if answered:
         p50, p95 = percentile(answered, 50), percentile(answered, 95)
         print(f"  latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(answered):.2f} s")
         rate, floor_rate = len(answered) / wall, 1 / floor_p50
         print(f"  throughput {rate:.1f} clips/s; the floor allows {floor_rate:.1f} clips/s: {rate / floor_rate:.2f}x")
+        figures |= {
+            "p50 / p95 s": f"{p50:.2f} / {p95:.2f}",
+            "clips/s (floor allows)": f"{rate:.1f} ({floor_rate:.1f})",
+            "throughput ratio": f"{rate / floor_rate:.2f}x",
+        }
     others = sorted({status for status, _ in results if status != 200})
     if others:
         print(f"  other answers: {others} (0: none)")
+    return figures
 
 
-def memory_over(url: str, body: bytes, server: psutil.Process, args: argparse.Namespace, deadline: float) -> None:
-    """args.requests uploads, args.clients at a time, the server's RSS sampled every args.sample_every."""
+def memory_over(url: str, body: bytes, server: psutil.Process, args: argparse.Namespace, deadline: float) -> dict:
+    """args.requests uploads, args.clients at a time, the server's RSS sampled every args.sample_every (returned)."""
     samples = [server.memory_info().rss]
     ok = sent = 0
     latencies = []
@@ -174,6 +187,7 @@ def memory_over(url: str, body: bytes, server: psutil.Process, args: argparse.Na
     print(f"  every {args.sample_every} requests: " + " ".join(f"{m:.0f}" for m in mib))
     if sent < args.requests:
         print(f"  stopped at the deadline after {sent} of {args.requests} requests")
+    return {"RSS MiB over the requests": f"{min(mib):.0f}-{max(mib):.0f} over {sent}"}
 
 
 def bench_run(name: str, tmp: Path) -> Path:
@@ -216,9 +230,10 @@ def main() -> None:
             size = f"{len(body) / 1e6:.2f} MB"
             print(f"run {run.name}, clip {args.clip.name} ({size}), {len(os.sched_getaffinity(0))} cores")
             post(url, body, args.timeout)  # the first upload warms the server: not counted
-            floor_p50 = single_client(url, body, floor, args.single, args.timeout)
-            burst(url, body, args.concurrent, args.timeout, floor_p50)
-            memory_over(url, body, psutil.Process(server.pid), args, deadline)
+            row = {"run": run.name, "clip": f"{args.clip.name} ({size})", "load average at the start": load_average()}
+            floor_p50, figures = single_client(url, body, floor, args.single, args.timeout)
+            row |= figures | burst(url, body, args.concurrent, args.timeout, floor_p50)
+            row |= memory_over(url, body, psutil.Process(server.pid), args, deadline)
         finally:
             server.terminate()
             try:
@@ -227,6 +242,7 @@ def main() -> None:
                 server.kill()
         left = set(Path(tempfile.gettempdir()).glob("genre_tf-serve-*")) - leftovers_before
         print(f"temporary folders left behind: {len(left)}; load average at the end: {load_average()}")
+    record("serve", [row | {"temporary folders left": len(left), "load average at the end": load_average()}], ["run"])
 
 
 if __name__ == "__main__":

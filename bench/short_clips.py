@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.features.analysis import analyse_track
 from genre_tf.features.audio import load_track, segment_samples, tile_to_segment
@@ -153,7 +154,12 @@ def main() -> None:
         table = rows.pivot_table(index="length", columns="predictor", values="correct", aggfunc="mean")
         n = len(rows) // (len(LENGTHS) * rows.predictor.nunique())  # every predictor meets every excerpt
         print(f"{name}, {len(runs)} folds, {n} excerpts per length (test tracks only), tiled by predict: accuracy")
-        print(table[["ensemble", *[c for c in table.columns if c != "ensemble"]]].round(3).to_string())
+        table = table[["ensemble", *[c for c in table.columns if c != "ensemble"]]].round(3)
+        print(table.to_string())
+        # "ensemble run", since the column "ensemble" is the ensemble's accuracy
+        head = {"ensemble run": name, "folds": len(runs), "excerpts per length": n}
+        rows = [head | {"length": f"{length:g} s", **accuracy} for length, accuracy in table.iterrows()]
+        record("short_clips_ensembles", rows, key=["ensemble run"])
     for model in filter(None, args.models.split(",")):
         runs = sorted(RESULTS.glob(f"{model}_fold[0-9]"))
         if not runs:
@@ -163,6 +169,9 @@ def main() -> None:
         n = len(rows) // (len(LENGTHS) * len(WAYS))
         print(f"{model}, {len(runs)} folds, {n} excerpts per length and way (test tracks only): accuracy")
         print(table.round(3).to_string())
+        head = {"model": model, "folds": len(runs), "excerpts per length and way": n}
+        rows = [head | {"length": f"{length:g} s", **accuracy} for length, accuracy in table.round(3).iterrows()]
+        record("short_clips", rows, key=["model"])
 
 
 if __name__ == "__main__":

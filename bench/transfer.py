@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.features.analysis import encode_mel_png
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ResNet50 (weights null), {args.images} images of {args.size}x{args.size}x3, batch {args.batch_size}")
         rows = [bench_blocks(cfg, frame, blocks, args) for blocks in args.blocks]
     print(pd.DataFrame(rows).to_string(index=False))
+    record("transfer", [{"images": args.images, "size": args.size, **row} for row in rows], key=["images", "size"])
     for row in rows:
         target = TARGETS.get(row["blocks"])
         verdict = f" (target >= {target:g}x: {'met' if row['speed-up'] >= target else 'MISSED'})" if target else ""

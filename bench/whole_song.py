@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from result_table import record  # bench/result_table.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO.parent / "shared" / "data" / "gtzan_mini"
@@ -67,6 +68,7 @@ def main() -> None:
         raise SystemExit(f"error: {CLIPS} not found (the shared gtzan_mini clips)")
     print("| song | MP3 size | wall s | CPU s | peak RSS MiB | segments kept | cache files |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for minutes in args.minutes:
         with tempfile.TemporaryDirectory() as tmp:
             song = make_song(minutes, Path(tmp) / "song.mp3")
@@ -82,6 +84,18 @@ def main() -> None:
                 f"| {m['peak_mib']:.0f} | {m['segments']} | {m['files']} |"
                 f"  (whole process {time.perf_counter() - started:.1f} s)"
             )
+            rows.append(
+                {
+                    "song": f"{minutes:g} min",
+                    "MP3 size": f"{song.stat().st_size / 2**20:.1f} MiB",
+                    "wall s": round(m["seconds"], 1),
+                    "CPU s": round(m["cpu"], 1),
+                    "peak RSS": f"{m['peak_mib']:.0f} MiB",
+                    "segments kept": m["segments"],
+                    "cache files": m["files"],
+                }
+            )
+    record("whole_song", rows, key=["song"])
 
 
 if __name__ == "__main__":

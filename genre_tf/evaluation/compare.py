@@ -1,7 +1,4 @@
-"""Compare runs: a markdown and CSV table and a bar chart across run directories.
-
-python -m genre_tf.compare saved_models/* [--output saved_models/comparison]
-"""
+"""Compare runs: a markdown and CSV table and a bar chart across run directories."""
 
 from __future__ import annotations
 

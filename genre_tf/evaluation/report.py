@@ -1,7 +1,5 @@
 """Evaluate a run at segment and track level: accuracy, per-class and macro precision / recall / F1.
 
-    python -m genre_tf.evaluate --run saved_models/demo_cnn [--split test]
-
 Track level aggregates a track's segments twice: by mean probability and by majority vote.
 Writes metrics.json, report.md and confusion_matrix.png into the run directory. In a refitted run (`train.refit`)
 the valid split is judged with the model chosen on it before the refit (`chosen/`), since the refitted model

@@ -1,8 +1,5 @@
 """Build the feature and mel-image caches for a config and print a summary.
 
-    python -m genre_tf.prepare --config configs/demo.yaml [--jobs N] [--representations all]
-    python -m genre_tf.prepare --config configs/demo.yaml --engine beam [--beam-options "..."] [--output DIR]
-
 Computes the representations the config's model reads (feature rows for the MLP, mel images for the CNN and
 keras.applications backbones, musicnn patches for musicnn), or those named by --representations, and writes the
 dataset view to `<cache.dir>/prepared/<name>/`: index.csv, skipped.csv, summary.json, the resolved config.yaml,

@@ -1,7 +1,5 @@
 """Serve a run over HTTP: a page to drop an audio file on, and the JSON API behind it.
 
-    python -m genre_tf.serve --run saved_models/demo_cnn [--host 127.0.0.1] [--port 8000]
-
     POST /predict   multipart form field `file`: top-k genres, per-segment probabilities, duration, model
     GET  /health    the model's name, classes and the upload limits
     GET  /          the page (genre_tf/serving/web/: plain HTML, CSS and JS, nothing fetched from elsewhere)

@@ -1,9 +1,5 @@
 """Export a run as a self-contained SavedModel folder or TFLite file: audio in, class probabilities out.
 
-    python -m genre_tf.export --run saved_models/gtzan_cnn --format saved_model   # <run>/export/saved_model/
-    python -m genre_tf.export --run saved_models/gtzan_cnn --format tflite        # <run>/export/<run>.tflite
-    python -m genre_tf.export --run DIR --format tflite --output genres.tflite
-
 An audio model (CNN; transfer on keras.applications or musicnn) takes `waveform`: mono float32 samples at the
 stated sample rate, of any length (a clip shorter than one segment is repeated to fill one, as `predict` does).
 The graph holds the run's preprocessing (the log-mel image, or musicnn's mel power), the segments cut as the cache

@@ -1,12 +1,5 @@
 """Predict genres with a trained run: audio files, folders or a feature table; a Kaggle-style submission.
 
-    python -m genre_tf.predict --run saved_models/demo_cnn song.mp3            # top-k genres of one file
-    python -m genre_tf.predict --run DIR data/test/ --output submission.csv   # id,class per track
-    python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submission.csv
-    python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
-    python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
-    python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
-
 The run's saved config decides all preprocessing (sample rate, segments, features, scaler, image
 size), so predictions are made exactly as in training. A track's segments are aggregated by mean
 probability. An ensemble may mix runs of any families and settings (an MLP and a linear model on one

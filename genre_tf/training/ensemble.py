@@ -1,7 +1,5 @@
 """An ensemble of runs as one run: members of any families, weighted by a choice made on valid alone.
 
-    python -m genre_tf.ensemble --config configs/ensemble.yaml [--set selection=equal] [--overwrite]
-
 The config (config.EnsembleConfig) names the members: finished run directories, or configs of runs that are trained
 first (or found finished) in `train`'s run directory, output_dir/name. They must share classes and the tracks of the
 valid and test splits. Each member predicts the valid split and pools each track's segments its own way (the mean of

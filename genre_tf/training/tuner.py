@@ -1,8 +1,5 @@
 """KerasTuner search over a config's hyperparameters; the objective is the valid split only.
 
-    python -m genre_tf.tune --config configs/demo.yaml --space tuning/mlp.yaml [--tuner random|bayesian|hyperband]
-                            [--max-trials N] [--name NAME]
-
 Every trial is a run of `train` (the same model builders, phases and boundary cache) evaluated on
 the valid split alone; the test split is never seen. Writes `tuning/<name>/`: trials.csv and
 trials.md (one row per trial: hyperparameters, objective, epochs, seconds, peak memory), best.yaml

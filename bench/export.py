@@ -31,7 +31,7 @@ import numpy as np
 from result_table import record  # bench/result_table.py, beside this script
 
 from genre_tf.evaluation.predictions import predict_frame
-from genre_tf.inputs.examples import reads_features
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.run import RunDir
 from genre_tf.serving.export import artefact_bytes, export
 from genre_tf.serving.frontend import read_waveform
@@ -70,8 +70,8 @@ def tflite_predictor(path: Path):
 
 def clip_inputs(run: RunDir, paths: list[Path], examples) -> dict[str, np.ndarray]:
     """Per track id, what the exported model takes: the decoded waveform, or the clip's feature rows."""
-    if not reads_features(run.config):
-        return {path.stem: read_waveform(path, run.config) for path in paths}
+    if not run.recipe.reads_features:
+        return {path.stem: read_waveform(path, run.recipe) for path in paths}
     rows = examples.frame.groupby("track_id", sort=False)[run.scaler.columns]
     return {track: group.to_numpy(np.float32) for track, group in rows}
 
@@ -96,7 +96,7 @@ def bench_run(run: RunDir, paths: list[Path]) -> list[dict]:
             output = Path(tmp) / f"{run.path.name}{suffix}"
             export(run, fmt, output, progress=lambda line: print(f"  {line}", flush=True))
             predictor = load(output)
-            results = [track_probabilities(predictor, inputs[t], reads_features(run.config)) for t in tracks]
+            results = [track_probabilities(predictor, inputs[t], run.recipe.reads_features) for t in tracks]
             got = np.stack([probs for probs, _ in results])
             agree = np.mean(got.argmax(axis=1) == expected.argmax(axis=1))
             ms = 1000 * np.array([seconds for _, seconds in results])
@@ -169,8 +169,8 @@ def waveform_at(clip: Path, runs: list[RunDir], rate: int) -> np.ndarray:
     """The clip as an artefact taking `rate` Hz takes it: decoded as the run whose model takes that rate decodes it."""
     from genre_tf.serving.frontend import audio_frontend
 
-    run = next(run for run in runs if audio_frontend(run.config).layout.sample_rate == rate)
-    return read_waveform(clip, run.config)
+    run = next(run for run in runs if audio_frontend(run.recipe).layout.sample_rate == rate)
+    return read_waveform(clip, run.recipe)
 
 
 def stand_in_ensemble(folder: Path) -> RunDir:
@@ -182,7 +182,6 @@ def stand_in_ensemble(folder: Path) -> RunDir:
     from genre_tf import models
     from genre_tf.config import load_config, save_config
     from genre_tf.evaluation.pooling import track_pooling
-    from genre_tf.inputs.examples import input_shape
 
     classes = sorted(p.name for p in CLIPS.iterdir() if p.is_dir())
     members = []
@@ -194,7 +193,7 @@ def stand_in_ensemble(folder: Path) -> RunDir:
         save_config(cfg, run.config_file)
         run.classes_file.write_text(json.dumps(classes))
         keras.utils.set_random_seed(0)
-        models.build_model(cfg.model, input_shape(cfg, None), len(classes)).save(run.model_file)
+        models.build_model(cfg.model, InputRecipe.of(cfg).shape(), len(classes)).save(run.model_file)
         members.append({"name": name, "weight": 0.5, "pooling": track_pooling(run), "source": "untrained stand-in"})
     ensemble = RunDir(folder / "ensemble")
     shutil.copyfile(ensemble.members_dir / members[0]["name"] / "classes.json", ensemble.classes_file)

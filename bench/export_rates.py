@@ -46,7 +46,7 @@ def fit_head(run_path: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]
     run = RunDir(run_path)
     model = run.load_model()
     frame = load_inputs(run, paths, progress=False).frame
-    data = split_data(frame, run.config, run.classes, None)
+    data = split_data(frame, run.recipe, run.classes, None)
     head = model.get_layer("predictions")
     features = keras.Model(model.inputs, head.input).predict(data.batches(64), verbose=0)
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6

@@ -52,16 +52,17 @@ def make_run(path: Path, config: str, classes: list[str], cache_dir: Path) -> Pa
     from genre_tf import models
     from genre_tf.config import load_config, save_config
     from genre_tf.features.scaling import fit_scaler
-    from genre_tf.inputs.examples import input_shape, model_feature_columns, reads_features
+    from genre_tf.inputs.recipe import InputRecipe
 
     overrides = [f"cache.dir={cache_dir}", f"output_dir={path.parent}", f"data.root={SHARED_DATA / 'gtzan_mini'}"]
     cfg = load_config(REPO / "configs" / config, overrides)
     keras.utils.set_random_seed(0)
     scaler = None
-    if reads_features(cfg):
+    recipe = InputRecipe.of(cfg)
+    if recipe.reads_features:
         table = pd.read_csv(SHARED_DATA / "gtzan_features" / "features_30_sec_labeled.csv")
-        scaler = fit_scaler(cfg.model.mlp.scaler, table, model_feature_columns(cfg), cfg.seed)
-    model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
+        scaler = fit_scaler(cfg.model.mlp.scaler, table, list(recipe.feature_columns), cfg.seed)
+    model = models.build_model(cfg.model, recipe.shape(scaler), len(classes))
     path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path / "config.yaml")
     (path / "classes.json").write_text(json.dumps(classes))
@@ -100,10 +101,10 @@ def time_floor(run: Path, paths: list[Path], tmp: Path) -> tuple[float, float]:
     with contextlib.redirect_stdout(io.StringIO()):
         export(run_dir, "saved_model", saved, progress=lambda line: None)
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
-    serve(waveform=tf.constant(read_waveform(paths[0], run_dir.config)))  # traced and warm before timing
+    serve(waveform=tf.constant(read_waveform(paths[0], run_dir.recipe)))  # traced and warm before timing
     started, cpu = time.perf_counter(), cpu_seconds()
     for path in paths:
-        serve(waveform=tf.constant(read_waveform(path, run_dir.config)))["probabilities"].numpy()
+        serve(waveform=tf.constant(read_waveform(path, run_dir.recipe)))["probabilities"].numpy()
     return time.perf_counter() - started, cpu_seconds() - cpu
 
 

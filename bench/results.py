@@ -142,12 +142,13 @@ def musicnn_embeddings() -> pd.DataFrame:
     """Each gtzan_mini track's mean MSD_musicnn embedding (200-d penultimate of its 3 s segments), by track id."""
     from genre_tf.config import load_config
     from genre_tf.inputs.examples import load_examples, split_data
+    from genre_tf.inputs.recipe import InputRecipe
     from genre_tf.models import build_model
     from genre_tf.models.transfer import split_at_boundary
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*MUSICNN, MSD])
     segments = load_examples(cfg, progress=False).frame
-    data = split_data(segments, cfg, sorted(segments.label.unique()), None)
+    data = split_data(segments, InputRecipe.of(cfg), sorted(segments.label.unique()), None)
     embed, _ = split_at_boundary(build_model(cfg.model, (PATCH_FRAMES, 96), 10), 0)  # patch -> penultimate
     embeddings = embed.predict(data.batches(64), verbose=0)
     return pd.DataFrame(embeddings, index=segments.track_id).groupby(level=0).mean()

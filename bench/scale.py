@@ -36,7 +36,7 @@ from genre_tf.extract import shards
 from genre_tf.extract.prepared import config_index, prepare_index
 from genre_tf.features.representations import MEL_IMAGE
 from genre_tf.inputs import pipeline
-from genre_tf.inputs.examples import input_shape
+from genre_tf.inputs.recipe import InputRecipe
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = (MEL_IMAGE,)
@@ -96,9 +96,9 @@ def stream_rates(output: Path, cfg: Config) -> tuple[float, int, float, float]:
 
 def train_step_rate(cfg, n_classes: int, batch_size: int = 32, steps: int = 10) -> float:
     """Examples/s one training step of the config's model consumes (after one step to build it)."""
-    model = models.build_model(cfg.model, input_shape(cfg, None), n_classes)
+    model = models.build_model(cfg.model, InputRecipe.of(cfg).shape(), n_classes)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x = np.random.default_rng(0).random((batch_size, *input_shape(cfg, None)), dtype=np.float32)
+    x = np.random.default_rng(0).random((batch_size, *InputRecipe.of(cfg).shape()), dtype=np.float32)
     y = np.arange(batch_size) % n_classes
     model.train_on_batch(x, y)
     started = time.perf_counter()

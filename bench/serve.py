@@ -115,7 +115,7 @@ class Floor:
     def __call__(self) -> float:
         """Seconds to decode the clip and have its probabilities."""
         started = time.perf_counter()
-        waveform = self.read_waveform(self.clip, self.run.config)
+        waveform = self.read_waveform(self.clip, self.run.recipe)
         self.serve(waveform=self.tf.constant(waveform))["probabilities"].numpy()
         return time.perf_counter() - started
 

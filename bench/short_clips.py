@@ -65,16 +65,14 @@ def model_input(y: np.ndarray, cfg, kind: str) -> np.ndarray:
 def fold_rows(run_dir: Path) -> list[dict]:
     """One row per (test track, excerpt length, offset, way): whether the run's top genre is the track's."""
     from genre_tf.extract.prepared import prepare
-    from genre_tf.inputs.examples import input_shape
-    from genre_tf.inputs.examples import model_input as input_kind
     from genre_tf.models import MUSICNN_PATCH, build_model
     from genre_tf.run import RunDir
 
     run = RunDir(run_dir)
     cfg = run.config
-    kind = input_kind(cfg)
+    kind = run.recipe.representation
     trained = run.load_model()
-    shape = input_shape(cfg, run.scaler)
+    shape = run.recipe.shape(run.scaler)
     native_shape = (None, shape[1]) if kind == MUSICNN_PATCH else (shape[0], None, shape[2])
     native = build_model(cfg.model, native_shape, len(run.classes))  # the same weights, any length
     native.set_weights(trained.get_weights())

@@ -28,6 +28,7 @@ from genre_tf.config import CacheConfig, Config, MelConfig, ModelConfig, TrainCo
 from genre_tf.features.analysis import encode_mel_png
 from genre_tf.inputs.examples import split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.models import build_model
 from genre_tf.training.boundary import boundary_split, cut_at_boundary
 
@@ -80,13 +81,15 @@ def bench_blocks(cfg: Config, frame: pd.DataFrame, blocks: int, args: argparse.N
     model_cfg = replace(cfg.model, transfer=replace(cfg.model.transfer, trainable_blocks=blocks))
     cfg = replace(cfg, model=model_cfg)
     model = build_model(model_cfg, image_input_shape(model_cfg), len(CLASSES))
-    plain = fit_seconds(model, split_data(frame, cfg, CLASSES, None).loader, len(frame), cfg, args.plain_epochs)
+    plain = fit_seconds(
+        model, split_data(frame, InputRecipe.of(cfg), CLASSES, None).loader, len(frame), cfg, args.plain_epochs
+    )
     cut = cut_at_boundary(model, blocks, model_cfg)  # plain training moved only the top: the key is the same
     started = time.perf_counter()
-    boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    boundary_split(cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False)
     compute = time.perf_counter() - started
     started = time.perf_counter()
-    data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    data = boundary_split(cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False)
     load = time.perf_counter() - started
     cached = fit_seconds(cut.top, data.loader, len(frame), cfg, args.cached_epochs)
     shape = cut.frozen.output.shape[1:]

@@ -14,9 +14,13 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genre_tf.config import Config, load_config
 from genre_tf.features.scaling import Scaler, load_scaler
+
+if TYPE_CHECKING:
+    from genre_tf.inputs.recipe import InputRecipe
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,14 @@ class RunDir:
     def config(self) -> Config:
         """The run's config; the data it was trained on need not be where it was (or anywhere) to use the model."""
         return load_config(self.config_file, check_paths=False)
+
+    @cached_property
+    def recipe(self) -> InputRecipe:
+        """How the run's model reads its inputs (`genre_tf.inputs.recipe`), built from its config."""
+        # Lazy: the recipe's decoding is TensorFlow; reading a run's config, classes and metrics must not load it.
+        from genre_tf.inputs.recipe import InputRecipe
+
+        return InputRecipe.of(self.config)
 
     @cached_property
     def classes(self) -> list[str]:

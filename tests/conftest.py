@@ -19,6 +19,7 @@ import soundfile as sf
 
 from genre_tf.config import Config, MelConfig, load_config, save_config
 from genre_tf.features.analysis import encode_mel_png, feature_columns
+from genre_tf.inputs.recipe import InputRecipe
 
 # `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process its tests start, keeps
 # TensorFlow to one thread, so that two workers do not fight over both cores (a third less wall time, measured on
@@ -140,14 +141,13 @@ def make_audio_run(make_config) -> Callable[..., Path]:
         import keras
 
         from genre_tf import models
-        from genre_tf.inputs.examples import input_shape
 
         cfg = make_config(
             run_path.parent, f"name={run_path.name}", f"output_dir={run_path.parent}", "model.kind=cnn", f"seed={seed}",
             *overrides,
         )  # fmt: skip
         keras.utils.set_random_seed(seed)
-        model = models.build_model(cfg.model, input_shape(cfg, None), len(classes))
+        model = models.build_model(cfg.model, InputRecipe.of(cfg).shape(), len(classes))
         run_path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_path / "config.yaml")
         (run_path / "classes.json").write_text(json.dumps(classes))

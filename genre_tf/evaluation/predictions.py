@@ -22,7 +22,7 @@ def predict_examples(
     run: RunDir, model, frame: pd.DataFrame, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(track ids, probabilities, labels as class indices), one row per example (segment) of a frame."""
-    data = split_data(frame, run.config, run.classes, run.scaler)
+    data = split_data(frame, run.recipe, run.classes, run.scaler)
     probs = model.predict(data.batches(batch_size), verbose=0) if len(data) else np.zeros((0, len(run.classes)))
     return data.track_ids, probs, data.labels
 

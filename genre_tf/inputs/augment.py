@@ -28,11 +28,12 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config import Config, ConfigError
+from genre_tf.config import AugmentConfig, Config, ConfigError
 from genre_tf.features import musicnn_input, representations
 from genre_tf.features.analysis import mel_first_frame, mel_frames_per_segment
 from genre_tf.features.audio import segment_hop_samples, segment_samples
 from genre_tf.inputs.pipeline import Augmentation, Reader
+from genre_tf.inputs.recipe import InputRecipe
 
 # One stream per augmentation: the element seed folded with these.
 CROP, GAIN, TIME_MASKS, FREQ_MASKS, NOISE, MIXUP = range(1, 7)
@@ -49,10 +50,10 @@ class Layout:
     db_per_unit: float | None  # a [0, 1] log-mel image: dB per unit; None: mel power, which a gain multiplies
 
 
-def layout(cfg: Config, kind: str) -> Layout:
+def layout(recipe: InputRecipe) -> Layout:
     """The layout of a mel image (n_mels, frames, 1) or a musicnn patch (frames, 96)."""
-    if kind == models.MEL_IMAGE:
-        return Layout(time_axis=1, freq_axis=0, db_per_unit=cfg.mel.db_ceiling - cfg.mel.db_floor)
+    if recipe.representation == models.MEL_IMAGE:
+        return Layout(time_axis=1, freq_axis=0, db_per_unit=recipe.mel.db_ceiling - recipe.mel.db_floor)
     return Layout(time_axis=0, freq_axis=1, db_per_unit=None)
 
 
@@ -86,21 +87,20 @@ def check_augment(cfg: Config) -> None:
 
 def augmentation(
     frame: pd.DataFrame,
-    cfg: Config,
-    kind: str,
+    recipe: InputRecipe,
     read: Reader,
     model_input: Callable | None,
     labels: np.ndarray,
     n_classes: int,
 ) -> Augmentation | None:
-    """The training split's augmentation from cfg.augment, or None when it changes nothing.
+    """The training split's augmentation from the recipe's augment section, or None when it changes nothing.
 
     `read` and `model_input` are the split's: element i -> its input as cached, and that -> the model's input.
     """
-    aug = cfg.augment
+    aug = recipe.augment
     if not aug.active:
         return None
-    steps = feature_steps(cfg) if kind == models.FEATURES else spectral_steps(frame, cfg, kind, read)
+    steps = feature_steps(aug) if recipe.reads_features else spectral_steps(frame, recipe, read)
     ys = tf.constant(labels, tf.int32)
 
     def load(i: tf.Tensor, seed: tf.Tensor) -> tuple[Any, tf.Tensor]:
@@ -113,18 +113,18 @@ def augmentation(
     return Augmentation(load, mix)
 
 
-def feature_steps(cfg: Config) -> list[Step]:
+def feature_steps(aug: AugmentConfig) -> list[Step]:
     """Gaussian noise on standardised feature rows."""
-    std = cfg.augment.feature_noise
+    std = aug.feature_noise
     return [lambda x, i, seed: add_noise(x, std, stream(seed, NOISE))] if std else []
 
 
-def spectral_steps(frame: pd.DataFrame, cfg: Config, kind: str, read: Reader) -> list[Step]:
+def spectral_steps(frame: pd.DataFrame, recipe: InputRecipe, read: Reader) -> list[Step]:
     """Time crop, gain, then time and frequency masks, on a mel image or musicnn patch as cached."""
-    aug, where = cfg.augment, layout(cfg, kind)
+    aug, where = recipe.augment, layout(recipe)
     steps = []
     if aug.time_shift:
-        neighbour, offset, max_shift = (tf.constant(a, tf.int32) for a in time_neighbours(frame, cfg, kind))
+        neighbour, offset, max_shift = (tf.constant(a, tf.int32) for a in time_neighbours(frame, recipe))
 
         def crop(x: tf.Tensor, i: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
             next_x = read(tf.gather(neighbour, i))
@@ -143,7 +143,7 @@ def spectral_steps(frame: pd.DataFrame, cfg: Config, kind: str, read: Reader) ->
     return steps
 
 
-def time_neighbours(frame: pd.DataFrame, cfg: Config, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def time_neighbours(frame: pd.DataFrame, recipe: InputRecipe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per element of `frame`: its track's next segment (its own index where there is none), the frame of that
     segment's image where this element's image ends, and the largest shift `augment.time_shift` allows, in frames.
 
@@ -151,21 +151,22 @@ def time_neighbours(frame: pd.DataFrame, cfg: Config, kind: str) -> tuple[np.nda
     it. Where images overlap (a hop shorter than the image), the next image is read from where this one ends;
     where a hop is one frame longer than a musicnn patch, that frame is in neither and the window skips it.
     """
-    hop = segment_hop_samples(cfg.audio)
+    audio, mel = recipe.audio, recipe.mel
+    hop = segment_hop_samples(audio)
     segment = frame["segment"].to_numpy(np.int64)
-    if kind == models.MEL_IMAGE:
-        frames = mel_frames_per_segment(segment_samples(cfg.audio), cfg.mel)
-        hop_frames = mel_first_frame((segment + 1) * hop, cfg.mel) - mel_first_frame(segment * hop, cfg.mel)
+    if recipe.representation == models.MEL_IMAGE:
+        frames = mel_frames_per_segment(segment_samples(audio), mel)
+        hop_frames = mel_first_frame((segment + 1) * hop, mel) - mel_first_frame(segment * hop, mel)
     else:
-        frames = musicnn_input.patch_frames(cfg.audio.segment_seconds)
-        sr = cfg.audio.sample_rate
+        frames = musicnn_input.patch_frames(audio.segment_seconds)
+        sr = audio.sample_rate
         hop_frames = musicnn_input.first_frame((segment + 1) * hop, sr) - musicnn_input.first_frame(segment * hop, sr)
     position = {key: i for i, key in enumerate(zip(frame["track_id"], segment, strict=True))}
     nexts = [position.get((track, k + 1), -1) for track, k in zip(frame["track_id"], segment, strict=True)]
     has_next = np.array(nexts) >= 0
     neighbour = np.where(has_next, nexts, np.arange(len(frame)))
     offset = np.where(has_next, np.clip(frames - hop_frames, 0, frames), 0)
-    shift = np.minimum(np.floor(cfg.augment.time_shift * hop_frames), frames - offset).astype(np.int64)
+    shift = np.minimum(np.floor(recipe.augment.time_shift * hop_frames), frames - offset).astype(np.int64)
     return neighbour, offset, np.where(has_next, shift, 0)
 
 

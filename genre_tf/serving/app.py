@@ -37,8 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import track_probabilities
 from genre_tf.features import audio
-from genre_tf.inputs.examples import model_input
-from genre_tf.models import MUSICNN_PATCH, musicnn
+from genre_tf.models import musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
@@ -55,7 +54,7 @@ class Predictor:
     def __init__(self, run: RunDir, limits: Limits, batching: BatchLimits | None = None):
         self.run, self.limits = run, limits
         self.model = run.load_model()
-        self.tagger = tagger(run) if model_input(run.config) == MUSICNN_PATCH else None
+        self.tagger = tagger(run) if run.recipe.reads_patches else None
         self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
         self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
         self._preparing_lock = threading.Lock()
@@ -76,7 +75,7 @@ class Predictor:
         self._count_preparing(+1)
         try:
             with self._analysing:
-                waveform = read_waveform(path, self.run.config)
+                waveform = read_waveform(path, self.run.recipe)
                 inputs, positions = self.graph.segments(waveform)
         except audio.AudioError as err:
             raise BadInput(422, str(err)) from None

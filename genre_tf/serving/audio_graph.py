@@ -25,7 +25,6 @@ from genre_tf.features import audio
 from genre_tf.features.analysis import feature_columns
 from genre_tf.features.audio import AudioError
 from genre_tf.features.representations import FEATURES
-from genre_tf.inputs.examples import reads_features
 from genre_tf.models.transfer import get_backbone
 from genre_tf.run import RunDir
 from genre_tf.serving.frontend import (
@@ -46,7 +45,7 @@ class AudioGraph:
 
     def __init__(self, run: RunDir, model, tagger=None):
 
-        frontend = audio_frontend(run.config)
+        frontend = audio_frontend(run.recipe)
         layout = frontend.layout
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
@@ -128,7 +127,7 @@ def in_batches(function, inputs: np.ndarray, batch_size: int) -> dict[str, np.nd
 def waveform_model(run: RunDir, model, tagger=None) -> AudioGraph | FeatureRows:
     """What makes a run's inputs from a decoded waveform and calls its model on them: a table run's FeatureRows, an
     audio run's AudioGraph (with the musicnn `tagger`, where given)."""
-    return FeatureRows(run, model) if reads_features(run.config) else AudioGraph(run, model, tagger)
+    return FeatureRows(run, model) if run.recipe.reads_features else AudioGraph(run, model, tagger)
 
 
 def sharing_the_backbone(model, tagger):
@@ -163,7 +162,7 @@ def waveform_inputs(
     results = []
     for run, graph in zip(runs, graphs, strict=True):
         cfg = run.config
-        decoding, reading = decoding_key(cfg.audio), input_key(cfg)
+        decoding, reading = decoding_key(cfg.audio), input_key(run.recipe)
         if decoding not in decoded:
             try:
                 decoded[decoding] = audio.load_track(Path(path), cfg.audio)
@@ -173,6 +172,6 @@ def waveform_inputs(
             results.append(decoded[decoding])
             continue
         if reading not in made:
-            made[reading] = graph.segments(at_model_rate(decoded[decoding], cfg))
+            made[reading] = graph.segments(at_model_rate(decoded[decoding], run.recipe))
         results.append(made[reading])
     return results

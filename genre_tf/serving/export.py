@@ -37,7 +37,6 @@ from tensorflow.core.protobuf import saved_model_pb2
 from genre_tf import models
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import QuantileScaler
-from genre_tf.inputs.examples import reads_features
 from genre_tf.inputs.layers import QuantileScaling, StandardScaling
 from genre_tf.run import RunDir
 from genre_tf.serving.export_ensemble import ensemble_serving_module
@@ -116,7 +115,7 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     # module: tracked only through the Keras model they are saved too, but the TFLite converter then keeps them as
     # resource variables that no one initialises, instead of freezing them into constants (NaN outputs).
     module.model_variables = [variable.value for variable in model.variables]
-    if reads_features(run.config):
+    if run.recipe.reads_features:
         layer, metadata = scaling_layer(run), table_metadata(run)
 
         @tf.function(input_signature=[tf.TensorSpec([None, len(metadata["columns"])], tf.float32, name="features")])
@@ -127,13 +126,13 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
         return module, metadata
 
     probe = models.family(run.config.model).track_level(run.config.model)
-    frontend = audio_frontend(run.config)
+    frontend = audio_frontend(run.recipe)
     metadata = audio_metadata(run, frontend, probe, rates)
     module.serve = waveform_function(model, frontend, probe, metadata)
     module.serve_at = rate_functions(
         module.serve,
         frontend.rate,
-        lambda rate: waveform_function(model, audio_frontend(run.config, rate), probe, metadata),
+        lambda rate: waveform_function(model, audio_frontend(run.recipe, rate), probe, metadata),
         rates,
     )
     return module, metadata

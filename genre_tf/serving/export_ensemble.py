@@ -6,7 +6,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 from genre_tf.evaluation.pooling import track_pooling, weighted_mean
-from genre_tf.inputs.examples import reads_features
 from genre_tf.run import RunDir
 from genre_tf.serving.frontend import (
     EXPORT_RATES,
@@ -54,7 +53,7 @@ def ensemble_function(members: list, models: list, probes: list[bool], weights, 
     once, resampled in the graph to a member's own rate where it differs), model and pooling, and their weighted mean;
     its constant outputs say that rate."""
     keys, frontends = ensemble_frontends(members, rate)
-    cut_by = {key: segments_key(member.run.config) for key, member in zip(keys, members, strict=True)}
+    cut_by = {key: segments_key(member.run.recipe) for key, member in zip(keys, members, strict=True)}
     cutters = {cut_by[key]: frontend for key, frontend in reversed(frontends.items())}  # the first of each
     said = {**metadata, "sample_rate": rate, "input_note": ensemble_note(members, rate, metadata["sample_rate"])}
 
@@ -80,18 +79,18 @@ def ensemble_frontends(members: list, rate: int) -> tuple[list[str], dict[str, A
     """(each member's `input_key`, the frontend of each distinct key, the first member's of it): one input per key in
     the graph, every frontend taking waveforms at `rate` Hz (`preprocessing.layers.Resample` brings them to a member's
     own rate)."""
-    keys = [input_key(member.run.config) for member in members]
+    keys = [input_key(member.run.recipe) for member in members]
     frontends = {}
     for key, member in zip(keys, members, strict=True):
         if key not in frontends:
-            frontends[key] = audio_frontend(member.run.config, rate)
+            frontends[key] = audio_frontend(member.run.recipe, rate)
     return keys, frontends
 
 
 def check_waveform_members(members: list) -> None:
     """SystemExit, one line, for a table member: its feature rows cannot be made in a waveform graph."""
     for member in members:
-        if reads_features(member.run.config):
+        if member.run.recipe.reads_features:
             raise SystemExit(
                 f"error: member {member.run.path.name} is a table model ({member.run.config.model.kind}): its feature "
                 "rows cannot be made in a waveform graph, so this ensemble cannot be exported"
@@ -100,7 +99,7 @@ def check_waveform_members(members: list) -> None:
 
 def member_rate(member) -> int:
     """Hz of the waveform a member's exported model takes alone: the rate its representation is made at."""
-    return audio_frontend(member.run.config).layout.sample_rate
+    return audio_frontend(member.run.recipe).layout.sample_rate
 
 
 def ensemble_note(members: list, rate: int, highest: int) -> str:
@@ -139,8 +138,8 @@ def ensemble_metadata(run: RunDir, members: list, rate: int, rates: tuple[int, .
             }
             for member in members
         ],
-        "inputs": len({input_key(member.run.config) for member in members}),
-        "spectrograms": len({segments_key(member.run.config) for member in members}),
+        "inputs": len({input_key(member.run.recipe) for member in members}),
+        "spectrograms": len({segments_key(member.run.recipe) for member in members}),
         "track_probabilities": "the weighted mean of the members' track probabilities, each pooled as the member "
         "pools its segments (their mean, or a linear probe's softmax of their mean log-probability)",
     }

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from genre_tf import models
-from genre_tf.config import AudioConfig, Config
+from genre_tf.config import AudioConfig
 from genre_tf.evaluation.pooling import PROBABILITY_FLOOR
 from genre_tf.features import audio, musicnn_input
 from genre_tf.features.analysis import mel_frames_per_segment
@@ -26,10 +26,9 @@ from genre_tf.features.audio import segment_hop_samples, segment_samples
 from genre_tf.features.mel import AMIN, db_to_unit
 from genre_tf.features.musicnn_input import to_musicnn_rate
 from genre_tf.features.representations import FEATURES, MEL_IMAGE, shaping_parameters
-from genre_tf.inputs.examples import model_input
 from genre_tf.inputs.layers import LogMelImage, MusicnnMelPower, Resample
 from genre_tf.inputs.pipeline import mel_model_input
-from genre_tf.models import MUSICNN_PATCH
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.run import RunDir
 
 
@@ -86,11 +85,11 @@ class AudioFrontend:
         return self.input_rate or self.layout.sample_rate
 
 
-def audio_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+def audio_frontend(recipe: InputRecipe, input_rate: int | None = None) -> AudioFrontend:
     """The in-graph preprocessing of the run's input representation: log-mel images or musicnn patches; from
     waveforms at `input_rate` Hz, resampled in the graph, where given and not the representation's rate."""
-    frontend = musicnn_frontend if model_input(cfg) == MUSICNN_PATCH else mel_frontend
-    return frontend(cfg, input_rate)
+    frontend = musicnn_frontend if recipe.reads_patches else mel_frontend
+    return frontend(recipe, input_rate)
 
 
 def resampling(frontend: AudioFrontend, input_rate: int | None, audio: AudioConfig) -> AudioFrontend:
@@ -113,45 +112,46 @@ def resampling(frontend: AudioFrontend, input_rate: int | None, audio: AudioConf
     )
 
 
-def mel_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+def mel_frontend(recipe: InputRecipe, input_rate: int | None = None) -> AudioFrontend:
     """Log-mel images as the cache makes them (`features._mel_segments`), resized as in training (`MelImage`); from
     waveforms at `input_rate` Hz where given (default: the run's audio.sample_rate)."""
 
-    log_mel = LogMelImage(cfg.audio.sample_rate, vars(cfg.mel), pad_mode=cfg.features.pad_mode)
-    frames = mel_frames_per_segment(segment_samples(cfg.audio), cfg.mel)
-    step = (segment_hop_samples(cfg.audio), cfg.mel.hop_length)  # the cache's mel_first_frame(k * hop)
-    image = mel_model_input(cfg.model)
+    audio, mel = recipe.audio, recipe.mel
+    log_mel = LogMelImage(audio.sample_rate, vars(mel), pad_mode=recipe.features.pad_mode)
+    frames = mel_frames_per_segment(segment_samples(audio), mel)
+    step = (segment_hop_samples(audio), mel.hop_length)  # the cache's mel_first_frame(k * hop)
+    image = mel_model_input(recipe.model)
     frontend = AudioFrontend(
-        layout=segment_layout(cfg.audio, cfg.audio.sample_rate, frames, step),
+        layout=segment_layout(audio, audio.sample_rate, frames, step),
         # LogMelImage gives (1, n_mels, frames, 1); segments are cut along time, so time goes to axis 1 and back.
         spectrogram=lambda waveforms: tf.transpose(log_mel(waveforms), (0, 2, 1, 3)),
-        silence=float(db_to_unit(10.0 * np.log10(AMIN), cfg.mel)),
+        silence=float(db_to_unit(10.0 * np.log10(AMIN), mel)),
         to_input=lambda segments: image(tf.transpose(segments, (0, 2, 1, 3))),
-        note=f"mono float32 waveform at {cfg.audio.sample_rate} Hz, the run's sample rate",
+        note=f"mono float32 waveform at {audio.sample_rate} Hz, the run's sample rate",
     )
-    return resampling(frontend, input_rate, cfg.audio)
+    return resampling(frontend, input_rate, audio)
 
 
-def musicnn_frontend(cfg: Config, input_rate: int | None = None) -> AudioFrontend:
+def musicnn_frontend(recipe: InputRecipe, input_rate: int | None = None) -> AudioFrontend:
     """musicnn's mel power patches as the cache makes them (`musicnn_input.segment_patches`), from 16 kHz audio, or
     from waveforms at `input_rate` Hz resampled to 16 kHz in the graph, where given."""
-    rate = musicnn_input.MUSICNN_SAMPLE_RATE
+    rate, audio = musicnn_input.MUSICNN_SAMPLE_RATE, recipe.audio
     # The cache starts segment k's patch at first_frame(k * hop, run's rate) = ceil(k * hop * 16000 / (run's rate *
     # 256)). Segments are counted on the 16 kHz waveform: the count the cache gets, unless a clip ends within a sample
     # of a segment's end.
-    step = (segment_hop_samples(cfg.audio) * rate, cfg.audio.sample_rate * musicnn_input.HOP_LENGTH)
-    frames = musicnn_input.patch_frames(cfg.audio.segment_seconds)
+    step = (segment_hop_samples(audio) * rate, audio.sample_rate * musicnn_input.HOP_LENGTH)
+    frames = musicnn_input.patch_frames(audio.segment_seconds)
     frontend = AudioFrontend(
-        layout=segment_layout(cfg.audio, rate, frames, step),
+        layout=segment_layout(audio, rate, frames, step),
         spectrogram=MusicnnMelPower(),
         silence=0.0,
         to_input=lambda segments: segments,  # the model's first layer takes the log
         note=(
-            f"mono float32 waveform at {rate} Hz, musicnn's rate (predict reads audio at {cfg.audio.sample_rate} Hz "
+            f"mono float32 waveform at {rate} Hz, musicnn's rate (predict reads audio at {audio.sample_rate} Hz "
             "and resamples it to 16 kHz with soxr)"
         ),
     )
-    return resampling(frontend, input_rate, cfg.audio)
+    return resampling(frontend, input_rate, audio)
 
 
 def fit_waveform(waveform, layout: SegmentLayout):
@@ -188,34 +188,36 @@ def cut_segments(waveform, frontend: AudioFrontend):
     return tf.gather(spectrogram, starts[:, None] + tf.range(layout.frames)[None], axis=0)
 
 
-def read_waveform(path: Path, cfg: Config) -> np.ndarray:
-    """An audio file as an exported audio model of this config takes it: decoded as `prepare` does, at its rate."""
-    return at_model_rate(audio.load_track(path, cfg.audio), cfg)
+def read_waveform(path: Path, recipe: InputRecipe) -> np.ndarray:
+    """An audio file as an exported audio model of this recipe takes it: decoded as `prepare` does, at its rate."""
+    return at_model_rate(audio.load_track(path, recipe.audio), recipe)
 
 
-def at_model_rate(y: np.ndarray, cfg: Config) -> np.ndarray:
-    """A waveform decoded at the config's audio.sample_rate, at the rate its exported audio model takes: musicnn's
+def at_model_rate(y: np.ndarray, recipe: InputRecipe) -> np.ndarray:
+    """A waveform decoded at the recipe's audio.sample_rate, at the rate its exported audio model takes: musicnn's
     16 kHz, else as it is."""
-    return to_musicnn_rate(y, cfg.audio.sample_rate) if model_input(cfg) == MUSICNN_PATCH else y
+    return to_musicnn_rate(y, recipe.audio.sample_rate) if recipe.reads_patches else y
 
 
-def segments_key(cfg: Config) -> str:
+def segments_key(recipe: InputRecipe) -> str:
     """What an audio run's segments are cut from: its representation's shaping parameters (the cache key's). Runs with
     one key cut equal segments of the spectrogram (`cut_segments`) from a waveform."""
     return json.dumps(
-        shaping_parameters(model_input(cfg), cfg.audio, cfg.features, cfg.mel), sort_keys=True, default=str
+        shaping_parameters(recipe.representation, recipe.audio, recipe.features, recipe.mel),
+        sort_keys=True,
+        default=str,
     )
 
 
-def input_key(cfg: Config) -> str:
+def input_key(recipe: InputRecipe) -> str:
     """What a run's segment inputs are made from and with: its segments (`segments_key`) and, for mel images, the
     model's image size and channels, for feature rows whether they are the track's or its segments' (`model.level`).
     Runs with one key read equal inputs from a waveform."""
     shaping = {
-        MEL_IMAGE: [list(cfg.model.image_size), cfg.model.channels, cfg.model.channel_mode],
-        FEATURES: cfg.model.level,
+        MEL_IMAGE: [list(recipe.model.image_size), recipe.model.channels, recipe.model.channel_mode],
+        FEATURES: recipe.model.level,
     }
-    return json.dumps([segments_key(cfg), shaping.get(model_input(cfg))])
+    return json.dumps([segments_key(recipe), shaping.get(recipe.representation)])
 
 
 EXPORT_RATES = (16000, 22050, 44100, 48000)  # Hz: an audio model has a signature for each, `waveform_<rate>`

@@ -45,12 +45,10 @@ from genre_tf.inputs.examples import (
     Examples,
     examples_for_index,
     examples_from_table,
-    input_shape,
-    model_input,
-    reads_features,
     split_data,
 )
-from genre_tf.models import MUSICNN_PATCH, musicnn
+from genre_tf.inputs.recipe import InputRecipe
+from genre_tf.models import musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import AudioGraph, waveform_inputs
 from genre_tf.serving.submission import SubmissionFile, skipped_path, submission
@@ -170,7 +168,7 @@ def audio_graphs(runs: list[RunDir], models: list | None = None) -> list:
     for a table run."""
     models = models or [None] * len(runs)
     return [
-        None if reads_features(run.config) else DeferredGraph(run, model)
+        None if run.recipe.reads_features else DeferredGraph(run, model)
         for run, model in zip(runs, models, strict=True)
     ]
 
@@ -315,7 +313,7 @@ def print_skipped(skipped: pd.DataFrame) -> None:
 
 def check_tagged(run: RunDir) -> None:
     """SystemExit for a run without a musicnn tagger, before any input is read."""
-    if model_input(run.config) != MUSICNN_PATCH:
+    if not run.recipe.reads_patches:
         raise SystemExit(f"error: --tags needs a musicnn run (backbone MSD_musicnn or MTT_musicnn); {run.path} is none")
 
 
@@ -323,7 +321,7 @@ def tagger(run: RunDir):
     """The pretrained tagger of the run's musicnn backbone; SystemExit for a run without one."""
     check_tagged(run)
     cfg = run.config
-    return musicnn.tagger(cfg.model.transfer.backbone, input_shape(cfg, None)[0])
+    return musicnn.tagger(cfg.model.transfer.backbone, run.recipe.shape()[0])
 
 
 def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str, list[tuple[str, float]]]]:
@@ -335,7 +333,7 @@ def track_tags(run: RunDir, examples, k: int = 5, model=None) -> list[tuple[str,
     if TAGS in examples.frame:
         track_ids, scores = examples.frame["track_id"].to_numpy(), stacked(examples.frame[TAGS], len(names))
     else:
-        data = split_data(examples.frame, cfg, run.classes, None)
+        data = split_data(examples.frame, InputRecipe.of(cfg), run.classes, None)
         track_ids, scores = (
             data.track_ids,
             (model or tagger(run)).predict(data.batches(cfg.train.batch_size), verbose=0),

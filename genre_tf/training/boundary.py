@@ -30,10 +30,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from genre_tf import models
-from genre_tf.config import Config, ModelConfig
+from genre_tf.config import ModelConfig
 from genre_tf.extract.cache import atomic_file
 from genre_tf.inputs import pipeline
-from genre_tf.inputs.examples import SplitData, input_column, split_data
+from genre_tf.inputs.examples import SplitData, split_data
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.models.transfer import backbone_name, boundary_layer_name, split_at_boundary
 
 BOUNDARY_VERSION = "1"  # bump when the way activations are computed changes
@@ -127,17 +128,23 @@ def _load_activations(path: Path) -> np.ndarray | tuple[np.ndarray, ...]:
 
 
 def boundary_split(
-    boundary: Boundary, frame: pd.DataFrame, cfg: Config, classes: list[str], progress: bool = True
+    boundary: Boundary,
+    frame: pd.DataFrame,
+    recipe: InputRecipe,
+    classes: list[str],
+    batch_size: int,
+    cache_dir: Path,
+    progress: bool = True,
 ) -> SplitData:
     """`split_data` for `boundary.top`: element i -> (cached boundary activations, label), same order and tracks.
 
     Where the boundary is several tensors, element i holds the tuple of their activations, `top`'s inputs.
     """
-    images = split_data(frame, cfg, classes, None)
-    key = boundary.key(frame[input_column(cfg)].tolist())
-    activations = boundary_features(boundary.frozen, images, cfg.train.batch_size, cfg.cache.dir, key, progress)
+    images = split_data(frame, recipe, classes, None)
+    key = boundary.key(frame[recipe.column].tolist())
+    activations = boundary_features(boundary.frozen, images, batch_size, cache_dir, key, progress)
     labels, track_ids = images.labels, images.track_ids
-    if models.family(cfg.model).track_level(cfg.model):  # the probe: one mean embedding per track
+    if models.family(recipe.model).track_level(recipe.model):  # the probe: one mean embedding per track
         activations, labels, track_ids = track_means(activations, labels, track_ids)
     # table_loader gathers along the first axis only, so (n, H, W, C) activations load like (n, F) rows.
     return SplitData(pipeline.table_loader(activations, labels), labels, track_ids)

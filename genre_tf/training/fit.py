@@ -41,9 +41,9 @@ from genre_tf.evaluation.report import evaluate_run
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import Scaler, fit_scaler
 from genre_tf.inputs import augment
-from genre_tf.inputs.examples import Examples, SplitData, input_shape, load_examples, reads_features, split_data
+from genre_tf.inputs.examples import Examples, SplitData, load_examples, split_data
 from genre_tf.inputs.pipeline import train_dataset
-from genre_tf.inputs.recipe import cache_off_note, caches_boundary
+from genre_tf.inputs.recipe import InputRecipe, cache_off_note
 from genre_tf.models import transfer
 from genre_tf.run import RunDir
 from genre_tf.training import boundary
@@ -101,19 +101,22 @@ def fit_phases(
     classes = run.classes
     splits = ("train", "valid") if all(phase.validates for phase in phases) else ("train",)
     frames = {split: examples.split(split) for split in splits}
-    data = {split: split_data(frame, cfg, classes, scaler, train=split == "train") for split, frame in frames.items()}
+    recipe = InputRecipe.of(cfg)
+    data = {
+        split: split_data(frame, recipe, classes, scaler, train=split == "train") for split, frame in frames.items()
+    }
     if note := cache_off_note(cfg):
         print(note)
     log = PhaseLog.load(run)
     keras.utils.set_random_seed(cfg.seed)  # the initial weights depend on the seed alone: a refit starts from them too
     with strategy.scope():
-        model = models.build_model(cfg.model, input_shape(cfg, scaler), len(classes))
+        model = models.build_model(cfg.model, recipe.shape(scaler), len(classes))
     for phase in phases:
         if phase.name in log.done:
             continue
         started = time.perf_counter()
         with strategy.scope():
-            inputs = _phase_inputs(run, cfg, phase, model, frames, data)
+            inputs = _phase_inputs(run, cfg, recipe, phase, model, frames, data)
         _fit_phase(run, cfg, phase, model, inputs, strategy, verbose)
         log.finish(run, phase, time.perf_counter() - started)
         shutil.rmtree(run.backup_dir / phase.name, ignore_errors=True)
@@ -127,7 +130,13 @@ def fit_phases(
 
 
 def _phase_inputs(
-    run: RunDir, cfg: Config, phase: Phase, model: keras.Model, frames: dict, data: dict[str, SplitData]
+    run: RunDir,
+    cfg: Config,
+    recipe: InputRecipe,
+    phase: Phase,
+    model: keras.Model,
+    frames: dict,
+    data: dict[str, SplitData],
 ) -> PhaseInputs:
     """Set what trains in this phase, start from the best weights so far, and pick the model and data to fit."""
     if phase.backbone == "frozen":
@@ -137,7 +146,7 @@ def _phase_inputs(
     if run.model_file.is_file():  # a later phase starts from the best weights so far
         model.load_weights(run.model_file)
     batch_size = cfg.train.batch_size
-    if not caches_boundary(cfg):
+    if not recipe.caches_boundary:
         valid = data["valid"].batches(batch_size) if "valid" in data else None
         if valid is not None and cfg.augment.mixup_alpha:  # the loss takes mixup's soft labels: valid goes one-hot
             valid = valid.map(lambda x, y: (x, tf.one_hot(y, len(run.classes))))
@@ -145,10 +154,12 @@ def _phase_inputs(
     # The frozen bottom runs once, not every epoch; the top shares its weights with `model`.
     blocks = 0 if phase.backbone == "frozen" else cfg.model.transfer.trainable_blocks
     cut = boundary.cut_at_boundary(model, blocks, cfg.model)
-    train = boundary.boundary_split(cut, frames["train"], cfg, run.classes)
-    valid = None
-    if "valid" in frames:
-        valid = boundary.boundary_split(cut, frames["valid"], cfg, run.classes).batches(batch_size)
+
+    def split(frame: pd.DataFrame) -> SplitData:
+        return boundary.boundary_split(cut, frame, recipe, run.classes, batch_size, cfg.cache.dir)
+
+    train = split(frames["train"])
+    valid = split(frames["valid"]).batches(batch_size) if "valid" in frames else None
     return PhaseInputs(cut.top, train, valid)
 
 
@@ -226,7 +237,7 @@ def _write_history_csv(run: RunDir) -> None:
 
 def _fit_run_scaler(run: RunDir, cfg: Config, examples: Examples) -> Scaler | None:
     """The feature scaler of a features model, fitted on the examples' train split only and saved in the run."""
-    if not reads_features(cfg):
+    if not InputRecipe.of(cfg).reads_features:
         return None
     scaler = fit_scaler(cfg.model.mlp.scaler, examples.split("train"), examples.feature_columns, cfg.seed)
     scaler.save(run.scaler_file)

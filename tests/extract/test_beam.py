@@ -22,6 +22,7 @@ from genre_tf.extract import shards  # noqa: E402
 from genre_tf.extract.prepared import config_index, prepare_index  # noqa: E402
 from genre_tf.features.analysis import feature_columns  # noqa: E402
 from genre_tf.features.representations import ALL, MEL_IMAGE, MUSICNN_PATCH  # noqa: E402
+from genre_tf.inputs.recipe import InputRecipe
 
 TONES = {"jazz": (220.0, 330.0, 440.0, 550.0), "rock": (1000.0, 1500.0, 2000.0, 2500.0)}
 
@@ -248,7 +249,7 @@ def test_the_multi_worker_loop_takes_a_stream_by_input_context(beam_run):
     tiny = ["model.kind=cnn", "model.image_size=[16,16]", "model.cnn.conv_blocks=1", "model.cnn.filters=4"]
     cfg = load_config(config_file, [*tiny, f"data.shards={output}", "data.stream=true"])
     examples = load_examples(cfg, progress=False)
-    data = split_data(examples.split("train"), cfg, examples.classes, None)
+    data = split_data(examples.split("train"), InputRecipe.of(cfg), examples.classes, None)
     contexts = []
 
     def batches(context: tf.distribute.InputContext) -> tf.data.Dataset:

@@ -13,8 +13,9 @@ from genre_tf.features import musicnn_input
 from genre_tf.features.analysis import encode_mel_png, feature_columns, mel_first_frame, mel_frames_per_segment
 from genre_tf.features.scaling import FeatureScaler
 from genre_tf.inputs.augment import check_augment, mask_stripes, mixup, time_neighbours
-from genre_tf.inputs.examples import model_input, split_data
+from genre_tf.inputs.examples import split_data
 from genre_tf.inputs.pipeline import element_seed, png_to_unit, train_dataset
+from genre_tf.inputs.recipe import InputRecipe
 
 CLASSES = ["blues", "jazz"]
 SEGMENTS = [4, 3]  # segments per track: track 0 is blues, track 1 jazz
@@ -102,19 +103,19 @@ def test_evaluation_inputs_are_byte_identical_with_augmentation_on(tmp_path, mak
     base = ["model.kind=mlp"] if kind == "features" else KINDS[kind]
     off, on = make_config(tmp_path, *base), make_config(tmp_path, *base, *augment)
     scaler = FeatureScaler.fit(frame, feature_columns()) if kind == "features" else None
-    expected = batches_of(split_data(frame, off, CLASSES, scaler).batches(4))
+    expected = batches_of(split_data(frame, InputRecipe.of(off), CLASSES, scaler).batches(4))
     for train in (False, True):  # the training split's batches (valid, test, predict) never augment either
-        data = split_data(frame, on, CLASSES, scaler, train=train)
+        data = split_data(frame, InputRecipe.of(on), CLASSES, scaler, train=train)
         assert (data.augmentation is not None) == train
         for (x, y), (x0, y0) in zip(batches_of(data.batches(4)), expected, strict=True):
             assert x.tobytes() == x0.tobytes() and y.tobytes() == y0.tobytes()
-    assert split_data(frame, off, CLASSES, scaler, train=True).augmentation is None
+    assert split_data(frame, InputRecipe.of(off), CLASSES, scaler, train=True).augmentation is None
 
 
 @pytest.mark.parametrize("kind", ["image", "patch"])
 def test_masks_set_whole_bands_and_frames_to_zero(tmp_path, make_config, tracks, kind):
     masks = ["augment.time_masks=2", "augment.time_mask_frames=5", "augment.freq_masks=1", "augment.freq_mask_bands=4"]
-    data = split_data(tracks[0], make_config(tmp_path, *KINDS[kind], *masks), CLASSES, None, train=True)
+    data = split_data(tracks[0], InputRecipe.of(make_config(tmp_path, *KINDS[kind], *masks)), CLASSES, None, train=True)
     time_axis = 1 if kind == "image" else 0
     epochs = [loaded(data, seed=3, epoch=e) for e in range(3)]
     for element, before in zip(epochs[0], plain(data), strict=True):
@@ -145,7 +146,9 @@ def test_mask_widths_stay_within_the_maximum():
 
 @pytest.mark.parametrize("kind", ["image", "patch"])
 def test_gain_shifts_every_value_by_one_draw_within_the_given_db(tmp_path, make_config, tracks, kind):
-    data = split_data(tracks[0], make_config(tmp_path, *KINDS[kind], "augment.gain_db=6"), CLASSES, None, train=True)
+    data = split_data(
+        tracks[0], InputRecipe.of(make_config(tmp_path, *KINDS[kind], "augment.gain_db=6")), CLASSES, None, train=True
+    )
     gains = []
     for epoch in range(2):
         for element, before in zip(loaded(data, seed=0, epoch=epoch), plain(data), strict=True):
@@ -162,8 +165,8 @@ def test_gain_shifts_every_value_by_one_draw_within_the_given_db(tmp_path, make_
 def test_time_shift_crops_the_track_later_by_up_to_one_hop(tmp_path, make_config, tracks):
     frame, whole = tracks
     cfg = make_config(tmp_path, *IMAGE, "augment.time_shift=1")
-    data = split_data(frame, cfg, CLASSES, None, train=True)
-    neighbour, offset, max_shift = time_neighbours(frame, cfg, models.MEL_IMAGE)
+    data = split_data(frame, InputRecipe.of(cfg), CLASSES, None, train=True)
+    neighbour, offset, max_shift = time_neighbours(frame, InputRecipe.of(cfg))
     assert neighbour.tolist() == [1, 2, 3, 3, 5, 6, 6]  # the last segment of a track stays in place
     assert offset.tolist() == [0, 0, 1, 0, 0, 0, 0]  # 22-frame images 22, 22, 21 frames apart
     assert max_shift.tolist() == [22, 22, 21, 0, 22, 22, 0]
@@ -183,9 +186,9 @@ def test_time_shift_crops_the_track_later_by_up_to_one_hop(tmp_path, make_config
 def test_time_shift_of_musicnn_patches_reads_on_into_the_next_patch(tmp_path, make_config, tracks):
     frame, whole = tracks
     cfg = make_config(tmp_path, *PATCH, "augment.time_shift=0.5")
-    data = split_data(frame, cfg, CLASSES, None, train=True)
-    assert model_input(cfg) == models.MUSICNN_PATCH
-    neighbour, offset, max_shift = time_neighbours(frame, cfg, models.MUSICNN_PATCH)
+    data = split_data(frame, InputRecipe.of(cfg), CLASSES, None, train=True)
+    assert InputRecipe.of(cfg).representation == models.MUSICNN_PATCH
+    neighbour, offset, max_shift = time_neighbours(frame, InputRecipe.of(cfg))
     # 31-frame patches 32, 31, 31 frames apart: the frame between the first two is in neither, so it is skipped
     assert offset.tolist() == [0] * 7 and max_shift.tolist() == [16, 15, 15, 0, 16, 15, 0]
     before = plain(data)
@@ -208,7 +211,7 @@ def test_time_shift_needs_segments_without_gaps(make_config, tmp_path):
 def test_feature_noise_has_the_given_std_in_standardised_units(tmp_path, make_config):
     frame = feature_frame()
     cfg = make_config(tmp_path, "model.kind=mlp", "augment.feature_noise=0.5")
-    data = split_data(frame, cfg, CLASSES, FeatureScaler.fit(frame, feature_columns()), train=True)
+    data = split_data(frame, InputRecipe.of(cfg), CLASSES, FeatureScaler.fit(frame, feature_columns()), train=True)
     noise = [np.stack(loaded(data, seed=0, epoch=e)) - np.stack(plain(data)) for e in range(2)]
     for drawn in noise:
         assert drawn.std() == pytest.approx(0.5, rel=0.05) and abs(drawn.mean()) < 0.02
@@ -235,7 +238,7 @@ def test_a_resumed_run_sees_the_augmented_batches_of_an_uninterrupted_one(tmp_pa
     every = ["augment.time_masks=1", "augment.time_mask_frames=4", "augment.freq_masks=1", "augment.freq_mask_bands=3"]
     every += ["augment.gain_db=3", "augment.time_shift=1", "augment.mixup_alpha=0.4"]
     cfg = make_config(tmp_path, *IMAGE, *every)
-    data = split_data(tracks[0], cfg, CLASSES, None, train=True)
+    data = split_data(tracks[0], InputRecipe.of(cfg), CLASSES, None, train=True)
 
     def run(first_epoch: int) -> list:
         ds, steps = train_dataset(data.loader, len(data), 2, cfg.seed, first_epoch, 3, data.augmentation)

@@ -13,10 +13,9 @@ from genre_tf.features.scaling import FeatureScaler
 from genre_tf.inputs.examples import (
     examples_from_prepared,
     examples_from_table,
-    input_shape,
-    model_input,
     split_data,
 )
+from genre_tf.inputs.recipe import InputRecipe
 
 PUBLISHED_NON_MFCC = FEATURE_COLUMNS[:17]  # chroma_stft_mean .. perceptr_var, then tempo
 
@@ -38,30 +37,36 @@ def hand_prepared(n_mfcc: int = 20) -> Prepared:
 
 def test_track_level_mlp_reads_tracks_every_other_model_segments(tmp_path, make_config):
     prepared = hand_prepared()
-    track_mlp = examples_from_prepared(prepared, make_config(tmp_path, "model.kind=mlp", "model.level=track"))
+    track_mlp = examples_from_prepared(
+        prepared, InputRecipe.of(make_config(tmp_path, "model.kind=mlp", "model.level=track"))
+    )
     assert track_mlp.frame is prepared.tracks
     assert track_mlp.classes == ["jazz", "rock"]
     for overrides in (["model.kind=mlp"], ["model.kind=cnn"], ["model.kind=transfer"]):
-        examples = examples_from_prepared(prepared, make_config(tmp_path, *overrides))
+        examples = examples_from_prepared(prepared, InputRecipe.of(make_config(tmp_path, *overrides)))
         assert examples.frame is prepared.segments, overrides
         assert examples.split("train").track_id.tolist() == ["a", "a", "b"]
         assert examples.split("valid").empty
-    image = examples_from_prepared(prepared, make_config(tmp_path, "model.kind=cnn", "model.level=track"))
+    image = examples_from_prepared(
+        prepared, InputRecipe.of(make_config(tmp_path, "model.kind=cnn", "model.level=track"))
+    )
     assert image.frame is prepared.segments, "model.level only concerns feature rows"
     assert image.feature_columns == []
 
 
 def test_model_input_per_family(tmp_path, make_config):
-    assert model_input(make_config(tmp_path, "model.kind=mlp")) == models.FEATURES == "features"
-    assert model_input(make_config(tmp_path, "model.kind=cnn")) == models.MEL_IMAGE == "mel_image"
-    assert model_input(make_config(tmp_path, "model.kind=transfer")) == models.MEL_IMAGE
-    assert model_input(make_config(tmp_path, "model.kind=resnet50")) == models.MEL_IMAGE  # the old name still loads
+    assert InputRecipe.of(make_config(tmp_path, "model.kind=mlp")).representation == models.FEATURES == "features"
+    assert InputRecipe.of(make_config(tmp_path, "model.kind=cnn")).representation == models.MEL_IMAGE == "mel_image"
+    assert InputRecipe.of(make_config(tmp_path, "model.kind=transfer")).representation == models.MEL_IMAGE
+    assert (
+        InputRecipe.of(make_config(tmp_path, "model.kind=resnet50")).representation == models.MEL_IMAGE
+    )  # the old name still loads
 
 
 def test_feature_columns_are_the_published_names_with_n_mfcc_mfccs(tmp_path, make_config):
     for n_mfcc, expected in ((20, 57), (13, 43)):
         cfg = make_config(tmp_path, "model.kind=mlp", f"features.n_mfcc={n_mfcc}")
-        columns = examples_from_prepared(hand_prepared(n_mfcc), cfg).feature_columns
+        columns = examples_from_prepared(hand_prepared(n_mfcc), InputRecipe.of(cfg)).feature_columns
         assert len(columns) == expected == 17 + 2 * n_mfcc
         assert columns[:17] == PUBLISHED_NON_MFCC and columns[16] == "tempo"
         assert columns[17:21] == ["mfcc1_mean", "mfcc1_var", "mfcc2_mean", "mfcc2_var"]
@@ -72,7 +77,7 @@ def test_feature_columns_are_the_published_names_with_n_mfcc_mfccs(tmp_path, mak
 def test_prepared_audio_with_13_mfccs_gives_43_columns(tmp_path, make_config, write_clip):
     cfg = make_config(tmp_path, "model.kind=mlp", "features.n_mfcc=13")
     clip = write_clip(tmp_path / "clip.wav", 1.0, 440.0)
-    examples = examples_from_prepared(prepare_index(index_paths([clip]), cfg, progress=False), cfg)
+    examples = examples_from_prepared(prepare_index(index_paths([clip]), cfg, progress=False), InputRecipe.of(cfg))
     assert examples.feature_columns == feature_columns(13)
     assert examples.frame.columns.tolist() == [
         "track_id",
@@ -100,7 +105,7 @@ def test_feature_table_and_audio_give_a_13_mfcc_model_the_same_43_columns(tmp_pa
     from_table = examples_from_table(reordered, cfg)
     assert len(from_table.feature_columns) == 43 and "mfcc14_mean" not in from_table.feature_columns
     assert from_table.feature_columns == feature_columns(13), "the published order, not the table's"
-    from_audio = examples_from_prepared(hand_prepared(13), cfg)
+    from_audio = examples_from_prepared(hand_prepared(13), InputRecipe.of(cfg))
     assert from_audio.feature_columns == from_table.feature_columns
     scaler = FeatureScaler.fit(from_table.split("train"), from_table.feature_columns)
     assert scaler.transform(from_audio.frame).shape == (3, 43)  # a table run can score prepared audio
@@ -134,15 +139,15 @@ def test_table_names_its_missing_feature_columns(tmp_path, make_config, write_fe
 
 def test_split_data_for_features_scales_rows_and_keeps_tracks(tmp_path, make_config):
     cfg = make_config(tmp_path, "model.kind=mlp")
-    examples = examples_from_prepared(hand_prepared(), cfg)
+    examples = examples_from_prepared(hand_prepared(), InputRecipe.of(cfg))
     scaler = FeatureScaler.fit(examples.frame, examples.feature_columns)
     frame = examples.frame.assign(label=["jazz", "jazz", "blues"])  # a class the run never saw: -1
-    data = split_data(frame, cfg, ["jazz", "rock"], scaler)
+    data = split_data(frame, InputRecipe.of(cfg), ["jazz", "rock"], scaler)
     assert len(data) == 3 and data.labels.tolist() == [0, 0, -1] and data.track_ids.tolist() == ["a", "a", "b"]
     (x, y), *rest = list(data.batches(8).as_numpy_iterator())
     assert rest == [] and x.shape == (3, 57) and x.dtype == np.float32 and y.tolist() == [0, 0, -1]
     np.testing.assert_allclose(x[:, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6)  # 0, 1, 2 standardised
-    assert input_shape(cfg, scaler) == (57,)
+    assert InputRecipe.of(cfg).shape(scaler) == (57,)
 
 
 @pytest.mark.parametrize(
@@ -162,8 +167,8 @@ def test_split_data_for_images_reads_mel_pngs(tmp_path, make_config, channels, m
         paths.append(tmp_path / f"mel_{i}.png")
         paths[-1].write_bytes(encode_mel_png(np.full((16, 22), middle, np.float32), cfg.mel))
     frame = pd.DataFrame({"track_id": ["a", "a"], "label": ["rock", "jazz"], "mel_path": [str(p) for p in paths]})
-    data = split_data(frame, cfg, ["jazz", "rock"], None)
+    data = split_data(frame, InputRecipe.of(cfg), ["jazz", "rock"], None)
     (x, y), *rest = list(data.batches(4).as_numpy_iterator())
     assert rest == [] and x.shape == (2, 16, 24, channels) and y.tolist() == [1, 0]
     np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), expected, atol=1e-4)
-    assert input_shape(cfg, None) == (16, 24, channels)
+    assert InputRecipe.of(cfg).shape() == (16, 24, channels)

@@ -21,6 +21,7 @@ from genre_tf.features import representations
 from genre_tf.features.representations import MEL_IMAGE
 from genre_tf.inputs.examples import split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.models import build_model, transfer
 from genre_tf.models.backbone import BackboneSource
 from genre_tf.models.musicnn import N_MELS, build_musicnn
@@ -125,7 +126,7 @@ def frame(mel_frame) -> pd.DataFrame:
 
 
 def images_of(frame: pd.DataFrame, cfg: Config) -> np.ndarray:
-    return np.concatenate([x for x, _ in split_data(frame, cfg, CLASSES, None).batches(BATCH)])
+    return np.concatenate([x for x, _ in split_data(frame, InputRecipe.of(cfg), CLASSES, None).batches(BATCH)])
 
 
 def names(model: keras.Model, blocks: int) -> list[str]:
@@ -210,7 +211,7 @@ def test_several_boundary_tensors_are_cached_in_one_file_then_loaded(tmp_path, f
     model = build(cfg)
     cut = cut_at_boundary(model, 2, cfg.model)
     assert cut.layer == "frontend_features+midend1_bn+midend2_residual"
-    data = split_data(frame, cfg, CLASSES, None)
+    data = split_data(frame, InputRecipe.of(cfg), CLASSES, None)
     key = cut.key(frame.mel_path)
     first = boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key, progress=False)
     assert [a.shape for a in first] == [(N_IMAGES, FRAMES, 561), (N_IMAGES, FRAMES, 64), (N_IMAGES, FRAMES, 64)]
@@ -225,14 +226,18 @@ def test_several_boundary_tensors_are_cached_in_one_file_then_loaded(tmp_path, f
     for loaded, cached in zip(boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key), first, strict=True):
         np.testing.assert_array_equal(loaded, cached)
     # Each element is the tuple of top's inputs; the split keeps labels and tracks.
-    split = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    split = boundary_split(
+        cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False
+    )
     np.testing.assert_array_equal(split.track_ids, frame.track_id)
     (x, y), *_ = split.batches(BATCH).take(1)
     assert isinstance(x, tuple) and [tuple(a.shape) for a in x] == [(BATCH, FRAMES, 561), *[(BATCH, FRAMES, 64)] * 2]
     np.testing.assert_allclose(cut.top(x), model(images_of(frame, cfg)[:BATCH]), atol=1e-5)
     np.testing.assert_array_equal(y, [0, 1, 2, 0])
     # A split without elements caches empty arrays of the right shapes.
-    assert boundary_split(cut, frame.iloc[:0], cfg, CLASSES, progress=False).labels.shape == (0,)
+    assert boundary_split(
+        cut, frame.iloc[:0], InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False
+    ).labels.shape == (0,)
     with np.load(cfg.cache.dir / "boundary" / f"{cut.key([])}.npz") as empty:
         assert [empty[name].shape for name in empty.files] == [(0, FRAMES, 561), (0, FRAMES, 64), (0, FRAMES, 64)]
 
@@ -258,14 +263,14 @@ def test_training_top_on_several_cached_tensors_trains_the_full_model_as_plain_f
         ds, steps = train_dataset(loader, N_IMAGES, BATCH, cfg.seed, 0, 2)
         net.fit(ds, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0)
 
-    fit(model, split_data(frame, cfg, CLASSES, None).loader)
+    fit(model, split_data(frame, InputRecipe.of(cfg), CLASSES, None).loader)
     plain = model(images)
     plain_kernels = {name: kernel.numpy() for name, kernel in kernels.items()}
     model.set_weights(initial)
     for layer, state in zip(dropouts, initial_rngs, strict=True):
         layer.seed_generator.state.assign(state)
     cut = cut_at_boundary(model, 2, cfg.model)
-    data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    data = boundary_split(cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False)
     fit(cut.top, data.loader)
     changed = {name: not np.array_equal(plain_kernels[name], initial_kernels[name]) for name in watched}
     assert changed == {

@@ -26,6 +26,7 @@ from genre_tf import predict as predict_command
 from genre_tf.config import CacheConfig, save_config
 from genre_tf.data.demo import DEMO_GENRES, generate_demo
 from genre_tf.features.audio import spread_segments
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
 from genre_tf.serving.app import Predictor, create_app
@@ -39,7 +40,6 @@ BOUNDARY = "genre-tf-test-boundary"
 def cnn_run(tmp_path_factory, make_config) -> RunDir:
     """A hand-made CNN run over the demo genres with random weights (0.5 s segments, 0.25 s hop): no training."""
     from genre_tf import models
-    from genre_tf.inputs.examples import input_shape
 
     tmp = tmp_path_factory.mktemp("serve_run")
     cfg = make_config(
@@ -52,7 +52,7 @@ def cnn_run(tmp_path_factory, make_config) -> RunDir:
         "model.cnn.filters=4",
         "model.image_size=[16, 16]",
     )
-    model = models.build_model(cfg.model, input_shape(cfg, None), len(DEMO_GENRES))
+    model = models.build_model(cfg.model, InputRecipe.of(cfg).shape(), len(DEMO_GENRES))
     rng = np.random.default_rng(3)
     # Kernels only: BatchNorm's statistics keep their initial values, which random draws would make meaningless.
     model.set_weights([rng.normal(0.0, 0.5, w.shape).astype(np.float32) if w.ndim > 1 else w for w in model.weights])

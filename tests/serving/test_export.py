@@ -26,6 +26,7 @@ from genre_tf.features.analysis import analyse_track
 from genre_tf.features.audio import load_track, segment_bounds
 from genre_tf.features.mel import db_to_unit
 from genre_tf.inputs.examples import examples_from_table, split_data
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.models import MEL_IMAGE, MUSICNN_PATCH
 from genre_tf.models.musicnn import musicnn_weights
 from genre_tf.run import RunDir
@@ -118,7 +119,7 @@ def decisive_head(run: RunDir, clips: list[Path]) -> None:
     """A random softmax layer on the clips' standardised penultimate features, saved into the run: random weights alone
     give every clip much the same features, so one class, and top-1 agreement would mean little."""
     model = run.load_model()
-    data = split_data(load_inputs(run, clips).frame, run.config, run.classes, None)
+    data = split_data(load_inputs(run, clips).frame, run.recipe, run.classes, None)
     features = keras.Model(model.inputs, model.get_layer("predictions").input).predict(data.batches(64), verbose=0)
     kernel = np.random.default_rng(0).normal(0.0, 10.0 / np.sqrt(features.shape[1]), (features.shape[1], len(GENRES)))
     spread = features.std(axis=0)
@@ -146,7 +147,7 @@ def exported(tmp_path_factory, make_audio_run, make_table_run, write_feature_tab
             run = RunDir(make_audio_run(tmp / "runs" / name, GENRES, *overrides))
             decisive_head(run, clips)
             runs[name] = (run, predicted(run, clips), index_paths(clips).tracks.track_id.tolist())
-            inputs.update({f"{name}/{i}": read_waveform(p, run.config) for i, p in enumerate(clips)})
+            inputs.update({f"{name}/{i}": read_waveform(p, run.recipe) for i, p in enumerate(clips)})
             for rate in RATE_INPUTS.get(name, ()):  # the clips as predict decodes them, resampled with soxr
                 decoded = [load_track(p, run.config.audio) for p in clips]
                 at_rate = [soxr_resample(y, run.config.audio.sample_rate, rate) for y in decoded]
@@ -274,11 +275,13 @@ def test_in_graph_resampling_comes_close_to_predicts_soxr(tmp_path, make_config,
     analysis = analyse_track(decoded, cfg.audio.sample_rate, cfg.features, cfg.mel, bounds, (representation,))
     if representation == MUSICNN_PATCH:
         want = musicnn_input.compress(analysis.musicnn_segments)  # (segments, frames, 96)
-        got = musicnn_input.compress(cut_segments(y, musicnn_frontend(cfg, rate)).numpy())
+        got = musicnn_input.compress(cut_segments(y, musicnn_frontend(InputRecipe.of(cfg), rate)).numpy())
         flat = bands_below(7300.0, musicnn_input.N_MELS, musicnn_input.MUSICNN_SAMPLE_RATE / 2)
     else:
         want = np.swapaxes(db_to_unit(analysis.mel_segments, cfg.mel), 1, 2)  # (segments, frames, n_mels)
-        got = cut_segments(y, mel_frontend(cfg, rate)).numpy()[..., ::-1, 0]  # the image's top row is its top band
+        got = cut_segments(y, mel_frontend(InputRecipe.of(cfg), rate)).numpy()[
+            ..., ::-1, 0
+        ]  # the image's top row is its top band
         flat = bands_below(7300.0, cfg.mel.n_mels, cfg.audio.sample_rate / 2)
     assert got.shape == want.shape and got.shape[:2] == (3, want.shape[1]) and flat > 0.85 * got.shape[2]
     below, every = np.abs(got - want)[..., :flat], np.abs(got - want)

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from genre_tf.config import save_config
 from genre_tf.export import main
 from genre_tf.features import audio
+from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
 from genre_tf.serving.app import EnsemblePredictor, create_app
@@ -204,7 +205,7 @@ def exported(runs) -> dict:
     saved = tf.saved_model.load(str(folder / "saved_model")).signatures
     lite = tf.lite.Interpreter(model_path=str(folder / "ensemble.tflite"))
     cfg = runs["audio"].members()[0].run.config
-    waveforms = {"serving_default": [read_waveform(clip, cfg) for clip in runs["clips"]]}
+    waveforms = {"serving_default": [read_waveform(clip, InputRecipe.of(cfg)) for clip in runs["clips"]]}
     waveforms["waveform_44100"] = [
         librosa.resample(y, orig_sr=SR, target_sr=44100, res_type="soxr_hq") for y in waveforms["serving_default"]
     ]
@@ -291,7 +292,7 @@ def test_members_at_other_rates_are_resampled_in_the_graph(runs, make_audio_run,
     assert "resampled in the graph for musicnn (16000 Hz)" in metadata["input_note"]
     write_saved_model(module, runs["tmp"] / "mixed_saved_model")
     serve = tf.saved_model.load(str(runs["tmp"] / "mixed_saved_model")).signatures["serving_default"]
-    got = np.stack([serve(waveform=tf.constant(read_waveform(c, cnn.config)))["probabilities"] for c in runs["clips"]])
+    got = np.stack([serve(waveform=tf.constant(read_waveform(c, cnn.recipe)))["probabilities"] for c in runs["clips"]])
     want = predicted(mixed, runs["clips"])
     # The graph's resampler is not soxr: test_export.py measured musicnn's signatures at other rates within 0.020
     # (max) and 0.0014 (mean) of predict on real clips; a random musicnn barely responds to the difference: 3.1e-6 here.

@@ -16,7 +16,7 @@ from conftest import MEL_CLASSES, MEL_IMAGES
 from genre_tf.config import AugmentConfig, CacheConfig, Config, ModelConfig, TrainConfig, TransferConfig
 from genre_tf.inputs.examples import Examples, split_data
 from genre_tf.inputs.pipeline import image_input_shape, train_dataset
-from genre_tf.inputs.recipe import cache_off_note, caches_boundary
+from genre_tf.inputs.recipe import InputRecipe, cache_off_note, caches_boundary
 from genre_tf.models import build_model
 from genre_tf.run import RunDir
 from genre_tf.training import boundary
@@ -53,7 +53,7 @@ def build(cfg: Config) -> keras.Model:
 
 
 def images_of(frame: pd.DataFrame, cfg: Config) -> np.ndarray:
-    return np.concatenate([x for x, _ in split_data(frame, cfg, CLASSES, None).batches(BATCH)])
+    return np.concatenate([x for x, _ in split_data(frame, InputRecipe.of(cfg), CLASSES, None).batches(BATCH)])
 
 
 def activations_of(data) -> np.ndarray:
@@ -67,7 +67,9 @@ def test_top_on_cached_activations_predicts_like_the_model(tmp_path, frame):
     # 0 blocks: the pooled backbone output, one vector per image; else the (H, W, C) map below the lowest block.
     for blocks, shape in [(0, (2048,)), (1, (1, 1, 2048)), (3, (2, 2, 1024))]:
         cut = cut_at_boundary(model, blocks, cfg.model)
-        data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+        data = boundary_split(
+            cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False
+        )
         cached = activations_of(data)
         assert cached.shape == (N_IMAGES, *shape)
         np.testing.assert_array_equal(data.labels, [i % 3 for i in range(N_IMAGES)])
@@ -78,7 +80,7 @@ def test_top_on_cached_activations_predicts_like_the_model(tmp_path, frame):
 def test_activations_are_computed_once_then_loaded(tmp_path, frame, monkeypatch):
     cfg = make_cfg(tmp_path, trainable_blocks=1)
     cut = cut_at_boundary(build(cfg), 1, cfg.model)
-    data = split_data(frame, cfg, CLASSES, None)
+    data = split_data(frame, InputRecipe.of(cfg), CLASSES, None)
     key = cut.key(frame.mel_path)
     first = boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key, progress=False)
     np.testing.assert_allclose(first, cut.frozen(images_of(frame, cfg)), rtol=1e-4, atol=1e-5)  # batched vs whole
@@ -90,7 +92,9 @@ def test_activations_are_computed_once_then_loaded(tmp_path, frame, monkeypatch)
     monkeypatch.setattr(keras.Model, "predict_on_batch", no_compute)
     np.testing.assert_array_equal(boundary_features(cut.frozen, data, BATCH, cfg.cache.dir, key), first)
     # A split without elements (a run without a test split) caches an empty array of the right shape.
-    assert boundary_split(cut, frame.iloc[:0], cfg, CLASSES, progress=False).labels.shape == (0,)
+    assert boundary_split(
+        cut, frame.iloc[:0], InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False
+    ).labels.shape == (0,)
     assert np.load(cfg.cache.dir / "boundary" / f"{cut.key([])}.npy").shape == (0, 1, 1, 2048)
 
 
@@ -177,13 +181,13 @@ def test_training_top_on_the_cache_trains_the_full_model_as_plain_fit_does(tmp_p
         ds, steps = train_dataset(loader, N_IMAGES, BATCH, cfg.seed, 0, 2)
         net.fit(ds, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0)
 
-    fit(model, split_data(frame, cfg, CLASSES, None).loader)
+    fit(model, split_data(frame, InputRecipe.of(cfg), CLASSES, None).loader)
     plain, plain_kernel = model(images), kernel.numpy()
     model.set_weights(initial)
     for rng, state in zip(dropout_rngs, initial_rngs, strict=True):  # the head's dropout layers draw the same masks
         rng.assign(state)
     cut = cut_at_boundary(model, 1, cfg.model)
-    data = boundary_split(cut, frame, cfg, CLASSES, progress=False)
+    data = boundary_split(cut, frame, InputRecipe.of(cfg), CLASSES, cfg.train.batch_size, cfg.cache.dir, progress=False)
     fit(cut.top, data.loader)
     on_cache = cut.top(activations_of(data))
     assert np.abs(plain - before).max() > 0.1 and np.std(plain, axis=0).max() > 0.01  # trained, not collapsed

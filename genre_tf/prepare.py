@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen_representations,
         config_index,
         format_summary,
+        genre_counts,
+        genre_lines,
         prepare,
         prepared_dir,
         write_prepared,
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         names = chosen_representations(args.representations, cfg)
         if args.engine == "beam":
-            prepare_on_beam(config_index(cfg), cfg, names, args.output, args.beam_options, args.shards)
+            index = config_index(cfg)
+            print("\n".join(genre_lines(genre_counts(index.tracks))), flush=True)  # Beam splits before decoding
+            prepare_on_beam(index, cfg, names, args.output, args.beam_options, args.shards)
             return
         prepared = prepare(cfg, jobs=args.jobs, names=names)
     except ConfigError as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -323,15 +323,24 @@ def _counts(genres: pd.Series) -> str:
     return ", ".join(f"{genre} {n}" for genre, n in genres.items())
 
 
-def check_trainable(index: Index, data: DataConfig) -> None:
-    """Raise ConfigError, before any audio is read, where the split cannot give a sound model: fewer than two
-    genres, a genre with too few tracks for the split asked (or none in train), an empty train or valid split."""
+def check_trainable(index: Index, data: DataConfig, failed: int = 0) -> None:
+    """Raise ConfigError where the split cannot give a sound model: fewer than two genres, a genre with too few
+    tracks for the split asked, or none in train, or none in a valid or test split that others have; an empty valid
+    split. `build_index` checks before any audio is read, `split_decodable` again over the tracks that decoded
+    (`failed`: how many did not)."""
     source_key = "data.csv" if data.source in ("csv", "table") else "data.root"
     method = index.split_method
     tracks = index.tracks[(index.tracks.label != "") & index.tracks.split.isin(SPLITS)]
     per_genre = tracks.groupby("label").size()
+    after = f"; {failed} files that failed to decode left out" if failed else ""
     if len(per_genre) < 2:
-        found = f"only one genre ({_counts(per_genre)} tracks)" if len(per_genre) else "no labeled tracks"
+        if not len(per_genre) and (index.tracks.label == "").any() and data.source == "folder":
+            problem = (
+                f"{(index.tracks.label == '').sum()} audio files but no genre folder in {data.root}; "
+                f"put each genre's files in a subfolder named after it ({data.root}/<genre>/...)"
+            )
+            raise ConfigError(source_key, problem)
+        found = f"only one genre ({_counts(per_genre)} tracks{after})" if len(per_genre) else "no labeled tracks"
         raise ConfigError(source_key, f"{found}; a genre classifier needs at least two genres")
     if method == "stratified":
         need = stratified_minimum(data.valid_fraction, data.test_fraction)
@@ -342,14 +351,40 @@ def check_trainable(index: Index, data: DataConfig) -> None:
         need, rule = 0, ""
     short = per_genre[per_genre < need]
     if len(short):
-        raise ConfigError("data.split", f"too few tracks in genre {_counts(short)}: {rule} needs {need} per genre")
+        problem = f"too few tracks in genre {_counts(short)}{after}: {rule} needs {need} per genre"
+        raise ConfigError("data.split", problem)
     key = "data.split_file" if method == "file" else "data.split"
-    in_train = tracks[tracks.split == "train"].groupby("label").size().reindex(per_genre.index, fill_value=0)
-    if (in_train == 0).any():
-        missing = ", ".join(in_train.index[in_train == 0])
-        raise ConfigError(key, f"no training track in genre {missing} ({index.split_note})")
     if method in ("file", "gtzan") and not (tracks.split == "valid").any():
-        raise ConfigError(key, f"the valid split is empty ({index.split_note})")
+        raise ConfigError(key, f"the valid split is empty ({index.split_note}{after})")
+    for split, name in (("train", "training"), ("valid", "valid"), ("test", "test")):
+        if split != "train" and not (tracks.split == split).any():
+            continue  # a split this config does not make (test_fraction 0); one it makes holds every genre
+        held = tracks[tracks.split == split].groupby("label").size().reindex(per_genre.index, fill_value=0)
+        if (held == 0).any():
+            missing = ", ".join(held.index[held == 0])
+            raise ConfigError(key, f"no {name} track in genre {missing} ({index.split_note}{after})")
+
+
+def split_decodable(index: Index, decoded: np.ndarray, data: DataConfig, seed: int) -> Index:
+    """The split index of the tracks that decoded (`decoded`: a mask over index.tracks), checked again.
+
+    A split that depends on which tracks there are (stratified, folds) is made again over them, so a file that
+    fails to decode takes no slot in valid or test; a split by track id (a split file, the GTZAN split) keeps
+    every decoded track where the table puts it. Without failures the index comes back as it was."""
+    decoded = np.asarray(decoded, dtype=bool)
+    if decoded.all():
+        return index
+    tracks = index.tracks[decoded].reset_index(drop=True)
+    assigned = (tracks.label != "") & tracks.split.isin(SPLITS)
+    if index.split_method == "folds":
+        tracks.loc[assigned, "split"] = split_k_fold(tracks[assigned], data.folds, data.fold)
+    elif index.split_method == "stratified":
+        tracks.loc[assigned, "split"] = split_stratified(
+            tracks[assigned], data.valid_fraction, data.test_fraction, seed
+        )
+    kept = replace(index, tracks=tracks)
+    check_trainable(kept, data, failed=int((~decoded).sum()))
+    return kept
 
 
 def build_index(data: DataConfig, seed: int) -> Index:

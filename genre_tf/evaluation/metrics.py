@@ -14,6 +14,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 
     Balanced accuracy is the mean recall over the genres present (sklearn's balanced_accuracy_score): where genres are
     imbalanced, a model that always answers the largest one scores its share in accuracy but 1 / genres here.
+    The macro averages are over the genres present too: a genre with no example in the split has no recall or F1
+    to average. `without_support` names those genres, and the headline says so.
     """
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -21,13 +23,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
     }
+    present = support > 0
     return {
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
-        "balanced_accuracy": float(recall[support > 0].mean()) if len(y_true) else None,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "balanced_accuracy": float(recall[present].mean()) if len(y_true) else None,
+        "macro_precision": float(precision[present].mean()) if present.any() else None,
+        "macro_recall": float(recall[present].mean()) if present.any() else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "without_support": [name for name, n in zip(classes, support, strict=True) if n == 0],
         "per_class": per_class,
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
@@ -55,6 +59,7 @@ def headline(result: dict) -> dict:
         "track_vote_accuracy": result.get("track_vote", track)["accuracy"],
         "balanced_accuracy": track["balanced_accuracy"],
         "macro_f1": track["macro_f1"],
+        "without_support": track.get("without_support", []),
     }
 
 
@@ -64,6 +69,11 @@ def format_headline(metrics: dict) -> str:
         rows.append(
             f"{split:5s}  segment acc {h['segment_accuracy']:.3f}  track acc {h['track_accuracy']:.3f} "
             f"(vote {h['track_vote_accuracy']:.3f})  balanced acc {h['balanced_accuracy']:.3f}  "
-            f"macro F1 {h['macro_f1']:.3f}"
+            f"macro F1 {h['macro_f1']:.3f}" + _without_support(h.get("without_support", []))
         )
     return "\n".join(rows)
+
+
+def _without_support(genres: list[str]) -> str:
+    """The headline's note on genres with no example in a split, which its macro figures leave out."""
+    return f" (no {', '.join(genres)} example: averages over the other genres)" if genres else ""

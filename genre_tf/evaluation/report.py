@@ -90,6 +90,14 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
                 )
     for split, result in metrics["splits"].items():
         level = "track_mean" if "track_mean" in result else "segment"
+        if missing := result[level].get("without_support"):
+            lines += [
+                "",
+                f"The {split} split has no {', '.join(missing)} example: its macro figures average the "
+                f"other {len(classes) - len(missing)} genres.",
+            ]
+    for split, result in metrics["splits"].items():
+        level = "track_mean" if "track_mean" in result else "segment"
         lines += ["", f"## {split}, {level}: per class", "", "| class | precision | recall | F1 | support |"]
         lines.append("|---" * 5 + "|")
         for name in classes:

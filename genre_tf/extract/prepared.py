@@ -20,7 +20,7 @@ import pandas as pd
 
 from genre_tf.config import Config, save_config
 from genre_tf.data.demo import generate_demo
-from genre_tf.data.index import SPLITS, Index, build_index
+from genre_tf.data.index import SPLITS, Index, build_index, split_decodable
 from genre_tf.extract.cache import Recipe, TrackCache, write_atomic
 from genre_tf.extract.pool import SharedPool, extract_all
 from genre_tf.features import analysis as features
@@ -88,7 +88,10 @@ def prepare_index(
     skipped = [(p, t, r) for p, t, r in zip(paths, tracks.track_id, reasons, strict=True) if r is not None]
     n_failed = len(skipped)
     skipped += [(p, Path(p).stem, r) for p, r in index.problems]  # reported while indexing; not extracted or kept apart
-    tracks = tracks[np.array([r is None for r in reasons], dtype=bool)].reset_index(drop=True)
+    decoded = np.array([r is None for r in reasons], dtype=bool)
+    tracks = tracks[decoded].reset_index(drop=True)
+    if index.split_method:  # a training index: the tracks that failed take no slot in any split
+        tracks["split"] = split_decodable(index, decoded, cfg.data, cfg.seed).tracks["split"].to_numpy()
     columns = features.feature_columns(cfg.features.n_mfcc)
     if representations.FEATURES in cache.names:
         store = cache[representations.FEATURES]
@@ -155,20 +158,22 @@ def prepare(
 ) -> Prepared:
     """The dataset a config describes, demo audio generated first when it asks for it; `names`: the
     representations to compute (default: what the config's model reads)."""
-    return prepare_index(config_index(cfg, progress), cfg, jobs, progress, names=names)
+    prepared = prepare_index(config_index(cfg, progress), cfg, jobs, progress, names=names)
+    if progress:  # the split as trained: over the tracks that decoded
+        print("\n".join(genre_lines(prepared.stats["genres"])), flush=True)
+    return prepared
 
 
 def config_index(cfg: Config, progress: bool = True) -> Index:
-    """The index of the tracks a config describes (demo audio generated first when it asks for it), its split and
-    tracks per genre printed with `progress`: what either engine then prepares."""
+    """The index of the tracks a config describes (demo audio generated first when it asks for it), its split
+    printed with `progress`: what either engine then prepares."""
     if cfg.data.source == "demo":
         generate_demo(
             cfg.data.root, cfg.data.demo_tracks_per_genre, cfg.data.demo_seconds, cfg.audio.sample_rate, cfg.seed
         )
     index = build_index(cfg.data, cfg.seed)
-    if progress:  # before extraction, which can take a while
-        counts = genre_counts(index.tracks)
-        print("\n".join([f"split: {index.split_note}", *genre_lines(counts)]), flush=True)
+    if progress:  # the tracks per genre and split follow extraction: files that fail to decode take no slot
+        print(f"split: {index.split_note}", flush=True)
     return index
 
 

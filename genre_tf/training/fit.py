@@ -39,6 +39,7 @@ from genre_tf import models
 from genre_tf.config import Config, ConfigError, save_config
 from genre_tf.evaluation.report import evaluate_run
 from genre_tf.extract.cache import write_atomic
+from genre_tf.extract.prepared import skipped_lines
 from genre_tf.features.scaling import Scaler, fit_scaler
 from genre_tf.inputs import augment
 from genre_tf.inputs.examples import Examples, SplitData, load_examples, split_data
@@ -316,6 +317,16 @@ def refit(run: RunDir, cfg: Config, examples: Examples, strategy: tf.distribute.
     }
 
 
+def check_model_builds(cfg: Config) -> None:
+    """Build the configured model once, before any audio is read, so that a backbone name or weights that cannot be
+    loaded (an ImageNet download that fails, a missing .h5) stop the run in one line instead of after extraction.
+    A family without a backbone is checked by its config checks alone."""
+    if not models.family(cfg.model).has_backbone or cfg.train.distribute != "none":
+        return  # a distributed run's strategy comes before any other TensorFlow work
+    models.build_model(cfg.model, InputRecipe.of(cfg).shape(), n_classes=2)
+    keras.backend.clear_session()  # the run's model gets the layer names it would have had
+
+
 def train(
     cfg: Config,
     run_dir: Path,
@@ -332,18 +343,26 @@ def train(
     run = RunDir(worker_run_dir(Path(run_dir)))
     check_run_dir(run, cfg, overwrite)
     augment.check_augment(cfg)
-    if run.finished:
+    if run.finished and not overwrite:
         print(f"{run.path} is already finished; pass --overwrite to train it again")
         return run.metrics()
     strategy = make_strategy(cfg.train.distribute)  # collective ops must exist before any other TF work
-    keras.utils.set_random_seed(cfg.seed)
-    run.path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config_file)
-    examples = examples or load_examples(cfg)
-    examples.skipped.to_csv(run.skipped_file, index=False)
+    # Nothing is written before the config and the data are checked: the model builds (backbone, weights) before
+    # any audio is read, and the split is checked over the tracks that decode.
+    if examples is None:
+        check_model_builds(cfg)
+        examples = load_examples(cfg)
     for split in ("train", "valid"):
         if examples.split(split).empty:
             raise ConfigError("data", f"the {split} split is empty; check the split settings")
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    for line in skipped_lines(examples.skipped):
+        print(line)
+    keras.utils.set_random_seed(cfg.seed)
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config_file)
+    examples.skipped.to_csv(run.skipped_file, index=False)
     classes = examples.classes
     write_atomic(run.classes_file, json.dumps(classes).encode())
     scaler = _fit_run_scaler(run, cfg, examples)

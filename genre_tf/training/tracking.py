@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,10 +111,9 @@ class Tracker(keras.callbacks.Callback):
 
 
 def check_run_dir(run: RunDir, cfg: Config, overwrite: bool) -> None:
-    """A run directory belongs to one config: refuse to mix two runs in it."""
-    if overwrite and run.path.exists():
-        shutil.rmtree(run.path)
-    if not run.config_file.is_file():
+    """A run directory belongs to one config: refuse to mix two runs in it (unless `overwrite`, which replaces it
+    once every check has passed). A folder that never finished an epoch holds no work: another config takes it."""
+    if overwrite or not run.config_file.is_file() or not (run.history() or run.backup_dir.is_dir()):
         return
     saved, new = _flat(to_dict(run.config)), _flat(to_dict(cfg))
     changed = [key for key in sorted(saved.keys() | new.keys()) if saved.get(key) != new.get(key)]

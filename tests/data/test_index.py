@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,6 +21,7 @@ from genre_tf.data.index import (
     index_folder,
     index_paths,
     index_table,
+    split_decodable,
     stratified_minimum,
     track_id,
     track_id_of,
@@ -341,3 +343,43 @@ def test_stratified_minimum_follows_the_fractions():
     assert stratified_minimum(0.2, 0.2) == 3
     assert stratified_minimum(0.0, 0.0) == 1
     assert stratified_minimum(0.5, 0.0) == 2
+
+
+def test_audio_directly_in_the_root_asks_for_a_folder_per_genre(tmp_path):
+    for i in range(6):
+        (tmp_path / f"{i:02d} Track.wav").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="data.root: 6 audio files but no genre folder in .*; put each genre's files"):
+        build_index(folder_config(tmp_path).data, 0)
+
+
+def test_a_genre_without_a_test_track_is_one_config_error(tmp_path):
+    make_tree(tmp_path, per_genre=3)
+    rows = [(f"{g}/{g}.{i:05d}", split) for g in "abc" for i, split in enumerate(("train", "valid", "test"))]
+    rows[-1] = ("c/c.00002", "train")  # genre c has no test track
+    split_file = tmp_path / "split.csv"
+    pd.DataFrame(rows, columns=["track_id", "split"]).to_csv(split_file, index=False)
+    with pytest.raises(ConfigError, match="data.split_file: no test track in genre c"):
+        build_index(folder_config(tmp_path, f"data.split_file={split_file}").data, 0)
+
+
+@pytest.mark.parametrize("overrides", [[], ["data.folds=3"]])
+def test_tracks_that_fail_to_decode_take_no_slot_in_a_split(tmp_path, overrides):
+    make_tree(tmp_path, per_genre=8)
+    data = folder_config(tmp_path, *overrides).data
+    index = build_index(data, 0)
+    failed = index.tracks.track_id.isin(["a/a.00000", "b/b.00003"]).to_numpy()
+    kept = split_decodable(index, ~failed, data, 0)
+    assert len(kept.tracks) == len(index.tracks) - 2 and not kept.tracks.track_id.isin(["a/a.00000", "b/b.00003"]).any()
+    counts = kept.tracks.groupby(["label", "split"]).size().unstack(fill_value=0)
+    assert (counts[["valid", "test"]] >= 1).all().all()  # every genre keeps a decodable valid and test track
+    assert counts.sum(axis=1).to_dict() == {"a": 7, "b": 7, "c": 8}
+    assert split_decodable(index, np.ones(len(index.tracks), bool), data, 0) is index  # nothing failed: as it was
+
+
+def test_a_genre_left_without_a_test_track_by_failures_is_one_config_error(tmp_path):
+    make_tree(tmp_path, per_genre=4)
+    data = folder_config(tmp_path).data
+    index = build_index(data, 0)
+    failed = index.tracks.track_id.str.startswith("c/c.0000") & (index.tracks.track_id != "c/c.00000")
+    with pytest.raises(ConfigError, match="data.root: only one genre|too few tracks in genre c 1; 3 files that failed"):
+        split_decodable(index, ~failed.to_numpy(), data, 0)

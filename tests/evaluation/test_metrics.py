@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from genre_tf.evaluation.metrics import classification_metrics, evaluate_predictions
+from genre_tf.evaluation.metrics import classification_metrics, evaluate_predictions, format_headline, headline
 from genre_tf.evaluation.pooling import aggregate_tracks
 
 
@@ -38,4 +38,19 @@ def test_balanced_accuracy_weighs_every_present_genre_alike():
     always_rock = classification_metrics(np.array([0] * 8 + [1, 2]), np.zeros(10, dtype=int), ["rock", "jazz", "pop"])
     assert always_rock["accuracy"] == 0.8 and abs(always_rock["balanced_accuracy"] - 1 / 3) < 1e-12
     absent = classification_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), ["x", "y", "z"])  # z: no track
-    assert absent["balanced_accuracy"] == 0.75 and abs(absent["macro_recall"] - 0.5) < 1e-12
+    assert absent["balanced_accuracy"] == 0.75
+
+
+def test_a_genre_without_support_is_left_out_of_the_macro_averages_and_named():
+    """A split without a z track has no recall or F1 for z: averaging a 0 for it would halve macro figures."""
+    absent = classification_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), ["x", "y", "z"])
+    assert absent["without_support"] == ["z"]
+    assert abs(absent["macro_recall"] - 0.75) < 1e-12  # (1/2 + 1) / 2, not (1/2 + 1 + 0) / 3
+    assert abs(absent["macro_f1"] - (2 / 3 + 2 / 3) / 2) < 1e-12
+    assert abs(absent["macro_precision"] - (1.0 + 0.5) / 2) < 1e-12
+    metrics = {"headline": {"test": headline({"segment": absent})}}
+    assert "(no z example: averages over the other genres)" in format_headline(metrics)
+    full = classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 2]), ["x", "y", "z"])
+    assert full["without_support"] == [] and "no " not in format_headline(
+        {"headline": {"test": headline({"segment": full})}}
+    )

@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from genre_tf import compare, predict
+from genre_tf import train as train_command
 from genre_tf.config import load_config
 from genre_tf.evaluation.report import evaluate_run
 from genre_tf.inputs.pipeline import label_ids
@@ -343,3 +347,91 @@ def test_refit_killed_midway_resumes_to_the_same_run(refitted):
 
     assert files(killed) == files(clean)
     assert "chosen/model.keras" in files(clean) and "refit/model.keras" not in files(clean)  # moved onto model.keras
+
+
+def broken_library(tmp_path, tiny_demo_config, genres=("ambient", "folk", "techno")) -> tuple[Path, Path]:
+    """A folder of the tiny demo's clips, 4 per genre, and two files that cannot be decoded (a garbled FLAC, an
+    empty mp3) beside them; a config over it that shares the tiny demo's cache. (config, folder)"""
+    demo = load_config(tiny_demo_config(tmp_path, "demo"))
+    library = tmp_path / "library"
+    for genre in genres:
+        shutil.copytree(demo.data.root / genre, library / genre)
+    (library / genres[0] / "garbled.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    (library / genres[-1] / "empty.mp3").write_bytes(b"")
+    config = tmp_path / "library.yaml"
+    lines = [
+        "name: library",
+        f"output_dir: {tmp_path / 'runs'}",
+        f"data: {{source: folder, root: {library}}}",
+        f"cache: {{dir: {demo.cache.dir}, jobs: 1}}",
+        "audio: {segment_seconds: 1.0}",
+        "mel: {n_mels: 32}",
+        "model: {kind: mlp}",
+        "train: {epochs: 1, batch_size: 16}",
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    return config, library
+
+
+def split_table(out: str) -> dict[str, list[int]]:
+    """The train / valid / test counts per genre of a printed split table."""
+    rows = re.findall(r"^  (\w+)\s+(\d+) / (\d+) / (\d+)$", out, flags=re.M)
+    return {genre: [int(n) for n in counts] for genre, *counts in rows}
+
+
+def test_files_that_fail_to_decode_take_no_slot_and_train_names_them(tmp_path, tiny_demo_config, capsys):
+    config, library = broken_library(tmp_path, tiny_demo_config)
+    out = run_main(train_command, ["--config", str(config), "--quiet"], capsys)
+    table = split_table(out)
+    assert table == {genre: [2, 1, 1] for genre in ("ambient", "folk", "techno")}, out  # 4 decodable tracks each
+    assert (
+        f"skipped {library / 'ambient' / 'garbled.flac'}: " in out
+        and f"skipped {library / 'techno' / 'empty.mp3'}: " in out
+    )
+    run = RunDir(tmp_path / "runs" / "library")
+    metrics = run.metrics()
+    assert metrics["splits"]["test"]["segment"]["n"] > 0 and metrics["splits"]["test"]["track_mean"]["n"] == 3
+    assert metrics["splits"]["valid"]["track_mean"]["n"] == 3
+    assert len(pd.read_csv(run.skipped_file)) == 2
+    summary = prepare_summary(config, capsys)
+    assert summary["splits"] == {"test": 3, "train": 6, "valid": 3} and summary["skipped"] == 2
+
+
+def prepare_summary(config: Path, capsys) -> dict:
+    from genre_tf import prepare
+
+    cfg = load_config(config)
+    run_main(prepare, ["--config", str(config)], capsys)
+    return json.loads((cfg.cache.dir / "prepared" / cfg.name / "summary.json").read_text())
+
+
+def test_a_config_that_fails_its_checks_leaves_no_run_folder(tmp_path, tiny_demo_config, capsys, monkeypatch):
+    config, library = broken_library(tmp_path, tiny_demo_config, genres=("folk",))
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_command, ["--config", str(config), "--name", "X"], capsys)
+    assert stop.value.code == 2 and not (tmp_path / "runs" / "X").exists()
+    assert "only one genre" in capsys.readouterr().err
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    extracted = []
+    monkeypatch.setattr(training, "load_examples", lambda *a, **k: extracted.append(a) or pytest.fail("audio read"))
+    resnet = [
+        "--set",
+        "model.kind=transfer",
+        "--set",
+        "model.transfer.weights=imagenet",
+        "--set",
+        "model.image_size=[32,32]",
+        "--set",
+        "model.channels=3",
+    ]
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_command, ["--config", str(config), "--name", "X", *resnet], capsys)
+    err = capsys.readouterr().err
+    if "could not be downloaded" not in err:
+        pytest.skip(f"ResNet50 ImageNet weights are in the Keras cache ({err.strip()})")
+    assert stop.value.code == 2 and not extracted and not (tmp_path / "runs" / "X").exists()
+    assert err.strip().splitlines() == [err.strip()]  # one line

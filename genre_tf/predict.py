@@ -6,6 +6,7 @@ python -m genre_tf.predict --run DIR features_30_sec_test.csv --output submissio
 python -m genre_tf.predict --run A --run B --run C INPUT...              # average several runs
 python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
 python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
+python -m genre_tf.predict --run DIR other/ --output results.csv --overwrite  # replace an output of other inputs
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
     parser.add_argument("--output", type=Path, help="write id,class CSV here, chunk by chunk; again: resume")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="with --output: replace an output of other runs or inputs"
+    )
     parser.add_argument("--top-k", type=int, default=3, help="genres printed per track")
     parser.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     parser.add_argument("--tags", action="store_true", help="also print the musicnn backbone's own top 5 tags")
@@ -58,17 +62,20 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
     if args.output and not reads_table(args.inputs):
-        output = SubmissionFile(args.output, classes, args.probabilities, made_by(runs, args.probabilities, weights))
+        made = made_by(runs, args.probabilities, weights, args.inputs)
+        output = SubmissionFile(args.output, classes, args.probabilities, made)
+        if args.overwrite:
+            output.remove()
         tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
-        written = output.rows
+        kept, written = output.kept, output.written
     else:
         tracks, probs, skipped = ensemble(given, args.inputs, args.cache_dir)
         print_skipped(skipped)
         if args.output:
             write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
-        written = len(tracks)
+        kept, written = 0, len(tracks)
     if args.output:
-        print(f"{written} predictions written to {args.output}")
+        print(f"{kept} rows kept, {written} written to {args.output}")
     if not args.output or written <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
     if args.tags:

@@ -51,7 +51,7 @@ from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.models import musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import AudioGraph, waveform_inputs
-from genre_tf.serving.submission import SubmissionFile, skipped_path, submission
+from genre_tf.serving.submission import SubmissionFile, changed, file_keys, skipped_path, submission
 
 if TYPE_CHECKING:
     from genre_tf.inputs.examples import Examples
@@ -278,8 +278,12 @@ def predict_to_file(
     when no track gets a row."""
     runs, weights = expand_runs(runs)
 
-    done = output.resume()  # first: a refusal comes before any work
+    kept = output.resume()  # first: a refusal comes before any work
     index = audio_index(inputs)  # once: the one source of track ids, and of the order of the rows
+    if stale := changed(index.tracks, kept):
+        output.forget(set(stale))
+        print(f"{len(stale)} files changed since their rows were written: predicting them again")
+    done = set(kept) - set(stale)
     todo = index.tracks[~index.tracks.track_id.isin(done)].reset_index(drop=True)
     if len(todo) < len(index.tracks):
         print(f"resuming: {len(index.tracks) - len(todo)} of {len(index.tracks)} tracks already in {output.path}")
@@ -295,7 +299,8 @@ def predict_to_file(
             skipped = all_skipped(examples)
             print_skipped(skipped)
             tracks, probs = average_runs(runs, examples, models, weights)
-            output.append(submission(output.classes, tracks, probs, output.with_probabilities), skipped)
+            rows = submission(output.classes, tracks, probs, output.with_probabilities)
+            output.append(rows, skipped, file_keys(chunk.tracks[chunk.tracks.track_id.isin(rows["id"])]))
             predicted.append((tracks, probs))
             bar.update(len(chunk.tracks))
     if output.rows == 0:

@@ -1,11 +1,14 @@
 """A submission CSV (id, class[, p_<class>...], one row per track) written a chunk of tracks at a time, resumable.
 
 Beside `results.csv`, `predict --output results.csv` keeps `results.skipped.csv` (path,track_id,reason of the inputs
-that got no row) and `results.csv.json`, the sidecar naming what made the rows: the runs (resolved paths, and the
-SHA-1 of each model.keras), their classes and whether probabilities are written. Rows are appended and flushed chunk
-by chunk, so a kill loses at most the chunk in progress. The same command again resumes: it keeps the whole rows,
-drops a row the kill cut short, and predicts only the tracks without one. A command whose runs, classes or columns
-differ from the sidecar's is refused, so one file never mixes the predictions of two models.
+that got no row), `results.files.csv` (id,path,size,mtime_ns,sha1: the file each row was predicted from) and
+`results.csv.json`, the sidecar naming what made the rows: the runs (resolved paths, and the SHA-1 of each
+model.keras), their classes, whether probabilities are written, and the inputs given. Rows are appended and flushed
+chunk by chunk, so a kill loses at most the chunk in progress. The same command again resumes: it keeps the whole rows
+of files that have not changed since (same size and modification time, or else the same SHA-1), drops a row the kill
+cut short, and predicts the other tracks. A command whose runs, classes, columns or inputs differ from the sidecar's
+is refused (`predict --overwrite` replaces the output), so one file never mixes the predictions of two models, or
+rows of two folders under one id.
 """
 
 from __future__ import annotations
@@ -47,14 +50,55 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def made_by(runs: list[RunDir], with_probabilities: bool, weights: np.ndarray | None = None) -> dict:
+def files_path(output: Path) -> Path:
+    """`results.files.csv` beside `results.csv`: the file each row was predicted from, as it was then."""
+    return output.with_suffix(".files.csv")
+
+
+FILE_COLUMNS = ["id", "path", "size", "mtime_ns", "sha1"]
+
+
+def file_keys(tracks: pd.DataFrame) -> pd.DataFrame:
+    """FILE_COLUMNS of each track (track_id, path): what tells, later, whether its file is still the one predicted."""
+    rows = []
+    for track_id, path in zip(tracks["track_id"], tracks["path"], strict=True):
+        stat = Path(path).stat()
+        rows.append((track_id, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, file_digest(path)))
+    return pd.DataFrame(rows, columns=FILE_COLUMNS)
+
+
+def changed(tracks: pd.DataFrame, kept: dict[str, tuple[str, ...]]) -> list[str]:
+    """The ids of `tracks` (track_id, path) with a kept row whose file is not the one predicted: another path, or
+    another size or modification time and other bytes (a file touched but not changed keeps its row)."""
+    stale = []
+    for track_id, path in zip(tracks["track_id"], tracks["path"], strict=True):
+        if track_id not in kept:
+            continue
+        was_path, size, mtime_ns, sha1 = kept[track_id]
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            continue  # gone: the prediction finds it unreadable and lists it as skipped
+        same_stat = (str(stat.st_size), str(stat.st_mtime_ns)) == (size, mtime_ns)
+        if was_path != str(Path(path).resolve()) or not (same_stat or file_digest(path) == sha1):
+            stale.append(track_id)
+    return stale
+
+
+def made_by(
+    runs: list[RunDir],
+    with_probabilities: bool,
+    weights: np.ndarray | None = None,
+    inputs: list[Path] | None = None,
+) -> dict:
     """The sidecar of an output these runs write: run paths, model digests, classes, whether probabilities are in,
-    and the runs' weights where they differ (an ensemble run's)."""
+    the inputs given (resolved, sorted), and the runs' weights where they differ (an ensemble run's)."""
     sidecar = {
         "runs": [str(run.path.resolve()) for run in runs],
         "models": [file_digest(run.model_file) for run in runs],
         "classes": runs[0].classes,
         "probabilities": with_probabilities,
+        "inputs": sorted(str(Path(p).resolve()) for p in inputs or []),
     }
     if weights is not None and not np.allclose(weights, weights[0]):
         sidecar["weights"] = [round(float(w), 6) for w in weights]
@@ -71,6 +115,11 @@ def difference(old: dict | None, new: dict) -> str:
         return "a run's model.keras has changed since"
     if old.get("classes") != new["classes"]:
         return f"classes {', '.join(old.get('classes', []))}; these runs' {', '.join(new['classes'])}"
+    if old.get("inputs") != new["inputs"]:
+        was = ", ".join(old["inputs"]) if "inputs" in old else "inputs it does not name"
+        return f"predicted from {was}; this command predicts {', '.join(new['inputs'])}"
+    if old.get("probabilities") == new["probabilities"]:
+        return "written with other settings"
     if old.get("probabilities"):
         return "written with --probabilities; this command is without"
     return "written without --probabilities; this command is with"
@@ -111,6 +160,8 @@ class SubmissionFile:
     with_probabilities: bool
     sidecar: dict  # `made_by` of this command's runs
     rows: int = 0  # rows in the file
+    kept: int = 0  # rows this command found and kept
+    written: int = 0  # rows this command wrote
     started: bool = False
     _skipped: set[tuple[str, ...]] = field(default_factory=set)  # rows of skipped.csv, so a resume adds none twice
     _pending: list[tuple[str, ...]] = field(default_factory=list)  # skipped rows held until the file is created
@@ -119,28 +170,52 @@ class SubmissionFile:
     def columns(self) -> list[str]:
         return submission_columns(self.classes, self.with_probabilities)
 
-    def resume(self) -> set[str]:
-        """The track ids the file already has a row for; SystemExit when other runs made it. A row cut short by a
-        kill is dropped from the file here."""
+    def resume(self) -> dict[str, tuple[str, ...]]:
+        """The track ids the file already has a row for, each with its file's (path, size, mtime_ns, sha1) when
+        predicted; SystemExit when other runs or inputs made it. A row cut short by a kill, or without its file's
+        record, is dropped from the file here."""
         if not self.path.is_file():
-            return set()
+            return {}
         lines, _ = whole_lines(self.path)
         if not lines:  # killed before its header was whole: it holds no predictions
-            return set()
+            return {}
         old = self._sidecar()
         if old != self.sidecar:
             raise self._refusal(difference(old, self.sidecar))
         if _fields(lines[0]) != self.columns:
             raise self._refusal(f"its columns are {lines[0].strip()}")
-        lines = keep_whole_lines(self.path)
-        self.rows, self.started = len(lines) - 1, True
+        files = files_path(self.path)
+        records = keep_whole_lines(files)[1:] if files.is_file() else []
+        known = {fields[0]: tuple(fields[1:]) for fields in map(_fields, records)}
+        rows = [line for line in keep_whole_lines(self.path)[1:] if _fields(line)[0] in known]
+        kept = {_fields(line)[0]: known[_fields(line)[0]] for line in rows}
+        self._rewrite(set(kept))
+        self.rows = self.kept = len(kept)
+        self.started = True
         if skipped_path(self.path).is_file():
             self._skipped = {tuple(_fields(line)) for line in keep_whole_lines(skipped_path(self.path))[1:]}
-        return {_fields(line)[0] for line in lines[1:]}
+        return kept
+
+    def forget(self, ids: set[str]) -> None:
+        """Drop the rows (and file records) of `ids`, to be predicted again."""
+        kept = {_fields(line)[0] for line in whole_lines(self.path)[0][1:]} - set(ids)
+        self._rewrite(kept)
+        self.rows = self.kept = len(kept)
+
+    def _rewrite(self, ids: set[str]) -> None:
+        """Keep only the rows and file records of `ids` (each file rewritten atomically, where it changes)."""
+        for path in (self.path, files_path(self.path)):
+            if not path.is_file():
+                continue
+            lines, _ = whole_lines(path)
+            keep = lines[:1] + [line for line in lines[1:] if _fields(line)[0] in ids]
+            if keep != path.read_text().splitlines(keepends=True):
+                write_atomic(path, "".join(keep).encode())
 
     def _refusal(self, reason: str) -> SystemExit:
         return SystemExit(
-            f"error: {self.path} holds predictions of other runs ({reason}); remove it or choose another --output"
+            f"error: {self.path} holds predictions of other runs or inputs ({reason}); pass --overwrite to replace "
+            "it, or choose another --output"
         )
 
     def _sidecar(self) -> dict | None:
@@ -154,11 +229,18 @@ class SubmissionFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(sidecar_path(self.path), json.dumps(self.sidecar, indent=1).encode())
         skipped_path(self.path).unlink(missing_ok=True)
+        pd.DataFrame(columns=FILE_COLUMNS).to_csv(files_path(self.path), index=False)
         pd.DataFrame(columns=self.columns).to_csv(self.path, index=False)
         self.started = True
 
-    def append(self, table: pd.DataFrame, skipped: pd.DataFrame) -> None:
-        """Add a chunk's rows (`submission`) and its skipped inputs not listed yet, both flushed when this returns."""
+    def remove(self) -> None:
+        """Delete the output and the files beside it (`predict --overwrite`)."""
+        for path in (self.path, sidecar_path(self.path), skipped_path(self.path), files_path(self.path)):
+            path.unlink(missing_ok=True)
+
+    def append(self, table: pd.DataFrame, skipped: pd.DataFrame, files: pd.DataFrame) -> None:
+        """Add a chunk's rows (`submission`), the records of their files (`file_keys`; written first, so a row
+        always has one) and its skipped inputs not listed yet, all flushed when this returns."""
         for row in skipped[SKIPPED_COLUMNS].astype(str).itertuples(index=False, name=None):
             if row not in self._skipped:
                 self._skipped.add(row)
@@ -172,5 +254,8 @@ class SubmissionFile:
             pending = pd.DataFrame(self._pending, columns=SKIPPED_COLUMNS)
             pending.to_csv(skipped_path(self.path), mode="a", header=not listed, index=False)
             self._pending = []
+        files = files.set_index("id").loc[table["id"]].reset_index()
+        files[FILE_COLUMNS].to_csv(files_path(self.path), mode="a", header=False, index=False)
         table[self.columns].to_csv(self.path, mode="a", header=False, index=False)
         self.rows += len(table)
+        self.written += len(table)

@@ -1,7 +1,9 @@
 """Prediction with trained runs: submission tables, top-k lines, per-track averaging, ensembles, and inputs made
 with a run's recipe without changing the run."""
 
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -294,7 +296,7 @@ def run_args(runs: list[RunDir]) -> list[str]:
 
 def streamed_copy(streamed: Path, folder: Path) -> Path:
     """The streamed output, its skipped.csv and its sidecar copied into `folder`."""
-    for name in ("results.csv", "results.skipped.csv", "results.csv.json"):
+    for name in ("results.csv", "results.skipped.csv", "results.csv.json", "results.files.csv"):
         shutil.copy(streamed.parent / name, folder / name)
     return folder / "results.csv"
 
@@ -377,7 +379,10 @@ def test_an_output_of_other_runs_is_one_error_line(library, tmp_path, predicted_
     runs, folder, one_shot, _, streamed = library
     output = streamed_copy(streamed, tmp_path)
     a, b = (str(run.path.resolve()) for run in runs)
-    refusal = f"error: {output} holds predictions of other runs ({{}}); remove it or choose another --output"
+    refusal = (
+        f"error: {output} holds predictions of other runs or inputs ({{}}); pass --overwrite to replace it, or "
+        "choose another --output"
+    )
     for command, reason in [
         ([*run_args(runs[:1]), "--probabilities"], f"made by {a}, {b}; this command runs {a}"),
         (run_args(runs), "written with --probabilities; this command is without"),
@@ -486,3 +491,48 @@ def test_tags_of_segments_the_graph_tagged_are_averaged_per_track(tmp_path, make
     ] == f"b: MSD_musicnn tags {names[14]} 0.50, " + ", ".join(
         f"{names[i]} {scores[2, i]:.2f}" for i in (13, 12, 11, 10)
     )
+
+
+def test_an_output_of_other_inputs_is_refused_and_overwrite_replaces_it(library, tmp_path, capsys, write_clip):
+    """Two files with one id (`song a`) in two folders: the second command does not keep the first one's row."""
+    runs, *_ = library
+    first, second = tmp_path / "a" / "song a.wav", tmp_path / "b" / "song a.wav"
+    write_clip(first, 1.0, 220.0)
+    write_clip(second, 1.0, 1320.0)
+    output, alone = tmp_path / "out.csv", tmp_path / "alone.csv"
+    main([*run_args(runs), str(second), "--output", str(alone), "--probabilities"])
+    main([*run_args(runs), str(first), "--output", str(output), "--probabilities"])
+    assert pd.read_csv(output).id.tolist() == ["song a"]
+    with pytest.raises(SystemExit) as refused:
+        main([*run_args(runs), str(second), "--output", str(output), "--probabilities"])
+    assert str(refused.value.code).startswith(f"error: {output} holds predictions of other runs or inputs (predicted")
+    assert f"this command predicts {second}" in str(refused.value.code)
+    capsys.readouterr()
+    main([*run_args(runs), str(second), "--output", str(output), "--probabilities", "--overwrite"])
+    assert "0 rows kept, 1 written to" in capsys.readouterr().out
+    assert output.read_text() == alone.read_text()
+
+
+def test_a_changed_file_under_a_kept_id_is_predicted_again(library, tmp_path, predicted_tracks, capsys, write_clip):
+    runs, folder, one_shot, _, streamed = library
+    calls, _ = predicted_tracks
+    copy = tmp_path / "library"
+    shutil.copytree(folder, copy)
+    output = tmp_path / "results.csv"
+    command = [*run_args(runs), str(copy), "--output", str(output), "--probabilities"]
+    main(command)
+    assert output.read_text() == one_shot
+    os.utime(copy / "tone1.wav", ns=(1, 1))  # touched, not changed: its row stays
+    write_clip(copy / "tone3.wav", 1.0, 990.0)  # another sound under the same id
+    calls.clear()
+    capsys.readouterr()
+    main(command)
+    out = capsys.readouterr().out
+    assert calls == [["tone3"], ["tone3"]]
+    assert "1 files changed since their rows were written: predicting them again" in out
+    assert "4 rows kept, 1 written to" in out
+    rows = pd.read_csv(output).set_index("id")
+    before = pd.read_csv(io.StringIO(one_shot)).set_index("id")
+    assert sorted(rows.index) == sorted(before.index)
+    assert rows.drop(index="tone3").equals(before.drop(index="tone3").loc[rows.drop(index="tone3").index])
+    assert not rows.loc["tone3"].equals(before.loc["tone3"])

@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genre_tf.config.console import add_verbose_argument, quiet_console
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--output", type=Path, default=Path("saved_models/comparison"), help="path without suffix")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.evaluation.compare import comparison_table, write_comparison
 

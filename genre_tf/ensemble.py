@@ -9,13 +9,16 @@ import argparse
 from pathlib import Path
 
 from genre_tf.config import ConfigError, add_config_arguments, exit_config_error, load_ensemble_config
+from genre_tf.config.console import add_verbose_argument, quiet_console
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.ensemble", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of this name first")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     try:
         cfg = load_ensemble_config(args.config, args.overrides)
     except ConfigError as err:

@@ -9,13 +9,16 @@ import argparse
 from pathlib import Path
 
 from genre_tf.config import ConfigError, check_data_paths, exit_config_error
+from genre_tf.config.console import add_verbose_argument, quiet_console
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. saved_models/demo_mlp")
     parser.add_argument("--split", action="append", choices=["train", "valid", "test"], help="default: valid and test")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.evaluation.metrics import format_headline
     from genre_tf.evaluation.report import evaluate_run

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from genre_tf.config import ConfigError
+from genre_tf.config.console import add_verbose_argument, quiet_console
 from genre_tf.run import RunDir
 
 
@@ -19,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True, type=Path, help="a finished run directory")
     parser.add_argument("--format", required=True, help="saved_model (a folder) or tflite (a file)")
     parser.add_argument("--output", type=Path, help="default: <run>/export/saved_model or <run>/export/<run>.tflite")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     run = RunDir(args.run)
     check_ensemble(run) if run.is_ensemble else check_run(run)  # before TensorFlow loads: errors stay one line
     # Lazy: the library (TensorFlow) loads once the run is checked, so --help and a bad run are one line and instant.

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genre_tf.config.console import add_verbose_argument, quiet_console
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-tracks", type=int, default=64, help="with --output: tracks analysed and written at a time"
     )
     parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.predict import (

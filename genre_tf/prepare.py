@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from genre_tf.config import Config, ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config.console import add_verbose_argument, quiet_console
 from genre_tf.data.index import Index
 from genre_tf.features import representations
 
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--shards", type=int, default=None, help="--engine beam: shard files (default: 1 per 256 tracks)"
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.extract.prepared import (
         chosen_representations,

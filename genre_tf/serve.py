@@ -11,6 +11,8 @@ from pathlib import Path
 import uvicorn
 from threadpoolctl import threadpool_limits
 
+from genre_tf.config.console import add_verbose_argument, quiet_console
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.serve", description=__doc__.splitlines()[0])
@@ -20,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload, in MB (default 50)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest audio, in seconds (default 600)")
     parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: one per core)")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.app import create_app

@@ -13,9 +13,11 @@ history (genre_tf.training.fit).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from genre_tf.config import ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config.console import add_verbose_argument, quiet_console
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,11 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--evaluate", default="valid,test", help="splits evaluated after training (a tuner trial: valid)"
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     cfg = config_from_args(args)
     # Lazy: TensorFlow loads once the config is checked, so a config error is one line and instant.
     from genre_tf.evaluation.metrics import format_headline
-    from genre_tf.training.fit import train
+    from genre_tf.training.fit import interrupted_line, train
 
     run_dir = Path(cfg.output_dir) / (args.name or cfg.name)
     try:
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train(cfg, run_dir, args.overwrite, 0 if args.quiet else 2, eval_splits=splits)
     except ConfigError as err:
         exit_config_error(err)
+    except KeyboardInterrupt:  # Ctrl-C: the last epoch's backup is on disk; no traceback
+        print(interrupted_line(cfg, run_dir), file=sys.stderr)
+        raise SystemExit(130) from None
     if "headline" in metrics:
         print(format_headline(metrics))
     print(f"run written to {run_dir}")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from genre_tf.config import ConfigError, add_config_arguments, config_from_args, exit_config_error
+from genre_tf.config.console import add_verbose_argument, quiet_console
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
     parser.add_argument("--max-trials", type=int, default=10)
     parser.add_argument("--name", help="search name (default: <config name>_<space name>)")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     cfg = config_from_args(args)
     # Lazy: TensorFlow loads once the config is checked, so --help and a config error are one line and instant.
     from genre_tf.evaluation.compare import to_markdown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +36,13 @@ def _one_blas_thread() -> None:
     # Processes already use every core, and BLAS threads on top oversubscribe them. One thread in
     # every extractor, in-process too, also keeps float summation order, and so the bytes, the same.
     threadpool_limits(1)
+
+
+def _start_worker() -> None:
+    """A pool process: one BLAS thread, and Ctrl-C left to the parent, which stops the pool (a worker's own
+    KeyboardInterrupt would print a traceback per process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _one_blas_thread()
 
 
 def compile_kernels(recipe: Recipe | None = None, names: tuple[str, ...] = representations.ALL) -> None:
@@ -79,7 +87,7 @@ class SharedPool:
         if self.executor is None:
             # spawn, not fork: callers such as train have TensorFlow's threads running, which fork does not survive.
             context = multiprocessing.get_context("spawn")
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_blas_thread)
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker)
         yield from self.executor.map(_extract_job, jobs, chunksize=1)
 
     def close(self) -> None:

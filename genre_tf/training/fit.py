@@ -62,6 +62,26 @@ from genre_tf.training.tracking import (
 )
 
 
+def resuming_line(run: RunDir, phases: list[Phase], done: set[str] | list[str]) -> str | None:
+    """`resuming RUN from epoch N of M` where a run holds epochs of an earlier process, else None."""
+    history = run.history()
+    todo = [phase for phase in phases if phase.name not in done]
+    if not history or not todo:
+        return None
+    first = sum(row["phase"] != todo[0].name for row in history)  # the epochs of the finished phases
+    start = EpochBackup(run.backup_dir / todo[0].name).epoch() or first
+    return f"resuming {run.path} from epoch {start + 1} of {sum(phase.epochs for phase in phases)}"
+
+
+def interrupted_line(cfg: Config, run_dir: Path) -> str:
+    """What a run stopped by Ctrl-C says: `interrupted after epoch N of M; the same command resumes`."""
+    run = RunDir(worker_run_dir(Path(run_dir)))
+    if run.refit.history() or run.refit.backup_dir.is_dir():  # in the refit's phases: count those
+        run = run.refit
+    total = sum(phase.epochs for phase in plan_phases(cfg))
+    return f"interrupted after epoch {len(run.history())} of {total}; the same command resumes"
+
+
 def plan_phases(cfg: Config) -> list[Phase]:
     """One phase, or for a partly unfrozen backbone with fine_tune_epochs: head first, then fine-tune."""
     model, train = cfg.model, cfg.train
@@ -109,6 +129,8 @@ def fit_phases(
     if note := cache_off_note(cfg):
         print(note)
     log = PhaseLog.load(run)
+    if line := resuming_line(run, phases, log.done):
+        print(line, flush=True)
     keras.utils.set_random_seed(cfg.seed)  # the initial weights depend on the seed alone: a refit starts from them too
     with strategy.scope():
         model = models.build_model(cfg.model, recipe.shape(scaler), len(classes))

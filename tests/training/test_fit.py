@@ -152,6 +152,30 @@ runpy.run_module("genre_tf.train", run_name="__main__", alter_sys=True)
 """
 
 
+# `python -m genre_tf.train` that gets SIGINT (Ctrl-C) from itself in the middle of its third epoch.
+# The console is made quiet first, as the command does before it imports TensorFlow (here the patch imports it).
+TRAIN_INTERRUPTED_IN_EPOCH_3 = "from genre_tf.config.console import quiet_console; quiet_console()\n" + (
+    TRAIN_KILLED_IN_EPOCH_3.replace("signal.SIGKILL", "signal.SIGINT")
+)
+
+
+def test_ctrl_c_ends_in_one_line_and_the_same_command_says_where_it_resumes(tmp_path, tiny_demo_config, capsys):
+    """SIGINT mid-epoch: exit 130 and one line on stderr, nothing of TensorFlow's native logs on either stream; the
+    same command again says it resumes, and from which epoch."""
+    lines = ["model: {kind: cnn, image_size: [32, 32], cnn: {conv_blocks: 2, filters: 8}}"]
+    config = tiny_demo_config(tmp_path, "stopped", *lines, "train: {epochs: 4, batch_size: 8}")
+    stopped = subprocess.run(
+        [sys.executable, "-c", TRAIN_INTERRUPTED_IN_EPOCH_3, "--config", str(config)], capture_output=True, text=True
+    )
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines() == ["interrupted after epoch 2 of 4; the same command resumes"]
+    for native in ("absl", "oneDNN", "I0000", "E0000", "Traceback"):
+        assert native not in stopped.stdout + stopped.stderr, native
+    out = run_main(train_command, ["--config", str(config), "--quiet"], capsys)
+    assert f"resuming {tmp_path / 'runs' / 'stopped'} from epoch 3 of 4" in out
+    assert [row["epoch"] for row in RunDir(tmp_path / "runs" / "stopped").history()] == [0, 1, 2, 3]
+
+
 def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path, tiny_demo_config):
     """Every image augmentation and mixup on: the draws are stateless, so the resumed epochs repeat them."""
     augment = "{time_masks: 1, time_mask_frames: 8, freq_masks: 1, freq_mask_bands: 6, gain_db: 6, time_shift: 1,"
@@ -195,6 +219,8 @@ def test_two_workers_train_together(tmp_path, tiny_demo_config):
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    for native in ("absl::InitializeLog", "oneDNN custom operations", "I0000 "):  # a quiet console by default
+        assert native not in outputs[0] + outputs[1], native
     run = RunDir(tmp_path / "runs" / "mw")
     assert run.finished and len(run.history()) == 1
     assert "MultiWorkerMirroredStrategy" in outputs[0] or "multi_worker" in run.config_file.read_text()

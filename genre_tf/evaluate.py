@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     from genre_tf.training.ensemble import evaluate_ensemble
 
     run = RunDir(args.run)
-    if not (run.model_file.is_file() or run.is_ensemble):
-        raise SystemExit(f"error: {args.run} has no model.keras (not a finished run directory)")
+    if problem := run.problem:
+        raise SystemExit(f"error: {problem}")
     try:
         if run.is_ensemble:  # its members' data is checked as each is loaded
             metrics = evaluate_ensemble(run, args.split or ["valid", "test"])

@@ -39,10 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def check_run(run: RunDir) -> None:
     """A run that can be exported, or a one-line error."""
-    if not run.path.is_dir():
-        raise SystemExit(f"error: no such run directory: {run.path}")
-    if not run.model_file.is_file():
-        raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+    if problem := run.problem:
+        raise SystemExit(f"error: {problem}")
     try:
         run.config  # noqa: B018  (reads and validates config.yaml)
     except ConfigError as err:
@@ -52,8 +50,8 @@ def check_run(run: RunDir) -> None:
 def check_ensemble(run: RunDir) -> None:
     """An ensemble run whose members can be loaded, or a one-line error."""
     for member in run.members():
-        if not member.run.model_file.is_file():
-            raise SystemExit(f"error: {member.run.path} has no model.keras (not a finished run directory)")
+        if problem := member.run.problem:
+            raise SystemExit(f"error: {problem}")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.chunk_tracks < 1:
         parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
     given = [RunDir(path) for path in args.run]
+    for run in given:
+        if problem := run.problem:
+            raise SystemExit(f"error: {problem}")
     runs, weights = expand_runs(given)  # the models that predict
     for run in runs:
-        if not run.model_file.is_file():
-            raise SystemExit(f"error: {run.path} has no model.keras (not a finished run directory)")
+        if problem := run.problem:
+            raise SystemExit(f"error: {problem}")
     classes = runs[0].classes
     if any(run.classes != classes for run in runs):
         raise SystemExit("error: the runs were trained on different classes and cannot be averaged")

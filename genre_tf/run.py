@@ -50,6 +50,15 @@ class RunDir:
     def finished(self) -> bool:
         return self.metrics_file.is_file()
 
+    @property
+    def problem(self) -> str | None:
+        """Why no model can be loaded from this path, in the words every command uses, or None."""
+        if not self.path.is_dir():
+            return f"no such run directory: {self.path}"
+        if not (self.model_file.is_file() or self.is_ensemble):
+            return f"{self.path} has no model.keras (not a finished run directory)"
+        return None
+
     @cached_property
     def config(self) -> Config:
         """The run's config; the data it was trained on need not be where it was (or anywhere) to use the model."""

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     from genre_tf.serving.uploads import MB, Limits
 
     run = RunDir(args.run)
-    for model_run in expand_runs([run])[0]:  # an ensemble: its members
-        if not model_run.model_file.is_file():
-            raise SystemExit(f"error: {model_run.path} has no model.keras (not a finished run directory)")
+    for model_run in [run, *expand_runs([run])[0]]:  # an ensemble: its members too
+        if problem := model_run.problem:
+            raise SystemExit(f"error: {problem}")
     if args.max_mb <= 0 or args.max_seconds <= 0 or args.workers < 0:
         raise SystemExit("error: --max-mb and --max-seconds must be positive, --workers 0 or more")
     # One BLAS thread for the whole process: requests are the parallelism, and extraction's per-call limit, entered

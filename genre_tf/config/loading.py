@@ -4,6 +4,7 @@ schema's types, validated, and saved back as YAML."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -98,8 +99,24 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     if hint is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(key, f"must be a path, got {value!r}")
-        return Path(value)
+        return expand_path(value, key)
     raise TypeError(f"unsupported config type {hint} at {key}")
+
+
+def expand_path(value: str | Path, key: str = "path") -> Path:
+    """A path as a user writes it: `~` is their home, `$VAR` / `${VAR}` an environment variable; ConfigError naming
+    `key` where a variable is not set (it would become a folder named `$VAR`, or `~`, in the current one)."""
+    expanded = os.path.expandvars(os.path.expanduser(str(value)))
+    if unset := re.search(r"\$\{?(\w+)", expanded):
+        raise ConfigError(key, f"environment variable {unset.group(1)} in {value} is not set")
+    if expanded.startswith("~"):
+        raise ConfigError(key, f"cannot expand {value}: no such user's home")
+    return Path(expanded)
+
+
+def _relative_note(path: Path) -> str:
+    """Where a relative path was looked for, for a does-not-exist message."""
+    return "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
 
 
 def _build(cls: type, values: Any, prefix: str = "") -> Any:
@@ -136,9 +153,9 @@ def check_data_paths(data: DataConfig) -> None:
     for f in dataclasses.fields(data):
         value = getattr(data, f.name)
         if f.metadata.get("exists") and value is not None and not Path(value).exists():
-            raise ConfigError(f"data.{f.name}", f"path does not exist: {value}")
+            raise ConfigError(f"data.{f.name}", f"path does not exist: {value}{_relative_note(Path(value))}")
     if data.source == "folder" and not data.root.is_dir():
-        raise ConfigError("data.root", f"folder does not exist: {data.root}")
+        raise ConfigError("data.root", f"folder does not exist: {data.root}{_relative_note(data.root)}")
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -211,16 +228,26 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """`line 3, column 7: mapping values are not allowed here` (1-based, where the parser stopped)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    context = f" ({err.context})" if getattr(err, "context", None) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{context}"
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file's values; `extends: other.yaml` (relative to this file) is read first and updated."""
     if not path.is_file():
-        raise ConfigError("--config" if not seen else "extends", f"file does not exist: {path}")
+        raise ConfigError("--config" if not seen else "extends", f"file does not exist: {path}{_relative_note(path)}")
     if path.resolve() in seen:
         raise ConfigError("extends", f"{path} extends itself")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError("--config", f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError("--config", f"{path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(values, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of config keys")
     values = upgrade_values(values)
@@ -236,7 +263,7 @@ def load_config(path: Path | str | None, overrides: list[str] = (), check_paths:
     `check_paths=False` skips only the check that the data's files and folders exist: a saved run predicts, exports
     and serves from another working directory or machine than the one it was trained on.
     """
-    values = read_yaml(Path(path)) if path is not None else {}
+    values = read_yaml(expand_path(path, "--config")) if path is not None else {}
     return config_from_dict(apply_overrides(values, list(overrides)), check_paths)
 
 

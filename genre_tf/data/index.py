@@ -34,6 +34,14 @@ class Index:
     split_note: str = ""  # which split the tracks got and why, for the run's log and summary
     ignored: dict[str, int] = field(default_factory=dict)  # files that are not audio, by extension: counted only
     split_method: str = ""  # folds, file, gtzan or stratified (choose_split)
+    root: Path | None = None  # the folder ids are made below (`track_id`), also for the files reported
+
+    def problem_id(self, path: str) -> str:
+        """The id a reported file would have had as a track (`reggae/06 Song` for an .m4a in reggae/)."""
+        if self.root is None:
+            return Path(path).stem
+        made, suffix = track_id(path, self.root), Path(path).suffix  # an unreadable format's extension too
+        return made[: -len(suffix)] if suffix and made.lower().endswith(suffix.lower()) else made
 
 
 def _hidden(name: str) -> bool:
@@ -66,8 +74,16 @@ class Walk:
             elif kind == "unreadable":
                 self.unreadable.append(path)
             else:
-                self.ignored[path.suffix.lower() if path.suffix and not _hidden(path.name) else path.name] += 1
+                self.ignored[_ignored_kind(path.name)] += 1
         return audio
+
+
+def _ignored_kind(name: str) -> str:
+    """How an ignored file is counted: by its extension (`.jpg`), or as `hidden` (`._01 Track.flac`, `.DS_Store`:
+    file-system noise) or `without extension`."""
+    if _hidden(name):
+        return "hidden"
+    return Path(name).suffix.lower() or "without extension"
 
 
 def walk_folder(folder: Path, walk: Walk, seen: set[str] | None = None) -> list[Path]:
@@ -130,10 +146,10 @@ def _row(path: Path, root: Path, label: str = "") -> dict:
     return {"track_id": track_id(path, root), "path": str(path), "label": label, "split": ""}
 
 
-def _walked_index(rows: list[dict], walk: Walk) -> Index:
+def _walked_index(rows: list[dict], walk: Walk, root: Path) -> Index:
     rows, problems = _dedupe(rows)
     problems = [(str(p), f"unsupported audio format {p.suffix.lower()}") for p in walk.unreadable] + problems
-    return Index(_frame(rows), problems, ignored=dict(walk.ignored))
+    return Index(_frame(rows), problems, ignored=dict(walk.ignored), root=Path(root))
 
 
 def index_folder(root: Path, labeled: bool = True) -> Index:
@@ -141,17 +157,18 @@ def index_folder(root: Path, labeled: bool = True) -> Index:
     `labeled=False` every audio file below `root` (unlabeled). Files that are not audio are counted, not listed."""
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError("data.root", f"folder does not exist: {root}")
+        where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        raise ConfigError("data.root", f"folder does not exist: {root}{where}")
     walk = Walk()
     if not labeled:
-        return _walked_index([_row(p, root) for p in walk_folder(root, walk)], walk)
+        return _walked_index([_row(p, root) for p in walk_folder(root, walk)], walk, root)
     seen, rows = {os.path.realpath(root)}, []
     entries = sorted(p for p in root.iterdir() if not _hidden(p.name))
     for genre_dir in (p for p in entries if p.is_dir()):
         rows += [_row(p, root, genre_dir.name) for p in walk_folder(genre_dir, walk, seen)]
     # Files beside the genre folders have no label of their own; a split file with genres can give one.
     rows += [_row(p, root) for p in walk.audio([p for p in entries if not p.is_dir()])]
-    return _walked_index(rows, walk)
+    return _walked_index(rows, walk, root)
 
 
 def index_paths(paths: list[Path]) -> Index:
@@ -163,7 +180,7 @@ def index_paths(paths: list[Path]) -> Index:
             rows += [_row(p, root) for p in walk_folder(path, walk)]
         else:
             rows.append(_row(path, root))  # named on the command line: read, or skipped with its reason
-    return _walked_index(rows, walk)
+    return _walked_index(rows, walk, root)
 
 
 def index_csv(csv_path: Path) -> Index:
@@ -178,7 +195,7 @@ def index_csv(csv_path: Path) -> Index:
     inside = all(Path(os.path.abspath(p)).is_relative_to(base) for p in paths)
     root = base if inside else common_root(paths)
     rows, problems = _dedupe([_row(path, root, label) for path, label in zip(paths, table["label"], strict=True)])
-    return Index(_frame(rows), problems)
+    return Index(_frame(rows), problems, root=root)
 
 
 def read_split_file(path: Path) -> pd.DataFrame:
@@ -306,7 +323,8 @@ def assign_splits(index: Index, data: DataConfig, seed: int) -> Index:
         tracks.loc[labeled, "split"] = split_stratified(tracks[labeled], data.valid_fraction, data.test_fraction, seed)
     problems += [(path, "no label (not in a genre folder)") for path in tracks.loc[~labeled, "path"]]
     tracks.loc[~labeled, "split"] = UNASSIGNED
-    return Index(tracks, problems, split_note(method, reason, data, seed, len(missing)), index.ignored, method)
+    note = split_note(method, reason, data, seed, len(missing))
+    return Index(tracks, problems, note, index.ignored, method, index.root)
 
 
 def stratified_minimum(valid: float, test: float) -> int:

@@ -16,7 +16,6 @@ import io
 import math
 import shlex
 import time
-from pathlib import PurePath
 
 import apache_beam as beam
 import tensorflow as tf
@@ -127,7 +126,7 @@ def run_pipeline(
         "representations": list(names),
         "cache_keys": recipe.keys(names),
         "split": index.split_note,
-        "problems": [[path, PurePath(path).stem, reason] for path, reason in index.problems],
+        "problems": [[path, index.problem_id(path), reason] for path, reason in index.problems],
         "ignored": index.ignored,
         "index_tracks": len(index.tracks),
         "counts": {name: _counter(result, name) for name in ("tracks", "segments", "skipped")},

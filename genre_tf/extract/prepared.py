@@ -87,7 +87,8 @@ def prepare_index(
     reasons = [r.reason for r in results]
     skipped = [(p, t, r) for p, t, r in zip(paths, tracks.track_id, reasons, strict=True) if r is not None]
     n_failed = len(skipped)
-    skipped += [(p, Path(p).stem, r) for p, r in index.problems]  # reported while indexing; not extracted or kept apart
+    # Reported while indexing: not extracted or kept apart.
+    skipped += [(p, index.problem_id(p), r) for p, r in index.problems]
     decoded = np.array([r is None for r in reasons], dtype=bool)
     tracks = tracks[decoded].reset_index(drop=True)
     if index.split_method:  # a training index: the tracks that failed take no slot in any split

@@ -227,7 +227,7 @@ def graph_examples(
                 if frames:
                     segments[r].append(predicted_segments(graph, frames, inputs))
             bar.update(len(chunk))
-    problems = [(p, Path(p).stem, reason) for p, reason in index.problems]  # reported while indexing
+    problems = [(p, index.problem_id(p), reason) for p, reason in index.problems]  # reported while indexing
     empty = pd.DataFrame({"track_id": [], "segment": [], PROBABILITIES: []})
     examples = []
     for run_segments, run_skipped in zip(segments, skipped, strict=True):
@@ -294,7 +294,7 @@ def predict_to_file(
     with bar, extraction_pool(workers) as pool:  # workers start once
         for start in range(0, len(todo), chunk_tracks):
             problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
-            chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems)
+            chunk = Index(todo.iloc[start : start + chunk_tracks].reset_index(drop=True), problems, root=index.root)
             examples = index_examples(runs, chunk, graphs, workers, cache_dir, pool, progress=False)
             skipped = all_skipped(examples)
             print_skipped(skipped)

@@ -127,3 +127,40 @@ def test_command_line_error_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "config error: train.epochs: must be 1..10000, got -1"
     assert "Traceback" not in proc.stderr
+
+
+def test_paths_expand_the_home_folder_and_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MUSIC", str(tmp_path / "music"))
+    (tmp_path / "music").mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {source: folder, root: $MUSIC}\ncache: {dir: ~/cache}\n")
+    cfg = load_config("~/c.yaml", ["output_dir=${MUSIC}/runs"])
+    assert (cfg.data.root, cfg.cache.dir, cfg.output_dir) == (
+        tmp_path / "music",
+        tmp_path / "cache",
+        tmp_path / "music" / "runs",
+    )
+    demo = load_config(None, ["data.source=demo", "data.root=~/lib"])  # not a folder named `~` in the current one
+    assert demo.data.root == tmp_path / "lib"
+    with pytest.raises(
+        ConfigError, match=r"^cache.dir: environment variable NOT_SET_ANYWHERE in \$NOT_SET_ANYWHERE/x is not set$"
+    ):
+        load_config(None, ["data.source=demo", "data.root=x", "cache.dir=$NOT_SET_ANYWHERE/x"])
+
+
+def test_a_missing_relative_path_says_what_it_is_relative_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigError, match=rf"^data.root: folder does not exist: music \(relative to the current folder {tmp_path}\)$"
+    ):
+        load_config(None, ["data.source=folder", "data.root=music"])
+
+
+def test_invalid_yaml_names_the_line_and_column(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  root: x\n   source: folder\n")
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml is not valid YAML: line 3, column 10: mapping values are not allowed here$"
+    ):
+        load_config(config)

@@ -46,7 +46,7 @@ def test_folder_index_ids_are_paths_below_the_root_and_labels_are_genre_folders(
     assert len(index.tracks) == 30
     assert index.tracks.track_id.iloc[0] == "a/a.00000"
     assert sorted(index.tracks.label.unique()) == ["a", "b", "c"]
-    assert index.ignored == {".DS_Store": 1} and not index.problems
+    assert index.ignored == {"hidden": 1} and not index.problems  # .DS_Store: counted as hidden, not as an extension
 
 
 def test_duplicate_stems_are_reported(tmp_path):
@@ -383,3 +383,20 @@ def test_a_genre_left_without_a_test_track_by_failures_is_one_config_error(tmp_p
     failed = index.tracks.track_id.str.startswith("c/c.0000") & (index.tracks.track_id != "c/c.00000")
     with pytest.raises(ConfigError, match="data.root: only one genre|too few tracks in genre c 1; 3 files that failed"):
         split_decodable(index, ~failed.to_numpy(), data, 0)
+
+
+def test_hidden_files_are_counted_as_hidden_and_reported_files_keep_their_ids(tmp_path, write_clip):
+    from genre_tf.extract.prepared import ignored_lines, prepare_index
+
+    write_clip(tmp_path / "rock" / "Artist" / "01 Track.wav", 1.0)
+    write_clip(tmp_path / "reggae" / "01 Dub.wav", 1.0)
+    (tmp_path / "rock" / "Artist" / "._01 Track.flac").write_bytes(b"resource fork")
+    (tmp_path / "rock" / "Artist" / "cover.jpg").write_bytes(b"x")
+    (tmp_path / "reggae" / "06 Song.m4a").write_bytes(b"x")
+    index = index_folder(tmp_path)
+    assert index.ignored == {"hidden": 1, ".jpg": 1}
+    assert ignored_lines(index.ignored) == ["ignored 2 files that are not audio: 1 hidden, 1 .jpg"]
+    settings = ["data.source=folder", f"data.root={tmp_path}", f"cache.dir={tmp_path / 'cache'}"]
+    cfg = load_config(None, [*settings, "audio.segment_seconds=0.5"])
+    skipped = prepare_index(index, cfg, jobs=1, progress=False).skipped
+    assert skipped[["track_id", "reason"]].values.tolist() == [["reggae/06 Song", "unsupported audio format .m4a"]]

@@ -52,7 +52,6 @@ def test_compare_writes_beside_the_runs_wherever_it_runs(tmp_path, monkeypatch, 
     import shutil
 
     from genre_tf import compare
-
     from genre_tf.evaluation.report import evaluate_run
     from genre_tf.run import RunDir
 

@@ -1,4 +1,5 @@
-"""A quiet console for every command: TensorFlow's native log lines kept off the terminal unless `--verbose`.
+"""A quiet console for every command: TensorFlow's native log lines kept off the terminal unless `--verbose`, and
+progress bars that print their last line once.
 
 TensorFlow 2.16+ logs from C++ through absl before absl is initialised, which ignores TF_CPP_MIN_LOG_LEVEL: each
 command printed `WARNING: All log messages before absl::InitializeLog() ...`, the oneDNN notice (twice), and for
@@ -16,10 +17,31 @@ import re
 import sys
 import threading
 
+from tqdm import tqdm
+
 # glog/absl line prefixes (severity, date or 0000, time, thread, file:line]) and absl's pre-initialisation notice.
 NATIVE_LOG = re.compile(
     rb"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\]|WARNING: All log messages before absl)"
 )
+
+
+class Progress(tqdm):
+    """A tqdm bar whose last line is printed once. tqdm's close() prints the bar with the overall rate; the update
+    that completes the bar printed it just before, which a log (where `\r` does not overwrite) showed twice."""
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def update(self, n: float = 1) -> bool | None:
+        if not self.disable and self.total is not None and self.n + n >= self.total:
+            self.n += n  # close() shows it
+            return None
+        return super().update(n)
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:

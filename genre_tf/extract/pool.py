@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from genre_tf.config import AudioConfig, FeatureConfig, MelConfig
+from genre_tf.config.console import Progress
 from genre_tf.extract.cache import Recipe, TrackCache, TrackResult, file_digest, legacy_note
 from genre_tf.extract.track import extract_track
 from genre_tf.features import analysis as features
@@ -144,7 +144,8 @@ def extract_all(
         print(note, flush=True)
     workers = jobs or os.cpu_count() or 1
     done = _parallel([job for _, job in todo], min(workers, len(todo)), pool)
-    bar = tqdm(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)
-    for (i, _), result in zip(todo, bar, strict=True):
-        results[i] = result
+    bar = Progress(done, total=len(todo), desc="extracting", unit="track", disable=not progress or not todo)
+    with bar:
+        for (i, _), result in zip(todo, bar, strict=True):
+            results[i] = result
     return [results[i].under_policy(recipe.audio) for i in sorted(results)]

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from genre_tf.config import CacheConfig, ConfigError
+from genre_tf.config.console import Progress
 from genre_tf.data.index import Index, index_paths
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
@@ -211,7 +211,7 @@ def graph_examples(
 
     tracks = index.tracks
     segments, skipped = [[] for _ in runs], [[] for _ in runs]
-    bar = tqdm(total=len(tracks), desc="predicting", unit="track", disable=not progress or len(tracks) < 2)
+    bar = Progress(total=len(tracks), desc="predicting", unit="track", disable=not progress or len(tracks) < 2)
     with bar, ThreadPoolExecutor(max(1, workers)) as threads:
         for start in range(0, len(tracks), CHUNK_TRACKS):
             chunk = tracks.iloc[start : start + CHUNK_TRACKS]
@@ -290,7 +290,7 @@ def predict_to_file(
     models = [run.load_model() for run in runs]
     graphs, workers = audio_graphs(runs, models), run_workers(runs)
     predicted = []
-    bar = tqdm(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
+    bar = Progress(total=len(index.tracks), initial=len(index.tracks) - len(todo), desc="predicting", unit="track")
     with bar, extraction_pool(workers) as pool:  # workers start once
         for start in range(0, len(todo), chunk_tracks):
             problems = index.problems if start + chunk_tracks >= len(todo) else []  # reported with the last chunk
@@ -313,7 +313,7 @@ def predict_to_file(
 def print_skipped(skipped: pd.DataFrame) -> None:
     """One line per skipped input on stderr: `skipped PATH: REASON` (above a progress bar, if one is shown)."""
     for row in skipped.itertuples():
-        tqdm.write(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+        Progress.write(f"skipped {row.path}: {row.reason}", file=sys.stderr)
 
 
 def check_tagged(run: RunDir) -> None:

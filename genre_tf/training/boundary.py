@@ -27,10 +27,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from genre_tf import models
 from genre_tf.config import ModelConfig
+from genre_tf.config.console import Progress
 from genre_tf.extract.cache import atomic_file
 from genre_tf.inputs import pipeline
 from genre_tf.inputs.examples import SplitData, split_data
@@ -98,7 +98,7 @@ def boundary_features(
         return _load_activations(path)
 
     activations = [np.empty((len(data), *t.shape[1:]), dtype=t.dtype) for t in frozen.outputs]
-    batches = tqdm(
+    batches = Progress(
         data.batches(batch_size) if len(data) else [],  # a file reader cannot be traced over no paths
         total=math.ceil(len(data) / batch_size),
         desc="boundary activations",

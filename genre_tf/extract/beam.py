@@ -126,6 +126,7 @@ def run_pipeline(
         "representations": list(names),
         "cache_keys": recipe.keys(names),
         "split": index.split_note,
+        "split_method": index.split_method,  # read_prepared splits again over the tracks that decoded
         "problems": [[path, index.problem_id(path), reason] for path, reason in index.problems],
         "ignored": index.ignored,
         "index_tracks": len(index.tracks),

@@ -23,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf.config import Config, ConfigError
-from genre_tf.data.index import INDEX_COLUMNS
+from genre_tf.data.index import INDEX_COLUMNS, Index, split_decodable
 from genre_tf.extract.cache import Recipe, TrackResult, entry_files, segment_positions
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, genre_counts
 from genre_tf.features import analysis as features
@@ -192,6 +192,17 @@ def _skip_reason(r: dict, audio) -> str | None:
     return result.under_policy(audio).reason
 
 
+def _split_decodable(tables: list, records: list[dict], decoded: list[bool], method: str, cfg: Config) -> list:
+    """The tables of the decoded tracks with the splits `split_decodable` gives them (stratified and k-fold splits
+    are made again over the tracks that decoded)."""
+    rows = [[r[name].decode() for name in INDEX_COLUMNS] for r in records]
+    index = Index(pd.DataFrame(rows, columns=INDEX_COLUMNS), split_method=method)
+    split = split_decodable(index, np.array(decoded), cfg.data, cfg.seed).tracks.set_index("track_id")["split"]
+    for track, frame in tables:
+        track["split"] = frame["split"] = split[track["track_id"]]
+    return tables
+
+
 def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None, held: bool = True):
     """The Prepared tables (genre_tf.extract.prepared) of shards, as the local engine makes them from the cache: the
     same tracks in index order, with the same feature rows; a segment's `mel_path` / `musicnn_path` holds its file's
@@ -210,14 +221,17 @@ def read_prepared(folder: str, cfg: Config, names: tuple[str, ...] | None = None
     if held:
         records.sort(key=lambda r: r["position"])
     columns = features.feature_columns(cfg.features.n_mfcc) if representations.FEATURES in names else []
-    tables, skipped = [], []
+    tables, skipped, decoded = [], [], []
     for r in records:
         reason = _skip_reason(r, cfg.audio)
+        decoded.append(reason is None)
         if reason is None:
             tables.append(_track_tables(r, read, columns, cfg.audio))
         else:
             skipped.append((r["path"].decode(), r["track_id"].decode(), reason))
     n_failed = len(skipped)
+    if manifest.get("split_method") and not all(decoded):  # as the local engine: failed tracks take no slot
+        tables = _split_decodable(tables, records, decoded, manifest["split_method"], cfg)
     skipped += [tuple(problem) for problem in manifest["problems"]]
     tracks = pd.DataFrame([track for track, _ in tables], columns=[*INDEX_COLUMNS, "digest", "n_segments", *columns])
     segment_columns = [

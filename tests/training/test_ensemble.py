@@ -214,7 +214,8 @@ def test_members_must_share_classes_split_and_have_their_data(members, tmp_path,
     shutil.copytree(cnn.path, other_split.path)
     split_file = tmp_path / "split.csv"
     split = pd.read_csv(cnn.config.data.split_file)
-    split.loc[split.track_id == "blues.00003", "split"] = "train"
+    split.loc[split.track_id == "blues.00003", "split"] = "train"  # blues.00000 takes its place in test
+    split.loc[split.track_id == "blues.00000", "split"] = "test"
     split.to_csv(split_file, index=False)
     cfg = cnn.config
     save_config(replace(cfg, data=replace(cfg.data, split_file=split_file)), other_split.config_file)
@@ -224,7 +225,10 @@ def test_members_must_share_classes_split_and_have_their_data(members, tmp_path,
     cases = [
         (no_data, "no_data: data.root: folder does not exist: .*gone$"),
         (other_classes, "other_classes has other classes than"),
-        (other_split, "other_split's test split holds other tracks than .*cnn's \\(1 differ: blues.00003\\)$"),
+        (
+            other_split,
+            "other_split's test split holds other tracks than .*cnn's \\(2 differ: blues.00000, blues.00003\\)$",
+        ),
     ]
     for i, (other, message) in enumerate(cases):
         config = write_ensemble_config(tmp_path / f"e{i}.yaml", f"e{i}", [cnn.path, other.path])

@@ -20,7 +20,8 @@ import pandas as pd
 
 from genre_tf.config import Config, save_config
 from genre_tf.data.demo import generate_demo
-from genre_tf.data.index import SPLITS, Index, build_index, split_decodable
+from genre_tf.data.index import SPLITS, Index
+from genre_tf.data.split import build_index, split_decodable
 from genre_tf.extract.cache import Recipe, TrackCache, write_atomic
 from genre_tf.extract.pool import SharedPool, extract_all
 from genre_tf.features import analysis as features

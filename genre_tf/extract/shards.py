@@ -23,7 +23,8 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf.config import Config, ConfigError
-from genre_tf.data.index import INDEX_COLUMNS, Index, split_decodable
+from genre_tf.data.index import INDEX_COLUMNS, Index
+from genre_tf.data.split import split_decodable
 from genre_tf.extract.cache import Recipe, TrackResult, entry_files, segment_positions
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, genre_counts
 from genre_tf.features import analysis as features

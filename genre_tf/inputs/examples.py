@@ -14,7 +14,8 @@ import pandas as pd
 import tensorflow as tf
 
 from genre_tf.config import Config, ConfigError
-from genre_tf.data.index import Index, index_table
+from genre_tf.data.index import Index
+from genre_tf.data.split import index_table
 from genre_tf.extract.pool import SharedPool
 from genre_tf.extract.prepared import SKIPPED_COLUMNS, Prepared, prepare, prepare_index
 from genre_tf.extract.shards import read_prepared, shard_files

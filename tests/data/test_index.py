@@ -11,20 +11,15 @@ import pytest
 
 from genre_tf.config import ConfigError, load_config
 from genre_tf.data.demo import generate_demo
-from genre_tf.data.index import (
-    GTZAN_GENRES,
+from genre_tf.data.index import GTZAN_GENRES, index_csv, index_folder, index_paths, track_id, track_id_of
+from genre_tf.data.split import (
     assign_splits,
     build_index,
     fold_numbers,
     gtzan_split,
-    index_csv,
-    index_folder,
-    index_paths,
     index_table,
     split_decodable,
     stratified_minimum,
-    track_id,
-    track_id_of,
 )
 
 REPO = Path(__file__).resolve().parents[2]

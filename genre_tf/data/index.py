@@ -1,4 +1,5 @@
-"""Dataset index (track_id, path, label, split) and splits by track, made before any segmenting."""
+"""Dataset index (track_id, path, label, split): the audio files of a folder per genre, a CSV of path,label rows or
+paths to predict, each with its track id, and the files left out with their reasons (splits: genre_tf.data.split)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,10 @@ class RunDir:
     backup_dir = property(lambda self: self.path / "backup")
     logs_dir = property(lambda self: self.path / "logs")
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
+    calibration_file = property(lambda self: self.path / "calibration.json")  # temperature fitted on valid
+    reliability_png = property(lambda self: self.path / "reliability.png")
+    risk_coverage_csv = property(lambda self: self.path / "risk_coverage.csv")
+    risk_coverage_png = property(lambda self: self.path / "risk_coverage.png")
     loss_png = property(lambda self: self.path / "loss_curves.png")
     export_dir = property(lambda self: self.path / "export")  # genre_tf.serving.export's SavedModel and TFLite files
     ensemble_file = property(lambda self: self.path / "ensemble.json")  # an ensemble's members, weights, selection
@@ -71,6 +75,14 @@ class RunDir:
         from genre_tf.inputs.recipe import InputRecipe
 
         return InputRecipe.of(self.config)
+
+    @cached_property
+    def temperature(self) -> float:
+        """The temperature that calibrates the run's track probabilities (`evaluation.calibration`); 1.0 for a run
+        evaluated before calibration existed."""
+        if not self.calibration_file.is_file():
+            return 1.0
+        return float(json.loads(self.calibration_file.read_text())["temperature"])
 
     @cached_property
     def classes(self) -> list[str]:

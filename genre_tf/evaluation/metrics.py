@@ -50,6 +50,13 @@ def evaluate_predictions(track_ids: np.ndarray, labels: np.ndarray, probs: np.nd
     return result
 
 
+def track_level(track_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each track's mean probabilities and its label, tracks in first-seen order (as `evaluate_predictions`)."""
+    tracks, mean, _ = aggregate_tracks(track_ids, probs)
+    track_labels = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first().loc[tracks].to_numpy()
+    return mean, track_labels
+
+
 def headline(result: dict) -> dict:
     """The figures a comparison table shows for one split."""
     track = result.get("track_mean", result["segment"])

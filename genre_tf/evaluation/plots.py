@@ -67,3 +67,35 @@ def comparison_png(names: list[str], series: dict[str, list[float]], path: Path)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def reliability_png(before, after, title: str, path: Path) -> None:
+    """Accuracy against confidence per bin (`calibration.confidence_bins`), before and after calibration; the
+    diagonal is perfect calibration, and each point's size is its share of the tracks."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated perfectly")
+    for table, label, marker in ((before, "before", "o"), (after, "after temperature scaling", "s")):
+        filled = table[table.tracks > 0]
+        sizes = 20 + 300 * filled.tracks / max(int(filled.tracks.sum()), 1)
+        ax.plot(filled.confidence, filled.accuracy, marker=marker, label=label)
+        ax.scatter(filled.confidence, filled.accuracy, s=sizes, alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def risk_coverage_png(curve, title: str, path: Path) -> None:
+    """Accuracy of the tracks kept against the share kept (`calibration.risk_coverage`)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step(curve.coverage, curve.accuracy, where="post")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("coverage (share of tracks kept, most confident first)")
+    ax.set_ylabel("accuracy of the tracks kept")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -14,7 +14,14 @@ import json
 import numpy as np
 
 from genre_tf.evaluation import plots
-from genre_tf.evaluation.metrics import evaluate_predictions, headline
+from genre_tf.evaluation.calibration import (
+    calibrated,
+    calibration_record,
+    confidence_bins,
+    fit_temperature,
+    risk_coverage,
+)
+from genre_tf.evaluation.metrics import evaluate_predictions, headline, track_level
 from genre_tf.evaluation.predictions import predict_split
 from genre_tf.extract.cache import write_atomic
 from genre_tf.inputs.examples import load_examples
@@ -71,6 +78,31 @@ def ensemble_lines(ensemble: dict) -> list[str]:
     return lines
 
 
+def calibration_lines(calibration: dict | None) -> list[str]:
+    """The report's calibration section: the temperature, each split's calibration error before and after."""
+    if not calibration:
+        return []
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        f"Track probabilities are calibrated by temperature scaling, T = {calibration['temperature']:.3f} (fitted on "
+        "valid; T > 1 softens an over-confident model). The expected calibration error (ECE, 15 bins) is the mean gap "
+        "between confidence and accuracy; lower is better. reliability.png and risk_coverage.png/.csv are beside "
+        "this report.",
+        "",
+        "| split | tracks | ECE before | ECE after | log loss before | log loss after |",
+        "|---" * 6 + "|",
+    ]
+    for split, c in calibration.items():
+        if isinstance(c, dict) and c.get("tracks"):
+            lines.append(
+                f"| {split} | {c['tracks']} | {c['ece_before']:.3f} | {c['ece_after']:.3f} | {c['nll_before']:.3f} "
+                f"| {c['nll_after']:.3f} |"
+            )
+    return lines
+
+
 def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
     """report.md: headline table per split and level, then per-class figures at track level."""
     lines = [f"# Run {name}", ""]
@@ -103,7 +135,8 @@ def markdown_report(name: str, metrics: dict, classes: list[str]) -> str:
         for name in classes:
             c = result[level]["per_class"][name]
             lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    extra = {k: v for k, v in metrics.items() if k not in ("splits", "ensemble")}  # the ensemble's table is above
+    lines += calibration_lines(metrics.get("calibration"))
+    extra = {k: v for k, v in metrics.items() if k not in ("splits", "ensemble", "calibration")}  # tables above
     lines += ["", "## Run", "", "```json", json.dumps(extra, indent=1), "```", ""]
     return "\n".join(lines)
 
@@ -121,18 +154,20 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
     if run.metrics_file.is_file():  # keep what training recorded (epochs, time, parameters)
         metrics.update({k: v for k, v in run.metrics().items() if k not in ("splits", "headline")})
     metrics.update(extra or {})
+    tracks = {}
     for split in splits:
         frame = examples.split(split)
         if frame.empty:
             continue
-        record_split(run, metrics, split, *predict_split(*judges[split], frame, cfg.train.batch_size))
-    return write_metrics(run, metrics)
+        tracks[split] = record_split(run, metrics, split, *predict_split(*judges[split], frame, cfg.train.batch_size))
+    return write_metrics(run, metrics, tracks)
 
 
 def record_split(
     run: RunDir, metrics: dict, split: str, track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
-) -> None:
-    """One split's figures into metrics["splits"], and its confusion matrix PNG (test's has no suffix)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's figures into metrics["splits"], and its confusion matrix PNG (test's has no suffix); returns the
+    split's track probabilities and labels, which `write_metrics` calibrates."""
     result = evaluate_predictions(track_ids, labels, probs, run.classes)
     metrics["splits"][split] = result
     level = "track_mean" if "track_mean" in result else "segment"
@@ -143,10 +178,48 @@ def record_split(
         f"{run.path.name}: {split}, {level.replace('_', ' ')}",
         run.path / f"confusion_matrix{suffix}.png",
     )
+    return track_level(track_ids, labels, probs)
 
 
-def write_metrics(run: RunDir, metrics: dict) -> dict:
-    """The headline of the recorded splits, report.md, the loss curves of a trained run, and metrics.json last."""
+def calibrate(run: RunDir, metrics: dict, tracks: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Fit the run's temperature on its valid tracks where valid was evaluated (else keep the one it has), record
+    each split's calibration error before and after, and write the reliability diagram and the risk-coverage curve
+    (CSV and PNG) of test, or of the last split evaluated."""
+    if "valid" in tracks:
+        probs, labels = tracks["valid"]
+        temperature = fit_temperature(probs, labels)
+        after = calibrated(probs, temperature)
+        record = {
+            "temperature": temperature,
+            "fitted_on": "valid",
+            "tracks": len(labels),
+            # What `tag --precision` picks its threshold from: each valid track's calibrated confidence and whether
+            # its top genre was right.
+            "valid_confidence": [round(float(c), 6) for c in after.max(axis=1)],
+            "valid_correct": [bool(c) for c in after.argmax(axis=1) == labels],
+        }
+        write_atomic(run.calibration_file, json.dumps(record, indent=1).encode())
+        run.__dict__.pop("temperature", None)  # the cached value is the old file's
+    temperature = run.temperature
+    metrics["calibration"] = {"temperature": temperature}
+    metrics["calibration"] |= {split: calibration_record(*pair, temperature) for split, pair in tracks.items()}
+    if not tracks:
+        return
+    split = "test" if "test" in tracks else list(tracks)[-1]
+    probs, labels = tracks[split]
+    after = calibrated(probs, temperature)
+    title = f"{run.path.name}: {split} tracks"
+    plots.reliability_png(confidence_bins(probs, labels), confidence_bins(after, labels), title, run.reliability_png)
+    curve = risk_coverage(after, labels)
+    write_atomic(run.risk_coverage_csv, curve.to_csv(index=False).encode())
+    plots.risk_coverage_png(curve, f"{title} (calibrated)", run.risk_coverage_png)
+
+
+def write_metrics(run: RunDir, metrics: dict, tracks: dict | None = None) -> dict:
+    """Calibration (`calibrate`, from the splits' track probabilities where given), the headline of the recorded
+    splits, report.md, the loss curves of a trained run, and metrics.json last."""
+    if tracks is not None:
+        calibrate(run, metrics, tracks)
     metrics["headline"] = {split: headline(result) for split, result in metrics["splits"].items()}
     write_atomic(run.report_file, markdown_report(run.path.name, metrics, run.classes).encode())
     if run.history():

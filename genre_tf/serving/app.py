@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import track_probabilities
 from genre_tf.features import audio
@@ -67,6 +68,7 @@ class Predictor:
         segments, probs, tags = self.graph_probabilities(upload.path)
         no_labels = np.zeros(len(probs), int)
         _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
+        track = calibrated(track, self.run.temperature)  # as predict answers
         return self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
 
     def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
@@ -121,6 +123,7 @@ class Predictor:
             "kind": self.run.config.model.kind,
             "duration": round(seconds, 3),
             "genre": classes[best[0]],
+            "confidence": float(track[best[0]]),  # calibrated on the run's valid split
             "top": [{"genre": classes[i], "probability": float(track[i])} for i in best],
             "classes": classes,
             "probabilities": [float(p) for p in track],
@@ -166,6 +169,7 @@ class EnsemblePredictor:
             no_labels = np.zeros(len(probs), int)
             tracks.append(track_probabilities(part.run, no_labels, probs, no_labels)[1][0])
         track = weighted_mean(tracks, np.array([member.weight for member in self.members]))
+        track = calibrated(track[None], self.run.temperature)[0]  # an ensemble calibrates its average
         heaviest = int(np.argmax([member.weight for member in self.members]))  # its segments make the strip
         tags = next((tags for _, _, tags in answers if tags is not None), None)
         body = self.parts[heaviest].answer(upload.name, seconds, track, *answers[heaviest][:2], top_k, tags)

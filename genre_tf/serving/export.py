@@ -47,6 +47,7 @@ from genre_tf.serving.frontend import (
     base_metadata,
     constant_outputs,
     cut_segments,
+    graph_calibrated,
     graph_track_probabilities,
     other_rates,
     rate_functions,
@@ -118,9 +119,13 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     if run.recipe.reads_features:
         layer, metadata = scaling_layer(run), table_metadata(run)
 
+        # A track-level model's rows are tracks, which its temperature calibrates; a segment's row is left as it is.
+        temperature = metadata["temperature"] if run.config.model.level == "track" else 1.0
+
         @tf.function(input_signature=[tf.TensorSpec([None, len(metadata["columns"])], tf.float32, name="features")])
         def serve(features):
-            return {"probabilities": model(layer(features), training=False), **constant_outputs(metadata)}
+            probabilities = graph_calibrated(model(layer(features), training=False), temperature)
+            return {"probabilities": probabilities, **constant_outputs(metadata)}
 
         module.serve = serve
         return module, metadata
@@ -147,7 +152,7 @@ def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dic
     def serve(waveform):
         segments = model(frontend.to_input(cut_segments(waveform, frontend)), training=False)
         return {
-            "probabilities": graph_track_probabilities(segments, probe),
+            "probabilities": graph_calibrated(graph_track_probabilities(segments, probe), metadata["temperature"]),
             "segment_probabilities": segments,
             **constant_outputs(said),
         }

@@ -14,6 +14,7 @@ from genre_tf.serving.frontend import (
     base_metadata,
     constant_outputs,
     cut_segments,
+    graph_calibrated,
     graph_track_probabilities,
     input_key,
     other_rates,
@@ -67,7 +68,7 @@ def ensemble_function(members: list, models: list, probes: list[bool], weights, 
             for model, key, probe in zip(models, keys, probes, strict=True)
         ]
         return {
-            "probabilities": weighted_mean(pooled, weights),
+            "probabilities": graph_calibrated(weighted_mean(pooled, weights), metadata["temperature"]),
             "member_probabilities": tf.stack(pooled),
             **constant_outputs(said),
         }
@@ -123,6 +124,7 @@ def ensemble_metadata(run: RunDir, members: list, rate: int, rates: tuple[int, .
         "run": run.path.name,
         "model": "ensemble: " + " + ".join(f"{member.run.path.name} {member.weight:.2f}" for member in members),
         "classes": run.classes,
+        "temperature": run.temperature,  # the ensemble calibrates its average
         "input": "waveform",
         "input_note": ensemble_note(members, rate, rate),
         "sample_rate": rate,

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from genre_tf import models
 from genre_tf.config import AudioConfig
+from genre_tf.evaluation.calibration import FLOOR as CALIBRATION_FLOOR
 from genre_tf.evaluation.pooling import PROBABILITY_FLOOR
 from genre_tf.features import audio, musicnn_input
 from genre_tf.features.analysis import mel_frames_per_segment
@@ -235,6 +236,14 @@ def graph_track_probabilities(segment_probabilities, probe: bool):
     return tf.nn.softmax(tf.reduce_mean(tf.math.log(tf.maximum(segment_probabilities, PROBABILITY_FLOOR)), axis=0))
 
 
+def graph_calibrated(probabilities, temperature: float):
+    """Temperature scaling in the graph, as `evaluation.calibration.calibrated` does it: softmax(log p / T)."""
+    if temperature == 1.0:
+        return probabilities
+    logits = tf.math.log(tf.maximum(probabilities, CALIBRATION_FLOOR)) / temperature
+    return tf.nn.softmax(logits, axis=-1)
+
+
 def base_metadata(run: RunDir) -> dict:
     """What every artefact says about itself: the run, its model and classes."""
     cfg = run.config
@@ -243,6 +252,7 @@ def base_metadata(run: RunDir) -> dict:
         "run": run.path.name,
         "model": f"{cfg.model.kind}: {models.family(cfg.model).describe(cfg.model)}",
         "classes": run.classes,
+        "temperature": run.temperature,  # track probabilities are calibrated (genre_tf.evaluation.calibration)
     }
 
 

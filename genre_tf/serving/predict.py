@@ -37,6 +37,7 @@ import pandas as pd
 from genre_tf.config import CacheConfig, ConfigError
 from genre_tf.config.console import Progress
 from genre_tf.data.index import Index, index_paths
+from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
 from genre_tf.extract.pool import extraction_pool
@@ -112,18 +113,28 @@ def expand_runs(runs: list[RunDir]) -> tuple[list[RunDir], np.ndarray]:
     return expanded, np.array(weights)
 
 
+def run_temperatures(given: list[RunDir]) -> tuple[np.ndarray, float]:
+    """The temperatures (`evaluation.calibration`) of the given runs' predictions: one per model run of
+    `expand_runs(given)`, applied to its track probabilities, and one applied to their average. A single ensemble run
+    calibrates its average (it was fitted so); any other run calibrates its own probabilities."""
+    if len(given) == 1 and given[0].is_ensemble:
+        return np.ones(len(given[0].members())), given[0].temperature
+    return np.array([run.temperature for run in expand_runs(given)[0]]), 1.0
+
+
 def ensemble(
     runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Per-track probabilities averaged over runs (an ensemble run: over its members, by its weights); each run
-    preprocesses the inputs its own way."""
+    """Calibrated per-track probabilities averaged over runs (an ensemble run: over its members, by its weights);
+    each run preprocesses the inputs its own way."""
+    temperatures = run_temperatures(runs)
     runs, weights = expand_runs(runs)
     examples = runs_examples(runs, inputs, cache_dir)
     for run_examples in examples:
         if run_examples.frame.empty:  # the reasons first: they are what a person needs to fix
             print_skipped(run_examples.skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
-    return *average_runs(runs, examples, weights=weights), all_skipped(examples)
+    return *average_runs(runs, examples, weights=weights, temperatures=temperatures), all_skipped(examples)
 
 
 def runs_examples(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> list[Examples]:
@@ -245,20 +256,25 @@ def predicted_segments(graph, frames: list[pd.DataFrame], inputs: list[np.ndarra
 
 
 def average_runs(
-    runs: list[RunDir], examples: list[Examples], models: list | None = None, weights: np.ndarray | None = None
+    runs: list[RunDir],
+    examples: list[Examples],
+    models: list | None = None,
+    weights: np.ndarray | None = None,
+    temperatures: tuple[np.ndarray, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(track ids, probabilities): each run's per-track probabilities for its own examples of the same tracks,
     matched by track id and averaged (by `weights`, summing to 1; default: alike), in the first run's track order;
-    `models`: the runs' loaded models."""
+    `models`: the runs' loaded models; `temperatures`: `run_temperatures` (default: none applied)."""
     if all(e.frame.empty for e in examples):  # a chunk of skipped inputs only
         return np.array([], dtype=object), np.zeros((0, len(runs[0].classes)))
     weights = np.full(len(runs), 1 / len(runs)) if weights is None else weights
+    each, average = temperatures if temperatures is not None else (np.ones(len(runs)), 1.0)
     tracks, aligned = None, []
-    for run, run_examples, model in zip(runs, examples, models or [None] * len(runs), strict=True):
+    for run, run_examples, model, t in zip(runs, examples, models or [None] * len(runs), each, strict=True):
         run_tracks, probs = predict_frame(run, run_examples.frame, model)
         tracks = run_tracks if tracks is None else tracks
-        aligned.append(in_track_order(tracks, run_tracks, probs, run))
-    return tracks, weighted_mean(aligned, weights)
+        aligned.append(calibrated(in_track_order(tracks, run_tracks, probs, run), t))
+    return tracks, calibrated(weighted_mean(aligned, weights), average)
 
 
 def all_skipped(examples: list[Examples]) -> pd.DataFrame:
@@ -276,6 +292,7 @@ def predict_to_file(
     """Predict the audio inputs into `output` a chunk of tracks at a time, after the tracks it already holds; the
     (track ids, probabilities) of this call's predictions (of an ensemble run's members, by its weights). SystemExit
     when no track gets a row."""
+    temperatures = run_temperatures(runs)
     runs, weights = expand_runs(runs)
 
     kept = output.resume()  # first: a refusal comes before any work
@@ -298,8 +315,8 @@ def predict_to_file(
             examples = index_examples(runs, chunk, graphs, workers, cache_dir, pool, progress=False)
             skipped = all_skipped(examples)
             print_skipped(skipped)
-            tracks, probs = average_runs(runs, examples, models, weights)
-            rows = submission(output.classes, tracks, probs, output.with_probabilities)
+            tracks, probs = average_runs(runs, examples, models, weights, temperatures)
+            rows = submission(output.classes, tracks, probs, output.with_probabilities, confidence=True)
             output.append(rows, skipped, file_keys(chunk.tracks[chunk.tracks.track_id.isin(rows["id"])]))
             predicted.append((tracks, probs))
             bar.update(len(chunk.tracks))

@@ -26,14 +26,20 @@ from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.run import RunDir
 
 
-def submission_columns(classes: list[str], with_probabilities: bool) -> list[str]:
-    """`id`, `class`, and with probabilities one `p_<class>` column per class, in the runs' class order."""
-    return ["id", "class", *(f"p_{name}" for name in classes if with_probabilities)]
+def submission_columns(classes: list[str], with_probabilities: bool, confidence: bool = False) -> list[str]:
+    """`id`, `class`, with `confidence` its calibrated probability, and with probabilities one `p_<class>` column
+    per class, in the runs' class order."""
+    return ["id", "class", *(["confidence"] if confidence else []), *(f"p_{c}" for c in classes if with_probabilities)]
 
 
-def submission(classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool) -> pd.DataFrame:
-    """One row per track: its id, the most probable class, and optionally every class's probability (6 decimals)."""
+def submission(
+    classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool, confidence: bool = False
+) -> pd.DataFrame:
+    """One row per track: its id, the most probable class, with `confidence` that class's (calibrated) probability,
+    and optionally every class's probability (6 decimals). Without either, the two columns of a Kaggle submission."""
     table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
+    if confidence:
+        table["confidence"] = probs.max(axis=1).round(6)
     if with_probabilities:
         for i, name in enumerate(classes):
             table[f"p_{name}"] = probs[:, i].round(6)
@@ -168,7 +174,7 @@ class SubmissionFile:
 
     @property
     def columns(self) -> list[str]:
-        return submission_columns(self.classes, self.with_probabilities)
+        return submission_columns(self.classes, self.with_probabilities, confidence=True)
 
     def resume(self) -> dict[str, tuple[str, ...]]:
         """The track ids the file already has a row for, each with its file's (path, size, mtime_ns, sha1) when

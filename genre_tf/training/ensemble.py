@@ -255,11 +255,12 @@ def evaluate_ensemble(
     if all(p is not None for p in params):
         metrics["params"] = int(sum(params))
     alone = {c["name"]: c for c in record["candidates"]}
+    by_track = {}
     for split in splits:
         if examples[0].split(split).empty:
             continue
         tracks, labels, probs = (known or {}).get(split) or split_probabilities(runs, examples, split)
         for member, member_probs in zip(members, probs, strict=True):
             alone[member.run.path.name][f"{split}_track_accuracy"] = track_score(member_probs, labels)[0]
-        record_split(run, metrics, split, tracks, weighted_mean(probs, weights), labels)
-    return write_metrics(run, metrics)
+        by_track[split] = record_split(run, metrics, split, tracks, weighted_mean(probs, weights), labels)
+    return write_metrics(run, metrics, by_track)  # an ensemble calibrates its average

@@ -51,6 +51,8 @@ def test_submission_has_id_class_and_optional_probabilities():
     full = submission(CLASSES, np.array(["x", "y"]), probs, with_probabilities=True)
     assert full.columns.tolist() == ["id", "class", "p_blues", "p_jazz", "p_rock"]
     assert full.loc[1, ["p_blues", "p_jazz", "p_rock"]].tolist() == [0.5, 0.333333, 0.166667]
+    sure = submission(CLASSES, np.array(["x", "y"]), probs, with_probabilities=False, confidence=True)
+    assert sure.columns.tolist() == ["id", "class", "confidence"] and sure.confidence.tolist() == [0.7, 0.5]
 
 
 def test_top_k_lines_list_the_best_classes_first():
@@ -284,7 +286,7 @@ def library(tmp_path_factory, write_clip, make_config, make_table_run):
         RunDir(make_table_run(tmp / "runs" / name, tmp / "own.csv", seed=seed)) for name, seed in [("a", 0), ("b", 1)]
     ]
     tracks, probs, skipped = ensemble(runs, [folder])
-    one_shot = submission(CLASSES, tracks, probs, with_probabilities=True).to_csv(index=False)
+    one_shot = submission(CLASSES, tracks, probs, with_probabilities=True, confidence=True).to_csv(index=False)
     streamed = tmp / "streamed" / "results.csv"
     main([*run_args(runs), str(folder), "--output", str(streamed), "--probabilities", "--chunk-tracks", "2"])
     return runs, folder, one_shot, skipped.to_csv(index=False), streamed

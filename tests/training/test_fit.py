@@ -51,6 +51,12 @@ def test_train_evaluate_predict_compare(tmp_path, tiny_demo_config, capsys):
     for artefact in ("config.yaml", "model.keras", "history.csv", "metrics.json", "report.md", "skipped.csv"):
         assert (run.path / artefact).is_file(), artefact
     assert run.confusion_png.is_file() and run.loss_png.is_file()
+    for artefact in (run.calibration_file, run.reliability_png, run.risk_coverage_csv, run.risk_coverage_png):
+        assert artefact.is_file(), artefact
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == run.temperature != 1.0
+    assert calibration["valid"]["nll_after"] <= calibration["valid"]["nll_before"]  # fitted on valid
+    assert len(pd.read_csv(run.risk_coverage_csv)) >= 1
     assert list(run.logs_dir.rglob("events.out.tfevents*")), "TensorBoard logs"
     assert len(pd.read_csv(run.history_csv)) == 4
     test = metrics["splits"]["test"]
@@ -67,7 +73,8 @@ def test_train_evaluate_predict_compare(tmp_path, tiny_demo_config, capsys):
     folder = cfg.data.root / "folk"
     run_main(predict, ["--run", str(run.path), str(folder), "--output", str(submission)], capsys)
     table = pd.read_csv(submission)
-    assert table.columns.tolist() == ["id", "class"] and len(table) == 4
+    assert table.columns.tolist() == ["id", "class", "confidence"] and len(table) == 4
+    assert table.confidence.between(1 / len(run.classes), 1.0).all()  # the top genre's calibrated probability
     assert set(table["class"]) <= set(run.classes)
     single = run_main(predict, ["--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2"], capsys)
     assert single.strip().startswith("folk.00000: ") and single.count(",") == 1

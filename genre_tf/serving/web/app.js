@@ -66,6 +66,9 @@ async function upload(file) {
 function render(answer) {
   $("name").textContent = answer.file || "the upload";
   $("duration").textContent = `${answer.duration.toFixed(1)} s, model ${answer.model}`;
+  $("confidence").textContent =
+    `${answer.genre}, confidence ${answer.confidence.toFixed(2)} (calibrated: of tracks answered this sure, ` +
+    `about ${Math.round(100 * answer.confidence)} in 100 are right)`;
   drawBars(answer);
   drawMembers(answer);
   drawStrip(answer);

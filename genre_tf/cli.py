@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("prepare", "train", "tune", "evaluate", "ensemble", "predict", "compare", "export", "serve")
+COMMANDS = ("prepare", "train", "tune", "evaluate", "ensemble", "predict", "tag", "compare", "export", "serve")
 
 
 def command_line(name: str) -> str:

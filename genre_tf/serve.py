@@ -12,6 +12,7 @@ import uvicorn
 from threadpoolctl import threadpool_limits
 
 from genre_tf.config.console import add_verbose_argument, quiet_console
+from genre_tf.serving.uploads import MB, Limits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     from genre_tf.run import RunDir
     from genre_tf.serving.app import create_app
     from genre_tf.serving.predict import expand_runs
-    from genre_tf.serving.uploads import MB, Limits
 
     run = RunDir(args.run)
     for model_run in [run, *expand_runs([run])[0]]:  # an ensemble: its members too

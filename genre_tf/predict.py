@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.predict import (
-        ensemble,
         expand_runs,
         predict_to_file,
+        predict_tracks,
         print_skipped,
         reads_table,
         tag_examples,
@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.overwrite:
             output.remove()
         tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
-        kept, written = output.kept, output.written
+        kept, written, unknown = output.kept, output.written, None  # unknown tracks: their rows say so
     else:
-        tracks, probs, skipped = ensemble(given, args.inputs, args.cache_dir)
+        made = predict_tracks(given, args.inputs, args.cache_dir)
+        tracks, probs, skipped, unknown = made.tracks, made.probs, made.skipped, made.unknown
         print_skipped(skipped)
         if args.output:
             write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         print(f"{kept} rows kept, {written} written to {args.output}")
     if not args.output or written <= 10:
-        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k)))
+        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k, unknown)))
     if args.tags:
         print("\n".join(tag_lines(runs[0], tag_examples(runs[0], args.inputs))))
 

@@ -45,6 +45,8 @@ class RunDir:
     reliability_png = property(lambda self: self.path / "reliability.png")
     risk_coverage_csv = property(lambda self: self.path / "risk_coverage.csv")
     risk_coverage_png = property(lambda self: self.path / "risk_coverage.png")
+    unknown_file = property(lambda self: self.path / "unknown.json")  # evaluation.unknown: K and the threshold
+    unknown_embeddings = property(lambda self: self.path / "unknown.npy")  # the training tracks' embeddings
     loss_png = property(lambda self: self.path / "loss_curves.png")
     export_dir = property(lambda self: self.path / "export")  # genre_tf.serving.export's SavedModel and TFLite files
     ensemble_file = property(lambda self: self.path / "ensemble.json")  # an ensemble's members, weights, selection

@@ -23,6 +23,7 @@ from genre_tf.evaluation.calibration import (
 )
 from genre_tf.evaluation.metrics import evaluate_predictions, headline, track_level
 from genre_tf.evaluation.predictions import predict_split
+from genre_tf.evaluation.unknown import fit_unknown
 from genre_tf.extract.cache import write_atomic
 from genre_tf.inputs.examples import load_examples
 from genre_tf.run import RunDir
@@ -160,6 +161,10 @@ def evaluate_run(run: RunDir, splits: list[str], model=None, examples=None, extr
         if frame.empty:
             continue
         tracks[split] = record_split(run, metrics, split, *predict_split(*judges[split], frame, cfg.train.batch_size))
+    if "valid" in tracks and not examples.split("train").empty:  # what "unknown" is measured from (evaluation.unknown)
+        metrics["unknown"] = fit_unknown(
+            run, model, examples.split("train"), examples.split("valid"), cfg.train.batch_size
+        )
     return write_metrics(run, metrics, tracks)
 
 

@@ -69,6 +69,15 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) 
     return family(cfg).build(cfg, input_shape, n_classes)
 
 
+HEAD = "predictions"  # every family's last layer: Dense(n_classes, softmax)
+
+
+def with_embedding(model: keras.Model, *extra) -> keras.Model:
+    """The model with two outputs, `probabilities` and `embedding` (what its softmax layer reads: the features a
+    track is judged by), and `extra` tensors of its graph after them."""
+    return keras.Model(model.inputs[0], [model.outputs[0], model.get_layer(HEAD).input, *extra])
+
+
 def load_saved_model(path: Path) -> keras.Model:
     """A saved model.keras, its custom layers registered by importing this package; uncompiled: a saved run is for
     predicting, and its training loss may be one this process never imported."""

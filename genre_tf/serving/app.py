@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import track_probabilities
+from genre_tf.evaluation.unknown import unknown_scores
 from genre_tf.features import audio
 from genre_tf.models import musicnn
 from genre_tf.run import RunDir
@@ -44,6 +45,7 @@ from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
 from genre_tf.serving.frontend import read_waveform
 from genre_tf.serving.predict import tagger
+from genre_tf.serving.submission import UNKNOWN
 from genre_tf.serving.uploads import BadInput, Limits, Upload, checked_duration, receive_upload
 
 WEB_DIR = resources.files("genre_tf.serving") / "web"
@@ -65,15 +67,21 @@ class Predictor:
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""
         seconds = self.duration(upload.path)
-        segments, probs, tags = self.graph_probabilities(upload.path)
+        segments, probs, tags, embeddings = self.graph_probabilities(upload.path)
         no_labels = np.zeros(len(probs), int)
         _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
         track = calibrated(track, self.run.temperature)  # as predict answers
-        return self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
+        scores, flags = unknown_scores(self.run, embeddings.astype(np.float64).mean(axis=0, keepdims=True))
+        body = self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
+        score = None if np.isnan(scores[0]) else round(float(scores[0]), 6)
+        body["unknown"] = {"score": score, "unknown": bool(flags[0])}
+        if flags[0]:  # as predict answers: unlike the music the run learned
+            body["genre"] = UNKNOWN
+        return body
 
-    def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]:
-        """(segment positions, their probabilities, tags) from the run's graph (a table run's: its feature rows), the
-        model call batched."""
+    def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list | None, np.ndarray]:
+        """(segment positions, their probabilities, tags, their embeddings) from the run's graph (a table run's: its
+        feature rows), the model call batched."""
         self._count_preparing(+1)
         try:
             with self._analysing:
@@ -87,7 +95,8 @@ class Predictor:
             outputs = self.batcher.predict(inputs)
         except Busy as err:
             raise BadInput(503, str(err)) from None
-        return positions, outputs["probabilities"], self.top_tags(outputs["tags"]) if self.tagger else None
+        tags = self.top_tags(outputs["tags"]) if self.tagger else None
+        return positions, outputs["probabilities"], tags, outputs["embedding"]
 
     def _count_preparing(self, change: int) -> None:
         with self._preparing_lock:

@@ -25,6 +25,7 @@ from genre_tf.features import audio
 from genre_tf.features.analysis import feature_columns
 from genre_tf.features.audio import AudioError
 from genre_tf.features.representations import FEATURES
+from genre_tf.models import with_embedding
 from genre_tf.models.transfer import get_backbone
 from genre_tf.run import RunDir
 from genre_tf.serving.frontend import (
@@ -56,12 +57,15 @@ class AudioGraph:
         inputs = segments.get_concrete_function().structured_outputs[0]
         tagged = None if tagger is None else sharing_the_backbone(model, tagger)
 
+        embedded = with_embedding(model)
+
         @tf.function(input_signature=[tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="segments")])
         def probabilities(segments):
             if tagged is not None:
-                probabilities, tags = tagged(segments, training=False)
-                return {"probabilities": probabilities, "tags": tags}
-            outputs = {"probabilities": model(segments, training=False)}
+                probabilities, embedding, tags = tagged(segments, training=False)
+                return {"probabilities": probabilities, "embedding": embedding, "tags": tags}
+            probabilities, embedding = embedded(segments, training=False)
+            outputs = {"probabilities": probabilities, "embedding": embedding}
             if tagger is not None:
                 outputs["tags"] = tagger(segments, training=False)
             return outputs
@@ -93,9 +97,12 @@ class FeatureRows:
         self.cfg, self.scaler = run.config, run.scaler
         self.columns = feature_columns(self.cfg.features.n_mfcc)  # the order of the cache's rows
 
+        embedded = with_embedding(model)
+
         @tf.function(input_signature=[tf.TensorSpec([None, len(self.scaler.columns)], tf.float32, name="rows")])
         def probabilities(rows):
-            return {"probabilities": model(rows, training=False)}
+            probabilities, embedding = embedded(rows, training=False)
+            return {"probabilities": probabilities, "embedding": embedding}
 
         self._probabilities = probabilities
         self.batch_size = self.cfg.train.batch_size
@@ -142,7 +149,7 @@ def sharing_the_backbone(model, tagger):
             return None
     features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
     logits = network.get_layer("backend_logits")(features)
-    return keras.Model(model.inputs[0], [model.outputs[0], keras.layers.Activation("sigmoid", name="tags")(logits)])
+    return with_embedding(model, keras.layers.Activation("sigmoid", name="tags")(logits))
 
 
 def decoding_key(cfg: AudioConfig) -> tuple:

@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +40,7 @@ from genre_tf.data.index import Index, index_paths
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
+from genre_tf.evaluation.unknown import frame_unknown, not_measured
 from genre_tf.extract.pool import extraction_pool
 from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.inputs.examples import (
@@ -122,11 +123,19 @@ def run_temperatures(given: list[RunDir]) -> tuple[np.ndarray, float]:
     return np.array([run.temperature for run in expand_runs(given)[0]]), 1.0
 
 
-def ensemble(
-    runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Calibrated per-track probabilities averaged over runs (an ensemble run: over its members, by its weights);
-    each run preprocesses the inputs its own way."""
+@dataclass
+class Predictions:
+    """Per track: its id, calibrated probabilities, unknown score and whether it is unknown; and the inputs skipped."""
+
+    tracks: np.ndarray
+    probs: np.ndarray
+    skipped: pd.DataFrame
+    unknown: tuple[np.ndarray, np.ndarray]  # (scores, flags), `evaluation.unknown`: NaN / False where not measured
+
+
+def predict_tracks(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> Predictions:
+    """Calibrated per-track probabilities averaged over runs (an ensemble run: over its members, by its weights),
+    each run preprocessing the inputs its own way; and, for one model run, each track's unknown score."""
     temperatures = run_temperatures(runs)
     runs, weights = expand_runs(runs)
     examples = runs_examples(runs, inputs, cache_dir)
@@ -134,7 +143,26 @@ def ensemble(
         if run_examples.frame.empty:  # the reasons first: they are what a person needs to fix
             print_skipped(run_examples.skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
-    return *average_runs(runs, examples, weights=weights, temperatures=temperatures), all_skipped(examples)
+    tracks, probs = average_runs(runs, examples, weights=weights, temperatures=temperatures)
+    return Predictions(tracks, probs, all_skipped(examples), track_unknown(runs, examples, tracks))
+
+
+def ensemble(
+    runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(tracks, calibrated probabilities, skipped inputs) of `predict_tracks`."""
+    made = predict_tracks(runs, inputs, cache_dir)
+    return made.tracks, made.probs, made.skipped
+
+
+def track_unknown(
+    runs: list[RunDir], examples: list[Examples], tracks: np.ndarray, models: list | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unknown scores, flags) of the tracks for a single model run (`evaluation.unknown.frame_unknown`); NaN and
+    False for several runs, whose embeddings are not comparable."""
+    if len({run.path.resolve() for run in runs}) != 1:
+        return not_measured(len(tracks))
+    return frame_unknown(runs[0], examples[0].frame, (models or [None])[0], tracks)
 
 
 def runs_examples(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> list[Examples]:
@@ -316,7 +344,8 @@ def predict_to_file(
             skipped = all_skipped(examples)
             print_skipped(skipped)
             tracks, probs = average_runs(runs, examples, models, weights, temperatures)
-            rows = submission(output.classes, tracks, probs, output.with_probabilities, confidence=True)
+            unknown = track_unknown(runs, examples, tracks, models)
+            rows = submission(output.classes, tracks, probs, output.with_probabilities, True, unknown)
             output.append(rows, skipped, file_keys(chunk.tracks[chunk.tracks.track_id.isin(rows["id"])]))
             predicted.append((tracks, probs))
             bar.update(len(chunk.tracks))
@@ -383,11 +412,18 @@ def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
     ]
 
 
-def top_k_lines(classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: int) -> list[str]:
+def top_k_lines(
+    classes: list[str], tracks: np.ndarray, probs: np.ndarray, k: int, unknown: tuple | None = None
+) -> list[str]:
+    """Per track its top-k genres with their calibrated probabilities; a track unlike the music the run learned is
+    `unknown`, with its score, before its nearest genres."""
+    scores, flagged = unknown if unknown is not None else not_measured(len(tracks))
     lines = []
-    for track, p in zip(tracks, probs, strict=True):
+    for track, p, score, out in zip(tracks, probs, scores, flagged, strict=True):
         best = np.argsort(p)[::-1][:k]
-        lines.append(f"{track}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
+        genres = ", ".join(f"{classes[i]} {p[i]:.3f}" for i in best)
+        lines.append(f"{track}: unknown (unlike the music the run learned: score {score:.3f}); nearest {genres}"
+                     if out else f"{track}: {genres}")  # fmt: skip
     return lines
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genre_tf.evaluation.unknown import not_measured
 from genre_tf.extract.cache import file_digest, write_atomic
 from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.run import RunDir
@@ -29,21 +30,34 @@ from genre_tf.run import RunDir
 def submission_columns(classes: list[str], with_probabilities: bool, confidence: bool = False) -> list[str]:
     """`id`, `class`, with `confidence` its calibrated probability, and with probabilities one `p_<class>` column
     per class, in the runs' class order."""
-    return ["id", "class", *(["confidence"] if confidence else []), *(f"p_{c}" for c in classes if with_probabilities)]
+    sure = ["confidence", "unknown_score"] if confidence else []
+    return ["id", "class", *sure, *(f"p_{c}" for c in classes if with_probabilities)]
 
 
 def submission(
-    classes: list[str], tracks: np.ndarray, probs: np.ndarray, with_probabilities: bool, confidence: bool = False
+    classes: list[str],
+    tracks: np.ndarray,
+    probs: np.ndarray,
+    with_probabilities: bool,
+    confidence: bool = False,
+    unknown: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """One row per track: its id, the most probable class, with `confidence` that class's (calibrated) probability,
-    and optionally every class's probability (6 decimals). Without either, the two columns of a Kaggle submission."""
-    table = pd.DataFrame({"id": tracks, "class": np.array(classes)[probs.argmax(axis=1)]})
+    """One row per track: its id, the most probable class, with `confidence` that class's (calibrated) probability
+    and the unknown score (`unknown`: scores, and whether each track is unknown: its class is then `unknown`), and
+    optionally every class's probability (6 decimals). Without either, the two columns of a Kaggle submission."""
+    table = pd.DataFrame({"id": tracks, "class": np.array(classes, dtype=object)[probs.argmax(axis=1)]})
     if confidence:
+        scores, flagged = unknown if unknown is not None else not_measured(len(tracks))
+        table.loc[np.asarray(flagged, bool), "class"] = UNKNOWN
         table["confidence"] = probs.max(axis=1).round(6)
+        table["unknown_score"] = np.round(scores, 6)
     if with_probabilities:
         for i, name in enumerate(classes):
             table[f"p_{name}"] = probs[:, i].round(6)
     return table
+
+
+UNKNOWN = "unknown"  # the class of a track unlike the music the run learned (evaluation.unknown)
 
 
 def skipped_path(output: Path) -> Path:

@@ -4,8 +4,8 @@
 confident (below the threshold `--precision` picks on the run's valid split), already tagged, unreadable, a format
 without tags. `apply` writes a plan; `undo` restores what a log says was there.
 
-Safety: a file's audio is never changed. Each file is tagged in a copy beside it, whose
-decoded samples must equal the original's (`.NAME.genre_tf-tmp.EXT`); the copy keeps the original's permissions and modification time and is
+Safety: a file's audio is never changed. Each file is tagged in a copy beside it (`.NAME.genre_tf-tmp.EXT`), whose
+decoded samples must equal the original's; the copy keeps the original's permissions and modification time and is
 renamed over it, so a kill leaves every file whole, either as it was or tagged. A file that changed since it was
 predicted, or that cannot be written, is skipped with its reason. Every change goes to the log (path, field, old
 value, new value, SHA-1 before and after) before the rename; `undo` restores a file only while it is what was written.
@@ -29,9 +29,10 @@ from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
 from genre_tf.evaluation.calibration import precision_threshold
+from genre_tf.evaluation.unknown import not_measured
 from genre_tf.extract.cache import file_digest, write_atomic
 from genre_tf.run import RunDir
-from genre_tf.serving.predict import audio_index, ensemble, tag_examples, track_tags
+from genre_tf.serving.predict import audio_index, predict_tracks, tag_examples, track_tags
 
 TEMP = ".genre_tf-tmp"  # marks the copy a file is tagged in, hidden beside it: `.NAME.genre_tf-tmp.EXT`
 CONFIDENCE_FIELD = "genre_tf_confidence"  # custom field: the calibrated confidence of the written genre
@@ -189,17 +190,23 @@ def plan(
     threshold: float,
     field: str = "genre",
     overwrite: bool = False,
+    unknown: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """PLAN_COLUMNS per file: `write` the top genre, or `leave` with the reason. `tracks` (track_id, path) are the
-    predicted files in the order of `probs`; `skipped` (path, track_id, reason) the files that got no prediction."""
+    predicted files in the order of `probs`; `skipped` (path, track_id, reason) the files that got no prediction;
+    `unknown` (scores, flags): the tracks unlike the music the run learned, which are left alone."""
+    scores, flagged = unknown if unknown is not None else not_measured(len(tracks))
     rows = []
-    for (track_id, path), p in zip(tracks[["track_id", "path"]].itertuples(index=False), probs, strict=True):
+    pairs = tracks[["track_id", "path"]].itertuples(index=False)
+    for (track_id, path), p, score, out in zip(pairs, probs, scores, flagged, strict=True):
         genre, confidence = classes[int(np.argmax(p))], float(np.max(p))
         action, reason, old = "write", "", ""
         try:
             old = read_field(Path(path), field) if tag_format(Path(path)) else ""
             if tag_format(Path(path)) is None:
                 action, reason = "leave", f"format without tags ({Path(path).suffix.lower()})"
+            elif out:
+                action, reason = "leave", f"unknown (unlike the music the run learned: score {score:.3f})"
             elif confidence < threshold:
                 action, reason = "leave", f"not confident ({confidence:.3f} < {threshold:.3f})"
             elif old and old.lower() == genre.lower():
@@ -308,10 +315,10 @@ def tag_files(
     index = audio_index(inputs)
     if write and (gone := remove_leftovers([Path(p) for p in index.tracks.path])):
         print(f"removed {gone} half-made copies a stopped run left")
-    track_ids, probs, skipped = ensemble([run], inputs)
+    made = predict_tracks([run], inputs)
     paths = index.tracks.set_index("track_id").path
-    tracks = pd.DataFrame({"track_id": track_ids, "path": [paths[t] for t in track_ids]})
-    planned = plan(tracks, probs, run.classes, skipped, threshold, field, overwrite)
+    tracks = pd.DataFrame({"track_id": made.tracks, "path": [paths[t] for t in made.tracks]})
+    planned = plan(tracks, made.probs, run.classes, made.skipped, threshold, field, overwrite, made.unknown)
     write_atomic(plan_path, planned.to_csv(index=False).encode())
     if write:
         tags = None

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.preprocessing import QuantileTransformer
 
+from genre_tf.evaluation.calibration import calibrated
 from genre_tf.features.scaling import FeatureScaler, QuantileScaler, fit_scaler, load_scaler
 from genre_tf.run import RunDir
 from genre_tf.serving.predict import ensemble
@@ -94,7 +95,7 @@ def test_a_quantile_run_scales_with_train_quantiles_and_predicts_through_its_sav
 
     probs = run.load_model().predict(sklearn.transform(table[run.scaler.columns].to_numpy()), verbose=0)
     tracks, predicted, _ = ensemble([run], [csv])
-    np.testing.assert_allclose(predicted, probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predicted, calibrated(probs, run.temperature), rtol=1e-5, atol=1e-6)
     valid = (table.split == "valid").to_numpy()
     labels = table.label[valid].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
     accuracy = float(np.mean(probs[valid].argmax(axis=1) == labels))

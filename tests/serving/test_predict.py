@@ -52,7 +52,11 @@ def test_submission_has_id_class_and_optional_probabilities():
     assert full.columns.tolist() == ["id", "class", "p_blues", "p_jazz", "p_rock"]
     assert full.loc[1, ["p_blues", "p_jazz", "p_rock"]].tolist() == [0.5, 0.333333, 0.166667]
     sure = submission(CLASSES, np.array(["x", "y"]), probs, with_probabilities=False, confidence=True)
-    assert sure.columns.tolist() == ["id", "class", "confidence"] and sure.confidence.tolist() == [0.7, 0.5]
+    assert sure.columns.tolist() == ["id", "class", "confidence", "unknown_score"]
+    assert sure.confidence.tolist() == [0.7, 0.5] and sure.unknown_score.isna().all()  # not measured
+    unknown = (np.array([0.1, 0.9]), np.array([False, True]))
+    judged = submission(CLASSES, np.array(["x", "y"]), probs, False, confidence=True, unknown=unknown)
+    assert judged["class"].tolist() == ["jazz", "unknown"] and judged.unknown_score.tolist() == [0.1, 0.9]
 
 
 def test_top_k_lines_list_the_best_classes_first():

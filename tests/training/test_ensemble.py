@@ -19,6 +19,7 @@ from genre_tf import evaluate
 from genre_tf import predict as predict_command
 from genre_tf.config import Config, ConfigError, load_ensemble_config, save_config
 from genre_tf.ensemble import main
+from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.compare import comparison_table
 from genre_tf.run import RunDir
 from genre_tf.serving import predict
@@ -167,8 +168,11 @@ def test_the_ensemble_is_the_weighted_mean_of_its_members_predict_outputs(member
         for name in weights:
             assert alone[name][f"{split}_track_accuracy"] == np.mean(own[split][name].argmax(axis=1) == labels)
         mean = sum(weight * own[split][name] for name, weight in weights.items())
-        if split == "test":  # predict --run ENSEMBLE: the members' own models, the refitted one's too
-            np.testing.assert_allclose(own[split]["ens"], mean, rtol=1e-5, atol=1e-6)
+        if split == "test":  # predict --run ENSEMBLE: the members' own models, the refitted one's too, averaged and
+            # calibrated by the ensemble's own temperature (the members were never evaluated: theirs is 1)
+            assert built.temperature != 1.0 and all(built.members_dir.joinpath(n).is_dir() for n in weights)
+            calibrated_mean = calibrated(mean, built.temperature)
+            np.testing.assert_allclose(own[split]["ens"], calibrated_mean, rtol=1e-5, atol=1e-6)
         confusion = np.zeros((3, 3), dtype=int)
         np.add.at(confusion, (labels, mean.argmax(axis=1)), 1)
         assert figures["segment"]["confusion"] == confusion.tolist() and figures["segment"]["n"] == 3

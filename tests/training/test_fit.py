@@ -73,9 +73,10 @@ def test_train_evaluate_predict_compare(tmp_path, tiny_demo_config, capsys):
     folder = cfg.data.root / "folk"
     run_main(predict, ["--run", str(run.path), str(folder), "--output", str(submission)], capsys)
     table = pd.read_csv(submission)
-    assert table.columns.tolist() == ["id", "class", "confidence"] and len(table) == 4
+    assert table.columns.tolist() == ["id", "class", "confidence", "unknown_score"] and len(table) == 4
+    assert table.unknown_score.notna().all()  # the run fitted its unknown score on train and valid
     assert table.confidence.between(1 / len(run.classes), 1.0).all()  # the top genre's calibrated probability
-    assert set(table["class"]) <= set(run.classes)
+    assert set(table["class"]) <= {*run.classes, "unknown"}
     single = run_main(predict, ["--run", str(run.path), str(folder / "folk.00000.wav"), "--top-k", "2"], capsys)
     assert single.strip().startswith("folk.00000: ") and single.count(",") == 1
     audio, rate = sf.read(folder / "folk.00001.wav")

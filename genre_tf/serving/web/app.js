@@ -66,9 +66,11 @@ async function upload(file) {
 function render(answer) {
   $("name").textContent = answer.file || "the upload";
   $("duration").textContent = `${answer.duration.toFixed(1)} s, model ${answer.model}`;
-  $("confidence").textContent =
-    `${answer.genre}, confidence ${answer.confidence.toFixed(2)} (calibrated: of tracks answered this sure, ` +
-    `about ${Math.round(100 * answer.confidence)} in 100 are right)`;
+  $("confidence").textContent = answer.genre === "unknown"
+    ? `unknown: unlike the music this model learned (score ${answer.unknown.score.toFixed(3)}); ` +
+      "the bars are its nearest genres, not an answer"
+    : `${answer.genre}, confidence ${answer.confidence.toFixed(2)} (calibrated: of tracks answered this sure, ` +
+      `about ${Math.round(100 * answer.confidence)} in 100 are right)`;
   drawBars(answer);
   drawMembers(answer);
   drawStrip(answer);

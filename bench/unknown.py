@@ -1,0 +1,160 @@
+"""How well "unknown" separates music a run never learned from music it did, against the maximum-probability baseline.
+
+For the musicnn probe on gtzan_mini (grouped 5-fold, `--folds`), the known tracks are a fold's test tracks, and the
+unknown ones, in turn:
+- leave-one-genre-out: a run trained on 9 genres, the 10th genre's tracks (every genre, one run each);
+- speech: the shared espeak-ng clips;
+- noise: white and pink noise, 30 s each (`--noise` clips of each);
+- demo: the package's synthetic demo genres;
+- and the reverse, GTZAN: a probe trained on the demo genres, gtzan_mini's tracks as the unknown ones (demo test
+  tracks known).
+Per set: the area under the ROC curve of the unknown score (`evaluation.unknown`, cosine distance to the 5th nearest
+training track) and of 1 - the calibrated maximum probability, and at the run's threshold (95 % of valid known) the
+share of known tracks called unknown and of unknown tracks caught. Rows go to bench/results/unknown.csv and .md.
+
+    .venv/bin/python bench/unknown.py [--folds 0] [--noise 10] [--skip-logo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import result_table  # noqa: E402
+from results import MSD, MUSICNN, OUT, PROBE, REPO, SHARED  # noqa: E402
+
+MODEL = "musicnn_msd_probe"
+SR = 22050
+
+
+def train_run(name: str, overrides: list[str]):
+    from genre_tf.config import load_config
+    from genre_tf.run import RunDir
+    from genre_tf.training.fit import train
+
+    cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*MUSICNN, MSD, *PROBE, *overrides, f"output_dir={OUT}"])
+    run = RunDir(OUT / "unknown" / name)
+    train(cfg, run.path, verbose=0)
+    return run
+
+
+def scored(run, frame_or_paths, model) -> tuple[np.ndarray, np.ndarray]:
+    """(unknown scores, 1 - calibrated max probability) per track of a frame of examples, or of audio paths."""
+    from genre_tf.data.index import index_paths
+    from genre_tf.evaluation.calibration import calibrated
+    from genre_tf.evaluation.predictions import predict_frame
+    from genre_tf.evaluation.unknown import embed_frame, knn_scores, load_unknown
+    from genre_tf.inputs.examples import examples_for_index
+
+    frame = frame_or_paths
+    if isinstance(frame_or_paths, list):
+        frame = examples_for_index(index_paths(frame_or_paths), run.config, progress=False).frame
+    tracks, embeddings = embed_frame(run, model, frame, run.config.train.batch_size)
+    reference, record = load_unknown(run)
+    scores = knn_scores(embeddings, reference, record["k"])
+    prob_tracks, probs = predict_frame(run, frame, model)
+    order = {t: i for i, t in enumerate(prob_tracks)}
+    confidence = calibrated(probs, run.temperature).max(axis=1)[[order[t] for t in tracks]]
+    return scores, 1.0 - confidence
+
+
+def row(name: str, fold: int, run, known, unknown) -> dict:
+    from genre_tf.evaluation.unknown import auroc, load_unknown
+
+    threshold = load_unknown(run)[1]["threshold"]
+    (known_knn, known_msp), (out_knn, out_msp) = known, unknown
+    return {
+        "model": MODEL,
+        "fold": fold,
+        "unknown": name,
+        "known_tracks": len(known_knn),
+        "unknown_tracks": len(out_knn),
+        "auroc_unknown_score": round(auroc(known_knn, out_knn), 3),
+        "auroc_max_probability": round(auroc(known_msp, out_msp), 3),
+        "known_called_unknown": round(float(np.mean(known_knn > threshold)), 3),
+        "unknown_caught": round(float(np.mean(out_knn > threshold)), 3),
+    }
+
+
+def noise_clips(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        white = rng.normal(0, 0.1, 30 * SR)
+        pink = np.cumsum(rng.normal(0, 0.02, 30 * SR))  # brown-ish: integrated white noise, high-passed below
+        pink = pink - np.convolve(pink, np.ones(2205) / 2205, mode="same")
+        for kind, signal in (("white", white), ("pink", pink)):
+            path = folder / f"{kind}_{i:02d}.wav"
+            sf.write(path, np.clip(signal, -1, 1).astype(np.float32), SR)
+            paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", default="0")
+    parser.add_argument("--noise", type=int, default=10)
+    parser.add_argument("--skip-logo", action="store_true")
+    args = parser.parse_args()
+    from genre_tf.data.demo import generate_demo
+    from genre_tf.data.index import GTZAN_GENRES
+
+    rows = []
+    scratch = Path(tempfile.mkdtemp(prefix="genre_tf_unknown_"))
+    noise = noise_clips(scratch, args.noise)
+    demo = generate_demo(scratch / "demo", tracks_per_genre=10, seconds=30.0, sample_rate=SR)
+    speech = sorted((SHARED / "speech").glob("*.flac"))
+    for fold in [int(f) for f in args.folds.split(",")]:
+        run = train_run(f"{MODEL}_fold{fold}", [f"data.fold={fold}"])
+        model = run.load_model()
+        from genre_tf.inputs.examples import load_examples
+
+        test = load_examples(run.config, progress=False).split("test")
+        known = scored(run, test, model)
+        for name, paths in (("speech", speech), ("noise", noise), ("demo genres", demo)):
+            rows.append(row(name, fold, run, known, scored(run, paths, model)))
+            print(rows[-1], flush=True)
+        if not args.skip_logo:
+            for genre in GTZAN_GENRES:
+                rows.append(leave_one_out(genre, fold, scratch))
+                print(rows[-1], flush=True)
+        # The reverse: a probe on the demo genres; gtzan_mini is the unknown music.
+        demo_run = train_run(
+            f"demo_probe_fold{fold}", [f"data.root={scratch / 'demo'}", "data.source=folder", f"data.fold={fold}"]
+        )
+        demo_model = demo_run.load_model()
+        demo_test = load_examples(demo_run.config, progress=False).split("test")
+        gtzan = sorted((SHARED / "gtzan_mini").rglob("*.flac"))
+        rows.append(row("GTZAN (run on demo genres)", fold, demo_run, scored(demo_run, demo_test, demo_model),
+                        scored(demo_run, gtzan, demo_model)))  # fmt: skip
+        print(rows[-1], flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    result_table.record("unknown", rows, key=["model", "fold", "unknown"])
+
+
+def leave_one_out(genre: str, fold: int, scratch: Path) -> dict:
+    """A probe on the other 9 genres (links to gtzan_mini), its fold's test tracks known, `genre`'s 10 unknown."""
+    from genre_tf.inputs.examples import load_examples
+
+    root = scratch / f"without_{genre}"
+    root.mkdir(exist_ok=True)
+    for folder in (SHARED / "gtzan_mini").iterdir():
+        if folder.is_dir() and folder.name != genre and not (root / folder.name).exists():
+            (root / folder.name).symlink_to(folder.resolve())
+    run = train_run(f"{MODEL}_without_{genre}_fold{fold}", [f"data.root={root}", f"data.fold={fold}"])
+    model = run.load_model()
+    test = load_examples(run.config, progress=False).split("test")
+    left_out = sorted((SHARED / "gtzan_mini" / genre).glob("*.flac"))
+    result = row(f"left-out genre: {genre}", fold, run, scored(run, test, model), scored(run, left_out, model))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from genre_tf import models
+from genre_tf.evaluation.unknown import load_unknown
 from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import QuantileScaler
 from genre_tf.inputs.layers import QuantileScaling, StandardScaling
@@ -133,29 +134,42 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     probe = models.family(run.config.model).track_level(run.config.model)
     frontend = audio_frontend(run.recipe)
     metadata = audio_metadata(run, frontend, probe, rates)
-    module.serve = waveform_function(model, frontend, probe, metadata)
+    unknown = load_unknown(run)
+    if unknown is not None:
+        metadata["unknown"] = {key: unknown[1][key] for key in ("k", "threshold", "method")}
+    module.serve = waveform_function(model, frontend, probe, metadata, unknown)
     module.serve_at = rate_functions(
         module.serve,
         frontend.rate,
-        lambda rate: waveform_function(model, audio_frontend(run.recipe, rate), probe, metadata),
+        lambda rate: waveform_function(model, audio_frontend(run.recipe, rate), probe, metadata, unknown),
         rates,
     )
     return module, metadata
 
 
-def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict):
-    """The tf.function of an audio model's signature: waveform at the frontend's rate -> probabilities; its constant
-    outputs say that rate and the frontend's note."""
+def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict, unknown=None):
+    """The tf.function of an audio model's signature: waveform at the frontend's rate -> calibrated probabilities,
+    and with `unknown` (`evaluation.unknown.load_unknown`) the track's unknown score and whether it is past the
+    threshold; its constant outputs say that rate and the frontend's note."""
     said = {**metadata, "sample_rate": frontend.rate, "input_note": frontend.note}
+    embedded = models.with_embedding(model)
+    if unknown is not None:
+        reference, record = tf.constant(unknown[0]), unknown[1]
+        k, threshold = int(record["k"]), float(record["threshold"])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     def serve(waveform):
-        segments = model(frontend.to_input(cut_segments(waveform, frontend)), training=False)
-        return {
+        segments, embeddings = embedded(frontend.to_input(cut_segments(waveform, frontend)), training=False)
+        outputs = {
             "probabilities": graph_calibrated(graph_track_probabilities(segments, probe), metadata["temperature"]),
             "segment_probabilities": segments,
             **constant_outputs(said),
         }
+        if unknown is not None:  # as evaluation.unknown scores it: cosine distance to the k-th nearest training track
+            track = tf.math.l2_normalize(tf.reduce_mean(embeddings, axis=0))
+            score = 1.0 - tf.math.top_k(tf.linalg.matvec(reference, track), k=k).values[-1]
+            outputs |= {"unknown_score": score, "unknown": score > threshold}
+        return outputs
 
     return serve
 

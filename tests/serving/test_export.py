@@ -356,3 +356,29 @@ def test_a_bad_run_is_one_line_on_stderr_without_a_traceback(tmp_path):
         )  # fmt: skip
         assert done.returncode != 0 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and message in done.stderr
+
+
+@needs_gtzan
+def test_the_exported_graph_scores_unknown_as_predict_does(tmp_path, make_audio_run):
+    """A run's unknown.npy / unknown.json (here: three clips' own embeddings as the training tracks): the SavedModel
+    function's unknown_score and flag equal predict's for every clip, and a clip it was fitted on scores 0."""
+    import json
+
+    import tensorflow as tf
+
+    from genre_tf.evaluation.unknown import embed_frame, frame_unknown, normalised
+    from genre_tf.serving.export import serving_module
+
+    run = RunDir(make_audio_run(tmp_path / "cnn", GENRES, *AUDIO_RUNS["cnn"]))
+    frame = load_inputs(run, CLIPS[:4]).frame
+    tracks, embeddings = embed_frame(run, run.load_model(), frame, 8)
+    np.save(run.unknown_embeddings, normalised(embeddings[:3]))
+    run.unknown_file.write_text(json.dumps({"k": 1, "threshold": 0.001, "method": "test"}))
+    scores, flags = frame_unknown(run, frame, None, tracks)
+    assert scores[:3] == pytest.approx(0.0, abs=1e-5) and not flags[:3].any()
+    module, metadata = serving_module(run, rates=())
+    assert metadata["unknown"] == {"k": 1, "threshold": 0.001, "method": "test"}
+    for clip, score, flag in zip(CLIPS[:4], scores, flags, strict=True):
+        out = module.serve(waveform=tf.constant(read_waveform(clip, run.recipe)))
+        assert float(out["unknown_score"]) == pytest.approx(score, abs=1e-4)
+        assert bool(out["unknown"]) == flag

@@ -29,7 +29,10 @@ def trained(name: str, fold: int):
 
     overrides = [*EXPERIMENTS[name], f"data.fold={fold}", f"output_dir={OUT}"]
     run = RunDir(OUT / "calibration" / f"{name}_fold{fold}")
+    from genre_tf.evaluation.report import evaluate_run
+
     train(load_config(REPO / "configs" / "gtzan_mini.yaml", overrides), run.path, verbose=0)
+    evaluate_run(run, ["valid", "test"])  # the calibration of this code, also for a run trained before it
     return run
 
 

@@ -40,8 +40,11 @@ def train_run(name: str, overrides: list[str]):
     from genre_tf.training.fit import train
 
     cfg = load_config(REPO / "configs" / "gtzan_mini.yaml", [*MUSICNN, MSD, *PROBE, *overrides, f"output_dir={OUT}"])
+    from genre_tf.evaluation.report import evaluate_run
+
     run = RunDir(OUT / "unknown" / name)
     train(cfg, run.path, verbose=0)
+    evaluate_run(run, ["valid", "test"])  # temperature and unknown score of this code, also for a run found
     return run
 
 

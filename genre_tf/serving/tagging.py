@@ -266,7 +266,8 @@ def undo(log: Log) -> list[str]:
             lines.append(f"left {path}: its tags were never changed (the run stopped before)")
             continue
         if current != after:
-            lines.append(f"left {path}: changed since it was tagged")
+            was = all(read_field(path, field) == old for field, old in zip(rows.field, rows.old, strict=True))
+            lines.append(f"left {path}: " + ("as it was already" if was else "changed since it was tagged"))
             continue
         try:
             safe_write(path, dict(zip(rows.field, rows.old, strict=True)), lambda before, after: None)
@@ -312,6 +313,7 @@ def tag_files(
     if problem := run.problem:
         raise SystemExit(f"error: {problem}")
     threshold = confidence_threshold(run, precision)
+    inputs = [Path(p).resolve() for p in inputs]  # the plan and the log name files wherever `undo` runs from
     index = audio_index(inputs)
     if write and (gone := remove_leftovers([Path(p) for p in index.tracks.path])):
         print(f"removed {gone} half-made copies a stopped run left")
@@ -326,7 +328,8 @@ def tag_files(
             named = dict(track_tags(run, tag_examples(run, inputs)))
             tags = {paths[t]: ", ".join(f"{tag} {p:.2f}" for tag, p in named[t]) for t in named}
         planned = apply(planned, field, Log(log), tags)
-    print("\n".join(plan_lines(planned, write)))
+    if lines := plan_lines(planned, write):
+        print("\n".join(lines))
     if write:
         done = int(planned.done.sum())
         print(f"{done} files tagged, {len(planned) - done} left alone; every change is in {log}")

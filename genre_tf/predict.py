@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         tag_lines,
         top_k_lines,
         write_at_once,
+        write_tags,
     )
     from genre_tf.serving.submission import SubmissionFile, made_by, submission
 
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output or written <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k, unknown)))
     if args.tags:
-        print("\n".join(tag_lines(runs[0], tag_examples(runs[0], args.inputs))))
+        examples = tag_examples(runs[0], args.inputs)
+        print("\n".join(tag_lines(runs[0], examples)))
+        if args.output:  # beside the genres: results.tags.csv, id and the top 5 tags with their probabilities
+            written = write_tags(args.output, runs[0], examples)
+            print(f"tags written to {written}")
 
 
 if __name__ == "__main__":

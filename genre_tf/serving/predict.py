@@ -403,6 +403,15 @@ def tag_examples(run: RunDir, inputs: list[Path]) -> Examples:
     return graph_examples([run], [graph], audio_index(inputs), run_workers([run]))[0]
 
 
+def write_tags(output: Path, run: RunDir, examples, k: int = 5) -> Path:
+    """`results.tags.csv` beside `results.csv`: each track's id and its top-k musicnn tags (`tag p; tag p; ...`)."""
+    path = output.with_suffix(".tags.csv")
+    rows = [(track, "; ".join(f"{tag} {p:.3f}" for tag, p in tags)) for track, tags in track_tags(run, examples, k)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["id", "tags"]).to_csv(path, index=False)
+    return path
+
+
 def tag_lines(run: RunDir, examples, k: int = 5) -> list[str]:
     """Per track, the top-k tags of the run's musicnn backbone (its own pretrained tagger), segments averaged."""
     name = run.config.model.transfer.backbone

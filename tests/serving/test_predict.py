@@ -542,3 +542,9 @@ def test_a_changed_file_under_a_kept_id_is_predicted_again(library, tmp_path, pr
     assert sorted(rows.index) == sorted(before.index)
     assert rows.drop(index="tone3").equals(before.drop(index="tone3").loc[rows.drop(index="tone3").index])
     assert not rows.loc["tone3"].equals(before.loc["tone3"])
+    from genre_tf.serving.predict import write_tags
+
+    written = write_tags(tmp_path / "out" / "results.csv", run, Examples(frame, [], pd.DataFrame()))
+    assert written == tmp_path / "out" / "results.tags.csv"
+    table = pd.read_csv(written)
+    assert table.id.tolist() == ["a", "b"] and table.tags[1].startswith(f"{names[14]} 0.500; {names[13]} 0.400")

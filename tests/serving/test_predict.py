@@ -477,7 +477,7 @@ def test_tags_of_segments_the_graph_tagged_are_averaged_per_track(tmp_path, make
     tags against the tagger on cached patches): per track, the 5 best of the segments' mean, in the tagger's names."""
     from genre_tf.inputs.examples import Examples
     from genre_tf.models.musicnn import TAGS as TAG_NAMES
-    from genre_tf.serving.predict import tag_lines, track_tags
+    from genre_tf.serving.predict import tag_lines, track_tags, write_tags
 
     run = RunDir(tmp_path / "run")
     save_config(make_config(tmp_path, "model.kind=transfer", "model.transfer.backbone=MSD_musicnn"), run.config_file)
@@ -497,6 +497,10 @@ def test_tags_of_segments_the_graph_tagged_are_averaged_per_track(tmp_path, make
     ] == f"b: MSD_musicnn tags {names[14]} 0.50, " + ", ".join(
         f"{names[i]} {scores[2, i]:.2f}" for i in (13, 12, 11, 10)
     )
+    written = write_tags(tmp_path / "out" / "results.csv", run, Examples(frame, [], pd.DataFrame()))
+    assert written == tmp_path / "out" / "results.tags.csv"
+    table = pd.read_csv(written)
+    assert table.id.tolist() == ["a", "b"] and table.tags[1].startswith(f"{names[14]} 0.500; {names[13]} 0.400")
 
 
 def test_an_output_of_other_inputs_is_refused_and_overwrite_replaces_it(library, tmp_path, capsys, write_clip):
@@ -542,9 +546,3 @@ def test_a_changed_file_under_a_kept_id_is_predicted_again(library, tmp_path, pr
     assert sorted(rows.index) == sorted(before.index)
     assert rows.drop(index="tone3").equals(before.drop(index="tone3").loc[rows.drop(index="tone3").index])
     assert not rows.loc["tone3"].equals(before.loc["tone3"])
-    from genre_tf.serving.predict import write_tags
-
-    written = write_tags(tmp_path / "out" / "results.csv", run, Examples(frame, [], pd.DataFrame()))
-    assert written == tmp_path / "out" / "results.tags.csv"
-    table = pd.read_csv(written)
-    assert table.id.tolist() == ["a", "b"] and table.tags[1].startswith(f"{names[14]} 0.500; {names[13]} 0.400")

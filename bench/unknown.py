@@ -18,9 +18,7 @@ share of known tracks called unknown and of unknown tracks caught. Rows go to be
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +108,8 @@ def main() -> None:
     from genre_tf.data.index import GTZAN_GENRES
 
     rows = []
-    scratch = Path(tempfile.mkdtemp(prefix="genre_tf_unknown_"))
+    scratch = OUT / "unknown" / "inputs"  # a fixed place: the runs trained on its folders are found again
+    scratch.mkdir(parents=True, exist_ok=True)
     noise = noise_clips(scratch, args.noise)
     demo = generate_demo(scratch / "demo", tracks_per_genre=10, seconds=30.0, sample_rate=SR)
     speech = sorted((SHARED / "speech").glob("*.flac"))
@@ -138,7 +137,6 @@ def main() -> None:
         rows.append(row("GTZAN (run on demo genres)", fold, demo_run, scored(demo_run, demo_test, demo_model),
                         scored(demo_run, gtzan, demo_model)))  # fmt: skip
         print(rows[-1], flush=True)
-    shutil.rmtree(scratch, ignore_errors=True)
     result_table.record("unknown", rows, key=["model", "fold", "unknown"])
 
 

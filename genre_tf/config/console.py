@@ -63,7 +63,10 @@ def quiet_console(verbose: bool = False) -> None:
     except (OSError, ValueError):  # no file descriptor 2 (an embedded interpreter): nothing to filter
         return
     read_end, write_end = os.pipe()
-    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    if _writes_to_fd2(sys.stderr):  # Python's own lines go straight to the terminal; a capture (pytest's) stays
+        sys.stderr = os.fdopen(
+            os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace"
+        )
     os.dup2(write_end, 2)
     os.close(write_end)
     thread = threading.Thread(target=_forward, args=(read_end, terminal), name="native-log-filter", daemon=True)
@@ -75,6 +78,13 @@ def quiet_console(verbose: bool = False) -> None:
         thread.join(timeout=1.0)
 
     atexit.register(restore)
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False
 
 
 def _forward(read_end: int, terminal: int) -> None:

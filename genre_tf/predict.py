@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
+    tagged = None
     if args.output and not reads_table(args.inputs):
         made = made_by(runs, args.probabilities, weights, args.inputs)
         output = SubmissionFile(args.output, classes, args.probabilities, made)
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
         kept, written, unknown = output.kept, output.written, None  # unknown tracks: their rows say so
     else:
-        made = predict_tracks(given, args.inputs, args.cache_dir)
+        # A single musicnn run's graph gives the genres and its tagger's tags in one pass over the audio.
+        tagged = tag_examples(runs[0], args.inputs) if args.tags and len(runs) == 1 else None
+        made = predict_tracks(given, args.inputs, args.cache_dir, None if tagged is None else [tagged])
         tracks, probs, skipped, unknown = made.tracks, made.probs, made.skipped, made.unknown
         print_skipped(skipped)
         if args.output:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output or written <= 10:
         print("\n".join(top_k_lines(classes, tracks, probs, args.top_k, unknown)))
     if args.tags:
-        examples = tag_examples(runs[0], args.inputs)
+        examples = tagged if tagged is not None else tag_examples(runs[0], args.inputs)
         print("\n".join(tag_lines(runs[0], examples)))
         if args.output:  # beside the genres: results.tags.csv, id and the top 5 tags with their probabilities
             written = write_tags(args.output, runs[0], examples)

@@ -133,12 +133,16 @@ class Predictions:
     unknown: tuple[np.ndarray, np.ndarray]  # (scores, flags), `evaluation.unknown`: NaN / False where not measured
 
 
-def predict_tracks(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> Predictions:
+def predict_tracks(
+    runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None, examples: list[Examples] | None = None
+) -> Predictions:
     """Calibrated per-track probabilities averaged over runs (an ensemble run: over its members, by its weights),
-    each run preprocessing the inputs its own way; and, for one model run, each track's unknown score."""
+    each run preprocessing the inputs its own way; and, for one model run, each track's unknown score. `examples`:
+    the models' examples of the inputs made already (`tag_examples`), so that the audio is analysed once."""
     temperatures = run_temperatures(runs)
     runs, weights = expand_runs(runs)
-    examples = runs_examples(runs, inputs, cache_dir)
+    if examples is None:
+        examples = runs_examples(runs, inputs, cache_dir)
     for run_examples in examples:
         if run_examples.frame.empty:  # the reasons first: they are what a person needs to fix
             print_skipped(run_examples.skipped)

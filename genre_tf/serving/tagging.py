@@ -317,15 +317,17 @@ def tag_files(
     index = audio_index(inputs)
     if write and (gone := remove_leftovers([Path(p) for p in index.tracks.path])):
         print(f"removed {gone} half-made copies a stopped run left")
-    made = predict_tracks([run], inputs)
+    # A musicnn run's graph gives the genres, the embeddings and its tagger's tags in one pass over the audio.
+    examples = [tag_examples(run, inputs)] if write and not run.is_ensemble and run.recipe.reads_patches else None
+    made = predict_tracks([run], inputs, examples=examples)
     paths = index.tracks.set_index("track_id").path
     tracks = pd.DataFrame({"track_id": made.tracks, "path": [paths[t] for t in made.tracks]})
     planned = plan(tracks, made.probs, run.classes, made.skipped, threshold, field, overwrite, made.unknown)
     write_atomic(plan_path, planned.to_csv(index=False).encode())
     if write:
         tags = None
-        if run.recipe.reads_patches and (planned.action == "write").any():
-            named = dict(track_tags(run, tag_examples(run, inputs)))
+        if examples is not None and (planned.action == "write").any():
+            named = dict(track_tags(run, examples[0]))
             tags = {paths[t]: ", ".join(f"{tag} {p:.2f}" for tag, p in named[t]) for t in named}
         planned = apply(planned, field, Log(log), tags)
     if lines := plan_lines(planned, write):

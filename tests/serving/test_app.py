@@ -333,7 +333,7 @@ def decodes(monkeypatch) -> list[Path]:
     importlib.util.find_spec("musicnn") is None,
     reason="musicnn wheel not installed (pip install --no-deps musicnn==0.1.0): it holds MSD_musicnn",
 )
-def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run, clips):
+def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run, clips, monkeypatch):
     overrides = ["model.kind=transfer", "model.transfer.backbone=MSD_musicnn", "model.transfer.weights=pretrained"]
     overrides += ["model.transfer.head_units=16", "audio.segment_seconds=1"]
     run = RunDir(make_audio_run(tmp_path / "musicnn", list(DEMO_GENRES), *overrides))
@@ -349,6 +349,17 @@ def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run
     assert [t["tag"] for t in answer["tags"]] == [tag for tag, _ in tags]
     np.testing.assert_allclose([t["probability"] for t in answer["tags"]], [p for _, p in tags], rtol=0, atol=1e-6)
     assert [s["start"] for s in answer["segments"]] == examples.frame["segment"].tolist() == [0, 1, 2, 3, 4, 5]
+    # tag --write: the genres, the unknown score and the musicnn tags from one pass over each file's audio
+    from genre_tf.serving.tagging import TAGS_FIELD, read_field, tag_files
+
+    (run.path / "calibration.json").write_text(
+        json.dumps({"temperature": 1.0, "valid_confidence": [0.0], "valid_correct": [True]})
+    )
+    song = shutil.copy(clip, tmp_path / "song.wav")
+    decoded = decodes(monkeypatch)
+    planned = tag_files(run.path, [song], True, tmp_path / "log.csv", tmp_path / "plan.csv", 0.9)
+    assert decoded == [Path(song)] and planned.done.tolist() == [True]
+    assert read_field(Path(song), TAGS_FIELD).startswith(f"{tags[0][0]} {tags[0][1]:.2f}")
 
 
 # The real browser: Debian's chromium and chromium-driver, driven by selenium without selenium-manager downloads.

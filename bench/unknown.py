@@ -5,12 +5,15 @@ unknown ones, in turn:
 - leave-one-genre-out: a run trained on 9 genres, the 10th genre's tracks (every genre, one run each);
 - speech: the shared espeak-ng clips;
 - noise: white and pink noise, 30 s each (`--noise` clips of each);
+- silence: digital silence and hiss at -60 dBFS, 30 s each (`--noise` clips of each);
 - demo: the package's synthetic demo genres;
 - and the reverse, GTZAN: a probe trained on the demo genres, gtzan_mini's tracks as the unknown ones (demo test
   tracks known).
 Per set: the area under the ROC curve of the unknown score (`evaluation.unknown`, cosine distance to the 5th nearest
 training track) and of 1 - the calibrated maximum probability, and at the run's threshold (95 % of valid known) the
-share of known tracks called unknown and of unknown tracks caught. Rows go to bench/results/unknown.csv and .md.
+share of known tracks called unknown, of unknown tracks caught, and the precision of the flag (of the tracks called
+unknown, the share that are). Rows go to bench/results/unknown.csv and .md; their means over the folds (the ten
+left-out genres pooled into one row per fold first) to bench/results/unknown_cv.csv and .md.
 
     .venv/bin/python bench/unknown.py [--folds 0] [--noise 10] [--skip-logo]
 """
@@ -81,7 +84,30 @@ def row(name: str, fold: int, run, known, unknown) -> dict:
         "auroc_max_probability": round(auroc(known_msp, out_msp), 3),
         "known_called_unknown": round(float(np.mean(known_knn > threshold)), 3),
         "unknown_caught": round(float(np.mean(out_knn > threshold)), 3),
+        "unknown_precision": round(flag_precision(known_knn > threshold, out_knn > threshold), 3),
     }
+
+
+def flag_precision(known_flagged: np.ndarray, unknown_flagged: np.ndarray) -> float:
+    """Of the tracks called unknown, the share that are (NaN when none is called unknown)."""
+    flagged = known_flagged.sum() + unknown_flagged.sum()
+    return float(unknown_flagged.sum() / flagged) if flagged else float("nan")
+
+
+def fold_means(frame) -> list[dict]:
+    """Per unknown set, the mean and standard deviation over folds; the left-out genres pooled per fold first."""
+    left_out = frame["unknown"].str.startswith("left-out")
+    frame["unknown"] = frame["unknown"].where(~left_out, "left-out genre (10 pooled)")
+    metrics = ["auroc_unknown_score", "auroc_max_probability", "known_called_unknown", "unknown_caught",
+               "unknown_precision"]  # fmt: skip
+    per_fold = frame.groupby(["unknown", "fold"], sort=False)[[m for m in metrics if m in frame]].mean()
+    out = []
+    for name, folds in per_fold.groupby(level=0, sort=False):
+        summary = {"model": MODEL, "unknown": name, "folds": len(folds)}
+        for metric in per_fold.columns:
+            summary[metric] = f"{folds[metric].mean():.3f} ± {folds[metric].std(ddof=0):.3f}"
+        out.append(summary)
+    return out
 
 
 def noise_clips(folder: Path, n: int) -> list[Path]:
@@ -94,6 +120,17 @@ def noise_clips(folder: Path, n: int) -> list[Path]:
         for kind, signal in (("white", white), ("pink", pink)):
             path = folder / f"{kind}_{i:02d}.wav"
             sf.write(path, np.clip(signal, -1, 1).astype(np.float32), SR)
+            paths.append(path)
+    return paths
+
+
+def silence_clips(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        for kind, signal in (("silence", np.zeros(30 * SR)), ("hiss", rng.normal(0, 0.001, 30 * SR))):
+            path = folder / f"{kind}_{i:02d}.wav"
+            sf.write(path, signal.astype(np.float32), SR)
             paths.append(path)
     return paths
 
@@ -111,6 +148,7 @@ def main() -> None:
     scratch = OUT / "unknown" / "inputs"  # a fixed place: the runs trained on its folders are found again
     scratch.mkdir(parents=True, exist_ok=True)
     noise = noise_clips(scratch, args.noise)
+    silence = silence_clips(scratch, args.noise)
     demo = generate_demo(scratch / "demo", tracks_per_genre=10, seconds=30.0, sample_rate=SR)
     speech = sorted((SHARED / "speech").glob("*.flac"))
     for fold in [int(f) for f in args.folds.split(",")]:
@@ -120,7 +158,7 @@ def main() -> None:
 
         test = load_examples(run.config, progress=False).split("test")
         known = scored(run, test, model)
-        for name, paths in (("speech", speech), ("noise", noise), ("demo genres", demo)):
+        for name, paths in (("speech", speech), ("noise", noise), ("silence", silence), ("demo genres", demo)):
             rows.append(row(name, fold, run, known, scored(run, paths, model)))
             print(rows[-1], flush=True)
         if not args.skip_logo:
@@ -138,6 +176,10 @@ def main() -> None:
                         scored(demo_run, gtzan, demo_model)))  # fmt: skip
         print(rows[-1], flush=True)
     result_table.record("unknown", rows, key=["model", "fold", "unknown"])
+    import pandas as pd
+
+    every_fold = pd.read_csv(result_table.RESULTS / "unknown.csv")
+    result_table.record("unknown_cv", fold_means(every_fold), key=["model", "unknown"])
 
 
 def leave_one_out(genre: str, fold: int, scratch: Path) -> dict:

@@ -8,6 +8,10 @@ threshold is the score that 95 % of the valid tracks stay under, so about 1 in 2
 music is called unknown; music of a genre the run never saw, speech and noise lie further out. A run keeps
 `unknown.npy` (the training embeddings) and `unknown.json` (K, threshold, how it was fitted).
 
+Several runs (an ensemble, or `predict --run A --run B`) each score a track against their own training tracks: the
+tracks' score is the weighted mean of each run's score over its own threshold, so 1.0 is every run at its threshold,
+and past 1.0 is unknown.
+
 The baseline this is measured against is the maximum softmax probability (Hendrycks & Gimpel 2017): 1 - confidence.
 """
 
@@ -120,3 +124,21 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """Area under the ROC curve of a score meant to be higher for the unknown tracks than for the known ones."""
     labels = np.r_[np.zeros(len(known)), np.ones(len(unknown))]
     return float(roc_auc_score(labels, np.r_[known, unknown]))
+
+
+def relative_scores(run: RunDir, scores: np.ndarray) -> np.ndarray:
+    """A run's unknown scores over its threshold (1.0 at the threshold); NaN for a run fitted without unknown.json."""
+    fitted = load_unknown(run)
+    if fitted is None or fitted[1]["threshold"] is None:
+        return np.full(len(scores), np.nan)
+    return np.asarray(scores, dtype=np.float64) / max(fitted[1]["threshold"], 1e-12)
+
+
+def combined_unknown(
+    runs: list[RunDir], scores: list[np.ndarray], weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, flags) of tracks several runs scored: the weighted mean of each run's `relative_scores`, unknown past
+    1.0; NaN and none unknown where a run has no unknown score."""
+    relative = np.stack([relative_scores(run, s) for run, s in zip(runs, scores, strict=True)])
+    combined = np.asarray(weights, dtype=np.float64) @ relative / np.sum(weights)
+    return combined, np.nan_to_num(combined, nan=0.0) > 1.0

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import track_probabilities
-from genre_tf.evaluation.unknown import unknown_scores
+from genre_tf.evaluation.unknown import combined_unknown, unknown_scores
 from genre_tf.features import audio
 from genre_tf.models import musicnn
 from genre_tf.run import RunDir
@@ -72,12 +72,7 @@ class Predictor:
         _, track = track_probabilities(self.run, no_labels, probs, no_labels)  # one track: every segment's id is 0
         track = calibrated(track, self.run.temperature)  # as predict answers
         scores, flags = unknown_scores(self.run, embeddings.astype(np.float64).mean(axis=0, keepdims=True))
-        body = self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags)
-        score = None if np.isnan(scores[0]) else round(float(scores[0]), 6)
-        body["unknown"] = {"score": score, "unknown": bool(flags[0])}
-        if flags[0]:  # as predict answers: unlike the music the run learned
-            body["genre"] = UNKNOWN
-        return body
+        return with_unknown(self.answer(upload.name, seconds, track[0], segments, probs, top_k, tags), scores, flags)
 
     def graph_probabilities(self, path: Path) -> tuple[np.ndarray, np.ndarray, list | None, np.ndarray]:
         """(segment positions, their probabilities, tags, their embeddings) from the run's graph (a table run's: its
@@ -157,6 +152,15 @@ class Predictor:
         }
 
 
+def with_unknown(body: dict, scores: np.ndarray, flags: np.ndarray) -> dict:
+    """The answer with its `unknown` (the upload's score, None where not measured, and the flag); an upload unlike
+    the music the run learned has genre `unknown`, as predict answers."""
+    body["unknown"] = {"score": None if np.isnan(scores[0]) else round(float(scores[0]), 6), "unknown": bool(flags[0])}
+    if flags[0]:
+        body["genre"] = UNKNOWN
+    return body
+
+
 class EnsemblePredictor:
     """An ensemble run's members, each loaded as it is served alone (a `Predictor`), answering as one: the upload is
     decoded once per decoding setting, each distinct input (`export.input_key`) made once, each member's track
@@ -174,14 +178,20 @@ class EnsemblePredictor:
         seconds = checked_duration(upload.path, self.limits)
         answers = self.graph_outputs(upload.path)
         tracks = []
-        for part, (_, probs, _) in zip(self.parts, answers, strict=True):
+        for part, (_, probs, _, _) in zip(self.parts, answers, strict=True):
             no_labels = np.zeros(len(probs), int)
             tracks.append(track_probabilities(part.run, no_labels, probs, no_labels)[1][0])
-        track = weighted_mean(tracks, np.array([member.weight for member in self.members]))
+        weights = np.array([member.weight for member in self.members])
+        track = weighted_mean(tracks, weights)
         track = calibrated(track[None], self.run.temperature)[0]  # an ensemble calibrates its average
-        heaviest = int(np.argmax([member.weight for member in self.members]))  # its segments make the strip
-        tags = next((tags for _, _, tags in answers if tags is not None), None)
+        heaviest = int(np.argmax(weights))  # its segments make the strip
+        tags = next((tags for _, _, tags, _ in answers if tags is not None), None)
         body = self.parts[heaviest].answer(upload.name, seconds, track, *answers[heaviest][:2], top_k, tags)
+        each = [
+            unknown_scores(p.run, e.astype(np.float64).mean(axis=0, keepdims=True))[0]
+            for p, (*_, e) in zip(self.parts, answers, strict=True)
+        ]
+        body = with_unknown(body, *combined_unknown([part.run for part in self.parts], each, weights))
         classes = self.run.classes
         body.update(
             model=self.run.path.name,
@@ -202,10 +212,12 @@ class EnsemblePredictor:
         )
         return body
 
-    def graph_outputs(self, path: Path) -> list[tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None]]:
-        """Per member: (segment positions, their probabilities, tags), from the upload decoded once per decoding
-        setting for every member (a table member's feature rows too), each member's model call batched with other
-        requests'."""
+    def graph_outputs(
+        self, path: Path
+    ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[str, float]] | None, np.ndarray]]:
+        """Per member: (segment positions, their probabilities, tags, their embeddings), from the upload decoded once
+        per decoding setting for every member (a table member's feature rows too), each member's model call batched
+        with other requests'."""
         for part in self.parts:
             part._count_preparing(+1)  # their batchers wait for this request's segments
         try:
@@ -223,7 +235,8 @@ class EnsemblePredictor:
                 out = part.batcher.predict(segments)
             except Busy as err:
                 raise BadInput(503, str(err)) from None
-            outputs.append((positions, out["probabilities"], part.top_tags(out["tags"]) if part.tagger else None))
+            tags = part.top_tags(out["tags"]) if part.tagger else None
+            outputs.append((positions, out["probabilities"], tags, out["embedding"]))
         return outputs
 
     def health(self) -> dict:

@@ -40,7 +40,7 @@ from genre_tf.data.index import Index, index_paths
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
 from genre_tf.evaluation.predictions import PROBABILITIES, in_track_order, predict_frame, stacked
-from genre_tf.evaluation.unknown import frame_unknown, not_measured
+from genre_tf.evaluation.unknown import combined_unknown, frame_unknown, not_measured
 from genre_tf.extract.pool import extraction_pool
 from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.inputs.examples import (
@@ -137,7 +137,7 @@ def predict_tracks(
     runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None, examples: list[Examples] | None = None
 ) -> Predictions:
     """Calibrated per-track probabilities averaged over runs (an ensemble run: over its members, by its weights),
-    each run preprocessing the inputs its own way; and, for one model run, each track's unknown score. `examples`:
+    each run preprocessing the inputs its own way; and each track's unknown score (`track_unknown`). `examples`:
     the models' examples of the inputs made already (`tag_examples`), so that the audio is analysed once."""
     temperatures = run_temperatures(runs)
     runs, weights = expand_runs(runs)
@@ -148,7 +148,7 @@ def predict_tracks(
             print_skipped(run_examples.skipped)
             raise SystemExit("error: nothing to predict (every input was skipped)")
     tracks, probs = average_runs(runs, examples, weights=weights, temperatures=temperatures)
-    return Predictions(tracks, probs, all_skipped(examples), track_unknown(runs, examples, tracks))
+    return Predictions(tracks, probs, all_skipped(examples), track_unknown(runs, examples, tracks, None, weights))
 
 
 def ensemble(
@@ -160,13 +160,21 @@ def ensemble(
 
 
 def track_unknown(
-    runs: list[RunDir], examples: list[Examples], tracks: np.ndarray, models: list | None = None
+    runs: list[RunDir],
+    examples: list[Examples],
+    tracks: np.ndarray,
+    models: list | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(unknown scores, flags) of the tracks for a single model run (`evaluation.unknown.frame_unknown`); NaN and
-    False for several runs, whose embeddings are not comparable."""
-    if len({run.path.resolve() for run in runs}) != 1:
-        return not_measured(len(tracks))
-    return frame_unknown(runs[0], examples[0].frame, (models or [None])[0], tracks)
+    """(unknown scores, flags) of the tracks (`evaluation.unknown.frame_unknown`); several runs combined by their
+    `weights` (default: alike) as `evaluation.unknown.combined_unknown` does."""
+    if len({run.path.resolve() for run in runs}) == 1:
+        return frame_unknown(runs[0], examples[0].frame, (models or [None])[0], tracks)
+    scores = [
+        frame_unknown(run, run_examples.frame, model, tracks)[0]
+        for run, run_examples, model in zip(runs, examples, models or [None] * len(runs), strict=True)
+    ]
+    return combined_unknown(runs, scores, np.full(len(runs), 1.0) if weights is None else weights)
 
 
 def runs_examples(runs: list[RunDir], inputs: list[Path], cache_dir: Path | None = None) -> list[Examples]:
@@ -348,7 +356,7 @@ def predict_to_file(
             skipped = all_skipped(examples)
             print_skipped(skipped)
             tracks, probs = average_runs(runs, examples, models, weights, temperatures)
-            unknown = track_unknown(runs, examples, tracks, models)
+            unknown = track_unknown(runs, examples, tracks, models, weights)
             rows = submission(output.classes, tracks, probs, output.with_probabilities, True, unknown)
             output.append(rows, skipped, file_keys(chunk.tracks[chunk.tracks.track_id.isin(rows["id"])]))
             predicted.append((tracks, probs))

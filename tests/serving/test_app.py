@@ -502,3 +502,35 @@ def test_the_page_shows_an_ensembles_members(browser, ensemble_app, clips):
             f"{api['members'][0]['probability']:.3f}"
         )
         assert "as serve_cnn (the heaviest member) sees them" in browser.find_element(By.ID, "segment-note").text
+
+
+def test_an_ensemble_scores_unknown_by_its_members_over_their_thresholds(
+    tmp_path, cnn_run, make_audio_run, make_ensemble_run, clips
+):
+    """Each member scores an upload against its own training tracks; the ensemble's score is the weighted mean of
+    score / threshold (1.0 at every member's threshold), and past 1.0 the service and predict both say unknown."""
+    from genre_tf.evaluation.unknown import knn_scores, normalised
+
+    other = make_audio_run(
+        tmp_path / "other", list(DEMO_GENRES), "model.image_size=[16, 16]", "model.cnn.conv_blocks=1"
+    )
+    pair = RunDir(make_ensemble_run(tmp_path / "pair", [(cnn_run.path, 0.7), (other, 0.3)]))
+    predictor = create_app(pair).state.predictor
+    clip = clips[DEMO_GENRES.index("folk")]
+    mean = [part.graph_probabilities(clip)[3].astype(np.float64).mean(axis=0) for part in predictor.parts]
+    rng = np.random.default_rng(0)
+    references = [normalised(mean[0][None]), normalised(rng.normal(size=(1, len(mean[1]))))]
+    for part, reference in zip(predictor.parts, references, strict=True):
+        np.save(part.run.unknown_embeddings, reference)
+    scores = [float(knn_scores(m[None], r, 1)[0]) for m, r in zip(mean, references, strict=True)]
+    assert scores[0] == pytest.approx(0.0, abs=1e-5) and scores[1] > 0.1
+    api = TestClient(create_app(pair))
+    for thresholds in ([0.5, scores[1] / 0.5], [0.5, scores[1] / 4.0]):  # member 2 at 0.5, then 4 times its threshold
+        for part, threshold in zip(predictor.parts, thresholds, strict=True):
+            part.run.unknown_file.write_text(json.dumps({"k": 1, "threshold": threshold, "method": "test"}))
+        expected = 0.7 * scores[0] / thresholds[0] + 0.3 * scores[1] / thresholds[1]  # 0.15, then 1.2
+        answer = api.post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
+        assert answer["unknown"]["score"] == pytest.approx(expected, abs=1e-4)
+        assert answer["unknown"]["unknown"] == (expected > 1.0) == (answer["genre"] == "unknown")
+        made = predict.predict_tracks([pair], [clip])
+        assert made.unknown[0][0] == pytest.approx(expected, abs=1e-4) and made.unknown[1][0] == (expected > 1.0)

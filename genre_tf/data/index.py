@@ -4,22 +4,26 @@ paths to predict, each with its track id, and the files left out with their reas
 from __future__ import annotations
 
 import os
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from genre_tf.config import ConfigError
-from genre_tf.features.audio import AUDIO_EXTENSIONS
+from genre_tf.data.paths import (  # noqa: F401  (their home was here: data.index names them still)
+    GTZAN_GENRES,
+    GTZAN_ID,
+    UNREADABLE_AUDIO,
+    Walk,
+    _hidden,
+    common_root,
+    track_id,
+    track_id_of,
+    walk_folder,
+)
 
 INDEX_COLUMNS = ["track_id", "path", "label", "split"]
 SPLITS = ("train", "valid", "test")
-GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
-GTZAN_ID = re.compile(rf"({'|'.join(GTZAN_GENRES)})\.000\d\d")  # the 1000 clips, blues.00000 .. rock.00099
-# Audio that the decoder cannot read: reported as skipped, so a user knows these tracks were left out.
-UNREADABLE_AUDIO = (".aac", ".aif", ".aiff", ".alac", ".ape", ".m4a", ".mka", ".mp2", ".opus", ".wma", ".wv")
 
 
 @dataclass
@@ -39,81 +43,6 @@ class Index:
             return Path(path).stem
         made, suffix = track_id(path, self.root), Path(path).suffix  # an unreadable format's extension too
         return made[: -len(suffix)] if suffix and made.lower().endswith(suffix.lower()) else made
-
-
-def _hidden(name: str) -> bool:
-    # .DS_Store, ._x.wav (macOS resource forks), .git: file-system noise, never tracks.
-    return name.startswith(".")
-
-
-def _kind(name: str) -> str:
-    """`audio`, `unreadable` (audio the decoder cannot read: reported) or `other` (cover art, playlists: counted)."""
-    suffix = Path(name).suffix.lower()
-    if _hidden(name) or suffix not in (*AUDIO_EXTENSIONS, *UNREADABLE_AUDIO):
-        return "other"
-    return "audio" if suffix in AUDIO_EXTENSIONS else "unreadable"
-
-
-@dataclass
-class Walk:
-    """What folders hold besides the audio files: audio in formats we cannot read, other files by extension."""
-
-    unreadable: list[Path] = field(default_factory=list)
-    ignored: Counter = field(default_factory=Counter)
-
-    def audio(self, paths: list[Path]) -> list[Path]:
-        """The audio files of `paths`; the others are kept here, unreadable audio to report, the rest counted."""
-        audio = []
-        for path in paths:
-            kind = _kind(path.name)
-            if kind == "audio":
-                audio.append(path)
-            elif kind == "unreadable":
-                self.unreadable.append(path)
-            else:
-                self.ignored[_ignored_kind(path.name)] += 1
-        return audio
-
-
-def _ignored_kind(name: str) -> str:
-    """How an ignored file is counted: by its extension (`.jpg`), or as `hidden` (`._01 Track.flac`, `.DS_Store`:
-    file-system noise) or `without extension`."""
-    if _hidden(name):
-        return "hidden"
-    return Path(name).suffix.lower() or "without extension"
-
-
-def walk_folder(folder: Path, walk: Walk, seen: set[str] | None = None) -> list[Path]:
-    """Every audio file below `folder` at any depth, sorted by path; the other files go to `walk`. Symlinked files
-    and folders are followed, each folder once (`seen`: real paths walked), so a link up the tree is no loop."""
-    seen = set() if seen is None else seen
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        found += [Path(dirpath) / name for name in filenames]
-    return walk.audio(sorted(found, key=lambda p: p.as_posix()))
-
-
-def track_id(path: Path | str, root: Path | str) -> str:
-    """A track's id, unique by construction: GTZAN's own for a GTZAN clip (`blues.00000`), else the file's path
-    below `root` without its audio extension, POSIX-style (`rock/Led Zeppelin/IV/01`); a file outside `root` keeps
-    its absolute path."""
-    stem = track_id_of(Path(path).name)
-    if GTZAN_ID.fullmatch(stem):
-        return stem
-    full, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
-    return track_id_of((full.relative_to(base) if full.is_relative_to(base) else full).as_posix())
-
-
-def common_root(paths: list[Path]) -> Path:
-    """The deepest folder holding every path (a folder itself, or a file's parent): ids are made below it."""
-    folders = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in paths]
-    return Path(os.path.commonpath(folders)) if folders else Path.cwd()
 
 
 def _dedupe(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -193,9 +122,3 @@ def index_csv(csv_path: Path) -> Index:
     root = base if inside else common_root(paths)
     rows, problems = _dedupe([_row(path, root, label) for path, label in zip(paths, table["label"], strict=True)])
     return Index(_frame(rows), problems, root=root)
-
-
-def track_id_of(filename: str) -> str:
-    """`blues.00000.wav` -> `blues.00000`; ids without an audio extension are kept as they are."""
-    stem, dot, ext = filename.rpartition(".")
-    return stem if dot and f".{ext.lower()}" in AUDIO_EXTENSIONS else filename

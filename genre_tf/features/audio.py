@@ -16,8 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from genre_tf.config import AudioConfig
-
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".au", ".flac", ".ogg", ".mp3")
+from genre_tf.features.formats import AUDIO_EXTENSIONS  # noqa: F401  (named here before formats.py)
 
 # Leading bytes of the containers we read, to tell a damaged audio file from something that never was one.
 _MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "WAV", b".snd": "AU", b"fLaC": "FLAC", b"OggS": "OGG", b"ID3": "MP3"}

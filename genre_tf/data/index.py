@@ -15,6 +15,7 @@ from genre_tf.data.paths import (  # noqa: F401  (their home was here: data.inde
     GTZAN_ID,
     UNREADABLE_AUDIO,
     Walk,
+    _dedupe,
     _hidden,
     common_root,
     track_id,
@@ -43,25 +44,6 @@ class Index:
             return Path(path).stem
         made, suffix = track_id(path, self.root), Path(path).suffix  # an unreadable format's extension too
         return made[: -len(suffix)] if suffix and made.lower().endswith(suffix.lower()) else made
-
-
-def _dedupe(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """One row per file (two paths to one file, by a link or given twice, are one track) and per track id: a later
-    file with an id already taken (`a.mp3` beside `a.flac`, one GTZAN clip in two folders) is reported."""
-    by_file: set[str] = set()
-    by_id: dict[str, str] = {}
-    kept, problems = [], []
-    for row in rows:
-        real = os.path.realpath(row["path"])
-        if real in by_file:
-            continue
-        by_file.add(real)
-        if row["track_id"] in by_id:
-            problems.append((row["path"], f"duplicate track id ({row['track_id']}, also {by_id[row['track_id']]})"))
-            continue
-        by_id[row["track_id"]] = row["path"]
-        kept.append(row)
-    return kept, problems
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:

@@ -76,6 +76,25 @@ def walk_folder(folder: Path, walk: Walk, seen: set[str] | None = None) -> list[
     return walk.audio(sorted(found, key=lambda p: p.as_posix()))
 
 
+def _dedupe(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """One row per file (two paths to one file, by a link or given twice, are one track) and per track id: a later
+    file with an id already taken (`a.mp3` beside `a.flac`, one GTZAN clip in two folders) is reported."""
+    by_file: set[str] = set()
+    by_id: dict[str, str] = {}
+    kept, problems = [], []
+    for row in rows:
+        real = os.path.realpath(row["path"])
+        if real in by_file:
+            continue
+        by_file.add(real)
+        if row["track_id"] in by_id:
+            problems.append((row["path"], f"duplicate track id ({row['track_id']}, also {by_id[row['track_id']]})"))
+            continue
+        by_id[row["track_id"]] = row["path"]
+        kept.append(row)
+    return kept, problems
+
+
 def track_id(path: Path | str, root: Path | str) -> str:
     """A track's id, unique by construction: GTZAN's own for a GTZAN clip (`blues.00000`), else the file's path
     below `root` without its audio extension, POSIX-style (`rock/Led Zeppelin/IV/01`); a file outside `root` keeps

@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: demo test lint format bench results docs install clean
+.PHONY: demo test lint format bench results docs install clean litert-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,beam]"
+	$(PY) -m pip install --quiet -e ".[dev,beam,litert]"
 	# musicnn is installed only for its checkpoints: its pinned dependencies would try to build numpy 1.16 from source.
 	$(PY) -m pip install --quiet --no-deps musicnn==0.1.0
 	# librosa's numba kernels compiled once into their on-disk cache (half a minute), as pip compiles bytecode:
@@ -31,6 +31,14 @@ demo: $(STAMP)
 # One pytest worker per core (at most 4), a test file per worker: its module fixtures are built once.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
+# A venv that predicts with an exported .tflite file on LiteRT and holds nothing of the training stack (no
+# TensorFlow, Keras, pandas or librosa): python -m genre_tf.predict --model X.tflite FOLDER runs in it.
+litert-venv:
+	$(PYTHON) -m venv .venv-litert
+	.venv-litert/bin/python -m pip install --quiet --upgrade pip
+	.venv-litert/bin/python -m pip install --quiet ai-edge-litert numpy soundfile soxr
+	.venv-litert/bin/python -m pip install --quiet --no-deps -e .
 
 # ruff, and the layer contract of pyproject.toml's [tool.importlinter] (lower layers never import upper ones).
 lint: $(STAMP)

@@ -7,6 +7,8 @@ python -m genre_tf.predict --run A --run B --run C INPUT...              # avera
 python -m genre_tf.predict --run saved_models/ENSEMBLE INPUT...            # an ensemble run: its weights
 python -m genre_tf.predict --run DIR library/ --output results.csv        # again after a kill: resumes
 python -m genre_tf.predict --run DIR other/ --output results.csv --overwrite  # replace an output of other inputs
+python -m genre_tf.predict --model genres.tflite library/ --output results.csv  # LiteRT, no TensorFlow
+python -m genre_tf.predict --run DIR --runtime litert library/            # the run's exported .tflite on LiteRT
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_tf.config.console import add_verbose_argument, quiet_console
+# Nothing of genre_tf is imported here before the runtime is known: `--model X.tflite` runs in a venv with only
+# ai-edge-litert, numpy, soundfile and soxr (`serving.litert`).
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, action="append", help="a finished run; several: average them")
+    parser.add_argument("--model", type=Path, help="an exported .tflite file, run on LiteRT (no TensorFlow)")
     parser.add_argument(
-        "--run", required=True, type=Path, action="append", help="a finished run; several: average them"
+        "--runtime",
+        choices=("tensorflow", "litert"),
+        help="litert: the run's exported .tflite (export --format tflite) on LiteRT; default: tensorflow, or "
+        "litert with --model",
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files, folders, or one feature table .csv")
     parser.add_argument("--output", type=Path, help="write id,class CSV here, chunk by chunk; again: resume")
@@ -34,8 +42,15 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-tracks", type=int, default=64, help="with --output: tracks analysed and written at a time"
     )
     parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
-    add_verbose_argument(parser)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's native log lines too")
     args = parser.parse_args(argv)
+    if args.model is not None or args.runtime == "litert":
+        return predict_litert(parser, args)
+    if not args.run:
+        parser.error("give --run (a finished run) or --model (an exported .tflite file)")
+    # Lazy: the console filter goes in before TensorFlow loads.
+    from genre_tf.config.console import quiet_console
+
     quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
@@ -96,6 +111,35 @@ def main(argv: list[str] | None = None) -> None:
         if args.output:  # beside the genres: results.tags.csv, id and the top 5 tags with their probabilities
             written = write_tags(args.output, runs[0], examples)
             print(f"tags written to {written}")
+
+
+def predict_litert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--model X.tflite`, or `--run RUN --runtime litert`: the exported file on LiteRT, TensorFlow never imported."""
+    if args.model is not None and args.run:
+        parser.error("give --model or --run, not both")
+    if args.runtime == "tensorflow":
+        parser.error("--model is a .tflite file, which runs on LiteRT: leave out --runtime tensorflow")
+    refused = [flag for flag, given in (("--tags", args.tags), ("--cache-dir", args.cache_dir)) if given]
+    if refused:
+        parser.error(f"{', '.join(refused)} needs --run on TensorFlow, not a .tflite file on LiteRT")
+    # Lazy: numpy, soundfile, soxr and ai-edge-litert only.
+    from genre_tf.serving.litert import exported_tflite, predict_files
+
+    if args.run and len(args.run) > 1:
+        parser.error("--runtime litert takes one --run (export an ensemble run to average several)")
+    model = args.model if args.model is not None else exported_tflite(args.run[0])
+    if not model.is_file():
+        found = "no such file" if args.model is not None else "the run has no exported TFLite file"
+        hint = (
+            ""
+            if args.model is not None
+            else f"; export it: python -m genre_tf.export --run {args.run[0]} --format tflite"
+        )
+        raise SystemExit(f"error: {model}: {found}{hint}")
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
+    predict_files(model, args.inputs, args.output, args.top_k, args.probabilities)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from genre_tf.serving.frontend import (
     rate_functions,
     rate_signature,
 )
+from genre_tf.serving.litert import exported_tflite
 
 FORMATS = ("saved_model", "tflite")
 SIGNATURE = "serving_default"
@@ -79,6 +80,14 @@ def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool, rates: tup
         "sample_rate": frontend.rate,
         "model_sample_rate": frontend.layout.sample_rate,
         "rate_signatures": {rate_signature(rate): rate for rate in rates},
+        # how the run decodes a file before the graph (features.audio.load_track), which serving.litert repeats
+        "decoding": {
+            "sample_rate": audio.sample_rate,
+            "duration": audio.duration,
+            "max_duration": audio.max_duration,
+            "min_seconds": audio.min_seconds,
+            "silence_rms": audio.silence_rms,
+        },
         "segment_seconds": audio.segment_seconds,
         "segment_hop_seconds": audio.segment_hop or audio.segment_seconds,
         "track_probabilities": pooling,
@@ -211,7 +220,7 @@ def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
 
 def default_output(run: RunDir, fmt: str) -> Path:
     """Where an export goes unless --output says otherwise: the run's export folder."""
-    return run.export_dir / ("saved_model" if fmt == "saved_model" else f"{run.path.name}.tflite")
+    return run.export_dir / "saved_model" if fmt == "saved_model" else exported_tflite(run.path)
 
 
 def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] = print) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import librosa
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -382,3 +383,42 @@ def test_the_exported_graph_scores_unknown_as_predict_does(tmp_path, make_audio_
         out = module.serve(waveform=tf.constant(read_waveform(clip, run.recipe)))
         assert float(out["unknown_score"]) == pytest.approx(score, abs=1e-4)
         assert bool(out["unknown"]) == flag
+
+
+# predict --model on LiteRT in a process where TensorFlow, Keras and the rest of the training stack cannot be
+# imported: what a venv with only ai-edge-litert, numpy, soundfile and soxr has.
+LITERT_ONLY = """
+import runpy, sys
+BLOCKED = ("tensorflow", "keras", "pandas", "librosa", "yaml", "sklearn", "scipy", "tqdm")
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: this process has LiteRT, numpy, soundfile and soxr only")
+sys.meta_path.insert(0, Blocked())
+sys.argv[0] = "genre_tf.predict"
+runpy.run_module("genre_tf.predict", run_name="__main__", alter_sys=True)
+"""
+
+
+@needs_gtzan
+@pytest.mark.parametrize("name", ["cnn", "musicnn"])
+def test_litert_predicts_an_exported_file_with_tensorflow_unimportable(exported, name, tmp_path):
+    """`predict --model X.tflite` decodes as predict does and answers what predict answers, with no TensorFlow."""
+    if name not in exported["runs"]:
+        pytest.skip("musicnn wheel not installed (pip install --no-deps musicnn==0.1.0): it holds MSD_musicnn")
+    run, expected, tracks = exported["runs"][name]
+    tflite = run.path.parents[1] / "artefacts" / name / "tflite"
+    clips = [*CLIPS, run.path.parents[1] / "blues.short.wav"]
+    out = tmp_path / "results.csv"
+    command = ["--model", str(tflite), *map(str, clips), "--output", str(out), "--probabilities"]
+    done = subprocess.run(
+        [sys.executable, "-c", LITERT_ONLY, *command], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{len(clips)} rows written to {out}" in done.stdout
+    table = pd.read_csv(out)
+    assert table.id.tolist() == tracks
+    want = np.stack([expected[t] for t in tracks])
+    got = table[[f"p_{genre}" for genre in GENRES]].to_numpy()
+    assert (table["class"] == [GENRES[i] for i in want.argmax(axis=1)]).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # as the TFLite file run by TensorFlow agrees

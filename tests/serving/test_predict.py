@@ -546,3 +546,23 @@ def test_a_changed_file_under_a_kept_id_is_predicted_again(library, tmp_path, pr
     assert sorted(rows.index) == sorted(before.index)
     assert rows.drop(index="tone3").equals(before.drop(index="tone3").loc[rows.drop(index="tone3").index])
     assert not rows.loc["tone3"].equals(before.loc["tone3"])
+
+
+def test_litert_arguments_are_checked_in_one_line(tmp_path, capsys):
+    """predict --model / --runtime litert: a run without its exported file, a missing file and flags that need
+    TensorFlow each end in one line, before any model loads."""
+    run = tmp_path / "run"
+    run.mkdir()
+    exported = run / "export" / "run.tflite"
+    cases = [
+        (["--run", str(run), "--runtime", "litert", str(tmp_path)], f"error: {exported}: the run has no exported"),
+        (["--model", str(tmp_path / "x.tflite"), str(tmp_path)], f"error: {tmp_path / 'x.tflite'}: no such file"),
+        (["--model", str(exported), "--tags", str(tmp_path)], "--tags needs --run on TensorFlow"),
+        (["--model", str(exported), "--run", str(run), str(tmp_path)], "give --model or --run, not both"),
+        ([str(tmp_path)], "give --run (a finished run) or --model"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        said = capsys.readouterr().err + str(exit_info.value.code)
+        assert message in said, (argv, said)

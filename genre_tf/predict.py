@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-tracks", type=int, default=64, help="with --output: tracks analysed and written at a time"
     )
     parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
+    parser.add_argument(
+        "--compute",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: matmuls and convolutions in bfloat16 on CPUs with AMX / AVX512-BF16 (faster, not equal)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's native log lines too")
     args = parser.parse_args(argv)
     if args.model is not None or args.runtime == "litert":
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
+    from genre_tf.serving.compute import use_compute
     from genre_tf.serving.predict import (
         expand_runs,
         predict_to_file,
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from genre_tf.serving.submission import SubmissionFile, made_by, submission
 
+    use_compute(args.compute)
     if args.chunk_tracks < 1:
         parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
     given = [RunDir(path) for path in args.run]
@@ -119,7 +127,8 @@ def predict_litert(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("give --model or --run, not both")
     if args.runtime == "tensorflow":
         parser.error("--model is a .tflite file, which runs on LiteRT: leave out --runtime tensorflow")
-    refused = [flag for flag, given in (("--tags", args.tags), ("--cache-dir", args.cache_dir)) if given]
+    needs_tf = (("--tags", args.tags), ("--cache-dir", args.cache_dir), ("--compute", args.compute != "float32"))
+    refused = [flag for flag, given in needs_tf if given]
     if refused:
         parser.error(f"{', '.join(refused)} needs --run on TensorFlow, not a .tflite file on LiteRT")
     # Lazy: numpy, soundfile, soxr and ai-edge-litert only.

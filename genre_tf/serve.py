@@ -11,7 +11,7 @@ from pathlib import Path
 import uvicorn
 from threadpoolctl import threadpool_limits
 
-from genre_tf.config.console import add_verbose_argument, quiet_console
+from genre_tf.config.console import add_compute_argument, add_verbose_argument, quiet_console
 from genre_tf.serving.uploads import MB, Limits
 
 
@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload, in MB (default 50)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest audio, in seconds (default 600)")
     parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: one per core)")
+    add_compute_argument(parser)
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     quiet_console(args.verbose)
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.app import create_app
+    from genre_tf.serving.compute import use_compute
     from genre_tf.serving.predict import expand_runs
 
     run = RunDir(args.run)
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     # One BLAS thread for the whole process: requests are the parallelism, and extraction's per-call limit, entered
     # and left by several threads at once, would otherwise leave some extractions with more threads (other bytes).
     threadpool_limits(1)
+    use_compute(args.compute)
     limits = Limits(round(args.max_mb * MB), args.max_seconds, args.workers)
     uvicorn.run(create_app(run, limits), host=args.host, port=args.port, log_level="info")
 

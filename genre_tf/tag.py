@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_tf.config.console import add_verbose_argument, quiet_console
+from genre_tf.config.console import add_compute_argument, add_verbose_argument, quiet_console
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a genre a file already has")
     parser.add_argument("--field", default="genre", help="the tag field to write (genre: TCON / GENRE)")
     parser.add_argument("--undo", type=Path, metavar="LOG", help="restore the values a log says were there")
+    add_compute_argument(parser)
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     quiet_console(args.verbose)
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.serving import tagging
+    from genre_tf.serving.compute import use_compute
 
     if args.undo is not None:
         print("\n".join(tagging.undo_lines(args.undo)))
         return
+    use_compute(args.compute)
     tagging.tag_files(
         args.run, args.inputs, args.write, args.log, args.plan, args.precision, args.overwrite, args.field
     )

@@ -5,6 +5,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -558,6 +560,7 @@ def test_litert_arguments_are_checked_in_one_line(tmp_path, capsys):
         (["--run", str(run), "--runtime", "litert", str(tmp_path)], f"error: {exported}: the run has no exported"),
         (["--model", str(tmp_path / "x.tflite"), str(tmp_path)], f"error: {tmp_path / 'x.tflite'}: no such file"),
         (["--model", str(exported), "--tags", str(tmp_path)], "--tags needs --run on TensorFlow"),
+        (["--model", str(exported), "--compute", "bfloat16", str(tmp_path)], "--compute needs --run on TensorFlow"),
         (["--model", str(exported), "--run", str(run), str(tmp_path)], "give --model or --run, not both"),
         ([str(tmp_path)], "give --run (a finished run) or --model"),
     ]
@@ -566,3 +569,37 @@ def test_litert_arguments_are_checked_in_one_line(tmp_path, capsys):
             main(argv)
         said = capsys.readouterr().err + str(exit_info.value.code)
         assert message in said, (argv, said)
+
+
+def test_compute_bfloat16_answers_as_float32_within_a_few_hundredths(tmp_path, make_audio_run, write_clip):
+    """predict --compute bfloat16 (its own process: the precision holds for a whole process) writes the rows float32
+    writes, each probability within 0.05; on a CPU without hardware bfloat16 it says so and still answers."""
+    from genre_tf.serving.compute import hardware_bfloat16
+
+    tiny_cnn = ["model.cnn.conv_blocks=2", "model.cnn.filters=8", "model.image_size=[32, 32]"]
+    run = make_audio_run(tmp_path / "runs" / "cnn", CLASSES, "audio.segment_seconds=1", *tiny_cnn)
+    folder = tmp_path / "clips"
+    for i, hz in enumerate((110.0, 220.0, 440.0, 880.0, 1760.0)):
+        write_clip(folder / f"{i}.wav", 2.0, hz)
+    tables = {}
+    for compute in ("float32", "bfloat16"):
+        out = tmp_path / f"{compute}.csv"
+        command = ["--run", str(run), str(folder), "--output", str(out), "--probabilities", "--compute", compute]
+        done = subprocess.run([sys.executable, "-m", "genre_tf.predict", *command], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert ("emulated" in done.stderr) == (compute == "bfloat16" and not hardware_bfloat16())
+        tables[compute] = pd.read_csv(out)
+    exact, fast = tables["float32"], tables["bfloat16"]
+    assert exact.id.tolist() == fast.id.tolist() and len(exact) == 5
+    probabilities = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(fast[probabilities], exact[probabilities], rtol=0, atol=0.05)
+    assert (fast[probabilities] != exact[probabilities]).any().any(), "the bfloat16 rewrite ran: not bit-equal"
+
+
+def test_hardware_bfloat16_reads_the_cpu_flags(tmp_path):
+    from genre_tf.serving.compute import hardware_bfloat16
+
+    (tmp_path / "amx").write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    (tmp_path / "old").write_text("flags\t\t: fpu sse2 avx2\n")
+    assert hardware_bfloat16(tmp_path / "amx") and not hardware_bfloat16(tmp_path / "old")
+    assert not hardware_bfloat16(tmp_path / "missing")

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import librosa
 import numpy as np
 import soundfile as sf
 
-from genre_tf.config import AudioConfig
 from genre_tf.features.formats import AUDIO_EXTENSIONS  # noqa: F401  (named here before formats.py)
+from genre_tf.features.resampling import soxr_hq
+
+if TYPE_CHECKING:  # the type only: decoding needs neither the config's YAML nor librosa (serving.litert's venv)
+    from genre_tf.config import AudioConfig
 
 # Leading bytes of the containers we read, to tell a damaged audio file from something that never was one.
 _MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "WAV", b".snd": "AU", b"fLaC": "FLAC", b"OggS": "OGG", b"ID3": "MP3"}
@@ -48,7 +51,7 @@ def load_track(path: Path | str, cfg: AudioConfig) -> np.ndarray:
     if rms < cfg.silence_rms:
         raise AudioError(f"silent (RMS {rms:.3g} < audio.silence_rms {cfg.silence_rms:g})")
     if native_rate != cfg.sample_rate:
-        waveform = librosa.resample(waveform, orig_sr=native_rate, target_sr=cfg.sample_rate, res_type="soxr_hq")
+        waveform = soxr_hq(waveform, native_rate, cfg.sample_rate)
     if cfg.duration is not None:
         waveform = _fit_length(waveform, round(cfg.duration * cfg.sample_rate))
     return waveform.astype(np.float32, copy=False)

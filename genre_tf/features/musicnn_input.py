@@ -15,6 +15,7 @@ import librosa
 import numpy as np
 
 from genre_tf.features.mel import sparse_mel_filter_bank
+from genre_tf.features.resampling import soxr_hq
 
 MUSICNN_MODELS = ("MSD_musicnn", "MTT_musicnn")  # the pretrained networks (genre_tf.models.musicnn)
 MUSICNN_SAMPLE_RATE = 16000  # Hz
@@ -60,7 +61,7 @@ def to_musicnn_rate(y: np.ndarray, sr: int) -> np.ndarray:
     """A waveform at `sr` resampled to musicnn's 16 kHz (soxr_hq, as `audio.load_track` resamples)."""
     if sr == MUSICNN_SAMPLE_RATE:
         return y
-    return librosa.resample(y, orig_sr=sr, target_sr=MUSICNN_SAMPLE_RATE, res_type="soxr_hq")
+    return soxr_hq(y, sr, MUSICNN_SAMPLE_RATE)
 
 
 def segment_patches(y: np.ndarray, sr: int, segments: list[tuple[int, int]], frames: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import soxr
 
 ZERO_CROSSINGS = 96  # of the sinc on each side of an output sample: the filter's length, its transition's width
 ROLLOFF = 0.958  # the sinc's cutoff (half gain) as a fraction of the lower Nyquist frequency, near soxr_hq's
@@ -71,3 +72,14 @@ def resampling_kernel(input_rate: int, output_rate: int) -> ResamplingKernel:
 def resampled_length(n_samples: int, input_rate: int, output_rate: int) -> int:
     """Samples after resampling: ceil(n * out / in), as librosa.resample gives."""
     return -(-n_samples * output_rate // input_rate)
+
+
+def soxr_hq(y: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """`y` at `rate` resampled to `to` by soxr at high quality, trimmed or zero-padded to ceil(n * to / rate) samples:
+    what librosa.resample(res_type="soxr_hq") returns, sample for sample, without importing librosa."""
+    if rate == to:
+        return y
+    out = soxr.resample(y, rate, to, quality="soxr_hq")
+    n = int(np.ceil(len(y) * (float(to) / rate)))  # librosa's length, in its arithmetic
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return np.asarray(out, dtype=y.dtype)

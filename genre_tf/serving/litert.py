@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from genre_tf.data.paths import Walk, _dedupe, common_root, track_id, walk_folder
+from genre_tf.features.resampling import soxr_hq
 
 PROBE_SECONDS = 1.0  # the call that reads the file's metadata: a second of silence (a short clip fills a segment)
 # How a run decoded audio where an export does not say it (exports before `decoding` was written)
@@ -88,11 +89,11 @@ class LiteModel:
         rms = float(np.sqrt(np.mean(np.square(y), dtype=np.float64)))
         if rms < d["silence_rms"]:
             raise LiteRTError(f"silent (RMS {rms:.3g} < {d['silence_rms']:g})")
-        y = resampled(y, native, self.decode_rate)
+        y = soxr_hq(y, native, self.decode_rate)
         if d["duration"] is not None:
             n = round(d["duration"] * self.decode_rate)
             y = y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
-        return resampled(y, self.decode_rate, self.rate).astype(np.float32, copy=False)
+        return soxr_hq(y, self.decode_rate, self.rate).astype(np.float32, copy=False)
 
     def predict(self, path: Path) -> Answer:
         out = self.runner(waveform=self.waveform(path))
@@ -103,17 +104,6 @@ class LiteModel:
 def exported_tflite(run: Path) -> Path:
     """Where `export --format tflite` writes a run's file unless told otherwise: <run>/export/<run name>.tflite."""
     return Path(run) / "export" / f"{Path(run).name}.tflite"
-
-
-def resampled(y: np.ndarray, rate: int, to: int) -> np.ndarray:
-    """soxr at high quality, trimmed or padded to ceil(n * to / rate) samples, as librosa.resample(soxr_hq) gives."""
-    if rate == to:
-        return y
-    import soxr
-
-    out = soxr.resample(y, rate, to, quality="HQ")
-    n = -(-len(y) * to // rate)
-    return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
 
 
 def audio_files(inputs: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:

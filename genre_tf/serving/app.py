@@ -22,17 +22,11 @@ Bad input is answered with a 4xx and the one-line reason the command line gives 
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI
 
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
@@ -44,11 +38,10 @@ from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
 from genre_tf.serving.frontend import read_waveform
+from genre_tf.serving.http import http_app
 from genre_tf.serving.predict import tagger
 from genre_tf.serving.submission import UNKNOWN
-from genre_tf.serving.uploads import BadInput, Limits, Upload, checked_duration, receive_upload
-
-WEB_DIR = resources.files("genre_tf.serving") / "web"
+from genre_tf.serving.uploads import BadInput, Limits, Upload, checked_duration
 
 
 class Predictor:
@@ -257,32 +250,4 @@ class EnsemblePredictor:
 def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:
     """The service for one run; its model is loaded here, once."""
     predictor = (EnsemblePredictor if run.is_ensemble else Predictor)(run, limits or Limits(), batching)
-    app = FastAPI(title="genre_tf", summary=f"music genres with the run {run.path.name}")
-    app.state.predictor = predictor
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request: Request, err: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": err.reason}, status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-        reason = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
-        return JSONResponse({"detail": reason}, status_code=422)
-
-    @app.post("/predict")
-    async def predict(request: Request, top_k: int = Query(3, ge=1, le=100)) -> dict:
-        """Genres of an uploaded audio file (multipart form field `file`)."""
-        with tempfile.TemporaryDirectory(prefix="genre_tf-serve-") as folder:
-            upload = await receive_upload(request.headers, request.stream(), Path(folder), predictor.limits.max_bytes)
-            return await run_in_threadpool(predictor.predict, upload, top_k)
-
-    @app.get("/health")
-    async def health() -> dict:
-        return predictor.health()
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> str:
-        return (WEB_DIR / "index.html").read_text(encoding="utf-8")
-
-    app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
-    return app
+    return http_app(predictor, run.path.name)

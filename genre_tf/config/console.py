@@ -10,7 +10,6 @@ the native log lines (`I0000 hh:mm:ss.ffffff pid file.cc:line] ...`) and lets ev
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import os
 import re
@@ -18,6 +17,8 @@ import sys
 import threading
 
 from tqdm import tqdm
+
+from genre_tf.flags import COMPUTE, add_compute_argument, add_verbose_argument  # noqa: F401  (named here before flags.py)
 
 # glog/absl line prefixes (severity, date or 0000, time, thread, file:line]) and absl's pre-initialisation notice.
 NATIVE_LOG = re.compile(
@@ -42,18 +43,6 @@ class Progress(tqdm):
             self.n += n  # close() shows it
             return None
         return super().update(n)
-
-
-def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's native log lines too")
-
-
-COMPUTE = ("float32", "bfloat16")  # serving.compute.use_compute
-COMPUTE_HELP = "bfloat16: matmuls and convolutions in bfloat16 on CPUs with AMX / AVX512-BF16 (faster, not equal)"
-
-
-def add_compute_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compute", choices=COMPUTE, default="float32", help=COMPUTE_HELP)
 
 
 def quiet_console(verbose: bool = False) -> None:

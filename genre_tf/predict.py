@@ -61,17 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.run import RunDir
     from genre_tf.serving.compute import use_compute
+    from genre_tf.serving.musicnn_tags import tag_examples, tag_lines, write_tags
     from genre_tf.serving.predict import (
         expand_runs,
         predict_to_file,
         predict_tracks,
         print_skipped,
         reads_table,
-        tag_examples,
-        tag_lines,
         top_k_lines,
         write_at_once,
-        write_tags,
     )
     from genre_tf.serving.submission import SubmissionFile, made_by, submission
 

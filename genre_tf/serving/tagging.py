@@ -32,7 +32,8 @@ from genre_tf.evaluation.calibration import precision_threshold
 from genre_tf.evaluation.unknown import not_measured
 from genre_tf.extract.cache import file_digest, write_atomic
 from genre_tf.run import RunDir
-from genre_tf.serving.predict import audio_index, predict_tracks, tag_examples, track_tags
+from genre_tf.serving.musicnn_tags import tag_examples, track_tags
+from genre_tf.serving.predict import audio_index, predict_tracks
 
 TEMP = ".genre_tf-tmp"  # marks the copy a file is tagged in, hidden beside it: `.NAME.genre_tf-tmp.EXT`
 CONFIDENCE_FIELD = "genre_tf_confidence"  # custom field: the calibrated confidence of the written genre

@@ -277,7 +277,7 @@ def test_tagger_gives_the_reference_tag_probabilities(monkeypatch, cache_dir):
 def test_tags_need_a_musicnn_run(tmp_path):
     from genre_tf.config import load_config, save_config
     from genre_tf.run import RunDir
-    from genre_tf.serving.predict import tag_lines
+    from genre_tf.serving.musicnn_tags import tag_lines
 
     run = RunDir(tmp_path / "run")
     save_config(load_config(None, ["data.source=demo", "data.root=x", "model.kind=cnn"]), run.config_file)

@@ -28,7 +28,7 @@ from genre_tf.data.demo import DEMO_GENRES, generate_demo
 from genre_tf.features.audio import spread_segments
 from genre_tf.inputs.recipe import InputRecipe
 from genre_tf.run import RunDir
-from genre_tf.serving import predict
+from genre_tf.serving import musicnn_tags, predict
 from genre_tf.serving.app import Predictor, create_app
 from genre_tf.serving.uploads import MB, BadInput, Limits, Upload, receive_upload
 
@@ -345,7 +345,7 @@ def test_a_musicnn_run_answers_and_tags_as_predict_does(tmp_path, make_audio_run
     _, expected = predict.predict_frame(run, examples.frame, predictor.model)
     # float rounding: 1.0e-6 measured, the cache's float16-rounded patches against the graph's
     np.testing.assert_allclose(answer["probabilities"], expected[0], rtol=0, atol=1e-5)
-    (_, tags), *_ = predict.track_tags(run, examples, model=predictor.tagger)
+    (_, tags), *_ = musicnn_tags.track_tags(run, examples, model=predictor.tagger)
     assert [t["tag"] for t in answer["tags"]] == [tag for tag, _ in tags]
     np.testing.assert_allclose([t["probability"] for t in answer["tags"]], [p for _, p in tags], rtol=0, atol=1e-6)
     assert [s["start"] for s in answer["segments"]] == examples.frame["segment"].tolist() == [0, 1, 2, 3, 4, 5]

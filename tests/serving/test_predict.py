@@ -479,7 +479,7 @@ def test_tags_of_segments_the_graph_tagged_are_averaged_per_track(tmp_path, make
     tags against the tagger on cached patches): per track, the 5 best of the segments' mean, in the tagger's names."""
     from genre_tf.inputs.examples import Examples
     from genre_tf.models.musicnn import TAGS as TAG_NAMES
-    from genre_tf.serving.predict import tag_lines, track_tags, write_tags
+    from genre_tf.serving.musicnn_tags import tag_lines, track_tags, write_tags
 
     run = RunDir(tmp_path / "run")
     save_config(make_config(tmp_path, "model.kind=transfer", "model.transfer.backbone=MSD_musicnn"), run.config_file)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Nothing of genre_tf is imported here before the runtime is known: `--model X.tflite` runs in a venv with only
-# ai-edge-litert, numpy, soundfile and soxr (`serving.litert`).
+# Only the standard library before the runtime is known: `--model X.tflite` runs in a venv with only ai-edge-litert,
+# numpy, soundfile and soxr (`serving.litert`).
+from genre_tf.flags import add_compute_argument, add_verbose_argument
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,81 +43,22 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-tracks", type=int, default=64, help="with --output: tracks analysed and written at a time"
     )
     parser.add_argument("--cache-dir", type=Path, help="a table run's cache entries go here, not its cache.dir")
-    parser.add_argument(
-        "--compute",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="bfloat16: matmuls and convolutions in bfloat16 on CPUs with AMX / AVX512-BF16 (faster, not equal)",
-    )
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's native log lines too")
+    add_compute_argument(parser)
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if args.model is not None or args.runtime == "litert":
         return predict_litert(parser, args)
     if not args.run:
         parser.error("give --run (a finished run) or --model (an exported .tflite file)")
+    # The library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     # Lazy: the console filter goes in before TensorFlow loads.
     from genre_tf.config.console import quiet_console
 
     quiet_console(args.verbose)
-    # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
-    from genre_tf.run import RunDir
-    from genre_tf.serving.compute import use_compute
-    from genre_tf.serving.musicnn_tags import tag_examples, tag_lines, write_tags
-    from genre_tf.serving.predict import (
-        expand_runs,
-        predict_to_file,
-        predict_tracks,
-        print_skipped,
-        reads_table,
-        top_k_lines,
-        write_at_once,
-    )
-    from genre_tf.serving.submission import SubmissionFile, made_by, submission
+    # Lazy: TensorFlow loads after the filter is in.
+    from genre_tf.serving.predict_command import predict_runs
 
-    use_compute(args.compute)
-    if args.chunk_tracks < 1:
-        parser.error(f"--chunk-tracks must be 1 or more, got {args.chunk_tracks}")
-    given = [RunDir(path) for path in args.run]
-    for run in given:
-        if problem := run.problem:
-            raise SystemExit(f"error: {problem}")
-    runs, weights = expand_runs(given)  # the models that predict
-    for run in runs:
-        if problem := run.problem:
-            raise SystemExit(f"error: {problem}")
-    classes = runs[0].classes
-    if any(run.classes != classes for run in runs):
-        raise SystemExit("error: the runs were trained on different classes and cannot be averaged")
-    missing = [str(p) for p in args.inputs if not p.exists()]
-    if missing:
-        raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
-    tagged = None
-    if args.output and not reads_table(args.inputs):
-        made = made_by(runs, args.probabilities, weights, args.inputs)
-        output = SubmissionFile(args.output, classes, args.probabilities, made)
-        if args.overwrite:
-            output.remove()
-        tracks, probs = predict_to_file(given, args.inputs, output, args.chunk_tracks, args.cache_dir)
-        kept, written, unknown = output.kept, output.written, None  # unknown tracks: their rows say so
-    else:
-        # A single musicnn run's graph gives the genres and its tagger's tags in one pass over the audio.
-        tagged = tag_examples(runs[0], args.inputs) if args.tags and len(runs) == 1 else None
-        made = predict_tracks(given, args.inputs, args.cache_dir, None if tagged is None else [tagged])
-        tracks, probs, skipped, unknown = made.tracks, made.probs, made.skipped, made.unknown
-        print_skipped(skipped)
-        if args.output:
-            write_at_once(args.output, submission(classes, tracks, probs, args.probabilities), skipped)
-        kept, written = 0, len(tracks)
-    if args.output:
-        print(f"{kept} rows kept, {written} written to {args.output}")
-    if not args.output or written <= 10:
-        print("\n".join(top_k_lines(classes, tracks, probs, args.top_k, unknown)))
-    if args.tags:
-        examples = tagged if tagged is not None else tag_examples(runs[0], args.inputs)
-        print("\n".join(tag_lines(runs[0], examples)))
-        if args.output:  # beside the genres: results.tags.csv, id and the top 5 tags with their probabilities
-            written = write_tags(args.output, runs[0], examples)
-            print(f"tags written to {written}")
+    predict_runs(parser, args)
 
 
 def predict_litert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -44,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no such file or folder: {', '.join(missing)}")
     # Lazy: the library (TensorFlow) loads once the arguments are read, so --help and their errors are instant.
     from genre_tf.serving import tagging
-    from genre_tf.serving.compute import use_compute
 
     if args.undo is not None:
         print("\n".join(tagging.undo_lines(args.undo)))
         return
-    use_compute(args.compute)
     tagging.tag_files(
-        args.run, args.inputs, args.write, args.log, args.plan, args.precision, args.overwrite, args.field
+        args.run, args.inputs, args.write, args.log, args.plan, args.precision, args.overwrite, args.field, args.compute
     )
 
 

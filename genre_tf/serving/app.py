@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
 from genre_tf.evaluation.calibration import calibrated
 from genre_tf.evaluation.pooling import aggregate_tracks, weighted_mean
@@ -37,9 +38,10 @@ from genre_tf.models import musicnn
 from genre_tf.run import RunDir
 from genre_tf.serving.audio_graph import waveform_inputs, waveform_model
 from genre_tf.serving.batching import Batcher, BatchLimits, Busy
+from genre_tf.serving.compute import use_compute
 from genre_tf.serving.frontend import read_waveform
 from genre_tf.serving.http import http_app
-from genre_tf.serving.predict import tagger
+from genre_tf.serving.predict import expand_runs, tagger
 from genre_tf.serving.submission import UNKNOWN
 from genre_tf.serving.uploads import BadInput, Limits, Upload, checked_duration
 
@@ -245,6 +247,20 @@ class EnsemblePredictor:
             "max_bytes": self.limits.max_bytes,
             "max_seconds": self.limits.max_seconds,
         }
+
+
+def run_app(run_path: Path, limits: Limits, compute: str = "float32") -> FastAPI:
+    """The `serve --run` command's app: the run (an ensemble: its members too) checked, one BLAS thread for the
+    process, the `compute` precision set (`compute.use_compute`), then the model loaded."""
+    run = RunDir(run_path)
+    for model_run in [run, *expand_runs([run])[0]]:
+        if problem := model_run.problem:
+            raise SystemExit(f"error: {problem}")
+    # One BLAS thread for the whole process: requests are the parallelism, and extraction's per-call limit, entered
+    # and left by several threads at once, would otherwise leave some extractions with more threads (other bytes).
+    threadpool_limits(1)
+    use_compute(compute)
+    return create_app(run, limits)
 
 
 def create_app(run: RunDir, limits: Limits | None = None, batching: BatchLimits | None = None) -> FastAPI:

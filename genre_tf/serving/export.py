@@ -88,6 +88,12 @@ def audio_metadata(run: RunDir, frontend: AudioFrontend, probe: bool, rates: tup
             "min_seconds": audio.min_seconds,
             "silence_rms": audio.silence_rms,
         },
+        # where the segments lie at `sample_rate` (frontend.SegmentLayout): the answer's segment positions
+        "segments": {
+            "segment_samples": frontend.layout.segment_samples,
+            "hop_samples": frontend.layout.hop_samples,
+            "max_segments": frontend.layout.max_segments,
+        },
         "segment_seconds": audio.segment_seconds,
         "segment_hop_seconds": audio.segment_hop or audio.segment_seconds,
         "track_probabilities": pooling,

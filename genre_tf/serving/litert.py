@@ -15,15 +15,24 @@ import csv
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # the `litert` extra is not installed: LiteModel says so
+    Interpreter = None
 
 from genre_tf.data.paths import Walk, _dedupe, common_root, track_id, walk_folder
+from genre_tf.features.audio import spread_segments
 from genre_tf.features.resampling import soxr_hq
 
 PROBE_SECONDS = 1.0  # the call that reads the file's metadata: a second of silence (a short clip fills a segment)
+UNKNOWN = "unknown"  # the class of a track unlike the music the run learned (evaluation.unknown)
 # How a run decoded audio where an export does not say it (exports before `decoding` was written)
 DEFAULT_DECODING = {"duration": None, "max_duration": 600.0, "min_seconds": 0.5, "silence_rms": 1e-4}
 
@@ -46,10 +55,8 @@ class LiteModel:
     """A .tflite export on the LiteRT interpreter: `predict(path)` decodes a file and answers for it."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise SystemExit("error: --runtime litert needs ai-edge-litert: pip install ai-edge-litert") from None
+        if Interpreter is None:
+            raise SystemExit("error: LiteRT is not installed: pip install ai-edge-litert (or make litert-venv)")
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
         except (ValueError, RuntimeError) as err:
@@ -60,6 +67,7 @@ class LiteModel:
         if "waveform" not in signatures["serving_default"]["inputs"]:
             raise SystemExit(f"error: {path} takes feature-table rows, not audio: predict them with --run")
         self.runner = self.interpreter.get_signature_runner("serving_default")
+        self.lock = threading.Lock()
         said = self.runner(waveform=np.zeros(round(PROBE_SECONDS * 16000), np.float32))
         self.metadata = json.loads(np.asarray(said["metadata"]).item())
         self.classes = [c.decode() if isinstance(c, bytes) else str(c) for c in said["classes"]]
@@ -69,8 +77,6 @@ class LiteModel:
 
     def waveform(self, path: Path) -> np.ndarray:
         """The file as the export takes it: decoded as the run decoded audio, at its rate (LiteRTError)."""
-        import soundfile as sf
-
         d = self.decoding
         seconds = d["max_duration"] if d["duration"] is None else min(d["max_duration"], d["duration"])
         try:
@@ -95,10 +101,32 @@ class LiteModel:
             y = y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
         return soxr_hq(y, self.decode_rate, self.rate).astype(np.float32, copy=False)
 
+    def outputs(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        """The file's outputs for a waveform at its rate (one interpreter: callers take turns, `lock`)."""
+        with self.lock:
+            return self.runner(waveform=waveform)
+
     def predict(self, path: Path) -> Answer:
-        out = self.runner(waveform=self.waveform(path))
-        score = float(out["unknown_score"]) if "unknown_score" in out else float("nan")
-        return Answer(np.asarray(out["probabilities"], np.float64), score, bool(out.get("unknown", False)))
+        return answer(self.outputs(self.waveform(path)))
+
+    def segment_starts(self, n_samples: int) -> list[float]:
+        """Seconds at which the segments the graph keeps of a waveform of `n_samples` start, as the export cuts them
+        (`frontend.fit_waveform`, `audio.spread_segments`); consecutive where the export does not say."""
+        layout = self.metadata.get("segments")
+        hop = self.metadata.get("segment_hop_seconds", 0.0)
+        if layout is None:
+            return []
+        max_samples = round(self.decoding["max_duration"] * self.rate)
+        n = max(min(n_samples, max_samples), layout["segment_samples"])  # a short clip is repeated to fill one
+        if self.decoding["duration"] is not None:
+            n = max(round(self.decoding["duration"] * self.rate), layout["segment_samples"])
+        n_segments = (n - layout["segment_samples"]) // layout["hop_samples"] + 1
+        return [round(k * hop, 3) for k in spread_segments(n_segments, layout["max_segments"])]
+
+
+def answer(out: dict[str, np.ndarray]) -> Answer:
+    score = float(out["unknown_score"]) if "unknown_score" in out else float("nan")
+    return Answer(np.asarray(out["probabilities"], np.float64), score, bool(out.get("unknown", False)))
 
 
 def exported_tflite(run: Path) -> Path:
@@ -136,7 +164,7 @@ def predict_files(
             skipped.append(f"skipped {path}: {err}")
             continue
         best = int(np.argmax(answer.probabilities))
-        genre = "unknown" if answer.unknown else model.classes[best]
+        genre = UNKNOWN if answer.unknown else model.classes[best]
         rows.append((track, genre, float(answer.probabilities[best]), answer.unknown_score, answer.probabilities))
         if output is None or len(files) <= 10:
             order = np.argsort(answer.probabilities)[::-1][:top_k]

@@ -25,6 +25,7 @@ from genre_tf.evaluation.unknown import not_measured
 from genre_tf.extract.cache import file_digest, write_atomic
 from genre_tf.extract.prepared import SKIPPED_COLUMNS
 from genre_tf.run import RunDir
+from genre_tf.serving.litert import UNKNOWN
 
 
 def submission_columns(classes: list[str], with_probabilities: bool, confidence: bool = False) -> list[str]:
@@ -55,9 +56,6 @@ def submission(
         for i, name in enumerate(classes):
             table[f"p_{name}"] = probs[:, i].round(6)
     return table
-
-
-UNKNOWN = "unknown"  # the class of a track unlike the music the run learned (evaluation.unknown)
 
 
 def skipped_path(output: Path) -> Path:

@@ -32,6 +32,7 @@ from genre_tf.evaluation.calibration import precision_threshold
 from genre_tf.evaluation.unknown import not_measured
 from genre_tf.extract.cache import file_digest, write_atomic
 from genre_tf.run import RunDir
+from genre_tf.serving.compute import use_compute
 from genre_tf.serving.musicnn_tags import tag_examples, track_tags
 from genre_tf.serving.predict import audio_index, predict_tracks
 
@@ -307,9 +308,11 @@ def tag_files(
     precision: float,
     overwrite: bool = False,
     field: str = "genre",
+    compute: str = "float32",
 ) -> pd.DataFrame:
-    """The `tag` command: predict the inputs with the run, make and save the plan, print it, and with `write` apply
-    it; returns the plan (with `done` after a write)."""
+    """The `tag` command: predict the inputs with the run (in `compute` precision: `compute.use_compute`), make and
+    save the plan, print it, and with `write` apply it; returns the plan (with `done` after a write)."""
+    use_compute(compute)
     run = RunDir(run_path)
     if problem := run.problem:
         raise SystemExit(f"error: {problem}")

@@ -422,3 +422,50 @@ def test_litert_predicts_an_exported_file_with_tensorflow_unimportable(exported,
     got = table[[f"p_{genre}" for genre in GENRES]].to_numpy()
     assert (table["class"] == [GENRES[i] for i in want.argmax(axis=1)]).all()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # as the TFLite file run by TensorFlow agrees
+
+
+LITERT_SERVE = """
+import json, sys
+BLOCKED = ("tensorflow", "keras", "pandas", "librosa", "yaml", "sklearn", "scipy")
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: this process has LiteRT and the web stack only")
+sys.meta_path.insert(0, Blocked())
+from pathlib import Path
+from fastapi.testclient import TestClient
+from genre_tf.serving.litert_app import lite_app
+from genre_tf.serving.uploads import Limits
+client = TestClient(lite_app(Path(sys.argv[1]), None, Limits()))
+clip = Path(sys.argv[2])
+answer = client.post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
+print(json.dumps({"answer": answer, "health": client.get("/health").json(), "page": client.get("/").status_code}))
+"""
+
+
+@needs_gtzan
+def test_litert_serves_an_exported_file_as_the_service_does_with_tensorflow_unimportable(exported):
+    """serve --model X.tflite: the TensorFlow service's answer (genres, segments and their starts, unknown), the
+    health and the page, from a process where TensorFlow cannot be imported."""
+    from fastapi.testclient import TestClient
+
+    from genre_tf.serving.app import create_app
+
+    run, _, _ = exported["runs"]["cnn"]
+    tflite = run.path.parents[1] / "artefacts" / "cnn" / "tflite"
+    clip = CLIPS[3]
+    done = subprocess.run(
+        [sys.executable, "-c", LITERT_SERVE, str(tflite), str(clip)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    lite = said["answer"]
+    want = TestClient(create_app(run)).post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
+    assert said["page"] == 200 and said["health"]["runtime"] == "litert" and said["health"]["classes"] == GENRES
+    assert lite["genre"] == want["genre"] and lite["classes"] == want["classes"] and lite["model"] == run.path.name
+    np.testing.assert_allclose(lite["probabilities"], want["probabilities"], rtol=0, atol=1e-3)
+    assert [s["start"] for s in lite["segments"]] == [s["start"] for s in want["segments"]]
+    np.testing.assert_allclose(
+        [s["probabilities"] for s in lite["segments"]], [s["probabilities"] for s in want["segments"]], atol=1e-3
+    )
+    assert lite["unknown"] == want["unknown"] == {"score": None, "unknown": False}  # the test run has no unknown.json

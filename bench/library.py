@@ -79,6 +79,14 @@ def demo_cnn(log: Path) -> Path:
     return DEMO_CNN
 
 
+def workdir_and_run(workdir: Path | None, run: Path | None, prefix: str) -> tuple[Path, Path]:
+    """The bench's folder (a temporary one unless given) and its run (the demo CNN, trained if missing, unless
+    given)."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work, run or demo_cnn(work / "train.log")
+
+
 def child_env() -> dict:
     """This checkout's genre_tf first on the path, whatever the interpreter has installed."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -203,9 +211,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help="where the library is written (kept); default: in --workdir")
     parser.add_argument("--workdir", type=Path, help="outputs and caches (kept); default: a temporary folder")
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="library-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    run = args.run or demo_cnn(work / "train.log")
+    work, run = workdir_and_run(args.workdir, args.run, "library-bench-")
     for leftover in ("cold", "resumed"):  # each measurement starts from an empty cache and no output
         shutil.rmtree(work / leftover, ignore_errors=True)
     folder = args.folder or work / "library"

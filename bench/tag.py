@@ -22,11 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from library import REPO, child_env, demo_cnn, write_library  # bench/library.py, beside this script
+from library import REPO, child_env, workdir_and_run, write_library  # bench/library.py, beside this script
 from result_table import record
 
 from genre_tf.serving.tagging import read_field
@@ -49,9 +48,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished run (default: saved_models/demo_cnn, trained if missing)")
     parser.add_argument("--workdir", type=Path, help="library and outputs (kept); default: a temporary folder")
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tag-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    run = args.run or demo_cnn(work / "train.log")
+    work, run = workdir_and_run(args.workdir, args.run, "tag-bench-")
     if not (run / "calibration.json").is_file():
         print(f"evaluating {run} on valid first: tag picks its threshold from the valid confidences", flush=True)
         timed([sys.executable, "-m", "genre_tf.evaluate", "--run", str(run), "--split", "valid"], work / "eval.log")

@@ -111,29 +111,28 @@ def fold_means(frame) -> list[dict]:
     return out
 
 
-def noise_clips(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
+def write_clips(folder: Path, n: int, seed: int, make) -> list[Path]:
+    """`n` 30 s WAV clips of each kind `make(rng)` gives ({kind: signal}), named `<kind>_NN.wav`."""
+    rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
-        white = rng.normal(0, 0.1, 30 * SR)
-        pink = np.cumsum(rng.normal(0, 0.02, 30 * SR))  # brown-ish: integrated white noise, high-passed below
-        pink = pink - np.convolve(pink, np.ones(2205) / 2205, mode="same")
-        for kind, signal in (("white", white), ("pink", pink)):
+        for kind, signal in make(rng).items():
             path = folder / f"{kind}_{i:02d}.wav"
             sf.write(path, np.clip(signal, -1, 1).astype(np.float32), SR)
             paths.append(path)
     return paths
 
 
-def silence_clips(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(n):
-        for kind, signal in (("silence", np.zeros(30 * SR)), ("hiss", rng.normal(0, 0.001, 30 * SR))):
-            path = folder / f"{kind}_{i:02d}.wav"
-            sf.write(path, signal.astype(np.float32), SR)
-            paths.append(path)
-    return paths
+def noise(rng) -> dict[str, np.ndarray]:
+    """White noise, and brown-ish noise (integrated white noise) high-passed by subtracting its moving average."""
+    white = rng.normal(0, 0.1, 30 * SR)
+    pink = np.cumsum(rng.normal(0, 0.02, 30 * SR))
+    return {"white": white, "pink": pink - np.convolve(pink, np.ones(2205) / 2205, mode="same")}
+
+
+def silence(rng) -> dict[str, np.ndarray]:
+    """Digital silence (refused while decoding, as silent) and hiss at -60 dBFS."""
+    return {"silence": np.zeros(30 * SR), "hiss": rng.normal(0, 0.001, 30 * SR)}
 
 
 def main() -> None:
@@ -149,8 +148,8 @@ def main() -> None:
 
     scratch = OUT / "unknown" / "inputs"  # a fixed place: the runs trained on its folders are found again
     scratch.mkdir(parents=True, exist_ok=True)
-    noise = noise_clips(scratch, args.noise)
-    silence = silence_clips(scratch, args.noise)
+    noises = write_clips(scratch, args.noise, 0, noise)
+    silences = write_clips(scratch, args.noise, 1, silence)
     demo = generate_demo(scratch / "demo", tracks_per_genre=10, seconds=30.0, sample_rate=SR)
     speech = sorted((SHARED / "speech").glob("*.flac"))
     folds = [int(f) for f in args.folds.split(",")]
@@ -160,7 +159,7 @@ def main() -> None:
         test = load_examples(run.config, progress=False).split("test")
         known = scored(run, test, model)
         rows = []
-        for name, paths in (("speech", speech), ("noise", noise), ("silence", silence), ("demo genres", demo)):
+        for name, paths in (("speech", speech), ("noise", noises), ("silence", silences), ("demo genres", demo)):
             rows.append(row(name, fold, run, known, scored(run, paths, model)))
             print(rows[-1], flush=True)
         # The reverse: a probe on the demo genres; gtzan_mini is the unknown music.

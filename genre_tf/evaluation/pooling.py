@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from genre_tf import models
 from genre_tf.run import RunDir
@@ -19,16 +18,28 @@ def aggregate_tracks(track_ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarr
 
     Vote ties go to the tied class with the highest mean probability.
     """
-    frame = pd.DataFrame(probs)
-    frame["track"] = track_ids
-    groups = frame.groupby("track", sort=False)
-    mean = groups.mean().to_numpy()
-    votes = pd.get_dummies(pd.Series(probs.argmax(axis=1), index=track_ids)).reindex(
-        columns=range(probs.shape[1]), fill_value=0
-    )
-    counts = votes.groupby(level=0, sort=False).sum().loc[groups.mean().index].to_numpy()
+    tracks, groups, _ = track_groups(track_ids)
+    mean = group_means(groups, len(tracks), probs)
+    counts = np.zeros(mean.shape, np.int64)
+    np.add.at(counts, (groups, probs.argmax(axis=1)), 1)
     tie_break = counts + mean * 1e-3  # mean probabilities are < 1, so they only order equal counts
-    return groups.mean().index.to_numpy(), mean, tie_break.argmax(axis=1)
+    return tracks, mean, tie_break.argmax(axis=1)
+
+
+def track_groups(track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the distinct track ids in first-seen order, each row's index into them, each track's first row)."""
+    ids, first, inverse = np.unique(np.asarray(track_ids), return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(order), np.intp)
+    rank[order] = np.arange(len(order))
+    return ids[order], rank[inverse.ravel()], first[order]
+
+
+def group_means(groups: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """Per group, the mean of its rows of `values` (summed in float64; float32 in, float32 out)."""
+    sums = np.zeros((n, values.shape[1]), np.float64)
+    np.add.at(sums, groups, values)
+    return (sums / np.bincount(groups, minlength=n)[:, None]).astype(np.result_type(values.dtype, np.float32))
 
 
 def pool_track_level(
@@ -54,13 +65,10 @@ def pool_logits(
     track_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per track, softmax of the mean log-probability of its segments (= of their mean logits), and its label."""
-    frame = pd.DataFrame(np.log(np.maximum(probs, PROBABILITY_FLOOR)))
-    frame["track"] = track_ids
-    groups = frame.groupby("track", sort=False)
-    mean_logits = groups.mean().to_numpy()
+    tracks, groups, first = track_groups(track_ids)
+    mean_logits = group_means(groups, len(tracks), np.log(np.maximum(probs, PROBABILITY_FLOOR)))
     pooled = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
-    first_label = pd.Series(labels, index=track_ids).groupby(level=0, sort=False).first()
-    return groups.mean().index.to_numpy(), pooled / pooled.sum(axis=1, keepdims=True), first_label.to_numpy()
+    return tracks, pooled / pooled.sum(axis=1, keepdims=True), np.asarray(labels)[first]
 
 
 def weighted_mean(probabilities: Sequence, weights: Sequence) -> Any:

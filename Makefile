@@ -34,11 +34,11 @@ test: $(STAMP)
 
 # A venv that predicts and serves an exported .tflite file on LiteRT and holds nothing of the training stack (no
 # TensorFlow, Keras, pandas or librosa): python -m genre_tf.predict --model X.tflite FOLDER and
-# python -m genre_tf.serve --model X.tflite run in it (the service's web stack: fastapi, uvicorn, python-multipart).
+# python -m genre_tf.serve --model X.tflite run in it (the service's web stack: fastapi, uvicorn, httptools, uvloop, python-multipart).
 litert-venv:
 	$(PYTHON) -m venv .venv-litert
 	.venv-litert/bin/python -m pip install --quiet --upgrade pip
-	.venv-litert/bin/python -m pip install --quiet ai-edge-litert numpy soundfile soxr "fastapi>=0.165" "uvicorn>=0.30" "python-multipart>=0.0.18"
+	.venv-litert/bin/python -m pip install --quiet ai-edge-litert numpy soundfile soxr "fastapi>=0.165" "uvicorn>=0.30" "httptools>=0.6" "uvloop>=0.19" "python-multipart>=0.0.18"
 	.venv-litert/bin/python -m pip install --quiet --no-deps -e .
 
 # ruff, and the layer contract of pyproject.toml's [tool.importlinter] (lower layers never import upper ones).

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-mb", type=float, default=50.0, help="largest upload, in MB (default 50)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest audio, in seconds (default 600)")
-    parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: one per core)")
+    parser.add_argument("--workers", type=int, default=0, help="uploads analysed at once (default: cores + 1)")
     add_compute_argument(parser)
     add_verbose_argument(parser)
     args = parser.parse_args(argv)

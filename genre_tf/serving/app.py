@@ -21,7 +21,6 @@ Bad input is answered with a 4xx and the one-line reason the command line gives 
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -53,7 +52,7 @@ class Predictor:
         self.run, self.limits = run, limits
         self.model = run.load_model()
         self.tagger = tagger(run) if run.recipe.reads_patches else None
-        self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+        self._analysing = threading.BoundedSemaphore(limits.analysing)
         self._preparing = 0  # requests decoding or waiting to: their segments are on their way to the batcher
         self._preparing_lock = threading.Lock()
         self.graph = waveform_model(run, self.model, self.tagger)
@@ -166,7 +165,7 @@ class EnsemblePredictor:
         self.run, self.limits = run, limits
         self.members = run.members()
         self.parts = [Predictor(member.run, limits, batching) for member in self.members]
-        self._analysing = threading.BoundedSemaphore(limits.workers or os.cpu_count() or 1)
+        self._analysing = threading.BoundedSemaphore(limits.analysing)
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The ensemble's genres of an upload, and each member's top genre and weight."""

@@ -74,10 +74,20 @@ def post(url: str, body: bytes, timeout: float) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
-def start_server(run: Path, port: int, log: Path, deadline: float) -> subprocess.Popen:
+def start_server(run: Path, port: int, log: Path, deadline: float, workers: int = 0) -> subprocess.Popen:
     """The service in a process of its own, logging to a file (a pipe nobody reads would fill), once /health answers."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "genre_tf.serve", "--run", str(run), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "genre_tf.serve",
+        "--run",
+        str(run),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     with log.open("w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     while time.monotonic() < deadline:
@@ -221,6 +231,7 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, default=CLIP, help="the audio uploaded (a real 30 s GTZAN clip)")
     parser.add_argument("--single", type=int, default=30, help="uploads of the single client")
     parser.add_argument("--concurrent", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=0, help="the service's --workers (0: its default)")
     parser.add_argument("--rounds", type=int, default=5, help="times the concurrent uploads are sent (median kept)")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, default=4, help="uploads in flight during the memory phase")
@@ -239,14 +250,15 @@ def main() -> None:
         port = free_port()
         leftovers_before = set(Path(tempfile.gettempdir()).glob("genre_tf-serve-*"))
         print(f"load average at the start: {load_average()}")
-        server = start_server(run, port, Path(tmp) / "server.log", deadline)
+        server = start_server(run, port, Path(tmp) / "server.log", deadline, args.workers)
         try:
             url = f"http://127.0.0.1:{port}/predict"
             floor = Floor(run, args.clip, Path(tmp))
             size = f"{len(body) / 1e6:.2f} MB"
             print(f"run {run.name}, clip {args.clip.name} ({size}), {len(os.sched_getaffinity(0))} cores")
             post(url, body, args.timeout)  # the first upload warms the server: not counted
-            row = {"run": run.name, "clip": f"{args.clip.name} ({size})", "load average at the start": load_average()}
+            row = {"run": run.name, "workers": args.workers or "default", "clip": f"{args.clip.name} ({size})"}
+            row["load average at the start"] = load_average()
             floor_p50, figures = single_client(url, body, floor, args.single, args.timeout)
             row |= figures | burst(url, body, args.concurrent, args.rounds, args.timeout, floor_p50)
             row |= memory_over(url, body, psutil.Process(server.pid), args, deadline)
@@ -258,7 +270,11 @@ def main() -> None:
                 server.kill()
         left = set(Path(tempfile.gettempdir()).glob("genre_tf-serve-*")) - leftovers_before
         print(f"temporary folders left behind: {len(left)}; load average at the end: {load_average()}")
-    record("serve", [row | {"temporary folders left": len(left), "load average at the end": load_average()}], ["run"])
+    record(
+        "serve",
+        [row | {"temporary folders left": len(left), "load average at the end": load_average()}],
+        ["run", "workers"],
+    )
 
 
 if __name__ == "__main__":

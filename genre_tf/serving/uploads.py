@@ -32,9 +32,9 @@ class Limits:
 
     @property
     def analysing(self) -> int:
-        """Uploads decoded and cut at once. By default one per core and one more: with one per core, the cores idle
-        while a request waits for the GIL or its file (50 uploads at once: 51 against 56-59 clips/s, demo CNN, 2
-        cores); more would hold more audio in memory for no more speed."""
+        """Uploads decoded and cut at once. By default one per core and one more, so the cores stay busy while a
+        request waits for the GIL or its file (bench/serve.py, 50 uploads at once, demo CNN, 2 cores: 54.4 against
+        51.5 clips/s at --workers 2); more would hold more audio in memory."""
         return self.workers or (os.cpu_count() or 1) + 1
 
 

@@ -1,9 +1,10 @@
 """A benchmark's figures, kept as bench/results/<name>.csv and shown as <name>.md, which the docs include.
 
-Each row is one measurement as the script rounded it, stamped with when and on what commit it was measured and the
-command that measured it. A new measurement replaces the rows it shares its key columns with (its parameters: the
-run, the number of clips, ...) where they stood, and keeps the others: bench/serve.py on musicnn keeps the demo
-CNN's row. The markdown shows the figures as written, with the commands and commits below the table.
+Each row is one measurement as the script rounded it, stamped with when, on what commit and under what load average
+it was measured, and the command that measured it. A new measurement replaces the rows it shares its key columns
+with (its parameters: the run, the number of clips, ...) where they stood, and keeps the others: bench/serve.py on
+musicnn keeps the demo CNN's row. The markdown shows the figures as written, with the commands and commits below the
+table.
 
     .venv/bin/python bench/result_table.py NAME ...   # rewrite NAME.md from NAME.csv, after editing the CSV
 """
@@ -25,13 +26,15 @@ STAMP = ["measured", "command"]
 
 
 def measured_at() -> str:
-    """Today's date and the checkout's commit (`-dirty` where it has changes)."""
+    """Today's date, the checkout's commit (`-dirty` where it has changes) and the load average as the measurement
+    ends (over 1, 5 and 15 minutes: the cores are shared, and other work inflates seconds)."""
     try:
         describe = ["git", "describe", "--always", "--dirty"]
         commit = subprocess.run(describe, cwd=RESULTS.parent, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "outside git"
-    return f"{datetime.date.today().isoformat()} at commit {commit}"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{datetime.date.today().isoformat()} at commit {commit}, load average {load} at the end"
 
 
 def command_line() -> str:

@@ -5,12 +5,16 @@ and nothing is a cache hit) as 16-bit FLAC, then runs
 
     python -m genre_tf.predict --run RUN FOLDER --output OUT --cache-dir CACHE
 
-with a fresh cache and prints tracks/s, wall time, the peak memory of its processes and the files it wrote in the
-cache. Then, with another fresh cache and output, it kills the process group (SIGKILL) once half the rows are
+with a fresh cache and prints tracks/s, wall time, CPU seconds per track (its process and the workers it waited
+for), the peak memory of its processes, the files it wrote in the cache, and the hours 100,000 such tracks would take
+at that rate. Then, with another fresh cache and output, it kills the process group (SIGKILL) once half the rows are
 written, runs the same command again, and prints what the resume kept, predicted and extracted, and whether its
-output is the cold run's file byte for byte.
+output is the cold run's file byte for byte (`--no-resume` skips this half). `--runtime litert` predicts with the
+run's exported .tflite on LiteRT instead (`predict --run RUN --runtime litert`, exported first where missing; no
+cache, and no resume: LiteRT's predict writes its output at the end).
 
-    .venv/bin/python bench/library.py [--tracks 1000] [--run saved_models/demo_cnn] [--folder DIR] [--workdir DIR]
+    .venv/bin/python bench/library.py [--tracks 1000] [--seconds 30] [--run saved_models/demo_cnn] \
+        [--runtime tensorflow|litert] [--no-resume] [--folder DIR] [--workdir DIR]
 
 Without --run, saved_models/demo_cnn (`make demo`'s CNN, configs/demo_cnn.yaml) is trained first when missing.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -99,6 +104,7 @@ class Measured:
     peak_main_bytes: int
     stdout: str
     rows_at_end: int
+    cpu_seconds: float  # user + system, of predict and the processes it waited for
 
 
 def rows_in(output: Path) -> int:
@@ -109,6 +115,7 @@ def rows_in(output: Path) -> int:
 def run_predict(command: list[str], output: Path, log: Path, kill_at_rows: int | None = None) -> Measured:
     """Run predict in its own process group, sampling its memory; SIGKILL the group at `kill_at_rows` rows."""
     started = time.perf_counter()
+    cpu_before = children_cpu_seconds()
     with open(log, "w") as stderr, open(log.with_suffix(".out"), "w") as stdout:
         process = subprocess.Popen(
             command, cwd=REPO, env=child_env(), stdout=stdout, stderr=stderr, start_new_session=True
@@ -130,7 +137,13 @@ def run_predict(command: list[str], output: Path, log: Path, kill_at_rows: int |
     seconds = time.perf_counter() - started
     if kill_at_rows is None and process.returncode != 0:
         raise SystemExit(f"error: predict exited with {process.returncode}; see {log}")
-    return Measured(seconds, peak_tree, peak_main, log.with_suffix(".out").read_text(), rows_in(output))
+    cpu = children_cpu_seconds() - cpu_before
+    return Measured(seconds, peak_tree, peak_main, log.with_suffix(".out").read_text(), rows_in(output), cpu)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cache_files(cache: Path) -> int:
@@ -146,21 +159,25 @@ def gb(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def cold(run: Path, folder: Path, work: Path, tracks: int) -> tuple[Path, dict]:
+def cold(run: Path, folder: Path, work: Path, tracks: int, runtime: str) -> tuple[Path, dict]:
     """The uninterrupted run on a fresh cache; its output and figures."""
     output, cache = work / "cold" / "results.csv", work / "cold" / "cache"
-    command = predict_command(run, folder, output, cache)
+    command = predict_command(run, folder, output, cache, runtime)
     measured = run_predict(command, output, work / "cold.log")
+    rate = tracks / measured.seconds
     print(f"cold: {' '.join(command[1:])}")
     print(
-        f"  {tracks} tracks in {measured.seconds:.1f} s: {tracks / measured.seconds:.2f} tracks/s; "
-        f"peak RSS {gb(measured.peak_tree_bytes)} (all processes), {gb(measured.peak_main_bytes)} (predict's own); "
-        f"{cache_files(cache)} files written in the cache ({cache_entries(cache)} track entries)"
+        f"  {tracks} tracks in {measured.seconds:.1f} s: {rate:.2f} tracks/s, {measured.cpu_seconds / tracks:.2f} "
+        f"CPU s per track; peak RSS {gb(measured.peak_tree_bytes)} (all processes), {gb(measured.peak_main_bytes)} "
+        f"(predict's own); {cache_files(cache)} files written in the cache ({cache_entries(cache)} track entries)"
     )
-    print(f"  {measured.stdout.splitlines()[0]}")
+    print(f"  100,000 such tracks at this rate: {100_000 / rate / 3600:.1f} h")
+    print(f"  {measured.stdout.splitlines()[0] if measured.stdout else '(nothing printed)'}")
     return output, {
         "cold s": round(measured.seconds),
-        "cold tracks/s": round(tracks / measured.seconds, 2),
+        "cold tracks/s": round(rate, 2),
+        "CPU s per track": round(measured.cpu_seconds / tracks, 3),
+        "100,000 tracks, h": round(100_000 / rate / 3600, 1),
         "peak RSS, all processes": gb(measured.peak_tree_bytes),
         "peak RSS, predict's own": gb(measured.peak_main_bytes),
         "cache files written": cache_files(cache),
@@ -170,7 +187,7 @@ def cold(run: Path, folder: Path, work: Path, tracks: int) -> tuple[Path, dict]:
 def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_output: Path) -> dict:
     """Killed once half the rows are in, then the same command again on what the kill left; the figures."""
     output, cache = work / "resumed" / "results.csv", work / "resumed" / "cache"
-    command = predict_command(run, folder, output, cache)
+    command = predict_command(run, folder, output, cache, "tensorflow")
     killed = run_predict(command, output, work / "killed.log", kill_at_rows=tracks // 2)
     entries_at_kill = cache_entries(cache)
     print(
@@ -198,9 +215,23 @@ def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_ou
     }
 
 
-def predict_command(run: Path, folder: Path, output: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "genre_tf.predict", "--run", str(run), str(folder), "--output", str(output),
-            "--cache-dir", str(cache)]  # fmt: skip
+def predict_command(run: Path, folder: Path, output: Path, cache: Path, runtime: str) -> list[str]:
+    command = [sys.executable, "-m", "genre_tf.predict", "--run", str(run), str(folder), "--output", str(output)]
+    if runtime == "litert":  # no cache on LiteRT: it decodes each file as the exported model takes it
+        return [*command, "--runtime", "litert"]
+    return [*command, "--cache-dir", str(cache)]
+
+
+def exported(run: Path, log: Path) -> None:
+    """The run's .tflite where `predict --runtime litert` looks for it, exported when missing."""
+    from genre_tf.serving.litert import exported_tflite
+
+    if exported_tflite(run).is_file():
+        return
+    print(f"exporting {run} as TFLite (log {log}) ...", flush=True)
+    with open(log, "w") as output:
+        command = [sys.executable, "-m", "genre_tf.export", "--run", str(run), "--format", "tflite"]
+        subprocess.run(command, cwd=REPO, env=child_env(), check=True, stdout=output, stderr=output)
 
 
 def main() -> None:
@@ -210,8 +241,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished run (default: saved_models/demo_cnn, trained if missing)")
     parser.add_argument("--folder", type=Path, help="where the library is written (kept); default: in --workdir")
     parser.add_argument("--workdir", type=Path, help="outputs and caches (kept); default: a temporary folder")
+    parser.add_argument("--runtime", choices=("tensorflow", "litert"), default="tensorflow")
+    parser.add_argument("--no-resume", action="store_true", help="the cold run only, no kill and resume")
     args = parser.parse_args()
     work, run = workdir_and_run(args.workdir, args.run, "library-bench-")
+    if args.runtime == "litert":
+        exported(run, work / "export.log")
     for leftover in ("cold", "resumed"):  # each measurement starts from an empty cache and no output
         shutil.rmtree(work / leftover, ignore_errors=True)
     folder = args.folder or work / "library"
@@ -220,13 +255,19 @@ def main() -> None:
     size = sum(p.stat().st_size for p in folder.rglob("*.flac"))
     print(f"library: {args.tracks} clips of {args.seconds:g} s in {folder} ({gb(size)} of FLAC), "
           f"ready in {time.perf_counter() - started:.0f} s; run {run}; {os.cpu_count()} cores")  # fmt: skip
-    cold_output, figures = cold(run, folder, work, args.tracks)
-    figures |= killed_and_resumed(run, folder, work, args.tracks, cold_output)
-    row = {"tracks": args.tracks, "seconds each": args.seconds, "FLAC": gb(size), "run": run.name, **figures}
-    record("library", [row], key=["tracks", "seconds each", "run"])
+    cold_output, figures = cold(run, folder, work, args.tracks, args.runtime)
+    if args.runtime == "tensorflow" and not args.no_resume:
+        figures |= killed_and_resumed(run, folder, work, args.tracks, cold_output)
+    row = {"tracks": args.tracks, "seconds each": args.seconds, "FLAC": gb(size), "run": run.name}
+    row |= {"runtime": args.runtime, **figures, "load average at the end": load_average()}
+    record("library", [row], key=["tracks", "seconds each", "run", "runtime"])
     if args.workdir is None:
-        shutil.rmtree(work / "cold" / "cache")
-        shutil.rmtree(work / "resumed" / "cache")
+        for cache in (work / "cold" / "cache", work / "resumed" / "cache"):
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

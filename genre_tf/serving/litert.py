@@ -16,6 +16,9 @@ import json
 import os
 import sys
 import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from genre_tf.features.resampling import soxr_hq
 
 PROBE_SECONDS = 1.0  # the call that reads the file's metadata: a second of silence (a short clip fills a segment)
 UNKNOWN = "unknown"  # the class of a track unlike the music the run learned (evaluation.unknown)
+DECODING_AHEAD = 2  # files decoded in threads while the interpreter runs: one core decodes while the other predicts
 # How a run decoded audio where an export does not say it (exports before `decoding` was written)
 DEFAULT_DECODING = {"duration": None, "max_duration": 600.0, "min_seconds": 0.5, "silence_rms": 1e-4}
 
@@ -124,6 +128,29 @@ class LiteModel:
         return [round(k * hop, 3) for k in spread_segments(n_segments, layout["max_segments"])]
 
 
+def decoded(
+    model: LiteModel, files: list[tuple[str, Path]], ahead: int = DECODING_AHEAD
+) -> Iterator[tuple[str, Path, np.ndarray | LiteRTError]]:
+    """(id, path, the waveform or why it has none) of each file in order, the next `ahead` decoded in threads while
+    the caller runs the interpreter on this one (libsndfile, soxr and numpy leave the GIL while they work)."""
+    queued, rest = deque(), iter(files)
+    with ThreadPoolExecutor(ahead) as pool:
+
+        def submit() -> None:
+            if (item := next(rest, None)) is not None:
+                queued.append((*item, pool.submit(model.waveform, item[1])))
+
+        for _ in range(ahead + 1):
+            submit()
+        while queued:
+            track, path, future = queued.popleft()
+            submit()
+            try:
+                yield track, path, future.result()
+            except LiteRTError as err:
+                yield track, path, err
+
+
 def answer(out: dict[str, np.ndarray]) -> Answer:
     score = float(out["unknown_score"]) if "unknown_score" in out else float("nan")
     return Answer(np.asarray(out["probabilities"], np.float64), score, bool(out.get("unknown", False)))
@@ -157,20 +184,22 @@ def predict_files(
     if not files and not skipped:
         raise SystemExit(f"error: nothing to predict: no audio files in {', '.join(map(str, inputs))}")
     rows = []
-    for i, (track, path) in enumerate(files, 1):
+    for i, (track, path, waveform) in enumerate(decoded(model, files), 1):
         try:
-            answer = model.predict(path)
+            if isinstance(waveform, LiteRTError):
+                raise waveform
+            said = answer(model.outputs(waveform))
         except LiteRTError as err:
             skipped.append(f"skipped {path}: {err}")
             continue
-        best = int(np.argmax(answer.probabilities))
-        genre = UNKNOWN if answer.unknown else model.classes[best]
-        rows.append((track, genre, float(answer.probabilities[best]), answer.unknown_score, answer.probabilities))
+        best = int(np.argmax(said.probabilities))
+        genre = UNKNOWN if said.unknown else model.classes[best]
+        rows.append((track, genre, float(said.probabilities[best]), said.unknown_score, said.probabilities))
         if output is None or len(files) <= 10:
-            order = np.argsort(answer.probabilities)[::-1][:top_k]
-            nearest = ", ".join(f"{model.classes[j]} {answer.probabilities[j]:.2f}" for j in order)
+            order = np.argsort(said.probabilities)[::-1][:top_k]
+            nearest = ", ".join(f"{model.classes[j]} {said.probabilities[j]:.2f}" for j in order)
             print(
-                f"{track}: {'unknown (unlike the music the run learned); nearest ' if answer.unknown else ''}{nearest}"
+                f"{track}: {'unknown (unlike the music the run learned); nearest ' if said.unknown else ''}{nearest}"
             )
         elif i % 50 == 0:
             print(f"predicting: {i}/{len(files)} files", file=sys.stderr, flush=True)

@@ -221,8 +221,11 @@ def plan(
         rows.append([str(path), track_id, genre, round(confidence, 6), action, reason, old, stat.st_size,
                      stat.st_mtime_ns])  # fmt: skip
     for row in skipped.itertuples():
-        rows.append([row.path, row.track_id, "", np.nan, "leave", f"not predicted: {row.reason}", "", np.nan, np.nan])
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+        rows.append([row.path, row.track_id, "", np.nan, "leave", f"not predicted: {row.reason}", "", None, None])
+    # Integers with gaps, exact: as float64, a modification time in nanoseconds loses its last digits, and every
+    # file to write would then look changed since it was predicted.
+    table = pd.DataFrame(rows, columns=PLAN_COLUMNS, dtype=object)
+    return table.astype({"confidence": float, "size": "Int64", "mtime_ns": "Int64"}).infer_objects()
 
 
 def apply(planned: pd.DataFrame, field: str, log: Log, tags: dict[str, str] | None = None) -> pd.DataFrame:

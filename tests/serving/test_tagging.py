@@ -163,3 +163,13 @@ def test_a_kill_during_write_then_the_same_command_leaves_every_file_whole_and_t
     assert undone.returncode == 0 and undone.stdout.count("restored ") == 4, undone.stdout + undone.stderr[-2000:]
     assert "left " not in undone.stdout  # the killed write's log row is the second run's: the same bytes
     assert all(read_field(p, "genre") == "" for p in library)
+
+
+def test_a_file_not_predicted_leaves_the_others_sizes_and_times_exact_so_they_are_written(tmp_path, library):
+    tracks = pd.DataFrame({"track_id": [p.stem for p in library[:2]], "path": [str(p) for p in library[:2]]})
+    skipped = pd.DataFrame({"path": [str(library[2])], "track_id": ["x"], "reason": ["duplicate track id"]})
+    probs = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    planned = plan(tracks, probs, CLASSES, skipped, threshold=0.5)
+    assert planned.mtime_ns.tolist()[:2] == [p.stat().st_mtime_ns for p in library[:2]]
+    done = apply(planned, "genre", Log(tmp_path / "log.csv"))
+    assert done.done.tolist() == [True, True, False], done.reason.tolist()

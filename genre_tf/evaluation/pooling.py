@@ -36,10 +36,12 @@ def track_groups(track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def group_means(groups: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
-    """Per group, the mean of its rows of `values` (summed in float64; float32 in, float32 out)."""
-    sums = np.zeros((n, values.shape[1]), np.float64)
+    """Per group, the mean of its rows of `values`, any shape past the first axis (summed in float64, in row order;
+    float32 in, float32 out)."""
+    sums = np.zeros((n, *values.shape[1:]), np.float64)
     np.add.at(sums, groups, values)
-    return (sums / np.bincount(groups, minlength=n)[:, None]).astype(np.result_type(values.dtype, np.float32))
+    counts = np.bincount(groups, minlength=n).reshape(-1, *[1] * (values.ndim - 1))
+    return (sums / counts).astype(np.result_type(values.dtype, np.float32))
 
 
 def pool_track_level(

@@ -31,6 +31,7 @@ import pandas as pd
 from genre_tf import models
 from genre_tf.config import ModelConfig
 from genre_tf.config.console import Progress
+from genre_tf.evaluation.pooling import group_means, track_groups
 from genre_tf.extract.cache import atomic_file
 from genre_tf.inputs import pipeline
 from genre_tf.inputs.examples import SplitData, split_data
@@ -154,9 +155,5 @@ def track_means(
     activations: np.ndarray, labels: np.ndarray, track_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each track's mean activation, label and id, tracks in first-seen order."""
-    tracks, first, inverse = np.unique(track_ids, return_index=True, return_inverse=True)
-    sums = np.zeros((len(tracks), *activations.shape[1:]), dtype=np.float64)
-    np.add.at(sums, inverse, activations)
-    means = sums / np.bincount(inverse, minlength=len(tracks)).reshape(-1, *[1] * (activations.ndim - 1))
-    order = np.argsort(first)
-    return means[order].astype(activations.dtype), labels[first[order]], tracks[order]
+    tracks, groups, first = track_groups(track_ids)
+    return group_means(groups, len(tracks), activations).astype(activations.dtype), labels[first], tracks

@@ -34,7 +34,8 @@ test: $(STAMP)
 
 # A venv that predicts and serves an exported .tflite file on LiteRT and holds nothing of the training stack (no
 # TensorFlow, Keras, pandas or librosa): python -m genre_tf.predict --model X.tflite FOLDER and
-# python -m genre_tf.serve --model X.tflite run in it (the service's web stack: fastapi, uvicorn, httptools, uvloop, python-multipart).
+# python -m genre_tf.serve --model X.tflite run in it (the service's web stack: fastapi, uvicorn, httptools, uvloop,
+# python-multipart).
 litert-venv:
 	$(PYTHON) -m venv .venv-litert
 	.venv-litert/bin/python -m pip install --quiet --upgrade pip

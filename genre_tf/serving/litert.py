@@ -185,22 +185,17 @@ def predict_files(
         raise SystemExit(f"error: nothing to predict: no audio files in {', '.join(map(str, inputs))}")
     rows = []
     for i, (track, path, waveform) in enumerate(decoded(model, files), 1):
-        try:
-            if isinstance(waveform, LiteRTError):
-                raise waveform
-            said = answer(model.outputs(waveform))
-        except LiteRTError as err:
-            skipped.append(f"skipped {path}: {err}")
+        if isinstance(waveform, LiteRTError):
+            skipped.append(f"skipped {path}: {waveform}")
             continue
+        said = answer(model.outputs(waveform))
         best = int(np.argmax(said.probabilities))
         genre = UNKNOWN if said.unknown else model.classes[best]
         rows.append((track, genre, float(said.probabilities[best]), said.unknown_score, said.probabilities))
         if output is None or len(files) <= 10:
             order = np.argsort(said.probabilities)[::-1][:top_k]
             nearest = ", ".join(f"{model.classes[j]} {said.probabilities[j]:.2f}" for j in order)
-            print(
-                f"{track}: {'unknown (unlike the music the run learned); nearest ' if said.unknown else ''}{nearest}"
-            )
+            print(f"{track}: {'unknown (unlike the music the run learned); nearest ' if said.unknown else ''}{nearest}")
         elif i % 50 == 0:
             print(f"predicting: {i}/{len(files)} files", file=sys.stderr, flush=True)
     for line in skipped:

@@ -176,6 +176,18 @@ def graph_segment_positions(n_samples, layout: SegmentLayout):
 
 def cut_segments(waveform, frontend: AudioFrontend):
     """(segments, frames, ...) of the waveform's spectrogram, each segment's frames as the cache slices them."""
+    spectrogram, starts, _ = segment_frames(waveform, frontend)
+    return frames_at(spectrogram, starts, frontend.layout.frames)
+
+
+def frames_at(spectrogram, starts, frames: int):
+    """(len(starts), frames, ...): the spectrogram's `frames` frames from each start (time on the first axis)."""
+    return tf.gather(spectrogram, starts[:, None] + tf.range(frames)[None], axis=0)
+
+
+def segment_frames(waveform, frontend: AudioFrontend):
+    """(the waveform's spectrogram, time on the first axis and `layout.frames` silent frames after the track's end;
+    the frame each segment the cache keeps starts at; each one's position: it starts at sample position * hop)."""
     layout = frontend.layout
     if frontend.resample is not None:
         waveform = frontend.resample(waveform)
@@ -183,10 +195,8 @@ def cut_segments(waveform, frontend: AudioFrontend):
     positions = graph_segment_positions(tf.shape(waveform)[0], layout)
     spectrogram = frontend.spectrogram(waveform[None])[0]
     silence = tf.fill(tf.concat([[layout.frames], tf.shape(spectrogram)[1:]], 0), frontend.silence)
-    spectrogram = tf.concat([spectrogram, silence], 0)  # frames past the end of the track are silent
     num, den = layout.frame_step
-    starts = (positions * num + den - 1) // den
-    return tf.gather(spectrogram, starts[:, None] + tf.range(layout.frames)[None], axis=0)
+    return tf.concat([spectrogram, silence], 0), (positions * num + den - 1) // den, positions
 
 
 def read_waveform(path: Path, recipe: InputRecipe) -> np.ndarray:

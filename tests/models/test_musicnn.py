@@ -22,6 +22,7 @@ from genre_tf.models.musicnn import (
     convert_checkpoint,
     load_musicnn,
     musicnn_weights,
+    shared_patches_network,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -283,3 +284,16 @@ def test_tags_need_a_musicnn_run(tmp_path):
     save_config(load_config(None, ["data.source=demo", "data.root=x", "model.kind=cnn"]), run.config_file)
     with pytest.raises(SystemExit, match="--tags needs a musicnn run"):
         tag_lines(run, None)
+
+
+def test_shared_patches_network_equals_the_backbone_on_each_patch():
+    frames = 40
+    network = build_musicnn("MSD_musicnn", frames, dropout=0.0)
+    backbone = keras.Model(network.input, network.get_layer("backend_penultimate_bn").output)
+    shared = shared_patches_network(backbone, frames)
+    clip = np.random.default_rng(0).random((1, 100, 96), dtype=np.float32)
+    starts = np.array([0, 7, 25, 60], np.int32)  # overlapping, and the last one ending at the clip's end
+    features = keras.ops.convert_to_numpy(shared([clip, starts]))
+    alone = keras.ops.convert_to_numpy(backbone(np.stack([clip[0, s : s + frames] for s in starts])))
+    assert features.shape == (4, 200)
+    np.testing.assert_allclose(features, alone, rtol=0, atol=2e-5)

@@ -2,7 +2,7 @@
 `predict` run on a decoded waveform instead of reading a cache entry.
 
 The waveform comes as the exported model takes it (`frontend.read_waveform`); its segments' inputs are made by the
-exported preprocessing (`frontend.audio_frontend`, `cut_segments`), which tests/test_export.py pins to the cache's
+exported preprocessing (`frontend.audio_frontend`, `segment_frames`), which tests/test_export.py pins to the cache's
 recipe, and the segments go to the model `train.batch_size` at a time. A musicnn run may carry its backbone's
 pretrained tagger, whose tags come from the same backbone pass where the run's backbone is still the tagger's.
 `serve` also makes a table run's (the MLP's) feature rows from the decoded waveform (`FeatureRows`, by the cache's
@@ -24,17 +24,18 @@ from genre_tf.extract.track import analyse_waveform
 from genre_tf.features import audio
 from genre_tf.features.analysis import feature_columns
 from genre_tf.features.audio import AudioError
+from genre_tf.features.musicnn_input import N_MELS
 from genre_tf.features.representations import FEATURES
 from genre_tf.models import with_embedding
+from genre_tf.models.musicnn import shared_patches_network
 from genre_tf.models.transfer import get_backbone
 from genre_tf.run import RunDir
 from genre_tf.serving.frontend import (
     at_model_rate,
     audio_frontend,
-    cut_segments,
-    fit_waveform,
-    graph_segment_positions,
+    frames_at,
     input_key,
+    segment_frames,
 )
 
 DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_rms")  # what audio.load_track reads
@@ -42,48 +43,94 @@ DECODING = ("sample_rate", "duration", "max_duration", "min_seconds", "silence_r
 
 class AudioGraph:
     """An audio run's exported preprocessing and model as two TensorFlow functions: a waveform's segments, then a
-    batch of segments' probabilities (and musicnn tags, where the run has a tagger)."""
+    batch of segments' probabilities (and musicnn tags, where the run has a tagger).
+
+    A musicnn run computes its backbone in `segments` (`BackboneFeatures`: the timbral convolutions of overlapping
+    patches once per clip, equal to a pass per patch), so its segments' inputs are the backbone's features and
+    `batch` runs the head (and the tagger's logits, where the tagger's backbone is the run's) on them; unless the run
+    has a tagger of another backbone (one it trained on), which then reads the patches.
+    """
 
     def __init__(self, run: RunDir, model, tagger=None):
 
         frontend = audio_frontend(run.recipe)
         layout = frontend.layout
+        self.shares_backbone = tagger is not None and same_backbone(model, tagger)
+        self.reads_backbone = run.recipe.reads_patches and (tagger is None or self.shares_backbone)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
         def segments(waveform):
-            n_samples = tf.shape(fit_waveform(waveform, layout))[0]
-            return frontend.to_input(cut_segments(waveform, frontend)), graph_segment_positions(n_samples, layout)
+            spectrogram, starts, positions = segment_frames(waveform, frontend)
+            if self.reads_backbone:  # the clip's frames; the backbone cuts its patches
+                return spectrogram, starts, positions
+            return frontend.to_input(frames_at(spectrogram, starts, layout.frames)), positions
 
-        inputs = segments.get_concrete_function().structured_outputs[0]
-        tagged = None if tagger is None else sharing_the_backbone(model, tagger)
+        made = segments.get_concrete_function().structured_outputs[0]  # the spectrogram, or the segments' inputs
+        if self.reads_backbone:
+            self._features = BackboneFeatures(model, layout.frames, made.dtype)
+            called = embedded_head(model, tagger if self.shares_backbone else None)
+            spec = tf.TensorSpec([None, get_backbone(model).output.shape[-1]], tf.float32, name="features")
+        else:
+            called = with_embedding(model)
+            spec = tf.TensorSpec([None, *made.shape[1:]], made.dtype, name="segments")
 
-        embedded = with_embedding(model)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="segments")])
+        @tf.function(input_signature=[spec])
         def probabilities(segments):
-            if tagged is not None:
-                probabilities, embedding, tags = tagged(segments, training=False)
-                return {"probabilities": probabilities, "embedding": embedding, "tags": tags}
-            probabilities, embedding = embedded(segments, training=False)
-            outputs = {"probabilities": probabilities, "embedding": embedding}
-            if tagger is not None:
+            outputs = dict(zip(("probabilities", "embedding", "tags"), called(segments, training=False), strict=False))
+            if tagger is not None and "tags" not in outputs:
                 outputs["tags"] = tagger(segments, training=False)
             return outputs
 
         self._segments, self._probabilities = segments, probabilities
         self.batch_size = run.config.train.batch_size
-        self.shares_backbone = tagged is not None
         self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the model's inputs, one per segment; each segment's position: it starts at position * hop)."""
-        inputs, positions = self._segments(waveform)
-        return inputs.numpy(), positions.numpy()
+        """(the model's inputs, one per segment, a musicnn run's: its backbone's features of each; each segment's
+        position: it starts at position * hop)."""
+        if not self.reads_backbone:
+            inputs, positions = self._segments(waveform)
+            return inputs.numpy(), positions.numpy()
+        spectrogram, starts, positions = (t.numpy() for t in self._segments(waveform))
+        return self._features.of_clip(spectrogram, starts, self.batch_size), positions
 
     def batch(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
         `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
         return in_batches(self._probabilities, inputs, self.batch_size)
+
+
+class BackboneFeatures:
+    """A musicnn run's backbone on one clip's patches, `of_clip(spectrogram, starts)`: its features of each patch,
+    from `shared_patches_network` where patches overlap (a clip's segments at a hop under the segment's length),
+    else from a pass per patch (a whole song's few segments spread apart: `audio.max_segments_per_track`)."""
+
+    def __init__(self, model, frames: int, dtype: tf.DType):
+        backbone, preprocess = get_backbone(model), model.get_layer("preprocess")
+        shared = shared_patches_network(backbone, frames)
+        self.frames = frames
+
+        @tf.function(input_signature=[tf.TensorSpec([None, N_MELS], dtype), tf.TensorSpec([None], tf.int32)])
+        def features(spectrogram, starts):
+            log_mel = preprocess(spectrogram[None])  # elementwise: the patches' log-mel, cut from the clip's
+
+            def each_patch():
+                return backbone(frames_at(log_mel[0], starts, frames), training=False)
+
+            overlapping = tf.shape(log_mel)[1] < tf.size(starts) * frames
+            return tf.cond(overlapping, lambda: shared([log_mel, starts], training=False), each_patch)
+
+        self._features = features
+
+    def of_clip(self, spectrogram: np.ndarray, starts: np.ndarray, batch_size: int) -> np.ndarray:
+        """(n, width) features of the patches starting at `starts` (ascending) of a (time, 96) spectrogram, computed
+        `batch_size` patches at a time (over the frames those cover) so that a long song's activations stay bounded."""
+        chunks = []
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i : i + batch_size].astype(np.int32)
+            frames = spectrogram[chunk[0] : chunk[-1] + self.frames]
+            chunks.append(self._features(frames, chunk - chunk[0]).numpy())
+        return np.concatenate(chunks)
 
 
 class FeatureRows:
@@ -137,19 +184,32 @@ def waveform_model(run: RunDir, model, tagger=None) -> AudioGraph | FeatureRows:
     return FeatureRows(run, model) if run.recipe.reads_features else AudioGraph(run, model, tagger)
 
 
-def sharing_the_backbone(model, tagger):
-    """The run's musicnn model with the tagger's tags as a second output, computed from the run's backbone, where
-    that backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes through it once;
-    None where training changed it (the tagger then runs whole)."""
+def embedded_head(model: keras.Model, tagger: keras.Model | None = None) -> keras.Model:
+    """A transfer model's head alone, from its backbone's output to `with_embedding`'s two outputs (probabilities,
+    and what the softmax layer reads), and with a musicnn `tagger` of the same backbone its tags (its logits layer
+    on the same features), its weights shared."""
+    backbone = get_backbone(model)
+    features = keras.Input(shape=backbone.output.shape[1:], name="backbone_features")
+    x = embedding = features
+    for layer in model.layers[model.layers.index(backbone) + 1 :]:  # a plain chain (`build_transfer`)
+        embedding = x
+        x = layer(x)
+    outputs = [x, embedding]
+    if tagger is not None:
+        logits = get_backbone(tagger).get_layer("backend_logits")(features)
+        outputs.append(keras.layers.Activation("sigmoid", name="tags")(logits))
+    return keras.Model(features, outputs, name="head")
 
+
+def same_backbone(model, tagger) -> bool:
+    """Whether the run's musicnn backbone is the tagger's (pretrained and frozen: equal weights), so that a patch goes
+    through it once for both; not where training changed it."""
     backbone, network = get_backbone(model), get_backbone(tagger)
     for layer in backbone.layers:
         pretrained = network.get_layer(layer.name).get_weights()
         if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), pretrained, strict=True)):
-            return None
-    features = backbone._inbound_nodes[-1].output_tensors[0]  # its output in the run's graph (`.output`: its own)
-    logits = network.get_layer("backend_logits")(features)
-    return with_embedding(model, keras.layers.Activation("sigmoid", name="tags")(logits))
+            return False
+    return True
 
 
 def decoding_key(cfg: AudioConfig) -> tuple:
@@ -163,13 +223,15 @@ def waveform_inputs(
     """Per run, a file's segments as its graph makes them (the model's inputs, their positions; a table run's
     FeatureRows: its feature rows), or the one-line reason the file cannot be decoded with that run's settings. The
     file is decoded once per decoding setting (`decoding_key`), and runs that read equal inputs (`export.input_key`,
-    which holds every audio setting) share one computation of them."""
+    which holds every audio setting; not musicnn runs: their backbones') share one computation of them."""
     decoded: dict = {}
     made: dict = {}
     results = []
     for run, graph in zip(runs, graphs, strict=True):
         cfg = run.config
         decoding, reading = decoding_key(cfg.audio), input_key(run.recipe)
+        if run.recipe.reads_patches:  # a musicnn run's inputs are its own backbone's features
+            reading = (reading, str(run.path))
         if decoding not in decoded:
             try:
                 decoded[decoding] = audio.load_track(Path(path), cfg.audio)

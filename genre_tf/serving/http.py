@@ -35,12 +35,13 @@ def http_app(predictor, name: str) -> FastAPI:
         reason = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
         return JSONResponse({"detail": reason}, status_code=422)
 
-    @app.post("/predict")
-    async def predict(request: Request, top_k: int = Query(3, ge=1, le=100)) -> dict:
+    @app.post("/predict", response_class=JSONResponse)
+    async def predict(request: Request, top_k: int = Query(3, ge=1, le=100)) -> JSONResponse:
         """Genres of an uploaded audio file (multipart form field `file`)."""
         with tempfile.TemporaryDirectory(prefix="genre_tf-serve-") as folder:
             upload = await receive_upload(request.headers, request.stream(), Path(folder), predictor.limits.max_bytes)
-            return await run_in_threadpool(predictor.predict, upload, top_k)
+            # The body is plain JSON already (str, float, list, dict): sent as it is, not re-encoded by FastAPI.
+            return JSONResponse(await run_in_threadpool(predictor.predict, upload, top_k))
 
     @app.get("/health")
     async def health() -> dict:

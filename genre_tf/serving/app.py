@@ -75,17 +75,24 @@ class Predictor:
         try:
             with self._analysing:
                 waveform = read_waveform(path, self.run.recipe)
-                inputs, positions = self.graph.segments(waveform)
+                if self._alone():  # no batch to gather: the model in this thread, with the front end
+                    outputs, positions = self.graph.at_once(waveform)
+                else:
+                    (inputs, positions), outputs = self.graph.segments(waveform), None
         except audio.AudioError as err:
             raise BadInput(422, str(err)) from None
         finally:
             self._count_preparing(-1)
         try:
-            outputs = self.batcher.predict(inputs)
+            outputs = outputs if outputs is not None else self.batcher.predict(inputs)
         except Busy as err:
             raise BadInput(503, str(err)) from None
         tags = self.top_tags(outputs["tags"]) if self.tagger else None
         return positions, outputs["probabilities"], tags, outputs["embedding"]
+
+    def _alone(self) -> bool:
+        """Whether this request is the only one preparing its segments and none waits in the batcher."""
+        return self._preparing == 1 and self.batcher.idle
 
     def _count_preparing(self, change: int) -> None:
         with self._preparing_lock:

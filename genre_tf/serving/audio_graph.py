@@ -74,16 +74,25 @@ class AudioGraph:
             called = with_embedding(model)
             spec = tf.TensorSpec([None, *made.shape[1:]], made.dtype, name="segments")
 
-        @tf.function(input_signature=[spec])
-        def probabilities(segments):
+        def outputs_of(segments):
             outputs = dict(zip(("probabilities", "embedding", "tags"), called(segments, training=False), strict=False))
             if tagger is not None and "tags" not in outputs:
                 outputs["tags"] = tagger(segments, training=False)
             return outputs
 
-        self._segments, self._probabilities = segments, probabilities
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+        def at_once(waveform):
+            spectrogram, starts, positions = segment_frames(waveform, frontend)
+            return outputs_of(frontend.to_input(frames_at(spectrogram, starts, layout.frames))), positions
+
+        self._segments, self._probabilities = segments, tf.function(outputs_of, input_signature=[spec])
+        self._at_once = None if self.reads_backbone else at_once
         self.batch_size = run.config.train.batch_size
-        self.batch(self.segments(np.zeros(layout.segment_samples, np.float32))[0])  # traced now, not at a request
+        # a waveform of at most this many samples has at most one batch of segments
+        self._one_batch = layout.segment_samples + (self.batch_size - 1) * layout.hop_samples
+        silence = np.zeros(layout.segment_samples, np.float32)
+        self.batch(self.segments(silence)[0])  # traced now, not at a request
+        self.at_once(silence)
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the model's inputs, one per segment, a musicnn run's: its backbone's features of each; each segment's
@@ -98,6 +107,16 @@ class AudioGraph:
         """The model's outputs for segments' inputs, one row per segment, computed `train.batch_size` at a time as
         `predict` batches them (which also bounds the memory of a call: a musicnn patch's activations are MBs)."""
         return in_batches(self._probabilities, inputs, self.batch_size)
+
+    def at_once(self, waveform: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`batch(segments(waveform))` in the calling thread, and the positions: a lone request's answer, with no
+        other request's segments to wait for. A clip of one batch of segments or fewer (a run's 30 s clip) goes
+        through one graph, front end and model together, as the exported model takes it."""
+        if self._at_once is None or len(waveform) > self._one_batch:
+            inputs, positions = self.segments(waveform)
+            return self.batch(inputs), positions
+        outputs, positions = self._at_once(waveform)
+        return {name: value.numpy() for name, value in outputs.items()}, positions.numpy()
 
 
 class BackboneFeatures:
@@ -170,6 +189,11 @@ class FeatureRows:
         return in_batches(
             self._probabilities, self.scaler.transform(pd.DataFrame(rows, columns=self.columns)), self.batch_size
         )
+
+    def at_once(self, waveform: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`batch(segments(waveform))` and the rows' positions, in the calling thread (`AudioGraph.at_once`)."""
+        rows, positions = self.segments(waveform)
+        return self.batch(rows), positions
 
 
 def in_batches(function, inputs: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:

@@ -80,6 +80,11 @@ class Batcher:
         self._queue.put(pending)
         return pending.future.result()  # in the queue, the wait is bounded by the calls ahead of it
 
+    @property
+    def idle(self) -> bool:
+        """No request queued or in a model call."""
+        return self._held == 0
+
     def _fits(self, size: int) -> bool:
         # A request larger than the whole bound would never fit: it waits for an empty queue instead.
         return self._held == 0 or self._held + size <= self.limits.max_queued

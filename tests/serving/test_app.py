@@ -273,12 +273,16 @@ def test_a_client_name_is_never_a_path_and_the_folder_is_cleaned(client, clips, 
 
 def test_concurrent_requests_share_model_calls_and_answer_as_one_at_a_time(app, client, clips, monkeypatch):
     good = [clips[DEMO_GENRES.index(genre)] for genre in ("ambient", "folk", "techno")]
-    alone = [post(client, clip.name, clip.read_bytes()).json() for clip in good]
     batcher = app.state.predictor.batcher
+    before = len(batcher.batch_sizes)
+    alone = [post(client, clip.name, clip.read_bytes()).json() for clip in good]
+    assert len(batcher.batch_sizes) == before, "one upload at a time: each answered in its own thread, not batched"
     # 20 segments per clip: the model is called once the three good uploads' 60 segments are queued (the window is
     # waited whether or not the others' uploads have arrived yet)
     monkeypatch.setattr(batcher, "limits", replace(batcher.limits, window=30.0, max_batch=60))
     monkeypatch.setattr(batcher, "expecting", lambda: True)
+    # the first upload could find itself alone and answer in its own thread (as `alone` above were): to the batcher
+    monkeypatch.setattr(app.state.predictor, "_alone", lambda: False)
     calls = len(batcher.batch_sizes)
     uploads = [(clip.name, clip.read_bytes()) for clip in good]
     uploads.insert(1, ("notes.wav", b"genre: jazz\nthis is not audio\n"))

@@ -29,7 +29,7 @@ class LitePredictor:
         metadata = self.model.metadata
         self.name = metadata.get("run", self.path.stem)
         self.kind = str(metadata.get("model", "")).split(":")[0] or "exported"
-        self._analysing = threading.BoundedSemaphore(max(1, limits.workers or 2))
+        self._analysing = threading.BoundedSemaphore(limits.analysing)  # as `serve --run`: --workers, else cores + 1
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         seconds = checked_duration(upload.path, self.limits)

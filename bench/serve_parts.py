@@ -4,11 +4,11 @@ In this process, as `serve --run RUN` sets it up (one BLAS thread, the run's mod
 copied to a temporary folder as an upload is stored, then timed `--repeats` times (median) through each part of
 `app.Predictor.predict`: the header read (`checked_duration`), decoding (`frontend.read_waveform`), the segments'
 inputs (`AudioGraph.segments`), the model called directly and through the batcher (its hand-over to the batching
-thread and back), the pooling of a track's segments (`track_probabilities`), the unknown score, and the whole
-`predict`; then the floor (the same file decoded and the run's exported SavedModel called on it). Last, the HTTP
-round trip of the same 0.93 MB multipart upload to the service's routes (`serving.http.http_app`) in a server of
-its own whose predictor answers without a model: what the HTTP layer adds to any answer. Rows go to
-bench/results/serve_parts.csv and .md.
+thread and back), inputs and model in one graph call as a lone request makes them (`AudioGraph.at_once`), the
+pooling of a track's segments (`track_probabilities`), the unknown score, and the whole `predict`; then the floor
+(the same file decoded and the run's exported SavedModel called on it). Last, the HTTP round trip of the same 0.93
+MB multipart upload to the service's routes (`serving.http.http_app`) in a server of its own whose predictor answers
+without a model: what the HTTP layer adds to any answer. Rows go to bench/results/serve_parts.csv and .md.
 
     .venv/bin/python bench/serve_parts.py [--run saved_models/demo_cnn] [--repeats 30]
 """
@@ -94,6 +94,7 @@ def parts(run_path: Path, clip: Path, repeats: int, tmp: Path) -> dict[str, floa
         "segments' inputs ms": median_ms(lambda: predictor.graph.segments(waveform), repeats),
         "model ms": median_ms(lambda: predictor.graph.batch(inputs), repeats),
         "model through the batcher ms": median_ms(lambda: predictor.batcher.predict(inputs), repeats),
+        "inputs + model in one call ms": median_ms(lambda: predictor.graph.at_once(waveform), repeats),
         "pooling ms": median_ms(lambda: track_probabilities(run, none, outputs["probabilities"], none), repeats),
         "unknown score ms": median_ms(lambda: unknown_scores(run, embedding), repeats),
         "predict ms": median_ms(lambda: predictor.predict(upload, 3), repeats),

@@ -204,11 +204,12 @@ def write_saved_model(module, path: Path) -> None:
     tf.saved_model.save(saved, str(path), signatures=saved.signature_functions)
 
 
-def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
+def tflite_bytes(saved_model: Path, quantize: str = "none") -> tuple[bytes, bool]:
     """A SavedModel, every signature, as TFLite flatbuffer bytes, and whether it needs TF Select (Flex) ops.
 
     Builtin ops first, so that any TFLite interpreter runs the file; Select ops only where builtins cannot express
-    an op (they need an interpreter linked with the Flex delegate).
+    an op (they need an interpreter linked with the Flex delegate). `quantize` (`export.QUANTIZE`): float16 stores the
+    weights as float16, half the bytes, computed in float32 where the CPU has no float16 arithmetic.
     """
     proto = saved_model_pb2.SavedModel.FromString((saved_model / "saved_model.pb").read_bytes())
     keys = sorted(key for key in proto.meta_graphs[0].signature_def if not key.startswith("__"))  # not the init op
@@ -216,6 +217,9 @@ def tflite_bytes(saved_model: Path) -> tuple[bytes, bool]:
     def convert(ops: list) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=keys)
         converter.target_spec.supported_ops = ops
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
 
     try:
@@ -229,8 +233,11 @@ def default_output(run: RunDir, fmt: str) -> Path:
     return run.export_dir / "saved_model" if fmt == "saved_model" else exported_tflite(run.path)
 
 
-def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] = print) -> dict:
-    """Write the run as a SavedModel folder or a .tflite file at `output`; returns the artefact's metadata."""
+def export(
+    run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] = print, quantize: str = "none"
+) -> dict:
+    """Write the run as a SavedModel folder or a .tflite file (its weights as `quantize` says: `tflite_bytes`) at
+    `output`; returns the artefact's metadata."""
     started = time.perf_counter()
 
     def step(text: str) -> None:
@@ -248,10 +255,10 @@ def export(run: RunDir, fmt: str, output: Path, progress: Callable[[str], None] 
                 shutil.rmtree(output)
             saved.rename(output)  # whole or not at all: written beside it, then moved into place
         else:
-            step("converting to TFLite")
-            data, select_ops = tflite_bytes(saved)
+            step("converting to TFLite" + ("" if quantize == "none" else f", {quantize} weights"))
+            data, select_ops = tflite_bytes(saved, quantize)
             write_atomic(output, data)
-            metadata["tflite_select_ops"] = select_ops
+            metadata.update(tflite_select_ops=select_ops, tflite_weights="float32" if quantize == "none" else quantize)
     step(f"written {output} ({artefact_bytes(output) / 1e6:.1f} MB)")
     return metadata
 
@@ -279,6 +286,8 @@ def describe(metadata: dict) -> list[str]:
         ]
         lines += other_rates(metadata, f"{metadata['model_sample_rate']} Hz")
     lines.append(f"classes: {', '.join(metadata['classes'])}")
+    if metadata.get("tflite_weights") == "float16":
+        lines.append("weights: float16 (half the bytes), computed in float32 on CPUs without float16 arithmetic")
     if metadata.get("tflite_select_ops"):
         lines.append("note: uses TF Select ops (Flex): the interpreter needs the Flex delegate")
     return lines

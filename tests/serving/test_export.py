@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import tensorflow as tf
 
 from genre_tf.data.index import index_paths
 from genre_tf.evaluation.predictions import predict_frame
@@ -327,11 +328,23 @@ def test_signatures_carry_the_classes_and_say_what_they_take(exported, fmt):
 
 
 def test_the_command_line_says_what_the_export_takes(tmp_path, make_table_run, write_feature_table, capsys):
-    run = make_table_run(tmp_path / "mlp", write_feature_table(tmp_path / "table.csv", GENRES[:3]))
+    table = write_feature_table(tmp_path / "table.csv", GENRES[:3])
+    run = make_table_run(tmp_path / "mlp", table)
     main(["--run", str(run), "--format", "tflite"])
     out = capsys.readouterr().out
     assert (run / "export" / "mlp.tflite").is_file() and "converting to TFLite" in out
     assert "input: features, float32 (rows, 57)" in out and "standard scaler is in the graph" in out
+    # --quantize float16: the weights in half the bytes, the answers within float16's rounding
+    hidden = ["model.mlp.hidden_layers=1", "model.mlp.units=256", "model.mlp.batch_norm=false"]
+    run = make_table_run(tmp_path / "wide", table, *hidden, seed=1)
+    full, half = tmp_path / "wide_float32.tflite", tmp_path / "wide_float16.tflite"
+    main(["--run", str(run), "--format", "tflite", "--output", str(full)])
+    main(["--run", str(run), "--format", "tflite", "--quantize", "float16", "--output", str(half)])
+    assert "weights: float16" in capsys.readouterr().out
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    rows = examples_from_table(table, RunDir(run).config).frame[RunDir(run).scaler.columns].to_numpy(np.float32)
+    probs = [tf.lite.Interpreter(model_path=str(p)).get_signature_runner()(features=rows) for p in (full, half)]
+    np.testing.assert_allclose(probs[1]["probabilities"], probs[0]["probabilities"], rtol=0, atol=0.01)
 
 
 @pytest.mark.parametrize(
@@ -339,6 +352,7 @@ def test_the_command_line_says_what_the_export_takes(tmp_path, make_table_run, w
     [
         (["--format", "onnx"], "error: --format must be saved_model or tflite, got 'onnx'"),
         (["--format", "tflite", "--output", "."], "is a folder; give a file path"),
+        (["--format", "saved_model", "--quantize", "float16"], "error: --quantize float16 is for --format tflite"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, make_table_run, write_feature_table, args, message):

@@ -125,21 +125,9 @@ class BackboneFeatures:
     else from a pass per patch (a whole song's few segments spread apart: `audio.max_segments_per_track`)."""
 
     def __init__(self, model, frames: int, dtype: tf.DType):
-        backbone, preprocess = get_backbone(model), model.get_layer("preprocess")
-        shared = shared_patches_network(backbone, frames)
         self.frames = frames
-
-        @tf.function(input_signature=[tf.TensorSpec([None, N_MELS], dtype), tf.TensorSpec([None], tf.int32)])
-        def features(spectrogram, starts):
-            log_mel = preprocess(spectrogram[None])  # elementwise: the patches' log-mel, cut from the clip's
-
-            def each_patch():
-                return backbone(frames_at(log_mel[0], starts, frames), training=False)
-
-            overlapping = tf.shape(log_mel)[1] < tf.size(starts) * frames
-            return tf.cond(overlapping, lambda: shared([log_mel, starts], training=False), each_patch)
-
-        self._features = features
+        signature = [tf.TensorSpec([None, N_MELS], dtype), tf.TensorSpec([None], tf.int32)]
+        self._features = tf.function(patch_features(model, frames), input_signature=signature)
 
     def of_clip(self, spectrogram: np.ndarray, starts: np.ndarray, batch_size: int) -> np.ndarray:
         """(n, width) features of the patches starting at `starts` (ascending) of a (time, 96) spectrogram, computed
@@ -150,6 +138,25 @@ class BackboneFeatures:
             frames = spectrogram[chunk[0] : chunk[-1] + self.frames]
             chunks.append(self._features(frames, chunk - chunk[0]).numpy())
         return np.concatenate(chunks)
+
+
+def patch_features(model, frames: int):
+    """A musicnn run's backbone as a graph function (spectrogram: (time, 96) mel power, starts: (n,) its patches'
+    first frames, ascending) -> (n, width) features of each patch: `shared_patches_network` where the patches
+    overlap (they cover fewer frames than n patches hold), else a pass per patch."""
+    backbone, preprocess = get_backbone(model), model.get_layer("preprocess")
+    shared = shared_patches_network(backbone, frames)
+
+    def features(spectrogram, starts):
+        log_mel = preprocess(spectrogram[None, : starts[-1] + frames])  # elementwise: the patches' log-mel
+        overlapping = tf.shape(log_mel)[1] < tf.size(starts) * frames
+        return tf.cond(
+            overlapping,
+            lambda: shared([log_mel, starts], training=False),
+            lambda: backbone(frames_at(log_mel[0], starts, frames), training=False),
+        )
+
+    return features
 
 
 class FeatureRows:

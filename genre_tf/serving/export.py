@@ -40,6 +40,7 @@ from genre_tf.extract.cache import write_atomic
 from genre_tf.features.scaling import QuantileScaler
 from genre_tf.inputs.layers import QuantileScaling, StandardScaling
 from genre_tf.run import RunDir
+from genre_tf.serving.audio_graph import embedded_head, patch_features
 from genre_tf.serving.export_ensemble import ensemble_serving_module
 from genre_tf.serving.frontend import (
     EXPORT_RATES,
@@ -53,6 +54,7 @@ from genre_tf.serving.frontend import (
     other_rates,
     rate_functions,
     rate_signature,
+    segment_frames,
 )
 from genre_tf.serving.litert import exported_tflite
 
@@ -152,29 +154,43 @@ def serving_module(run: RunDir, model=None, rates: tuple[int, ...] = EXPORT_RATE
     unknown = load_unknown(run)
     if unknown is not None:
         metadata["unknown"] = {key: unknown[1][key] for key in ("k", "threshold", "method")}
-    module.serve = waveform_function(model, frontend, probe, metadata, unknown)
+    patches = run.recipe.reads_patches
+    module.serve = waveform_function(model, frontend, probe, metadata, unknown, patches)
     module.serve_at = rate_functions(
         module.serve,
         frontend.rate,
-        lambda rate: waveform_function(model, audio_frontend(run.recipe, rate), probe, metadata, unknown),
+        lambda rate: waveform_function(model, audio_frontend(run.recipe, rate), probe, metadata, unknown, patches),
         rates,
     )
     return module, metadata
 
 
-def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict, unknown=None):
+def waveform_function(model, frontend: AudioFrontend, probe: bool, metadata: dict, unknown=None, patches: bool = False):
     """The tf.function of an audio model's signature: waveform at the frontend's rate -> calibrated probabilities,
     and with `unknown` (`evaluation.unknown.load_unknown`) the track's unknown score and whether it is past the
-    threshold; its constant outputs say that rate and the frontend's note."""
+    threshold; its constant outputs say that rate and the frontend's note. A musicnn model (`patches`) runs its
+    backbone on the clip's patches as `predict` does (`audio_graph.patch_features`: overlapping patches share their
+    timbral convolutions), then its head."""
     said = {**metadata, "sample_rate": frontend.rate, "input_note": frontend.note}
-    embedded = models.with_embedding(model)
+    if patches:
+        features, head = patch_features(model, frontend.layout.frames), embedded_head(model)
+
+        def embedded(waveform):
+            spectrogram, starts, _ = segment_frames(waveform, frontend)
+            return head(features(spectrogram, starts), training=False)
+    else:
+        with_embedding = models.with_embedding(model)
+
+        def embedded(waveform):
+            return with_embedding(frontend.to_input(cut_segments(waveform, frontend)), training=False)
+
     if unknown is not None:
         reference, record = tf.constant(unknown[0]), unknown[1]
         k, threshold = int(record["k"]), float(record["threshold"])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     def serve(waveform):
-        segments, embeddings = embedded(frontend.to_input(cut_segments(waveform, frontend)), training=False)
+        segments, embeddings = embedded(waveform)
         outputs = {
             "probabilities": graph_calibrated(graph_track_probabilities(segments, probe), metadata["temperature"]),
             "segment_probabilities": segments,
@@ -217,6 +233,10 @@ def tflite_bytes(saved_model: Path, quantize: str = "none") -> tuple[bytes, bool
     def convert(ops: list) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=keys)
         converter.target_spec.supported_ops = ops
+        # A musicnn graph calls some functions twice (the timbral convolutions on a clip and on patch edges, the
+        # branches of a cond): the converter fails on them, prints an error line, then retries with each function
+        # used once; asking for that first converts the same graph without the line.
+        converter._experimental_guarantee_all_funcs_one_use = True
         if quantize == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]

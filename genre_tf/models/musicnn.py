@@ -55,6 +55,8 @@ MUSICNN_BLOCKS = ("frontend", "midend1", "midend2", "midend3", "backend")
 
 TIMBRAL_BANDS = {"timbral74": int(0.4 * N_MELS), "timbral77": int(0.7 * N_MELS)}  # 38 and 67 mel bands
 TEMPORAL_FRAMES = {"temporal128": 128, "temporal64": 64, "temporal32": 32}
+TIMBRAL_FRAMES = 7  # the timbral kernels' length in time
+TIMBRAL_EDGE = TIMBRAL_FRAMES // 2  # frames at each end of a patch whose timbral features read its padding
 TIMBRAL_FILTERS = int(1.6 * 128)  # 204: the package's num_filt=1.6
 TEMPORAL_FILTERS = int(1.6 * 32)  # 51
 MIDEND_FILTERS = 64
@@ -140,8 +142,12 @@ def _frontend(patch: keras.KerasTensor) -> keras.KerasTensor:
     x = keras.layers.BatchNormalization(name="frontend_input_bn")(x)
     # Timbral kernels are 7 frames long: pad time by 3 each side so every frame keeps an output ("same" in time
     # only, as frequency is pooled away afterwards).
-    timbral_input = keras.layers.ZeroPadding2D(((3, 3), (0, 0)), name="frontend_timbral_pad")(x)
-    timbral = [_pooled_conv(timbral_input, name, TIMBRAL_FILTERS, (7, bands)) for name, bands in TIMBRAL_BANDS.items()]
+    edges = ((TIMBRAL_EDGE, TIMBRAL_EDGE), (0, 0))
+    timbral_input = keras.layers.ZeroPadding2D(edges, name="frontend_timbral_pad")(x)
+    timbral = [
+        _pooled_conv(timbral_input, name, TIMBRAL_FILTERS, (TIMBRAL_FRAMES, bands))
+        for name, bands in TIMBRAL_BANDS.items()
+    ]
     temporal = [_temporal_conv(x, name, length) for name, length in TEMPORAL_FRAMES.items()]
     return keras.layers.Concatenate(name="frontend_features")(timbral + temporal)
 
@@ -227,9 +233,6 @@ def shared_patches_network(backbone: keras.Model, frames: int) -> keras.Model:
     ]
     penultimate = rest([Windows(frames)(x, starts), *patch_timbral])
     return keras.Model([clip, starts], penultimate, name=f"{backbone.name}_shared_patches")
-
-
-TIMBRAL_EDGE = 3  # frames at each end of a patch whose timbral features read its padding: the kernel's 7 // 2
 
 
 def _any_length(model: keras.Model) -> keras.Model:

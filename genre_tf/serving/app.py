@@ -57,6 +57,7 @@ class Predictor:
         self._preparing_lock = threading.Lock()
         self.graph = waveform_model(run, self.model, self.tagger)
         self.batcher = Batcher(self.graph.batch, batching, expecting=lambda: self._preparing > 0)
+        self.graph.trace_at_once()  # now, not at the first lone request
 
     def predict(self, upload: Upload, top_k: int) -> dict:
         """The answer for an upload: genres of the whole file, per segment, and musicnn tags where the run has them."""

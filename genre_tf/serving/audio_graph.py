@@ -90,9 +90,12 @@ class AudioGraph:
         self.batch_size = run.config.train.batch_size
         # a waveform of at most this many samples has at most one batch of segments
         self._one_batch = layout.segment_samples + (self.batch_size - 1) * layout.hop_samples
-        silence = np.zeros(layout.segment_samples, np.float32)
-        self.batch(self.segments(silence)[0])  # traced now, not at a request
-        self.at_once(silence)
+        self._silence = np.zeros(layout.segment_samples, np.float32)
+        self.batch(self.segments(self._silence)[0])  # traced now, not at a request
+
+    def trace_at_once(self) -> None:
+        """Trace `at_once` now (the service does, before its first request; predict never calls it)."""
+        self.at_once(self._silence)
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the model's inputs, one per segment, a musicnn run's: its backbone's features of each; each segment's
@@ -196,6 +199,9 @@ class FeatureRows:
         return in_batches(
             self._probabilities, self.scaler.transform(pd.DataFrame(rows, columns=self.columns)), self.batch_size
         )
+
+    def trace_at_once(self) -> None:
+        """Nothing to trace: `at_once` is `segments`, then `batch`, traced already."""
 
     def at_once(self, waveform: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """`batch(segments(waveform))` and the rows' positions, in the calling thread (`AudioGraph.at_once`)."""

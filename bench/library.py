@@ -10,11 +10,12 @@ for), the peak memory of its processes, the files it wrote in the cache, and the
 at that rate. Then, with another fresh cache and output, it kills the process group (SIGKILL) once half the rows are
 written, runs the same command again, and prints what the resume kept, predicted and extracted, and whether its
 output is the cold run's file byte for byte (`--no-resume` skips this half). `--runtime litert` predicts with the
-run's exported .tflite on LiteRT instead (`predict --run RUN --runtime litert`, exported first where missing; no
-cache, and no resume: LiteRT's predict writes its output at the end).
+run's exported .tflite on LiteRT instead (`predict --model X.tflite`, exported first where missing; no cache, and
+no resume: LiteRT's predict writes its output at the end), `--weights float16` with an `export --quantize float16`
+file.
 
     .venv/bin/python bench/library.py [--tracks 1000] [--seconds 30] [--run saved_models/demo_cnn] \
-        [--runtime tensorflow|litert] [--no-resume] [--folder DIR] [--workdir DIR]
+        [--runtime tensorflow|litert] [--weights float32|float16] [--no-resume] [--folder DIR] [--workdir DIR]
 
 Without --run, saved_models/demo_cnn (`make demo`'s CNN, configs/demo_cnn.yaml) is trained first when missing.
 """
@@ -159,10 +160,10 @@ def gb(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def cold(run: Path, folder: Path, work: Path, tracks: int, runtime: str) -> tuple[Path, dict]:
-    """The uninterrupted run on a fresh cache; its output and figures."""
+def cold(run: Path, folder: Path, work: Path, tracks: int, runtime: str, model: Path | None) -> tuple[Path, dict]:
+    """The uninterrupted run on a fresh cache (on LiteRT: the `model` file); its output and figures."""
     output, cache = work / "cold" / "results.csv", work / "cold" / "cache"
-    command = predict_command(run, folder, output, cache, runtime)
+    command = predict_command(run, folder, output, cache, runtime, model)
     measured = run_predict(command, output, work / "cold.log")
     rate = tracks / measured.seconds
     print(f"cold: {' '.join(command[1:])}")
@@ -215,23 +216,32 @@ def killed_and_resumed(run: Path, folder: Path, work: Path, tracks: int, cold_ou
     }
 
 
-def predict_command(run: Path, folder: Path, output: Path, cache: Path, runtime: str) -> list[str]:
-    command = [sys.executable, "-m", "genre_tf.predict", "--run", str(run), str(folder), "--output", str(output)]
-    if runtime == "litert":  # no cache on LiteRT: it decodes each file as the exported model takes it
-        return [*command, "--runtime", "litert"]
-    return [*command, "--cache-dir", str(cache)]
+def predict_command(
+    run: Path, folder: Path, output: Path, cache: Path, runtime: str, model: Path | None = None
+) -> list[str]:
+    """predict with the run on TensorFlow, or on LiteRT with the run's exported `model` (no cache: it decodes each
+    file as the exported model takes it)."""
+    predict = [sys.executable, "-m", "genre_tf.predict"]
+    if runtime == "litert":
+        return [*predict, "--model", str(model), str(folder), "--output", str(output)]
+    return [*predict, "--run", str(run), str(folder), "--output", str(output), "--cache-dir", str(cache)]
 
 
-def exported(run: Path, log: Path) -> None:
-    """The run's .tflite where `predict --runtime litert` looks for it, exported when missing."""
+def exported(run: Path, work: Path, weights: str) -> Path:
+    """The run's .tflite: float32 where `predict --runtime litert` looks for it, float16 in the work folder; exported
+    when missing (`export --quantize`)."""
     from genre_tf.serving.litert import exported_tflite
 
-    if exported_tflite(run).is_file():
-        return
-    print(f"exporting {run} as TFLite (log {log}) ...", flush=True)
+    path = exported_tflite(run) if weights == "float32" else work / f"{run.name}_{weights}.tflite"
+    if path.is_file():
+        return path
+    log = work / "export.log"
+    print(f"exporting {run} as TFLite, {weights} weights (log {log}) ...", flush=True)
     with open(log, "w") as output:
-        command = [sys.executable, "-m", "genre_tf.export", "--run", str(run), "--format", "tflite"]
+        command = [sys.executable, "-m", "genre_tf.export", "--run", str(run), "--format", "tflite", "--output"]
+        command += [str(path), "--quantize", "none" if weights == "float32" else weights]
         subprocess.run(command, cwd=REPO, env=child_env(), check=True, stdout=output, stderr=output)
+    return path
 
 
 def main() -> None:
@@ -243,10 +253,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="outputs and caches (kept); default: a temporary folder")
     parser.add_argument("--runtime", choices=("tensorflow", "litert"), default="tensorflow")
     parser.add_argument("--no-resume", action="store_true", help="the cold run only, no kill and resume")
+    parser.add_argument("--weights", choices=("float32", "float16"), default="float32", help="litert: the .tflite's")
     args = parser.parse_args()
+    if args.weights != "float32" and args.runtime != "litert":
+        parser.error("--weights float16 is for --runtime litert (an export --quantize float16 file)")
     work, run = workdir_and_run(args.workdir, args.run, "library-bench-")
-    if args.runtime == "litert":
-        exported(run, work / "export.log")
+    model = exported(run, work, args.weights) if args.runtime == "litert" else None
     for leftover in ("cold", "resumed"):  # each measurement starts from an empty cache and no output
         shutil.rmtree(work / leftover, ignore_errors=True)
     folder = args.folder or work / "library"
@@ -255,12 +267,12 @@ def main() -> None:
     size = sum(p.stat().st_size for p in folder.rglob("*.flac"))
     print(f"library: {args.tracks} clips of {args.seconds:g} s in {folder} ({gb(size)} of FLAC), "
           f"ready in {time.perf_counter() - started:.0f} s; run {run}; {os.cpu_count()} cores")  # fmt: skip
-    cold_output, figures = cold(run, folder, work, args.tracks, args.runtime)
+    cold_output, figures = cold(run, folder, work, args.tracks, args.runtime, model)
     if args.runtime == "tensorflow" and not args.no_resume:
         figures |= killed_and_resumed(run, folder, work, args.tracks, cold_output)
     row = {"tracks": args.tracks, "seconds each": args.seconds, "FLAC": gb(size), "run": run.name}
-    row |= {"runtime": args.runtime, **figures, "load average at the end": load_average()}
-    record("library", [row], key=["tracks", "seconds each", "run", "runtime"])
+    row |= {"runtime": args.runtime, **figures, "load average at the end": load_average(), "weights": args.weights}
+    record("library", [row], key=["tracks", "seconds each", "run", "runtime", "weights"])
     if args.workdir is None:
         for cache in (work / "cold" / "cache", work / "resumed" / "cache"):
             shutil.rmtree(cache, ignore_errors=True)

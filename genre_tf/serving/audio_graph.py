@@ -58,12 +58,17 @@ class AudioGraph:
         self.shares_backbone = tagger is not None and same_backbone(model, tagger)
         self.reads_backbone = run.recipe.reads_patches and (tagger is None or self.shares_backbone)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
-        def segments(waveform):
+        waveform_spec = tf.TensorSpec([None], tf.float32, name="waveform")
+
+        def inputs_of(waveform):
+            """The segments' model inputs and positions (for a musicnn run reading its backbone: the clip's frames,
+            the patches' starts and positions, its backbone cutting the patches)."""
             spectrogram, starts, positions = segment_frames(waveform, frontend)
-            if self.reads_backbone:  # the clip's frames; the backbone cuts its patches
+            if self.reads_backbone:
                 return spectrogram, starts, positions
             return frontend.to_input(frames_at(spectrogram, starts, layout.frames)), positions
+
+        segments = tf.function(inputs_of, input_signature=[waveform_spec])
 
         made = segments.get_concrete_function().structured_outputs[0]  # the spectrogram, or the segments' inputs
         if self.reads_backbone:
@@ -80,13 +85,12 @@ class AudioGraph:
                 outputs["tags"] = tagger(segments, training=False)
             return outputs
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
         def at_once(waveform):
-            spectrogram, starts, positions = segment_frames(waveform, frontend)
-            return outputs_of(frontend.to_input(frames_at(spectrogram, starts, layout.frames))), positions
+            inputs, positions = inputs_of(waveform)
+            return outputs_of(inputs), positions
 
         self._segments, self._probabilities = segments, tf.function(outputs_of, input_signature=[spec])
-        self._at_once = None if self.reads_backbone else at_once
+        self._at_once = None if self.reads_backbone else tf.function(at_once, input_signature=[waveform_spec])
         self.batch_size = run.config.train.batch_size
         # a waveform of at most this many samples has at most one batch of segments
         self._one_batch = layout.segment_samples + (self.batch_size - 1) * layout.hop_samples

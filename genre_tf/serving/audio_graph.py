@@ -186,7 +186,7 @@ class FeatureRows:
 
         self._probabilities = probabilities
         self.batch_size = self.cfg.train.batch_size
-        self.shares_backbone = False
+        self.shares_backbone = self.reads_backbone = False
         self.batch(np.zeros((1, len(self.columns))))  # traced now, not at a request
 
     def segments(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -264,14 +264,14 @@ def waveform_inputs(
     """Per run, a file's segments as its graph makes them (the model's inputs, their positions; a table run's
     FeatureRows: its feature rows), or the one-line reason the file cannot be decoded with that run's settings. The
     file is decoded once per decoding setting (`decoding_key`), and runs that read equal inputs (`export.input_key`,
-    which holds every audio setting; not musicnn runs: their backbones') share one computation of them."""
+    which holds every audio setting) share one computation of them, unless a graph reads its backbone: its own."""
     decoded: dict = {}
     made: dict = {}
     results = []
     for run, graph in zip(runs, graphs, strict=True):
         cfg = run.config
         decoding, reading = decoding_key(cfg.audio), input_key(run.recipe)
-        if run.recipe.reads_patches:  # a musicnn run's inputs are its own backbone's features
+        if graph.reads_backbone:  # its inputs are its own backbone's features
             reading = (reading, str(run.path))
         if decoding not in decoded:
             try:

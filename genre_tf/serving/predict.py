@@ -229,6 +229,7 @@ class DeferredGraph:
     def __init__(self, run: RunDir, model=None):
         self._run, self._model, self._graph = run, model, None
         self._lock = threading.Lock()
+        self.reads_backbone = run.recipe.reads_patches  # as its AudioGraph, which has no tagger here, will say
 
     def graph(self):
         """The AudioGraph, built by the first call."""

@@ -78,17 +78,13 @@ def per_patch(run):
     patches through the whole model, `train.batch_size` at a time."""
     import tensorflow as tf
 
+    from genre_tf.serving.audio_graph import in_batches
     from genre_tf.serving.frontend import audio_frontend, cut_segments
 
     frontend, model, size = audio_frontend(run.recipe), run.load_model(), run.config.train.batch_size
     patches = tf.function(lambda waveform: cut_segments(waveform, frontend))
-    call = tf.function(lambda batch: model(batch, training=False))
-
-    def predict(waveform):
-        inputs = patches(waveform).numpy()
-        return np.concatenate([call(inputs[i : i + size]).numpy() for i in range(0, len(inputs), size)])
-
-    return predict
+    call = tf.function(lambda batch: {"probabilities": model(batch, training=False)})
+    return lambda waveform: in_batches(call, patches(waveform).numpy(), size)["probabilities"]
 
 
 def shared(run):
